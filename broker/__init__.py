@@ -1,0 +1,1 @@
+"""The ProntoDB broker: storage (bytes on disk), engine (state machine) and the database that joins them."""
