@@ -1,7 +1,7 @@
 """The one table of error codes shared by the broker, the clients and the CLI.
 
-Every failure that crosses the wire carries a code from this table and a sentence that says what to do.
-The CLI maps codes to exit statuses through the same table, so the three never disagree.
+Every failure that crosses the wire carries a code from this table and a sentence that says what to
+do. The CLI maps codes to exit statuses through the same table, so the three never disagree.
 """
 
 from __future__ import annotations
@@ -42,8 +42,12 @@ class ErrorInfo:
 
 # CLI exit statuses (DESIGN "Errors"): 1 error, 3 not found, 4 timed out waiting, 5 compare failed.
 ERROR_TABLE: dict[ErrorCode, ErrorInfo] = {
-    ErrorCode.NOT_FOUND: ErrorInfo("No such key; check the key and the cursor, or set it first.", 3),
-    ErrorCode.EXISTS: ErrorInfo("It already exists; pick another name or remove the old one first.", 1),
+    ErrorCode.NOT_FOUND: ErrorInfo(
+        "No such key; check the key and the cursor, or set it first.", 3
+    ),
+    ErrorCode.EXISTS: ErrorInfo(
+        "It already exists; pick another name or remove the old one first.", 1
+    ),
     ErrorCode.COMPARE_FAILED: ErrorInfo(
         "The condition did not hold, so nothing was changed; re-read the key and try again.", 5
     ),
@@ -66,7 +70,9 @@ ERROR_TABLE: dict[ErrorCode, ErrorInfo] = {
     ErrorCode.TOO_LARGE: ErrorInfo(
         "It is over the size limit; store less (split the value) or raise the broker's limit.", 1
     ),
-    ErrorCode.TIMED_OUT: ErrorInfo("Nothing arrived before the timeout; try again or wait longer.", 4),
+    ErrorCode.TIMED_OUT: ErrorInfo(
+        "Nothing arrived before the timeout; try again or wait longer.", 4
+    ),
     ErrorCode.DENIED: ErrorInfo("This user lacks the permission; ask an admin for a grant.", 1),
     ErrorCode.UNAUTHENTICATED: ErrorInfo(
         "The broker needs a valid token for this user; pass one (PRONTODB_TOKEN).", 1
@@ -88,7 +94,8 @@ ERROR_TABLE: dict[ErrorCode, ErrorInfo] = {
         "The broker cannot serve this now (starting, stopping or overloaded); retry shortly.", 1
     ),
     ErrorCode.INTERNAL: ErrorInfo(
-        "The broker failed unexpectedly; the request may not have been applied. See the broker's log.",
+        "The broker failed unexpectedly; the request may not have been applied. "
+        "See the broker's log.",
         1,
     ),
 }
@@ -124,9 +131,30 @@ class ProntoError(Exception):
         extra = {k: v for k, v in error.items() if k not in ("code", "message")}
         raw_code = error.get("code")
         try:
-            code = ErrorCode(raw_code)
+            code = ErrorCode(raw_code if isinstance(raw_code, str) else "")
         except ValueError:
             code = ErrorCode.INTERNAL
             extra["unknown_code"] = raw_code
         message = error.get("message")
         return cls(code, message if isinstance(message, str) else None, extra)
+
+
+class ProtocolError(Exception):
+    """The byte stream broke the protocol; raised by :class:`~prontodb.protocol.Connection`.
+
+    ``code`` is ``protocol`` for a malformed or out-of-order message and ``too_large`` for a frame
+    or value over a limit; ``message`` says what was wrong. Only the two subclasses are raised.
+    """
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        self.code = ErrorCode(code)
+        self.message = message
+        super().__init__(f"{self.code.value}: {message}")
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something invalid. The connection is dead: close it, maybe after a Goodbye."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We tried to send something invalid. Nothing was encoded and the connection is unchanged."""

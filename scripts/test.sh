@@ -18,8 +18,9 @@ mkdir -p .typecheck/prontodb
 for part in protocol broker clients; do
     ln -sfn "../../$part" ".typecheck/prontodb/$part"
 done
-MYPYPATH=.typecheck "$bin/mypy" -p prontodb.protocol -p prontodb.broker -p prontodb.clients tests \
-    | sed 's#^\.typecheck/prontodb/##'
+export MYPYPATH=.typecheck
+"$bin/mypy" -p prontodb.protocol -p prontodb.broker -p prontodb.clients | sed 's#^\.typecheck/prontodb/##'
+"$bin/mypy" tests
 
 echo "== pytest"
 "$bin/pytest" "$@"

@@ -1,0 +1,38 @@
+"""The state machine of one database: keys, revisions, conditional writes, counters, transactions.
+
+No I/O and no clock: callers pass ``now`` and make the returned records durable before they answer.
+"""
+
+from ._conditions import Compare, OpKind, Target, TxnOp, TxnResult
+from ._engine import (
+    MISSING,
+    Applied,
+    Change,
+    ChangeKind,
+    Engine,
+    EngineLimits,
+    ReplayError,
+)
+from ._entry import Entry
+from ._keys import validate_key, validate_prefix
+from ._records import Record, RecordKind
+
+__all__ = [
+    "MISSING",
+    "Applied",
+    "Change",
+    "ChangeKind",
+    "Compare",
+    "Engine",
+    "EngineLimits",
+    "Entry",
+    "OpKind",
+    "Record",
+    "RecordKind",
+    "ReplayError",
+    "Target",
+    "TxnOp",
+    "TxnResult",
+    "validate_key",
+    "validate_prefix",
+]

@@ -1,0 +1,34 @@
+"""What the engine keeps per key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One key's value and metadata, as etcd keeps them.
+
+    Entries are never mutated (a change makes a new one), so a snapshot can hold them while the
+    engine moves on.
+    """
+
+    value: Any
+    create_rev: int  # revision of the change that created the key (since it last did not exist)
+    mod_rev: int  # revision of the change that last wrote it
+    version: int  # writes since creation: 1 after the first
+    writer: str  # the user that made the last write
+    time: float  # the caller's clock at the last write, in seconds since the epoch
+    size: int  # bytes of the msgpack-encoded value
+
+    def meta(self) -> dict[str, Any]:
+        """The metadata without the value, as ``get --meta`` shows it."""
+        return {
+            "create_rev": self.create_rev,
+            "mod_rev": self.mod_rev,
+            "version": self.version,
+            "writer": self.writer,
+            "time": self.time,
+            "size": self.size,
+        }

@@ -1,0 +1,128 @@
+"""The engine's log records: kinds and msgpack payloads (docs/FORMAT.md, "Record payloads").
+
+Every record is self-contained (it carries the revision and the full metadata of what it writes), so
+replay never needs the state before it, and a snapshot is just more records.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import msgpack
+
+from ._entry import Entry
+
+Record = tuple[int, bytes]
+"""A record as storage takes it: (kind, payload)."""
+
+
+class RecordKind(enum.IntEnum):
+    """Record kinds; storage treats them as opaque bytes. Numbers are never reused."""
+
+    PUT = 1  # [rev, writer, time, key, value, create_rev, version]
+    DELETE = 2  # [rev, writer, time, key]
+    TXN = 3  # [rev, writer, time, [[1, key, value, create_rev, version] | [2, key], ...]]
+    SNAPSHOT_META = 16  # [format, revision, key_count]
+    SNAPSHOT_ENTRIES = 17  # [[key, value, create_rev, mod_rev, version, writer, time], ...]
+
+
+TXN_PUT = 1
+TXN_DELETE = 2
+SNAPSHOT_FORMAT = 1
+# A snapshot chunk closes at this many entries or bytes, whichever comes first: big enough that
+# replay is one unpackb call per thousand keys, small enough to stay far below the record limit.
+SNAPSHOT_CHUNK_ENTRIES = 1000
+SNAPSHOT_CHUNK_BYTES = 1 << 20
+
+_packer = msgpack.Packer(use_bin_type=True)
+
+
+def pack(obj: Any) -> bytes:
+    """Encode one object the way every payload is encoded."""
+    packed: bytes = _packer.pack(obj)
+    return packed
+
+
+_pack = pack
+
+
+def _array_header(length: int) -> bytes:
+    header: bytes = _packer.pack_array_header(length)
+    return header
+
+
+def encode_put(
+    rev: int, writer: str, time: float, key: str, packed_value: bytes, entry: Entry
+) -> bytes:
+    """A PUT payload built around the already-encoded value, so big values are packed once."""
+    return b"".join(
+        (
+            _array_header(7),
+            _pack(rev),
+            _pack(writer),
+            _pack(time),
+            _pack(key),
+            packed_value,
+            _pack(entry.create_rev),
+            _pack(entry.version),
+        )
+    )
+
+
+def encode_delete(rev: int, writer: str, time: float, key: str) -> bytes:
+    """A DELETE payload."""
+    return _pack([rev, writer, time, key])
+
+
+def encode_txn(
+    rev: int,
+    writer: str,
+    time: float,
+    writes: Iterable[tuple[str, bytes, Entry] | tuple[str, None, None]],
+) -> bytes:
+    """A TXN payload: the final state of every key the transaction touched, applied all or nothing."""
+    ops: list[bytes] = []
+    for key, packed_value, entry in writes:
+        if entry is None or packed_value is None:
+            ops.append(_pack([TXN_DELETE, key]))
+        else:
+            ops.append(
+                b"".join(
+                    (
+                        _array_header(5),
+                        _pack(TXN_PUT),
+                        _pack(key),
+                        packed_value,
+                        _pack(entry.create_rev),
+                        _pack(entry.version),
+                    )
+                )
+            )
+    return b"".join(
+        (_array_header(4), _pack(rev), _pack(writer), _pack(time), _array_header(len(ops)), *ops)
+    )
+
+
+def encode_snapshot(
+    revision: int, entries: Iterable[tuple[str, Entry]], count: int
+) -> Iterator[Record]:
+    """The records of a snapshot: a META record, then entries in chunks."""
+    yield RecordKind.SNAPSHOT_META, _pack([SNAPSHOT_FORMAT, revision, count])
+    chunk: list[bytes] = []
+    size = 0
+    for key, e in entries:
+        item = _pack([key, e.value, e.create_rev, e.mod_rev, e.version, e.writer, e.time])
+        chunk.append(item)
+        size += len(item)
+        if len(chunk) >= SNAPSHOT_CHUNK_ENTRIES or size >= SNAPSHOT_CHUNK_BYTES:
+            yield RecordKind.SNAPSHOT_ENTRIES, _array_header(len(chunk)) + b"".join(chunk)
+            chunk, size = [], 0
+    if chunk:
+        yield RecordKind.SNAPSHOT_ENTRIES, _array_header(len(chunk)) + b"".join(chunk)
+
+
+def decode(payload: bytes) -> Any:
+    """Unpack a payload (strict: string map keys, no ext types)."""
+    return msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)

@@ -1,0 +1,173 @@
+"""The engine against a plain-dict model (hypothesis), and replay of its records and snapshots."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from prontodb.broker.engine import Compare, Engine, OpKind, Record, Target, TxnOp
+from prontodb.protocol import ErrorCode, ProntoError
+
+SEGMENTS = st.sampled_from(["a", "b", "q", "task_1", "x-y", "n:1"])
+KEYS = st.lists(SEGMENTS, min_size=1, max_size=3).map(".".join)
+PREFIXES = st.one_of(st.just(""), KEYS)
+SCALARS = st.one_of(
+    st.text(max_size=8), st.binary(max_size=8), st.integers(-(2**63), 2**63 - 1), st.booleans()
+)
+VALUES = st.one_of(
+    SCALARS,
+    st.lists(SCALARS, max_size=3),
+    st.dictionaries(st.text(max_size=3), SCALARS, max_size=3),
+)
+STEPS = st.integers(-1000, 1000)
+
+
+def under(key: str, prefix: str) -> bool:
+    return not prefix or key == prefix or key.startswith(prefix + ".")
+
+
+class EngineMachine(RuleBasedStateMachine):
+    """Every operation must agree with a dict of key -> (value, create_rev, mod_rev, version)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.engine = Engine()
+        self.model: dict[str, tuple[Any, int, int, int]] = {}
+        self.revision = 0
+        self.records: list[Record] = []
+        self.now = 0.0
+
+    def _put(self, key: str, value: Any) -> None:
+        self.revision += 1
+        old = self.model.get(key)
+        create, version = (old[1], old[3] + 1) if old else (self.revision, 1)
+        self.model[key] = (value, create, self.revision, version)
+
+    def _do(self, applied: Any) -> Any:
+        self.records.extend(applied.records)
+        self.now += 1
+        return applied.result
+
+    @rule(key=KEYS, value=VALUES)
+    def set(self, key: str, value: Any) -> None:
+        entry = self._do(self.engine.set(key, value, writer="w", now=self.now))
+        self._put(key, value)
+        assert entry.mod_rev == self.revision
+
+    @rule(key=KEYS, value=VALUES)
+    def set_if_absent(self, key: str, value: Any) -> None:
+        try:
+            self._do(self.engine.set(key, value, writer="w", now=self.now, if_absent=True))
+        except ProntoError as exc:
+            assert exc.code is ErrorCode.COMPARE_FAILED
+            assert key in self.model
+        else:
+            assert key not in self.model
+            self._put(key, value)
+
+    @rule(key=KEYS, value=VALUES, stale=st.booleans())
+    def set_if_rev(self, key: str, value: Any, stale: bool) -> None:
+        rev = self.model[key][2] if key in self.model else 0
+        if stale:
+            rev += 1
+        try:
+            self._do(self.engine.set(key, value, writer="w", now=self.now, if_rev=rev))
+        except ProntoError as exc:
+            assert exc.code is ErrorCode.COMPARE_FAILED
+            assert stale
+        else:
+            assert not stale
+            self._put(key, value)
+
+    @rule(key=KEYS)
+    def delete(self, key: str) -> None:
+        existed = self._do(self.engine.delete(key, writer="w", now=self.now))
+        assert existed == (key in self.model)
+        if existed:
+            del self.model[key]
+            self.revision += 1
+
+    @rule(key=KEYS, by=STEPS)
+    def incr(self, key: str, by: int) -> None:
+        old = self.model.get(key)
+        try:
+            total = self._do(self.engine.incr(key, by, writer="w", now=self.now))
+        except ProntoError as exc:
+            assert old is not None
+            assert exc.code in (ErrorCode.WRONG_TYPE, ErrorCode.OUT_OF_RANGE)
+        else:
+            start = 0 if old is None else old[0]
+            assert type(start) is int
+            assert total == start + by
+            self._put(key, total)
+
+    @rule(
+        key=KEYS,
+        expect=VALUES,
+        writes=st.lists(st.tuples(KEYS, st.one_of(st.none(), VALUES)), min_size=1, max_size=4),
+    )
+    def txn(self, key: str, expect: Any, writes: list[tuple[str, Any]]) -> None:
+        ops = [TxnOp(OpKind.DELETE, k) if v is None else TxnOp(OpKind.SET, k, v) for k, v in writes]
+        use_current = key in self.model and len(writes) % 2 == 0
+        target = self.model[key][0] if use_current else expect
+        result = self._do(
+            self.engine.txn(
+                [Compare(key, Target.VALUE, "==", target)], ops, writer="w", now=self.now
+            )
+        )
+        holds = (
+            key in self.model
+            and self.model[key][0] == target
+            and type(self.model[key][0]) is type(target)
+        )
+        assert result.succeeded == holds
+        if not holds:
+            return
+        before = dict(self.model)
+        staged = dict(writes)  # the final state the transaction leaves for each key
+        changed = any(v is not None or k in before for k, v in staged.items())
+        if not changed:
+            return
+        self.revision += 1
+        for k, v in writes:
+            current = self.model.get(k)
+            if v is None:
+                self.model.pop(k, None)
+            else:
+                create, version = (current[1], current[3] + 1) if current else (self.revision, 1)
+                self.model[k] = (v, create, self.revision, version)
+
+    @rule(prefix=PREFIXES)
+    def listing(self, prefix: str) -> None:
+        expected = sorted(k for k in self.model if under(k, prefix))
+        assert self.engine.keys(prefix) == expected
+        assert self.engine.count(prefix) == len(expected)
+
+    @precondition(lambda self: len(self.records) > 0)
+    @rule()
+    def replay_matches(self) -> None:
+        assert dump(Engine.restore(self.records)) == dump(self.engine)
+
+    @rule()
+    def snapshot_matches(self) -> None:
+        restored = Engine.restore(self.engine.snapshot())
+        assert dump(restored) == dump(self.engine)
+        assert restored.live_bytes == self.engine.live_bytes
+
+    @invariant()
+    def agrees_with_model(self) -> None:
+        assert self.engine.revision == self.revision
+        state = {k: (e.value, e.create_rev, e.mod_rev, e.version) for k, e in self.engine.scan()}
+        assert state == self.model
+
+
+def dump(engine: Engine) -> tuple[int, list[tuple[Any, ...]]]:
+    return engine.revision, [
+        (k, e.value, e.create_rev, e.mod_rev, e.version, e.writer, e.time, e.size)
+        for k, e in engine.scan()
+    ]
+
+
+TestEngineMachine = EngineMachine.TestCase
