@@ -1,0 +1,61 @@
+"""ProntoDB's wire protocol, sans I/O: frames <-> messages, the order rules, the limits, the errors.
+
+A :class:`Connection` turns received bytes into events and messages into bytes; it never reads,
+writes, sleeps or looks at a clock, so the server (trio) and the clients (anyio) drive it alike::
+
+    conn = Connection(Role.CLIENT)
+    sock.sendall(conn.send(Hello(client="me/1.0", user="alice")))
+    conn.receive_data(sock.recv(65536))
+    event = conn.next_event()  # a Welcome, or NEED_DATA until its frame is complete
+
+The byte format is specified in docs/PROTOCOL.md.
+"""
+
+from ._connection import NEED_DATA, Connection, ConnectionStatistics, Role
+from ._errors import (
+    ERROR_TABLE,
+    ErrorCode,
+    ErrorInfo,
+    LocalProtocolError,
+    ProntoError,
+    ProtocolError,
+    RemoteProtocolError,
+)
+from ._limits import Limits
+from ._messages import (
+    PROTOCOL_VERSION,
+    ConnectionClosed,
+    Event,
+    Goodbye,
+    Hello,
+    Message,
+    Push,
+    Request,
+    Response,
+    Welcome,
+)
+
+__all__ = [
+    "ERROR_TABLE",
+    "NEED_DATA",
+    "PROTOCOL_VERSION",
+    "Connection",
+    "ConnectionClosed",
+    "ConnectionStatistics",
+    "ErrorCode",
+    "ErrorInfo",
+    "Event",
+    "Goodbye",
+    "Hello",
+    "Limits",
+    "LocalProtocolError",
+    "Message",
+    "ProntoError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "Push",
+    "Request",
+    "Response",
+    "Role",
+    "Welcome",
+]

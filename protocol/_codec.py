@@ -1,0 +1,102 @@
+"""msgpack in and out, restricted to the plain types the protocol allows and bounded by Limits."""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import msgpack
+
+from ._errors import ErrorCode
+from ._limits import Limits
+
+INT_MIN = -(2**63)  # the widest integers msgpack can carry
+INT_MAX = 2**64 - 1
+
+
+class WireError(Exception):
+    """A value or message is not valid on the wire; the Connection turns it into a Remote or Local
+    ProtocolError, depending on which side produced it."""
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.PROTOCOL) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _refuse_ext(code: int, data: bytes) -> NoReturn:
+    raise WireError(f"msgpack ext type {code} is not allowed")
+
+
+def unpack(payload: bytes, limits: Limits) -> Any:
+    """Decode one frame body into exactly one plain object, or raise WireError."""
+    try:
+        obj = msgpack.unpackb(
+            payload,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            max_str_len=limits.max_str_len,
+            max_bin_len=limits.max_bin_len,
+            max_array_len=limits.max_container_len,
+            max_map_len=limits.max_container_len,
+            max_ext_len=0,
+            ext_hook=_refuse_ext,
+        )
+    except WireError:
+        raise
+    except Exception as exc:  # msgpack reports bad input through many exception types
+        raise WireError(f"invalid msgpack: {type(exc).__name__}: {exc}") from None
+    check_tree(obj, limits, outgoing=False)
+    return obj
+
+
+def pack(obj: Any, limits: Limits) -> bytes:
+    """Encode one plain object after checking it as the peer will, or raise WireError."""
+    check_tree(obj, limits, outgoing=True)
+    try:
+        packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    except Exception as exc:  # e.g. a str with lone surrogates
+        raise WireError(f"cannot encode: {type(exc).__name__}: {exc}") from None
+    return packed
+
+
+def check_tree(obj: Any, limits: Limits, *, outgoing: bool) -> None:
+    """Walk ``obj`` once, iteratively: only plain types, str map keys, nesting within max_depth.
+
+    Outgoing objects also get the length checks that msgpack's decoder makes on the way in, so that
+    we never send what a peer with the same limits would refuse; tuples and bytearrays are allowed
+    there because msgpack encodes them as arrays and bins.
+    """
+    too_large = ErrorCode.TOO_LARGE if outgoing else ErrorCode.PROTOCOL
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if item is None or isinstance(item, bool | float):
+            continue
+        if isinstance(item, int):
+            if not INT_MIN <= item <= INT_MAX:
+                raise WireError(f"integer {item} does not fit in 64 bits")
+        elif isinstance(item, str):
+            # Only encode when the length in characters cannot settle it: UTF-8 takes 1 to 4 bytes.
+            if outgoing and 4 * len(item) > limits.max_str_len:
+                size = len(item.encode("utf-8", "surrogatepass"))
+                if size > limits.max_str_len:
+                    raise WireError(f"string of {size} bytes exceeds max_str_len", too_large)
+        elif isinstance(item, bytes) or (outgoing and isinstance(item, bytearray)):
+            if outgoing and len(item) > limits.max_bin_len:
+                raise WireError(f"binary of {len(item)} bytes exceeds max_bin_len", too_large)
+        elif isinstance(item, list | dict) or (outgoing and isinstance(item, tuple)):
+            if depth > limits.max_depth:
+                raise WireError(f"nesting exceeds max_depth {limits.max_depth}", too_large)
+            if outgoing and len(item) > limits.max_container_len:
+                raise WireError(f"container of {len(item)} exceeds max_container_len", too_large)
+            if isinstance(item, dict):
+                for key, value in item.items():
+                    if not isinstance(key, str):
+                        raise WireError(f"map keys must be strings, not {type(key).__name__}")
+                    stack.append((key, depth + 1))
+                    stack.append((value, depth + 1))
+            else:
+                stack.extend((child, depth + 1) for child in item)
+        else:
+            raise WireError(f"type {type(item).__name__} cannot travel on the wire")

@@ -1,0 +1,243 @@
+"""The sans-I/O connection: bytes in, events out; messages in, bytes out; order rules in between."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Final, NoReturn
+
+from ._codec import WireError, pack, unpack
+from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from ._framing import FrameReader, frame
+from ._limits import Limits
+from ._messages import (
+    ConnectionClosed,
+    Event,
+    Goodbye,
+    Hello,
+    Message,
+    Push,
+    Request,
+    Response,
+    Welcome,
+    decode,
+)
+
+
+class Role(enum.Enum):
+    """Which end of the connection this object plays."""
+
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class _NeedData(enum.Enum):
+    NEED_DATA = "NEED_DATA"
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = _NeedData.NEED_DATA
+"""Returned by :meth:`Connection.next_event` when no complete frame is buffered."""
+
+_SENDS: Final[dict[Role, tuple[type[Message], ...]]] = {
+    Role.CLIENT: (Hello, Request, Goodbye),
+    Role.SERVER: (Welcome, Response, Push, Goodbye),
+}
+_RECEIVES: Final[dict[Role, tuple[type[Message], ...]]] = {
+    Role.CLIENT: (Welcome, Response, Push, Goodbye),
+    Role.SERVER: (Hello, Request, Goodbye),
+}
+_DEFAULT_LIMITS: Final = Limits()
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStatistics:
+    """A snapshot of a connection's counters, for logs and debugging."""
+
+    buffered_bytes: int
+    in_flight: int
+    messages_sent: int
+    messages_received: int
+
+
+class Connection:
+    """One end of a ProntoDB connection, with no I/O of its own (in the manner of h11).
+
+    Feed received bytes to :meth:`receive_data` and pull messages with :meth:`next_event`; turn
+    messages into bytes with :meth:`send` and write them yourself. The order rules of
+    docs/PROTOCOL.md are enforced both ways, and so is the pairing of requests and responses: a
+    request id stays *in flight* from its Request until its Response. ``role`` and ``limits`` are
+    the constructor's arguments.
+    """
+
+    def __init__(self, role: Role, limits: Limits = _DEFAULT_LIMITS) -> None:
+        self.role: Final = role
+        self.limits: Final = limits
+        self._reader = FrameReader(limits.max_frame_size)
+        self._eof = False
+        self._error: RemoteProtocolError | None = None
+        self._hello_done = False  # client: Hello sent; server: Hello received
+        self._welcome_done = False  # client: Welcome received; server: Welcome sent
+        self._goodbye_sent = False
+        self._goodbye_received = False
+        self._in_flight: set[int] = set()
+        self._sent = 0
+        self._received = 0
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Received bytes not yet returned as events."""
+        return len(self._reader)
+
+    def statistics(self) -> ConnectionStatistics:
+        """Counters: buffered bytes, requests awaiting a response, messages sent and received."""
+        return ConnectionStatistics(
+            len(self._reader), len(self._in_flight), self._sent, self._received
+        )
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Buffer bytes read from the peer; ``b""`` means the peer closed its side (EOF)."""
+        if self._error is not None:
+            raise self._error.with_traceback(None)
+        if not data:
+            self._eof = True
+        elif self._eof:
+            raise LocalProtocolError(ErrorCode.PROTOCOL, "received data after EOF")
+        else:
+            self._reader.feed(data)
+
+    def next_event(self) -> Event | _NeedData:
+        """The next message, :class:`ConnectionClosed` after a clean EOF, or :data:`NEED_DATA`.
+
+        Raises :class:`RemoteProtocolError` for anything the peer got wrong; from then on every
+        call raises that same error.
+        """
+        if self._error is not None:
+            raise self._error.with_traceback(None)
+        try:
+            body = self._reader.next_frame()
+            if body is None:
+                if not self._eof:
+                    return NEED_DATA
+                if len(self._reader):
+                    raise WireError(f"connection closed inside a frame ({len(self._reader)} bytes)")
+                return ConnectionClosed()
+            message = decode(unpack(body, self.limits))
+            self._accept_received(message)
+        except WireError as exc:
+            self._die(exc)
+        self._received += 1
+        return message
+
+    def _die(self, exc: WireError) -> NoReturn:
+        self._error = RemoteProtocolError(exc.code, exc.message)
+        raise self._error from None
+
+    def _accept_received(self, message: Message) -> None:
+        name = type(message).__name__
+        if self._goodbye_received:
+            raise WireError(f"{name} received after the peer's Goodbye")
+        if not isinstance(message, _RECEIVES[self.role]):
+            raise WireError(f"a {self.role.value} cannot receive {name}")
+        match message:
+            case Goodbye():
+                self._goodbye_received = True
+            case Hello():  # server
+                if self._hello_done:
+                    raise WireError("a second Hello")
+                self._hello_done = True
+            case Request(id=request_id):  # server
+                if not self._hello_done:
+                    raise WireError("Request before Hello")
+                if request_id in self._in_flight:
+                    raise WireError(f"Request id {request_id} is already in flight")
+                self._in_flight.add(request_id)
+            case Welcome():  # client
+                if not self._hello_done:
+                    raise WireError("Welcome before the client sent Hello")
+                if self._welcome_done:
+                    raise WireError("a second Welcome")
+                self._welcome_done = True
+            case Response(id=request_id):  # client
+                if not self._welcome_done:
+                    raise WireError("Response before Welcome")
+                if request_id not in self._in_flight:
+                    raise WireError(f"Response to id {request_id}, which is not in flight")
+                self._in_flight.remove(request_id)
+            case Push():  # client
+                if not self._welcome_done:
+                    raise WireError("Push before Welcome")
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def send(self, message: Message) -> bytes:
+        """Encode ``message`` as one frame and return its bytes, for the caller to write.
+
+        Atomic: on :class:`LocalProtocolError` (wrong order, bad field, code ``too_large`` for a
+        limit) nothing changes and the connection stays usable. After a RemoteProtocolError only a
+        Goodbye may still be sent; after our own Goodbye nothing may.
+        """
+        if not isinstance(message, _SENDS[self.role]):
+            raise LocalProtocolError(
+                ErrorCode.PROTOCOL, f"a {self.role.value} cannot send {type(message).__name__}"
+            )
+        try:
+            wire = message.to_wire()
+            decode(wire)  # the shape checks the peer will make; ids are now known to be ints
+            self._check_send(message)
+            data = frame(pack(wire, self.limits), self.limits.max_frame_size)
+        except WireError as exc:
+            raise LocalProtocolError(exc.code, exc.message) from None
+        self._commit_send(message)
+        self._sent += 1
+        return data
+
+    def _check_send(self, message: Message) -> None:
+        name = type(message).__name__
+        if self._goodbye_sent:
+            raise WireError(f"cannot send {name} after our Goodbye")
+        if self._error is not None and not isinstance(message, Goodbye):
+            raise WireError(f"cannot send {name}: the peer broke the protocol, only Goodbye")
+        match message:
+            case Hello():
+                if self._hello_done:
+                    raise WireError("Hello was already sent")
+            case Request(id=request_id):
+                if not self._hello_done:
+                    raise WireError("the first message must be Hello")
+                if request_id in self._in_flight:
+                    raise WireError(f"Request id {request_id} is already in flight")
+            case Welcome():
+                if not self._hello_done:
+                    raise WireError("Welcome before receiving Hello")
+                if self._welcome_done:
+                    raise WireError("Welcome was already sent")
+            case Response(id=request_id):
+                if not self._welcome_done:
+                    raise WireError("Response before Welcome")
+                if request_id not in self._in_flight:
+                    raise WireError(f"no Request with id {request_id!r} is in flight")
+            case Push():
+                if not self._welcome_done:
+                    raise WireError("Push before Welcome")
+            case _:
+                pass
+
+    def _commit_send(self, message: Message) -> None:
+        match message:
+            case Goodbye():
+                self._goodbye_sent = True
+            case Hello():
+                self._hello_done = True
+            case Welcome():
+                self._welcome_done = True
+            case Request(id=request_id):
+                self._in_flight.add(request_id)
+            case Response(id=request_id):
+                self._in_flight.remove(request_id)
+            case _:
+                pass

@@ -1,0 +1,240 @@
+"""The six message kinds, their wire shapes (msgpack arrays led by the kind) and their checks.
+
+Each class's ``to_wire`` builds the array; :func:`decode` is the one place that checks a shape, used
+on received arrays and, by the Connection, on the arrays it is about to send.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final, TypeAlias
+
+from ._codec import INT_MAX, WireError
+from ._errors import ErrorCode, ProntoError, ProtocolError
+
+PROTOCOL_VERSION: Final = 1
+UINT64_MAX: Final = INT_MAX
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Client to server, first message: who is connecting, with an optional token."""
+
+    client: str
+    user: str
+    token: str | None = None
+    version: int = PROTOCOL_VERSION
+    KIND: ClassVar[int] = 0
+
+    def to_wire(self) -> list[Any]:
+        fields: dict[str, Any] = {"version": self.version, "client": self.client, "user": self.user}
+        if self.token is not None:
+            fields["token"] = self.token
+        return [self.KIND, fields]
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """Server to client, the answer to Hello: the session's number and the server's limits."""
+
+    server: str
+    session: int
+    limits: dict[str, int]
+    version: int = PROTOCOL_VERSION
+    KIND: ClassVar[int] = 1
+
+    def to_wire(self) -> list[Any]:
+        fields = {
+            "version": self.version,
+            "server": self.server,
+            "session": self.session,
+            "limits": self.limits,
+        }
+        return [self.KIND, fields]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """Client to server: run operation ``op`` with ``args``; ``id`` (uint64) names the answer."""
+
+    id: int
+    op: str
+    args: dict[str, Any]
+    KIND: ClassVar[int] = 2
+
+    def to_wire(self) -> list[Any]:
+        return [self.KIND, self.id, self.op, self.args]
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """Server to client: the one answer to the request ``id``, either an error map or a result."""
+
+    id: int
+    error: dict[str, Any] | None
+    result: Any
+    KIND: ClassVar[int] = 3
+
+    @classmethod
+    def fail(cls, id: int, err: ProntoError) -> Response:
+        """The error response to request ``id``: ``err``'s wire map and no result."""
+        return cls(id, err.to_wire(), None)
+
+    @property
+    def ok(self) -> bool:
+        """True when the request succeeded."""
+        return self.error is None
+
+    def raise_for_error(self) -> Any:
+        """Raise the response's error as a :class:`ProntoError`, or return its result."""
+        if self.error is not None:
+            raise ProntoError.from_wire(self.error)
+        return self.result
+
+    def to_wire(self) -> list[Any]:
+        return [self.KIND, self.id, self.error, self.result]
+
+
+@dataclass(frozen=True, slots=True)
+class Push:
+    """Server to client: one event of the stream opened by the request whose id is ``stream``."""
+
+    stream: int
+    event: dict[str, Any]
+    KIND: ClassVar[int] = 4
+
+    def to_wire(self) -> list[Any]:
+        return [self.KIND, self.stream, self.event]
+
+
+@dataclass(frozen=True, slots=True)
+class Goodbye:
+    """Either side, last message it sends: why it is closing (``code`` None for a plain close)."""
+
+    code: ErrorCode | None
+    message: str
+    KIND: ClassVar[int] = 5
+
+    @classmethod
+    def from_error(cls, err: ProntoError | ProtocolError) -> Goodbye:
+        """The Goodbye that reports ``err`` to the peer."""
+        return cls(err.code, err.message)
+
+    def to_wire(self) -> list[Any]:
+        code: Any = self.code
+        if code is not None and not isinstance(code, ErrorCode):
+            try:
+                code = ErrorCode(code)
+            except ValueError:
+                raise WireError(f"Goodbye code {code!r} is not an ErrorCode") from None
+        return [self.KIND, {"code": None if code is None else code.value, "message": self.message}]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """The peer closed its side cleanly, at a frame boundary."""
+
+
+Message: TypeAlias = Hello | Welcome | Request | Response | Push | Goodbye
+Event: TypeAlias = Message | ConnectionClosed
+
+
+def decode(wire: Any) -> Message:
+    """Build the message a wire array describes, or raise WireError saying what is wrong."""
+    if not isinstance(wire, list) or not wire:
+        raise WireError("a message must be a non-empty array")
+    kind = wire[0]
+    if not _is_int(kind) or kind not in _SHAPES:
+        raise WireError(f"unknown message kind {kind!r}")
+    name, length = _SHAPES[kind]
+    if len(wire) != length:
+        raise WireError(f"{name} must be an array of {length} elements, not {len(wire)}")
+    if kind == Hello.KIND:
+        fields = _fields(wire[1], name)
+        token = fields.get("token")
+        if token is not None:
+            _check_str(token, "Hello token")
+        return Hello(
+            client=_check_str(_required(fields, "client", name), "Hello client"),
+            user=_check_str(_required(fields, "user", name), "Hello user"),
+            token=token,
+            version=_check_uint(_required(fields, "version", name), "Hello version"),
+        )
+    if kind == Welcome.KIND:
+        fields = _fields(wire[1], name)
+        limits = _fields(_required(fields, "limits", name), "Welcome limits")
+        for key, value in limits.items():
+            _check_uint(value, f"Welcome limit {key}")
+        return Welcome(
+            server=_check_str(_required(fields, "server", name), "Welcome server"),
+            session=_check_uint(_required(fields, "session", name), "Welcome session"),
+            limits=limits,
+            version=_check_uint(_required(fields, "version", name), "Welcome version"),
+        )
+    if kind == Request.KIND:
+        _, request_id, op, args = wire
+        if not _check_str(op, "Request op"):
+            raise WireError("Request op must not be empty")
+        return Request(_check_uint(request_id, "Request id"), op, _fields(args, "Request args"))
+    if kind == Response.KIND:
+        _, request_id, error, result = wire
+        if error is not None:
+            error = _fields(error, "Response error")
+            _check_str(_required(error, "code", "Response error"), "Response error code")
+            _check_str(_required(error, "message", "Response error"), "Response error message")
+            if result is not None:
+                raise WireError("a Response with an error must have a nil result")
+        return Response(_check_uint(request_id, "Response id"), error, result)
+    if kind == Push.KIND:
+        _, stream, event = wire
+        return Push(_check_uint(stream, "Push stream"), _fields(event, "Push event"))
+    fields = _fields(wire[1], name)
+    raw_code = _required(fields, "code", name)
+    message = _check_str(_required(fields, "message", name), "Goodbye message")
+    if raw_code is None:
+        return Goodbye(None, message)
+    try:
+        code = ErrorCode(_check_str(raw_code, "Goodbye code"))
+    except ValueError:
+        code = ErrorCode.INTERNAL  # a code from a newer peer; the message still says why
+    return Goodbye(code, message)
+
+
+_SHAPES: dict[int, tuple[str, int]] = {
+    Hello.KIND: ("Hello", 2),
+    Welcome.KIND: ("Welcome", 2),
+    Request.KIND: ("Request", 4),
+    Response.KIND: ("Response", 4),
+    Push.KIND: ("Push", 3),
+    Goodbye.KIND: ("Goodbye", 2),
+}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_uint(value: Any, what: str) -> int:
+    if not _is_int(value) or not 0 <= value <= UINT64_MAX:
+        raise WireError(f"{what} must be an unsigned 64-bit integer, not {value!r:.40}")
+    return int(value)
+
+
+def _check_str(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise WireError(f"{what} must be a string, not {type(value).__name__}")
+    return value
+
+
+def _fields(value: Any, what: str) -> dict[str, Any]:
+    # Map keys are already known to be strings: the codec checks every map it packs or unpacks.
+    if not isinstance(value, dict):
+        raise WireError(f"{what} must be a map, not {type(value).__name__}")
+    return value
+
+
+def _required(fields: dict[str, Any], key: str, what: str) -> Any:
+    try:
+        return fields[key]
+    except KeyError:
+        raise WireError(f"{what} lacks the field {key!r}") from None

@@ -1,0 +1,42 @@
+"""The layering rules of DESIGN.md, checked in a fresh interpreter: what each part may not import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from prontodb.clients.cli import main
+
+IO_MODULES = {"trio", "anyio", "socket", "selectors", "asyncio", "threading", "subprocess"}
+
+
+def imported_by(module: str) -> set[str]:
+    code = f"import sys, {module}; print(' '.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return {name.split(".")[0] for name in out.stdout.split()}
+
+
+@pytest.mark.parametrize("module", ["prontodb.protocol", "prontodb.broker.engine"])
+def test_sans_io_layers_import_no_io(module: str) -> None:
+    assert imported_by(module) & IO_MODULES == set()
+
+
+def test_cli_imports_neither_trio_nor_anyio() -> None:
+    assert imported_by("prontodb.clients.cli") & {"trio", "anyio"} == set()
+
+
+def test_storage_imports_no_event_loop() -> None:
+    assert imported_by("prontodb.broker.storage") & {"trio", "anyio", "asyncio"} == set()
+
+
+def test_cli_has_help_and_version() -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["--help"])
+    assert result.exit_code == 0
+    assert "coordination broker" in result.output
+    result = runner.invoke(main, ["--version"])
+    assert result.exit_code == 0
+    assert "0.1.0" in result.output
