@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """One key's value and metadata, as etcd keeps them.
 
-    Entries are never mutated (a change makes a new one), so a snapshot can hold them while the
-    engine moves on.
+    Entries are immutable (a change makes a new one), so a snapshot can hold them while the engine
+    moves on. A named tuple rather than a frozen dataclass: it builds three times faster, which is
+    most of the time it takes to open a database of a million keys.
     """
 
     value: Any
