@@ -1,0 +1,187 @@
+"""Opening a database directory: check the manifest, the file set and every file header.
+
+Everything here runs before the first record is read: a new directory is laid out, orphans of an
+interrupted compaction are deleted, and the active segment is opened for appending.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._errors import CorruptionError
+from ._file_header import HEADER_SIZE, FileKind, check_header, encode_header
+from ._layout import (
+    MANIFEST_NAME,
+    Listing,
+    fsync_directory,
+    list_directory,
+    segment_name,
+    unlink_quietly,
+    write_all,
+)
+from ._manifest import Manifest, read_manifest, write_manifest
+
+logger = logging.getLogger("prontodb.storage")
+
+
+@dataclass(slots=True)
+class FileSet:
+    """The live files of an opened database, with the active segment open for appending."""
+
+    manifest: Manifest
+    sealed: dict[int, int]
+    """Number -> size of every live sealed segment, oldest first."""
+    active: int
+    fd: int
+    """The active segment, opened read-write in append mode."""
+    active_size: int
+
+
+def open_file_set(directory: Path) -> FileSet:
+    """Check the database in ``directory`` and open its active segment for appending.
+
+    Lays out a new database in a directory without one, deletes orphans once the live set has
+    passed its checks, and reinitialises a last segment whose header a crash cut short. Raises
+    CorruptionError for anything else out of place. Records are not read here: replay does that.
+    """
+    listing = list_directory(directory)
+    if listing.empty:
+        _create(directory, listing)
+    manifest = read_manifest(directory)
+    if manifest is None:
+        raise CorruptionError(
+            directory / MANIFEST_NAME,
+            None,
+            "the manifest is missing, but segment or snapshot files are present",
+        )
+    first = manifest.first_segment
+    if manifest.snapshot is not None and first - 1 not in listing.snapshots:
+        raise CorruptionError(
+            directory / manifest.snapshot,
+            None,
+            "the manifest names this snapshot, but it is missing",
+        )
+    numbers = sorted(n for n in listing.segments if n >= first)
+    if not numbers:
+        if manifest.snapshot is not None:
+            raise CorruptionError(directory / segment_name(first), None, "segment missing")
+        # A new database whose creation stopped between the manifest and segment 1.
+        os.close(create_segment(directory, first, 0))
+        numbers = [first]
+    for expected, number in enumerate(numbers, start=first):
+        if number != expected:
+            raise CorruptionError(
+                directory / segment_name(expected),
+                None,
+                f"segment missing: the log jumps from segment {expected - 1} to {number}",
+            )
+    _remove_orphans(directory, listing, manifest)
+
+    if manifest.snapshot is not None:
+        snap_path = directory / manifest.snapshot
+        check_header(_read_head(snap_path), snap_path, FileKind.SNAPSHOT, first - 1)
+        size = snap_path.stat().st_size
+        if size != manifest.snapshot_bytes:
+            raise CorruptionError(
+                snap_path,
+                min(size, manifest.snapshot_bytes),
+                f"the snapshot is {size} bytes, but the manifest recorded "
+                f"{manifest.snapshot_bytes}",
+            )
+
+    sealed: dict[int, int] = {}
+    previous_sizes: dict[int, int] = {}
+    for number in numbers[:-1]:
+        seg_path = directory / segment_name(number)
+        previous_sizes[number] = check_header(
+            _read_head(seg_path), seg_path, FileKind.SEGMENT, number
+        )
+        sealed[number] = seg_path.stat().st_size
+    active = numbers[-1]
+    fd, active_size, previous_sizes[active] = _open_active(directory, active, sealed)
+    try:
+        # Each segment's header records the size its predecessor was sealed at, which
+        # catches a sealed segment that lost (or gained) whole records.
+        for number, size in sealed.items():
+            recorded = previous_sizes[number + 1]
+            if size != recorded:
+                raise CorruptionError(
+                    directory / segment_name(number),
+                    min(size, recorded),
+                    f"the segment is {size} bytes, but it was sealed at {recorded} bytes "
+                    f"(as recorded in {segment_name(number + 1)})",
+                )
+    except BaseException:
+        os.close(fd)
+        raise
+    return FileSet(manifest, sealed, active, fd, active_size)
+
+
+def _create(directory: Path, listing: Listing) -> None:
+    """Lay out a new database: manifest first, so a crash leaves a recognisable state."""
+    for name in listing.temporaries:
+        unlink_quietly(directory / name)
+    write_manifest(directory, Manifest())
+    os.close(create_segment(directory, 1, 0))
+    listing.has_manifest = True
+    listing.temporaries.clear()
+    listing.segments[1] = segment_name(1)
+
+
+def create_segment(directory: Path, number: int, previous_size: int) -> int:
+    """Create segment ``number`` with its header, durable, and return its fd (append mode)."""
+    path = directory / segment_name(number)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+    try:
+        write_all(fd, encode_header(FileKind.SEGMENT, number, previous_size))
+        os.fdatasync(fd)
+        fsync_directory(directory)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_active(directory: Path, number: int, sealed: dict[int, int]) -> tuple[int, int, int]:
+    """Open the last segment for appending; return (fd, size, previous_size from its header)."""
+    path = directory / segment_name(number)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND)
+    try:
+        head = os.pread(fd, HEADER_SIZE, 0)
+        size = os.fstat(fd).st_size
+        previous_size = sealed.get(number - 1, 0)
+        # A crash while rolling can leave the new segment's header short (or, on some
+        # filesystems, the right length but still zeros). Nothing can follow such a header.
+        if size < HEADER_SIZE or (size == HEADER_SIZE and not any(head)):
+            logger.warning("%s: reinitialised a segment header cut short by a crash", path)
+            os.ftruncate(fd, 0)
+            write_all(fd, encode_header(FileKind.SEGMENT, number, previous_size))
+            os.fsync(fd)
+            return fd, HEADER_SIZE, previous_size
+        return fd, size, check_header(head, path, FileKind.SEGMENT, number)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_head(path: Path) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, HEADER_SIZE, 0)
+    finally:
+        os.close(fd)
+
+
+def _remove_orphans(directory: Path, listing: Listing, manifest: Manifest) -> None:
+    """Delete what an interrupted compaction (or creation) left outside the live set."""
+    orphans = [name for number, name in listing.segments.items() if number < manifest.first_segment]
+    orphans += [name for name in listing.snapshots.values() if name != manifest.snapshot]
+    orphans += listing.temporaries
+    for name in sorted(orphans):
+        logger.warning("%s: deleting %s, left over by an interrupted compaction", directory, name)
+        unlink_quietly(directory / name)  # harmless if it stays: it is not in the live set
+    if orphans:
+        fsync_directory(directory)
