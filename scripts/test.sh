@@ -20,7 +20,7 @@ for part in protocol broker clients; do
 done
 export MYPYPATH=.typecheck
 "$bin/mypy" -p prontodb.protocol -p prontodb.broker -p prontodb.clients | sed 's#^\.typecheck/prontodb/##'
-"$bin/mypy" tests
+"$bin/mypy" tests examples bench
 
 echo "== pytest"
 "$bin/pytest" "$@"
