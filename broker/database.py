@@ -59,8 +59,14 @@ class Database:
         return self._last_ticket
 
     def write(self, applied: Applied[T]) -> T:
-        """Submit and block until durable; returns the operation's result. For sync callers."""
+        """Submit and block until durable; returns the operation's result. For sync callers.
+
+        Compacts in line once enough of the log is garbage (:attr:`wants_compaction`); the
+        server instead runs :meth:`start_compaction`'s slow part in a thread.
+        """
         self.writer.wait(self.submit(applied))
+        if applied.records and self.wants_compaction:
+            self.compact()
         return applied.result
 
     @property

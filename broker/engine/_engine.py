@@ -319,14 +319,14 @@ class Engine:
         if not is_integer(rev) or rev <= self.revision:
             raise ReplayError(f"revision {rev!r} does not follow {self.revision}")
         if kind == RecordKind.PUT:
-            _, _, _, key, value, create_rev, version = fields
+            _, _, _, key, create_rev, version, value = fields
             self._replay_put(key, value, create_rev, rev, version, writer, time)
         elif kind == RecordKind.DELETE:
             self._remove(fields[3])
         elif kind == RecordKind.TXN:
             for op in fields[3]:
                 if op[0] == rec.TXN_PUT:
-                    _, key, value, create_rev, version = op
+                    _, key, create_rev, version, value = op
                     self._replay_put(key, value, create_rev, rev, version, writer, time)
                 elif op[0] == rec.TXN_DELETE:
                     self._remove(op[1])

@@ -21,9 +21,9 @@ Record = tuple[int, bytes]
 class RecordKind(enum.IntEnum):
     """Record kinds; storage treats them as opaque bytes. Numbers are never reused."""
 
-    PUT = 1  # [rev, writer, time, key, value, create_rev, version]
+    PUT = 1  # [rev, writer, time, key, create_rev, version, value]
     DELETE = 2  # [rev, writer, time, key]
-    TXN = 3  # [rev, writer, time, [[1, key, value, create_rev, version] | [2, key], ...]]
+    TXN = 3  # [rev, writer, time, [[1, key, create_rev, version, value] | [2, key], ...]]
     SNAPSHOT_META = 16  # [format, revision, key_count]
     SNAPSHOT_ENTRIES = 17  # [[key, value, create_rev, mod_rev, version, writer, time], ...]
 
@@ -53,21 +53,21 @@ def _array_header(length: int) -> bytes:
     return header
 
 
+def _array_ending_with(fields: list[Any], packed_last: bytes) -> bytes:
+    """A msgpack array of ``fields`` and one already-encoded last element (at most 14 fields).
+
+    A fixarray's header is one byte, 0x90 | length, so the header of the packed fields is swapped
+    for one that counts the extra element: one pack call, and the value is never packed twice.
+    """
+    return bytes((0x90 | (len(fields) + 1),)) + _pack(fields)[1:] + packed_last
+
+
 def encode_put(
     rev: int, writer: str, time: float, key: str, packed_value: bytes, entry: Entry
 ) -> bytes:
-    """A PUT payload built around the already-encoded value, so big values are packed once."""
-    return b"".join(
-        (
-            _array_header(7),
-            _pack(rev),
-            _pack(writer),
-            _pack(time),
-            _pack(key),
-            packed_value,
-            _pack(entry.create_rev),
-            _pack(entry.version),
-        )
+    """A PUT payload built around the already-encoded value."""
+    return _array_ending_with(
+        [rev, writer, time, key, entry.create_rev, entry.version], packed_value
     )
 
 
@@ -89,16 +89,7 @@ def encode_txn(
             ops.append(_pack([TXN_DELETE, key]))
         else:
             ops.append(
-                b"".join(
-                    (
-                        _array_header(5),
-                        _pack(TXN_PUT),
-                        _pack(key),
-                        packed_value,
-                        _pack(entry.create_rev),
-                        _pack(entry.version),
-                    )
-                )
+                _array_ending_with([TXN_PUT, key, entry.create_rev, entry.version], packed_value)
             )
     return b"".join(
         (_array_header(4), _pack(rev), _pack(writer), _pack(time), _array_header(len(ops)), *ops)
