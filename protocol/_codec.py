@@ -66,37 +66,67 @@ def check_tree(obj: Any, limits: Limits, *, outgoing: bool) -> None:
     Outgoing objects also get the length checks that msgpack's decoder makes on the way in, so that
     we never send what a peer with the same limits would refuse; tuples and bytearrays are allowed
     there because msgpack encodes them as arrays and bins.
+
+    This runs on every message in both directions, so the loop is shaped for speed: containers are
+    scanned in place and exact-type checks handle the common leaves; anything unusual (subclasses,
+    long strings, big ints) goes through :func:`_check_leaf`.
     """
-    too_large = ErrorCode.TOO_LARGE if outgoing else ErrorCode.PROTOCOL
-    stack: list[tuple[Any, int]] = [(obj, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if item is None or isinstance(item, bool | float):
+    max_depth = limits.max_depth
+    pending: list[tuple[Any, int]] = [(obj, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if not _is_container(item, outgoing):
+            _check_leaf(item, limits, outgoing)
             continue
-        if isinstance(item, int):
-            if not INT_MIN <= item <= INT_MAX:
-                raise WireError(f"integer {item} does not fit in 64 bits")
-        elif isinstance(item, str):
-            # Only encode when the length in characters cannot settle it: UTF-8 takes 1 to 4 bytes.
-            if outgoing and 4 * len(item) > limits.max_str_len:
-                size = len(item.encode("utf-8", "surrogatepass"))
-                if size > limits.max_str_len:
-                    raise WireError(f"string of {size} bytes exceeds max_str_len", too_large)
-        elif isinstance(item, bytes) or (outgoing and isinstance(item, bytearray)):
-            if outgoing and len(item) > limits.max_bin_len:
-                raise WireError(f"binary of {len(item)} bytes exceeds max_bin_len", too_large)
-        elif isinstance(item, list | dict) or (outgoing and isinstance(item, tuple)):
-            if depth > limits.max_depth:
-                raise WireError(f"nesting exceeds max_depth {limits.max_depth}", too_large)
-            if outgoing and len(item) > limits.max_container_len:
-                raise WireError(f"container of {len(item)} exceeds max_container_len", too_large)
-            if isinstance(item, dict):
-                for key, value in item.items():
-                    if not isinstance(key, str):
-                        raise WireError(f"map keys must be strings, not {type(key).__name__}")
-                    stack.append((key, depth + 1))
-                    stack.append((value, depth + 1))
-            else:
-                stack.extend((child, depth + 1) for child in item)
+        if depth > max_depth:
+            too_large = ErrorCode.TOO_LARGE if outgoing else ErrorCode.PROTOCOL
+            raise WireError(f"nesting exceeds max_depth {max_depth}", too_large)
+        if outgoing and len(item) > limits.max_container_len:
+            raise WireError(
+                f"container of {len(item)} exceeds max_container_len", ErrorCode.TOO_LARGE
+            )
+        if isinstance(item, dict):
+            for key in item:
+                if type(key) is not str and not isinstance(key, str):
+                    raise WireError(f"map keys must be strings, not {type(key).__name__}")
+                if outgoing and 4 * len(key) > limits.max_str_len:
+                    _check_leaf(key, limits, outgoing)
+            children = item.values()
         else:
-            raise WireError(f"type {type(item).__name__} cannot travel on the wire")
+            children = item
+        for child in children:
+            kind = type(child)
+            if kind in _ALWAYS_FINE or (
+                kind is str and not (outgoing and 4 * len(child) > limits.max_str_len)
+            ):
+                continue
+            if kind is int and INT_MIN <= child <= INT_MAX:
+                continue
+            pending.append((child, depth + 1))
+
+
+_ALWAYS_FINE = frozenset({type(None), bool, float})
+
+
+def _is_container(item: Any, outgoing: bool) -> bool:
+    return isinstance(item, list | dict) or (outgoing and isinstance(item, tuple))
+
+
+def _check_leaf(item: Any, limits: Limits, outgoing: bool) -> None:
+    too_large = ErrorCode.TOO_LARGE if outgoing else ErrorCode.PROTOCOL
+    if item is None or isinstance(item, bool | float):
+        return
+    if isinstance(item, int):
+        if not INT_MIN <= item <= INT_MAX:
+            raise WireError(f"integer {item} does not fit in 64 bits")
+    elif isinstance(item, str):
+        # Only encode when the length in characters cannot settle it: UTF-8 takes 1 to 4 bytes.
+        if outgoing and 4 * len(item) > limits.max_str_len:
+            size = len(item.encode("utf-8", "surrogatepass"))
+            if size > limits.max_str_len:
+                raise WireError(f"string of {size} bytes exceeds max_str_len", too_large)
+    elif isinstance(item, bytes) or (outgoing and isinstance(item, bytearray)):
+        if outgoing and len(item) > limits.max_bin_len:
+            raise WireError(f"binary of {len(item)} bytes exceeds max_bin_len", too_large)
+    else:
+        raise WireError(f"type {type(item).__name__} cannot travel on the wire")
