@@ -68,8 +68,9 @@ class Connection:
     Feed received bytes to :meth:`receive_data` and pull messages with :meth:`next_event`; turn
     messages into bytes with :meth:`send` and write them yourself. The order rules of
     docs/PROTOCOL.md are enforced both ways, and so is the pairing of requests and responses: a
-    request id stays *in flight* from its Request until its Response. ``role`` and ``limits`` are
-    the constructor's arguments.
+    request id stays *in flight* from its Request until its Response, and at most
+    ``limits.max_in_flight`` may be in flight at once. ``role`` and ``limits`` are the
+    constructor's arguments.
     """
 
     def __init__(self, role: Role, limits: Limits = _DEFAULT_LIMITS) -> None:
@@ -155,6 +156,7 @@ class Connection:
                     raise WireError("Request before Hello")
                 if request_id in self._in_flight:
                     raise WireError(f"Request id {request_id} is already in flight")
+                self._check_in_flight_room()
                 self._in_flight.add(request_id)
             case Welcome():  # client
                 if not self._hello_done:
@@ -171,6 +173,15 @@ class Connection:
             case Push():  # client
                 if not self._welcome_done:
                     raise WireError("Push before Welcome")
+
+    def _check_in_flight_room(self) -> None:
+        """A Request (sent or received) needs a free slot: at most max_in_flight await a Response."""
+        if len(self._in_flight) >= self.limits.max_in_flight:
+            raise WireError(
+                f"{len(self._in_flight)} requests are already in flight, the most max_in_flight "
+                f"({self.limits.max_in_flight}) allows; wait for a Response before sending another",
+                ErrorCode.TOO_LARGE,
+            )
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -211,6 +222,7 @@ class Connection:
                     raise WireError("the first message must be Hello")
                 if request_id in self._in_flight:
                     raise WireError(f"Request id {request_id} is already in flight")
+                self._check_in_flight_room()
             case Welcome():
                 if not self._hello_done:
                     raise WireError("Welcome before receiving Hello")

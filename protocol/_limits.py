@@ -13,7 +13,7 @@ MAX_FRAME_SIZE_CEILING = 2**32 - 1
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Bounds on one connection's frames and on the msgpack objects inside them.
+    """Bounds on one connection's frames, on the msgpack objects inside them and on its requests.
 
     ``max_str_len`` and ``max_bin_len`` are clamped to ``max_frame_size`` (nothing bigger can arrive
     anyway). A received message that breaks a limit is a :class:`RemoteProtocolError`; a message we
@@ -30,6 +30,8 @@ class Limits:
     """Longest string in UTF-8 bytes."""
     max_bin_len: int = 4 * 1024 * 1024
     """Longest binary value in bytes."""
+    max_in_flight: int = 1024
+    """Most requests awaiting their Response at once (pipelined, blocking ones included)."""
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -45,6 +47,8 @@ class Limits:
             raise ValueError("max_depth must be at least 2")
         if self.max_str_len < 0 or self.max_bin_len < 0:
             raise ValueError("max_str_len and max_bin_len must not be negative")
+        if self.max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
         object.__setattr__(self, "max_str_len", min(self.max_str_len, self.max_frame_size))
         object.__setattr__(self, "max_bin_len", min(self.max_bin_len, self.max_frame_size))
 

@@ -23,6 +23,7 @@ from prontodb.protocol import (
     LocalProtocolError,
     RemoteProtocolError,
     Request,
+    Response,
     Role,
     Welcome,
 )
@@ -272,6 +273,39 @@ def test_exactly_at_the_limits_is_accepted() -> None:
     args = {"a": nested(4), "s": "x" * 200, "b": b"y" * 200, "l": list(range(10))}
     server.receive_data(packed([2, 1, "op", args]))
     assert server.next_event() == Request(1, "op", args)
+
+
+@pytest.mark.parametrize("limit", [1, 3, Limits().max_in_flight])
+def test_server_accepts_max_in_flight_requests_and_refuses_one_more(limit: int) -> None:
+    server = server_after_hello(Limits(max_in_flight=limit))
+    server.receive_data(b"".join(packed([2, i, "op", {}]) for i in range(1, limit + 1)))
+    for i in range(1, limit + 1):
+        assert server.next_event() == Request(i, "op", {})
+    assert server.next_event() is NEED_DATA
+    assert server.statistics().in_flight == limit
+    error = expect_remote_error(server, packed([2, limit + 1, "op", {}]), ErrorCode.TOO_LARGE)
+    assert f"max_in_flight ({limit})" in error.message
+    assert server.statistics().in_flight == limit
+    # Dead, as for every RemoteProtocolError: the same error again; only a Goodbye may be sent.
+    with pytest.raises(RemoteProtocolError) as again:
+        server.next_event()
+    assert again.value is error
+    with pytest.raises(LocalProtocolError):
+        server.send(Welcome("s", 1, {}))
+    assert server.send(Goodbye.from_error(error))
+
+
+def test_a_response_frees_a_server_slot() -> None:
+    server = server_after_hello(Limits(max_in_flight=2))
+    server.receive_data(packed([2, 1, "op", {}]) + packed([2, 2, "op", {}]))
+    assert server.next_event() == Request(1, "op", {})
+    assert server.next_event() == Request(2, "op", {})
+    server.send(Welcome("s", 1, Limits(max_in_flight=2).as_dict()))
+    server.send(Response(2, None, None))
+    assert server.statistics().in_flight == 1
+    server.receive_data(packed([2, 3, "op", {}]))
+    assert server.next_event() == Request(3, "op", {})
+    expect_remote_error(server, packed([2, 4, "op", {}]), ErrorCode.TOO_LARGE)
 
 
 def test_goodbye_first_is_accepted_either_way() -> None:

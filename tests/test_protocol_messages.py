@@ -184,7 +184,10 @@ def test_limits_defaults_clamps_and_dict() -> None:
     assert limits.max_frame_size == 4 * 1024 * 1024
     assert limits.max_container_len == 100_000
     assert limits.max_depth == 32
+    assert limits.max_in_flight == 1024
+    assert limits.as_dict()["max_in_flight"] == 1024
     assert Limits.from_dict({**limits.as_dict(), "unknown": 5}) == limits
+    assert Limits.from_dict({"max_in_flight": 7}) == Limits(max_in_flight=7)
     small = Limits(max_frame_size=1000)
     assert small.max_str_len == small.max_bin_len == 1000
 
@@ -197,6 +200,9 @@ def test_limits_defaults_clamps_and_dict() -> None:
         ({"max_container_len": 3}, ValueError),
         ({"max_depth": 1}, ValueError),
         ({"max_str_len": -1}, ValueError),
+        ({"max_in_flight": 0}, ValueError),
+        ({"max_in_flight": -1}, ValueError),
+        ({"max_in_flight": 1.0}, TypeError),
         ({"max_depth": 2.5}, TypeError),
         ({"max_depth": True}, TypeError),
     ],

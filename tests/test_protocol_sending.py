@@ -200,6 +200,33 @@ def test_just_within_the_limits_is_sent() -> None:
     assert client.send(Request(1, "op", {"v": nested(3), "l": list(range(10)), "t": (1, 2)}))
 
 
+@pytest.mark.parametrize("limit", [1, 3, Limits().max_in_flight])
+def test_client_keeps_at_most_max_in_flight_and_a_response_frees_a_slot(limit: int) -> None:
+    limits = Limits(max_in_flight=limit)
+    client, server = Connection(Role.CLIENT, limits), Connection(Role.SERVER, limits)
+    data = client.send(HELLO)
+    data += b"".join(client.send(Request(i, "op", {})) for i in range(1, limit + 1))
+    before = client.statistics()
+    assert before.in_flight == limit
+    with pytest.raises(LocalProtocolError) as info:
+        client.send(Request(limit + 1, "op", {}))
+    assert info.value.code is ErrorCode.TOO_LARGE
+    assert f"max_in_flight ({limit})" in info.value.message
+    assert client.statistics() == before  # nothing changed; the connection stays usable
+    # The server, with the same limits, accepts all the client sent.
+    server.receive_data(data)
+    assert server.next_event() == HELLO
+    for i in range(1, limit + 1):
+        assert server.next_event() == Request(i, "op", {})
+    client.receive_data(server.send(WELCOME) + server.send(Response(1, None, None)))
+    assert client.next_event() == WELCOME
+    assert client.next_event() == Response(1, None, None)
+    assert client.statistics().in_flight == limit - 1
+    server.receive_data(client.send(Request(limit + 1, "op", {})))  # the freed slot, used again
+    assert server.next_event() == Request(limit + 1, "op", {})
+    refused(client, Request(limit + 2, "op", {}), ErrorCode.TOO_LARGE)
+
+
 def test_receive_data_after_eof_is_local_misuse() -> None:
     conn = Connection(Role.CLIENT)
     conn.receive_data(b"")
