@@ -13,6 +13,7 @@ from prontodb.broker.engine import (
     EngineLimits,
     OpKind,
     RecordKind,
+    ReplayError,
     Target,
     TxnOp,
 )
@@ -380,3 +381,60 @@ def test_operations_parse_from_wire_maps() -> None:
     )
     assert TxnOp.from_wire({"op": "set", "key": "c", "value": "v"}) == TxnOp(OpKind.SET, "c", "v")
     assert Compare.from_wire({"key": "c", "value": 3}) == Compare("c", Target.VALUE, "==", 3)
+
+
+def test_a_change_too_big_for_one_log_record_is_refused_before_it_applies() -> None:
+    e = Engine(EngineLimits(max_value_size=1000, max_record_size=2500))
+    e.set("a", 1, **W)
+    ops = [TxnOp(OpKind.SET, f"blob.{i}", b"x" * 900) for i in range(3)]
+    with pytest.raises(ProntoError) as excinfo:
+        e.txn([], [TxnOp(OpKind.SET, "a", 2), *ops], **W)
+    assert code_of(excinfo) is ErrorCode.TOO_LARGE
+    entry = e.get("a")
+    assert entry is not None
+    assert (entry.value, e.revision, e.keys("blob")) == (1, 1, [])
+    with pytest.raises(ProntoError) as excinfo:
+        Engine(EngineLimits(max_record_size=100)).set("k", "v" * 100, **W)
+    assert code_of(excinfo) is ErrorCode.TOO_LARGE
+
+
+def test_stored_containers_do_not_alias_the_callers_objects() -> None:
+    e = Engine()
+    doc: dict[str, Any] = {"status": "pending", "tags": ["a"]}
+    e.set("job", doc, **W)
+    e.txn([], [TxnOp(OpKind.SET, "job2", doc)], **W)
+    doc["status"] = "done"
+    doc["tags"].append("b")
+    for key in ("job", "job2"):
+        entry = e.get(key)
+        assert entry is not None
+        assert entry.value == {"status": "pending", "tags": ["a"]}
+
+
+@pytest.mark.parametrize(("after", "limit"), [(5, None), (None, "3"), (None, -1), (None, True)])
+def test_listing_arguments_are_checked(after: Any, limit: Any) -> None:
+    with pytest.raises(ProntoError) as excinfo:
+        Engine().keys("a", after=after, limit=limit)
+    assert code_of(excinfo) is ErrorCode.BAD_REQUEST
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        (RecordKind.PUT, b"\x90"),
+        (RecordKind.PUT, b"\xc1"),
+        (RecordKind.TXN, b"\x94\x01\xa1w\x00\x91\x91\x07"),
+        (99, b"\x94\x01\xa1w\x00\x90"),
+        (RecordKind.SNAPSHOT_META, b"\x93\x02\x00\x00"),
+    ],
+)
+def test_records_that_cannot_apply_raise_replay_error(record: tuple[int, bytes]) -> None:
+    with pytest.raises(ReplayError):
+        Engine.restore([record])
+
+
+def test_replayed_revisions_must_increase() -> None:
+    e = Engine()
+    records = e.set("a", 1, **W).records + e.set("b", 1, **W).records
+    with pytest.raises(ReplayError, match="does not follow"):
+        Engine.restore(records + records[:1])

@@ -8,6 +8,7 @@ changes to publish. The engine is driven by one task at a time, which is where a
 from __future__ import annotations
 
 import enum
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -25,8 +26,10 @@ from ._values import INT64_MAX, INT64_MIN, is_integer, pack_value
 
 T = TypeVar("T")
 
-# Approximate bytes one live key costs in a snapshot beyond its key and value (metadata, framing).
-_ENTRY_OVERHEAD = 40
+# Bytes one live key costs in a snapshot beyond its key, writer and value: the entry's array
+# header, three revision numbers, the time and the string headers (an upper estimate, so that the
+# garbage estimate errs towards compacting later).
+_ENTRY_OVERHEAD = 36
 
 
 class _Missing(enum.Enum):
@@ -45,6 +48,9 @@ class EngineLimits:
     max_value_size: int = 1 << 20  # bytes of the msgpack-encoded value
     max_value_depth: int = 20  # nesting of lists and maps inside one value
     max_txn_ops: int = 128  # compares and operations, each
+    # Largest record the engine hands to storage; must not exceed storage's max_record_size, so
+    # that a change the engine has applied can always be written.
+    max_record_size: int = 16 << 20
 
 
 class ChangeKind(enum.StrEnum):
@@ -102,12 +108,12 @@ class Engine:
         self, prefix: str = "", *, after: str | None = None, limit: int | None = None
     ) -> list[str]:
         """Keys equal to or below ``prefix`` in sorted order, after ``after``, at most ``limit``."""
-        found: list[str] = []
-        for key in self._iter_prefix(self._prefix(prefix), after):
-            if limit is not None and len(found) >= limit:
-                break
-            found.append(key)
-        return found
+        prefix = self._prefix(prefix)
+        if after is not None and not isinstance(after, str):
+            raise ProntoError(ErrorCode.BAD_REQUEST, "'after' must be a key (a string).")
+        if limit is not None and (not is_integer(limit) or limit < 0):
+            raise ProntoError(ErrorCode.BAD_REQUEST, "'limit' must be a whole number, 0 or more.")
+        return list(itertools.islice(self._iter_prefix(prefix, after), limit))
 
     def scan(
         self, prefix: str = "", *, after: str | None = None, limit: int | None = None
@@ -156,14 +162,7 @@ class Engine:
         packed = self._pack(value)
         prev = self._entries.get(key)
         self._require(key, prev, self._conditions(key, if_absent, if_rev, if_value))
-        rev = self.revision + 1
-        entry = _next_entry(prev, value, len(packed), rev, writer, now)
-        self.revision = rev
-        self._store(key, entry)
-        payload = rec.encode_put(rev, writer, now, key, packed, entry)
-        return Applied(
-            entry, [(RecordKind.PUT, payload)], [Change(rev, ChangeKind.PUT, key, entry)]
-        )
+        return self._put(key, prev, value, packed, writer, now)
 
     def delete(
         self,
@@ -193,14 +192,20 @@ class Engine:
         key = self._key(key)
         prev = self._entries.get(key)
         total = _incremented(prev, by)
-        packed = self._pack(total)
+        applied = self._put(key, prev, total, self._pack(total), writer, now)
+        return Applied(total, applied.records, applied.changes)
+
+    def _put(
+        self, key: str, prev: Entry | None, value: Any, packed: bytes, writer: str, now: float
+    ) -> Applied[Entry]:
+        """Write one key at the next revision; everything that can fail is checked first."""
         rev = self.revision + 1
-        entry = _next_entry(prev, total, len(packed), rev, writer, now)
+        entry = _next_entry(prev, _owned(value, packed), len(packed), rev, writer, now)
+        payload = self._fits(rec.encode_put(rev, writer, now, key, packed, entry))
         self.revision = rev
         self._store(key, entry)
-        payload = rec.encode_put(rev, writer, now, key, packed, entry)
         return Applied(
-            total, [(RecordKind.PUT, payload)], [Change(rev, ChangeKind.PUT, key, entry)]
+            entry, [(RecordKind.PUT, payload)], [Change(rev, ChangeKind.PUT, key, entry)]
         )
 
     def txn(
@@ -233,20 +238,18 @@ class Engine:
         if not writes:
             return Applied(TxnResult(True, self.revision, results), [], [])
 
+        logged = [(k, None, None) if s is None else (k, *s) for k, s in writes]
+        payload = self._fits(rec.encode_txn(rev, writer, now, logged))
+        # Nothing below can fail: the transaction is applied whole.
         self.revision = rev
         changes: list[Change] = []
-        logged: list[tuple[str, bytes, Entry] | tuple[str, None, None]] = []
         for key, staged_write in writes:
             if staged_write is None:
                 self._remove(key)
                 changes.append(Change(rev, ChangeKind.DELETE, key, None))
-                logged.append((key, None, None))
             else:
-                packed, entry = staged_write
-                self._store(key, entry)
-                changes.append(Change(rev, ChangeKind.PUT, key, entry))
-                logged.append((key, packed, entry))
-        payload = rec.encode_txn(rev, writer, now, logged)
+                self._store(key, staged_write[1])
+                changes.append(Change(rev, ChangeKind.PUT, key, staged_write[1]))
         return Applied(TxnResult(True, rev, results), [(RecordKind.TXN, payload)], changes)
 
     def _stage(
@@ -265,7 +268,8 @@ class Engine:
             return current is not None
         value = _incremented(current, op.by) if op.kind is OpKind.INCR else op.value
         packed = self._pack(value)
-        staged[op.key] = (packed, _next_entry(current, value, len(packed), rev, writer, now))
+        stored = _owned(value, packed)
+        staged[op.key] = (packed, _next_entry(current, stored, len(packed), rev, writer, now))
         return value if op.kind is OpKind.INCR else rev
 
     # -- recovery and snapshots ----------------------------------------------------------------
@@ -299,7 +303,7 @@ class Engine:
                 self._apply_change(kind, fields)
         except ReplayError:
             raise
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
             raise ReplayError(f"a record of kind {kind} is malformed: {exc}") from exc
 
     def _load_snapshot_entries(self, fields: list[Any]) -> None:
@@ -311,7 +315,7 @@ class Engine:
         for key, value, create_rev, mod_rev, version, writer, time in fields:
             size = len(pack(value))
             entries[key] = Entry(value, create_rev, mod_rev, version, writer, time, size)
-            live += len(key) + size + _ENTRY_OVERHEAD
+            live += _footprint(key, entries[key])
         self.live_bytes += live
 
     def _apply_change(self, kind: int, fields: list[Any]) -> None:
@@ -373,6 +377,16 @@ class Engine:
     def _prefix(self, prefix: str) -> str:
         return validate_prefix(prefix, self.limits.max_key_len)
 
+    def _fits(self, payload: bytes) -> bytes:
+        limit = self.limits.max_record_size
+        if len(payload) > limit:
+            raise ProntoError(
+                ErrorCode.TOO_LARGE,
+                f"The change takes {len(payload)} bytes in the log; the limit is {limit}. "
+                "Split the transaction or store smaller values.",
+            )
+        return payload
+
     def _pack(self, value: Any) -> bytes:
         return pack_value(value, self.limits.max_value_size, self.limits.max_value_depth)
 
@@ -417,7 +431,13 @@ class Engine:
 
 
 def _footprint(key: str, entry: Entry) -> int:
-    return len(key) + entry.size + _ENTRY_OVERHEAD
+    return len(key) + len(entry.writer) + entry.size + _ENTRY_OVERHEAD
+
+
+def _owned(value: Any, packed: bytes) -> Any:
+    """The engine's own copy of a list or map (decoded from its encoding), so that a caller who
+    keeps and mutates the object it passed in cannot change the stored state behind the log."""
+    return rec.decode(packed) if isinstance(value, list | dict) else value
 
 
 def _next_entry(
