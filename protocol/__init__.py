@@ -11,6 +11,7 @@ writes, sleeps or looks at a clock, so the server (trio) and the clients (anyio)
 The byte format is specified in docs/PROTOCOL.md.
 """
 
+from ._codec import check_value
 from ._connection import NEED_DATA, Connection, ConnectionStatistics, Role
 from ._errors import (
     ERROR_TABLE,
@@ -36,6 +37,7 @@ from ._messages import (
 )
 
 __all__ = [
+    "check_value",
     "ERROR_TABLE",
     "NEED_DATA",
     "PROTOCOL_VERSION",

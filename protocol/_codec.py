@@ -6,7 +6,7 @@ from typing import Any, NoReturn
 
 import msgpack
 
-from ._errors import ErrorCode
+from ._errors import ErrorCode, LocalProtocolError
 from ._limits import Limits
 
 INT_MIN = -(2**63)  # the widest integers msgpack can carry
@@ -58,6 +58,19 @@ def pack(obj: Any, limits: Limits) -> bytes:
     except Exception as exc:  # e.g. a str with lone surrogates
         raise WireError(f"cannot encode: {type(exc).__name__}: {exc}") from None
     return packed
+
+
+def check_value(obj: Any, limits: Limits) -> None:
+    """Raise LocalProtocolError unless ``obj`` could be sent under ``limits``: plain msgpack types
+    only, string map keys, nesting, container and string lengths within bounds.
+
+    The engine checks stored values with it (with its own, tighter limits), so that what the
+    broker accepts to store and what the protocol can carry are one rule.
+    """
+    try:
+        check_tree(obj, limits, outgoing=True)
+    except WireError as exc:
+        raise LocalProtocolError(exc.code, exc.message) from None
 
 
 def check_tree(obj: Any, limits: Limits, *, outgoing: bool) -> None:

@@ -106,7 +106,7 @@ def test_value_size_and_depth_are_bounded() -> None:
     e.set("nest", [[["deep enough"]]], **W)
     with pytest.raises(ProntoError) as excinfo:
         e.set("nest", [[[["too deep"]]]], **W)
-    assert code_of(excinfo) is ErrorCode.BAD_REQUEST
+    assert code_of(excinfo) is ErrorCode.TOO_LARGE  # a bound, like the size
     assert e.get("nest") is not None
     assert e.revision == 2
 

@@ -2,34 +2,44 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import msgpack
 
-from prontodb.protocol import ErrorCode, ProntoError
+from prontodb.protocol import ErrorCode, Limits, LocalProtocolError, ProntoError, check_value
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 
-_SCALARS = (str, bytes, int, float, bool)
-_NESTED_SCALARS = (*_SCALARS, type(None))
+_TOP_LEVEL = (str, bytes, int, float, bool, list, dict)
+
+
+@lru_cache(maxsize=8)
+def _value_limits(max_size: int, max_depth: int) -> Limits:
+    return Limits(max_frame_size=max_size, max_depth=max_depth)
 
 
 def pack_value(value: Any, max_size: int, max_depth: int) -> bytes:
     """Check ``value`` and return its msgpack encoding (which the record reuses).
 
-    Top-level values are str, bytes, int, float, bool, list or dict; containers may also hold None,
-    and maps need string keys. Raises bad_request for other types or nesting, too_large over the size.
+    A value is a str, bytes, int, float, bool, list or dict; inside lists and maps anything the
+    protocol carries (None too), with string map keys. The rule is the protocol's own
+    (:func:`check_value`), with the engine's bounds: bad_request for a type, too_large for the
+    size or the nesting depth.
     """
-    if isinstance(value, list | dict):
-        _check_nested(value, max_depth)
-    elif not isinstance(value, _SCALARS):
+    if not isinstance(value, _TOP_LEVEL):
         raise ProntoError(
             ErrorCode.BAD_REQUEST,
             f"A value must be a string, bytes, a number, a list or a map, not {type(value).__name__}.",
         )
     try:
+        if isinstance(value, list | dict):  # a scalar needs no walk: packb and the size check do
+            check_value(value, _value_limits(max_size, max_depth))
         packed: bytes = msgpack.packb(value, use_bin_type=True)
+    except LocalProtocolError as exc:
+        code = ErrorCode.TOO_LARGE if exc.code is ErrorCode.TOO_LARGE else ErrorCode.BAD_REQUEST
+        raise ProntoError(code, f"The value cannot be stored: {exc.message}.") from None
     except (TypeError, ValueError, OverflowError) as exc:
         raise ProntoError(ErrorCode.BAD_REQUEST, f"The value cannot be stored: {exc}.") from None
     if len(packed) > max_size:
@@ -38,30 +48,6 @@ def pack_value(value: Any, max_size: int, max_depth: int) -> bytes:
             f"The value takes {len(packed)} bytes; the limit is {max_size}. Store less or split it.",
         )
     return packed
-
-
-def _check_nested(value: list[Any] | dict[Any, Any], max_depth: int) -> None:
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, list | dict):
-            if depth > max_depth:
-                raise ProntoError(
-                    ErrorCode.BAD_REQUEST, f"The value nests deeper than {max_depth} levels."
-                )
-            if isinstance(item, dict):
-                for key, child in item.items():
-                    if not isinstance(key, str):
-                        raise ProntoError(
-                            ErrorCode.BAD_REQUEST, "Map keys in a value must be strings."
-                        )
-                    stack.append((child, depth + 1))
-            else:
-                stack.extend((child, depth + 1) for child in item)
-        elif not isinstance(item, _NESTED_SCALARS):
-            raise ProntoError(
-                ErrorCode.BAD_REQUEST, f"A value cannot hold a {type(item).__name__}."
-            )
 
 
 def is_integer(value: Any) -> bool:
