@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import threading
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from prontodb.broker.storage import (
+    CorruptionError,
     GroupCommitWriter,
     SegmentStorage,
     StorageError,
@@ -111,6 +113,59 @@ def test_a_crash_after_any_step_leaves_the_old_set_or_the_new(
     storage.append([(3, b"next")])
     storage.close()
     assert reopen(tmp_path) == [*records, (3, b"next")]
+
+
+def crashed_after_the_commit_point(path: Path) -> None:
+    """Run a compaction of segments 1-3 up to ``manifest_installed``, then crash."""
+    storage = with_history(path)
+    steps = storage.compaction_steps(3, SNAPSHOT)
+    assert [next(steps) for _ in range(4)] == STEPS[:4]
+    del steps, storage  # the crash: nothing closed, no old segment deleted yet
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+def test_a_damaged_snapshot_after_the_commit_point_deletes_no_old_segment(
+    tmp_path: Path, damage: str
+) -> None:
+    crashed_after_the_commit_point(tmp_path)
+    snapshot = tmp_path / "snap-00000003.snap"
+    data = snapshot.read_bytes()
+    if damage == "truncated":  # caught by the size check at open
+        snapshot.write_bytes(data[:-10])
+    else:  # the right size, caught by a record checksum during replay
+        snapshot.write_bytes(data[:-3] + bytes([data[-3] ^ 0x40]) + data[-2:])
+
+    def open_and_replay() -> None:
+        storage = SegmentStorage.open(tmp_path)  # truncated: refused here
+        try:
+            list(storage.replay())  # flipped: refused here
+        finally:
+            storage.close()
+
+    with pytest.raises(CorruptionError) as caught:
+        open_and_replay()
+    assert caught.value.path == snapshot
+    # The old segments, the only complete copy of OLD, are all still there.
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["MANIFEST", "snap-00000003.snap", *(f"seg-0000000{n}.log" for n in (1, 2, 3, 4))]
+    )
+    # So the old set can be brought back: the manifest of a database without a snapshot.
+    body = b'{"format":1,"snapshot":null,"snapshot_bytes":0,"first_segment":1}'
+    (tmp_path / "MANIFEST").write_bytes(body + b"\ncrc32:%08x\n" % zlib.crc32(body))
+    assert reopen(tmp_path) == [*OLD, *TAIL]
+    assert "snap-00000003.snap" not in os.listdir(tmp_path)  # now it is the orphan
+
+
+def test_orphans_stay_until_replay_has_verified_every_record(tmp_path: Path) -> None:
+    crashed_after_the_commit_point(tmp_path)
+    everything = sorted(os.listdir(tmp_path))
+    storage = SegmentStorage.open(tmp_path)
+    records = storage.replay()
+    assert next(records) == SNAPSHOT[0]
+    assert sorted(os.listdir(tmp_path)) == everything  # opened and replaying: nothing deleted
+    assert list(records) == [*SNAPSHOT[1:], *TAIL]
+    assert sorted(os.listdir(tmp_path)) == ["MANIFEST", "seg-00000004.log", "snap-00000003.snap"]
+    storage.close()
 
 
 def test_a_failing_state_iterator_leaves_the_old_set(tmp_path: Path) -> None:

@@ -39,11 +39,12 @@ def replayed(path: Path) -> list[Record]:
 
 def file_records(path: Path) -> list[Record]:
     data = path.read_bytes()
+    (salt,) = struct.unpack_from("<I", data, 24)  # every record's crc is seeded with it
     records, pos = [], 32
     while pos < len(data):
         crc, length, kind = struct.unpack_from("<IIB", data, pos)
         end = pos + 9 + length
-        assert zlib.crc32(data[pos + 4 : end]) == crc
+        assert zlib.crc32(data[pos + 4 : end], salt) == crc
         records.append((kind, data[pos + 9 : end]))
         pos = end
     return records

@@ -161,8 +161,132 @@ def test_a_last_segment_with_a_header_cut_short_is_reinitialised(
         segment.write_bytes(header[:size] if size < 32 else bytes(32))
         with caplog.at_level(logging.WARNING, logger="prontodb.storage"):
             assert reopen(tmp_path) == FIRST
-        assert segment.read_bytes() == header
+        rewritten = segment.read_bytes()
+        # The same header but for a fresh salt (bytes 24..27), under its own crc.
+        assert len(rewritten) == 32
+        assert rewritten[:24] == header[:24]
+        assert struct.unpack_from("<I", rewritten, 28)[0] == zlib.crc32(rewritten[:28])
         assert "reinitialised" in caplog.text
+
+
+# -- records framed inside values -----------------------------------------------------------------
+
+
+def salt_of(path: Path) -> int:
+    """The salt in a file's header (docs/FORMAT.md): it seeds every record crc in the file."""
+    return int(struct.unpack_from("<I", path.read_bytes(), 24)[0])
+
+
+def framed(kind: int, payload: bytes, salt: int) -> bytes:
+    """One record in the documented framing, its crc seeded with ``salt``."""
+    covered = struct.pack("<IB", len(payload), kind) + payload
+    return struct.pack("<I", zlib.crc32(covered, salt)) + covered
+
+
+def write_torn_value(path: Path, embedded: bytes) -> tuple[int, int]:
+    """Append FIRST, then a value holding ``embedded``, and tear that value after ``embedded``
+    (as a crash mid-write would). Return (where the torn record starts, where the file ends)."""
+    write_batches(path, FIRST, [(1, b"value:" + embedded + b"." * 64)])
+    segment = path / SEG1
+    start = record_offsets(segment)[-1]
+    torn_at = segment.stat().st_size - 32  # inside the trailing dots, after ``embedded``
+    os.truncate(segment, torn_at)
+    return start, torn_at
+
+
+@pytest.mark.parametrize("source", ["another-database", "unseeded-crc", "neighbouring-salt"])
+def test_records_framed_inside_a_torn_value_do_not_stop_the_tail_being_cut(
+    tmp_path: Path, source: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "db"
+    SegmentStorage.open(path).close()  # the segment exists, so its salt is known
+    if source == "another-database":
+        # A client stores a whole ProntoDB segment (another database's) as a value.
+        write_batches(tmp_path / "other", FIRST, [LAST])
+        embedded = (tmp_path / "other" / SEG1).read_bytes()
+    elif source == "unseeded-crc":
+        embedded = framed(*LAST, salt=0)  # plain zlib.crc32, as a client would frame it
+    else:
+        embedded = framed(*LAST, salt=salt_of(path / SEG1) ^ 1)
+    start, torn_at = write_torn_value(path, embedded)
+    with caplog.at_level(logging.WARNING, logger="prontodb.storage"):
+        assert reopen(path) == FIRST
+    assert (path / SEG1).stat().st_size == start
+    assert f"cut {torn_at - start} bytes of torn tail at offset {start}" in caplog.text
+
+
+def test_a_record_with_this_files_salt_inside_a_torn_value_is_taken_as_valid(
+    tmp_path: Path,
+) -> None:
+    """The search does look inside payloads: what protects a client's value is the salt alone."""
+    SegmentStorage.open(tmp_path).close()
+    start, torn_at = write_torn_value(tmp_path, framed(*LAST, salt=salt_of(tmp_path / SEG1)))
+    with pytest.raises(CorruptionError, match="yet a valid record starts") as caught:
+        reopen(tmp_path)
+    assert caught.value.offset == start
+    assert (tmp_path / SEG1).stat().st_size == torn_at  # nothing cut
+
+
+def test_every_file_gets_its_own_salt(tmp_path: Path) -> None:
+    write_batches(tmp_path, FIRST, [LAST], roll_after=0)
+    storage, _ = opened(tmp_path)
+    storage.roll()
+    storage.install_snapshot(2, [LAST])
+    storage.close()
+    names = ["snap-00000002.snap", SEG3]
+    assert sorted(os.listdir(tmp_path)) == sorted(["MANIFEST", *names])
+    salts = {salt_of(tmp_path / name) for name in names}
+    write_batches(tmp_path / "again", FIRST)
+    salts.add(salt_of(tmp_path / "again" / SEG1))
+    assert len(salts) == 3  # two equal only with probability about 3 in 2**32
+
+
+# -- max_record_size limits writing, not reading ------------------------------------------------
+
+BIG = 600 * 1024  # over the lowered limit below, under the default one
+LOWERED = StorageOptions(max_record_size=512 * 1024)
+
+
+def test_records_over_a_lowered_max_record_size_are_still_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rng = random.Random(6)
+    big = [(n, rng.randbytes(BIG)) for n in (1, 2, 3)]
+    storage, _ = opened(tmp_path)  # the default limit, 16 MiB
+    storage.append([big[0]])
+    storage.roll()
+    storage.install_snapshot(1, [big[0]])  # in the snapshot
+    storage.append([big[1]])
+    storage.roll()  # in a sealed segment
+    storage.append([big[2], (4, b"small")])  # and in the active one
+    storage.close()
+    sizes = {name: (tmp_path / name).stat().st_size for name in os.listdir(tmp_path)}
+
+    with caplog.at_level(logging.WARNING, logger="prontodb.storage"):
+        storage, replayed = opened(tmp_path, LOWERED)
+    assert replayed == [*big, (4, b"small")]
+    assert not caplog.records
+    assert {name: (tmp_path / name).stat().st_size for name in os.listdir(tmp_path)} == sizes
+    # The lowered limit still holds for writing.
+    with pytest.raises(ValueError, match="max_record_size"):
+        storage.append([(5, bytes(BIG))])
+    storage.append([(5, bytes(512 * 1024))])
+    storage.close()
+    assert reopen(tmp_path) == [*big, (4, b"small"), (5, bytes(512 * 1024))]
+
+
+def test_damage_before_a_record_over_a_lowered_limit_is_not_cut(tmp_path: Path) -> None:
+    write_batches(tmp_path, FIRST, [(4, random.Random(7).randbytes(BIG))])
+    segment = tmp_path / SEG1
+    third = record_offsets(segment)[2]
+    flip(segment, third + 9)  # the payload of a small record before the big one
+    size = segment.stat().st_size
+    storage = SegmentStorage.open(tmp_path, LOWERED)
+    with pytest.raises(CorruptionError, match="yet a valid record starts") as caught:
+        list(storage.replay())
+    storage.close()
+    assert caught.value.offset == third
+    assert segment.stat().st_size == size  # the big record after the damage is not cut away
 
 
 # -- sealed segments and the snapshot -----------------------------------------------------------

@@ -17,6 +17,7 @@ from prontodb.broker.storage import (
     StorageError,
     StorageOptions,
 )
+from prontodb.broker.storage._records import encode_records, encoded_size
 
 Record = tuple[int, bytes]
 
@@ -33,11 +34,12 @@ def file_records(path: Path) -> list[Record]:
     """Decode one segment or snapshot file straight from the documented format (docs/FORMAT.md)."""
     data = path.read_bytes()
     assert data[:8] == b"PRONTODB"
+    (salt,) = struct.unpack_from("<I", data, 24)  # every record's crc is seeded with it
     records, pos = [], 32
     while pos < len(data):
         crc, length, kind = struct.unpack_from("<IIB", data, pos)
         end = pos + 9 + length
-        assert zlib.crc32(data[pos + 4 : end]) == crc
+        assert zlib.crc32(data[pos + 4 : end], salt) == crc
         records.append((kind, data[pos + 9 : end]))
         pos = end
     return records
@@ -133,6 +135,21 @@ def test_bad_records_are_refused_before_anything_is_written(tmp_path: Path) -> N
     storage.append([(255, b"x" * 10)])
     assert storage.stats().total_bytes == before.total_bytes + 9 + 10
     storage.close()
+
+
+def test_sizing_and_framing_agree_and_refuse_alike() -> None:
+    """submit sizes a batch with encoded_size, append frames it with encode_records: one check."""
+    rng = random.Random(8)
+    for batch in make_batches(seed=3, count=20):
+        salt = rng.getrandbits(32)
+        framed = encode_records(batch, 60, salt)
+        assert len(framed) == encoded_size(batch, 60)
+    for bad in ([(0, b"")], [(256, b"")], [(1, b"ok"), (1, b"x" * 11)]):
+        with pytest.raises(ValueError, match=r"kind|max_record_size") as sized:
+            encoded_size(bad, 10)
+        with pytest.raises(ValueError, match=r"kind|max_record_size") as encoded:
+            encode_records(bad, 10, 0)
+        assert str(sized.value) == str(encoded.value)
 
 
 def test_roll_seals_the_active_segment_even_when_empty(tmp_path: Path) -> None:

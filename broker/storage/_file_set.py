@@ -1,7 +1,8 @@
 """Opening a database directory: check the manifest, the file set and every file header.
 
-Everything here runs before the first record is read: a new directory is laid out, orphans of an
-interrupted compaction are deleted, and the active segment is opened for appending.
+Everything here runs before the first record is read: a new directory is laid out, the orphans of
+an interrupted compaction are listed (replay deletes them once every record has been verified), and
+the active segment is opened for appending.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._errors import CorruptionError
-from ._file_header import HEADER_SIZE, FileKind, check_header, encode_header
+from ._file_header import HEADER_SIZE, FileHeader, FileKind, check_header, encode_header, new_salt
 from ._layout import (
     MANIFEST_NAME,
     Listing,
     fsync_directory,
+    fsync_directory_quietly,
     list_directory,
     segment_name,
     unlink_quietly,
@@ -38,14 +40,20 @@ class FileSet:
     fd: int
     """The active segment, opened read-write in append mode."""
     active_size: int
+    active_salt: int
+    """The salt in the active segment's header: appends seed their checksums with it."""
+    orphans: list[str]
+    """Names left over by an interrupted compaction (or creation), not part of the live set.
+    Delete them (:func:`remove_orphans`) only once the whole live set has been verified."""
 
 
 def open_file_set(directory: Path) -> FileSet:
     """Check the database in ``directory`` and open its active segment for appending.
 
-    Lays out a new database in a directory without one, deletes orphans once the live set has
-    passed its checks, and reinitialises a last segment whose header a crash cut short. Raises
-    CorruptionError for anything else out of place. Records are not read here: replay does that.
+    Lays out a new database in a directory without one, lists the orphans (deleting nothing: the
+    records of the live set are still unverified, and an orphan may be the only complete copy),
+    and reinitialises a last segment whose header a crash cut short. Raises CorruptionError for
+    anything else out of place. Records are not read here: replay does that.
     """
     listing = list_directory(directory)
     if listing.empty:
@@ -69,7 +77,7 @@ def open_file_set(directory: Path) -> FileSet:
         if manifest.snapshot is not None:
             raise CorruptionError(directory / segment_name(first), None, "segment missing")
         # A new database whose creation stopped between the manifest and segment 1.
-        os.close(create_segment(directory, first, 0))
+        os.close(create_segment(directory, first, 0)[0])
         numbers = [first]
     for expected, number in enumerate(numbers, start=first):
         if number != expected:
@@ -78,7 +86,6 @@ def open_file_set(directory: Path) -> FileSet:
                 None,
                 f"segment missing: the log jumps from segment {expected - 1} to {number}",
             )
-    _remove_orphans(directory, listing, manifest)
 
     if manifest.snapshot is not None:
         snap_path = directory / manifest.snapshot
@@ -96,12 +103,12 @@ def open_file_set(directory: Path) -> FileSet:
     previous_sizes: dict[int, int] = {}
     for number in numbers[:-1]:
         seg_path = directory / segment_name(number)
-        previous_sizes[number] = check_header(
-            _read_head(seg_path), seg_path, FileKind.SEGMENT, number
-        )
+        header = check_header(_read_head(seg_path), seg_path, FileKind.SEGMENT, number)
+        previous_sizes[number] = header.previous_size
         sealed[number] = seg_path.stat().st_size
     active = numbers[-1]
-    fd, active_size, previous_sizes[active] = _open_active(directory, active, sealed)
+    fd, active_size, header = _open_active(directory, active, sealed)
+    previous_sizes[active] = header.previous_size
     try:
         # Each segment's header records the size its predecessor was sealed at, which
         # catches a sealed segment that lost (or gained) whole records.
@@ -117,7 +124,9 @@ def open_file_set(directory: Path) -> FileSet:
     except BaseException:
         os.close(fd)
         raise
-    return FileSet(manifest, sealed, active, fd, active_size)
+    return FileSet(
+        manifest, sealed, active, fd, active_size, header.salt, _orphans(listing, manifest)
+    )
 
 
 def _create(directory: Path, listing: Listing) -> None:
@@ -125,28 +134,32 @@ def _create(directory: Path, listing: Listing) -> None:
     for name in listing.temporaries:
         unlink_quietly(directory / name)
     write_manifest(directory, Manifest())
-    os.close(create_segment(directory, 1, 0))
+    os.close(create_segment(directory, 1, 0)[0])
     listing.has_manifest = True
     listing.temporaries.clear()
     listing.segments[1] = segment_name(1)
 
 
-def create_segment(directory: Path, number: int, previous_size: int) -> int:
-    """Create segment ``number`` with its header, durable, and return its fd (append mode)."""
+def create_segment(directory: Path, number: int, previous_size: int) -> tuple[int, int]:
+    """Create segment ``number`` with its header, durable; return its fd (append mode) and the
+    salt its records' checksums are seeded with."""
     path = directory / segment_name(number)
+    salt = new_salt()
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
     try:
-        write_all(fd, encode_header(FileKind.SEGMENT, number, previous_size))
+        write_all(fd, encode_header(FileKind.SEGMENT, number, salt, previous_size))
         os.fdatasync(fd)
         fsync_directory(directory)
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, salt
 
 
-def _open_active(directory: Path, number: int, sealed: dict[int, int]) -> tuple[int, int, int]:
-    """Open the last segment for appending; return (fd, size, previous_size from its header)."""
+def _open_active(
+    directory: Path, number: int, sealed: dict[int, int]
+) -> tuple[int, int, FileHeader]:
+    """Open the last segment for appending; return (fd, size, what its header says)."""
     path = directory / segment_name(number)
     fd = os.open(path, os.O_RDWR | os.O_APPEND)
     try:
@@ -157,10 +170,11 @@ def _open_active(directory: Path, number: int, sealed: dict[int, int]) -> tuple[
         # filesystems, the right length but still zeros). Nothing can follow such a header.
         if size < HEADER_SIZE or (size == HEADER_SIZE and not any(head)):
             logger.warning("%s: reinitialised a segment header cut short by a crash", path)
+            header = FileHeader(previous_size, new_salt())
             os.ftruncate(fd, 0)
-            write_all(fd, encode_header(FileKind.SEGMENT, number, previous_size))
+            write_all(fd, encode_header(FileKind.SEGMENT, number, header.salt, previous_size))
             os.fsync(fd)
-            return fd, HEADER_SIZE, previous_size
+            return fd, HEADER_SIZE, header
         return fd, size, check_header(head, path, FileKind.SEGMENT, number)
     except BaseException:
         os.close(fd)
@@ -175,13 +189,22 @@ def _read_head(path: Path) -> bytes:
         os.close(fd)
 
 
-def _remove_orphans(directory: Path, listing: Listing, manifest: Manifest) -> None:
-    """Delete what an interrupted compaction (or creation) left outside the live set."""
+def _orphans(listing: Listing, manifest: Manifest) -> list[str]:
+    """What an interrupted compaction (or creation) left outside the live set, sorted."""
     orphans = [name for number, name in listing.segments.items() if number < manifest.first_segment]
     orphans += [name for name in listing.snapshots.values() if name != manifest.snapshot]
     orphans += listing.temporaries
-    for name in sorted(orphans):
+    return sorted(orphans)
+
+
+def remove_orphans(directory: Path, orphans: list[str]) -> None:
+    """Delete ``orphans``; call it only once the whole live set has been verified.
+
+    Failures are logged, not raised: an orphan that stays is harmless (it is not in the live
+    set) and the next open lists it again.
+    """
+    for name in orphans:
         logger.warning("%s: deleting %s, left over by an interrupted compaction", directory, name)
-        unlink_quietly(directory / name)  # harmless if it stays: it is not in the live set
+        unlink_quietly(directory / name)
     if orphans:
-        fsync_directory(directory)
+        fsync_directory_quietly(directory)

@@ -29,7 +29,8 @@ class StorageOptions:
     segment_size: int = 64 * MiB
     """A segment that reaches this size after a batch is sealed and a new one started."""
     max_record_size: int = 16 * MiB
-    """The largest payload accepted; recovery also treats a longer length field as damage."""
+    """The largest payload that appends, submits and compaction accept. A write-side limit only:
+    reading takes any record the format allows, so lowering it never hides stored records."""
     compact_min_bytes: int = 8 * MiB
     """Never suggest compaction below this many bytes on disk."""
     compact_garbage_ratio: float = 0.5

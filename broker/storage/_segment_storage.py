@@ -12,8 +12,8 @@ from types import TracebackType
 from typing import Self
 
 from ._errors import CorruptionError, StorageError
-from ._file_header import HEADER_SIZE, FileKind, encode_header
-from ._file_set import FileSet, create_segment, open_file_set
+from ._file_header import HEADER_SIZE, FileKind, check_header, encode_header, new_salt
+from ._file_set import FileSet, create_segment, open_file_set, remove_orphans
 from ._layout import (
     MANIFEST_NAME,
     TMP_SUFFIX,
@@ -58,6 +58,8 @@ class SegmentStorage:
         self._active = files.active
         self._fd = files.fd
         self._active_size = files.active_size
+        self._salt = files.active_salt  # of the active segment: appends seed their crcs with it
+        self._orphans = files.orphans  # deleted once replay has verified the live set
         self._lock = threading.Lock()
         self._replayed = False
         self._appended = False
@@ -75,10 +77,10 @@ class SegmentStorage:
     def open(cls, directory: str | os.PathLike[str], options: StorageOptions | None = None) -> Self:
         """Open the database in ``directory``, creating the directory and segment 1 if new.
 
-        Checks the manifest, the file set and every file header, deletes the orphans of an
-        interrupted compaction, and reinitialises a last segment whose header a crash cut short.
-        Record checksums are verified by :meth:`replay`, which also cuts a torn tail.
-        Raises CorruptionError for damage, StorageError for other failures.
+        Checks the manifest, the file set and every file header, and reinitialises a last segment
+        whose header a crash cut short. Record checksums are verified by :meth:`replay`, which
+        also cuts a torn tail and, once all is well, deletes the orphans of an interrupted
+        compaction. Raises CorruptionError for damage, StorageError for other failures.
         """
         options = options or StorageOptions()
         path = Path(directory)
@@ -96,7 +98,9 @@ class SegmentStorage:
 
         Exhaust it before the first :meth:`append`. Damage in the snapshot or a sealed segment
         raises CorruptionError. In the active segment, damage followed by nothing valid is a
-        torn tail: it is cut off (and logged); damage followed by a valid record raises.
+        torn tail: it is cut off (and logged); damage followed by a valid record raises. Only
+        once every record has been verified are the orphans of an interrupted compaction
+        deleted: until then they may be the only complete copy of the data.
         """
         with self._lock:
             self._check_open()
@@ -107,24 +111,31 @@ class SegmentStorage:
     def _replay(self) -> Iterator[tuple[int, bytes]]:
         try:
             if self._manifest.snapshot is not None:
-                yield from self._replay_sealed(self._directory / self._manifest.snapshot)
+                yield from self._replay_sealed(
+                    self._manifest.snapshot, FileKind.SNAPSHOT, self._manifest.first_segment - 1
+                )
             for number in list(self._sealed):
-                yield from self._replay_sealed(self._directory / segment_name(number))
-            reader = RecordReader(self._fd, HEADER_SIZE, self._active_size, self.max_record_size)
+                yield from self._replay_sealed(segment_name(number), FileKind.SEGMENT, number)
+            reader = RecordReader(self._fd, HEADER_SIZE, self._active_size, self._salt)
             yield from reader
             if reader.damage is not None:
                 self._cut_torn_tail(reader.damage)
+            remove_orphans(self._directory, self._orphans)
+            self._orphans = []
         except OSError as exc:
             raise StorageError(f"cannot read the database in {self._directory}: {exc}") from exc
         with self._lock:
             self._replayed = True
             self._last_sync = time.monotonic()
 
-    def _replay_sealed(self, path: Path) -> Iterator[tuple[int, bytes]]:
+    def _replay_sealed(self, name: str, kind: FileKind, number: int) -> Iterator[tuple[int, bytes]]:
+        path = self._directory / name
         fd = os.open(path, os.O_RDONLY)
         try:
+            # Checked at open already; read again here for the salt, from this very descriptor.
+            salt = check_header(os.pread(fd, HEADER_SIZE, 0), path, kind, number).salt
             size = os.fstat(fd).st_size
-            reader = RecordReader(fd, HEADER_SIZE, size, self.max_record_size)
+            reader = RecordReader(fd, HEADER_SIZE, size, salt)
             yield from reader
         finally:
             os.close(fd)
@@ -139,7 +150,7 @@ class SegmentStorage:
             f"{damage.offset} bytes to keep the records before the damage (those after it are lost)."
         )
         try:
-            found = find_record(self._fd, damage.offset + 1, size, self.max_record_size)
+            found = find_record(self._fd, damage.offset + 1, size, self._salt)
         except SearchAbandoned:
             raise CorruptionError(
                 path,
@@ -182,7 +193,7 @@ class SegmentStorage:
 
     @property
     def max_record_size(self) -> int:
-        """The largest payload :meth:`append` accepts."""
+        """The largest payload :meth:`append` and compaction accept (reading takes any size)."""
         return self._options.max_record_size
 
     def append(self, records: Sequence[tuple[int, bytes]]) -> None:
@@ -192,12 +203,15 @@ class SegmentStorage:
         written). Rolls to a new segment once the active one reaches ``segment_size``. After a
         failed write or fsync every later call raises StorageError.
         """
-        data = encode_records(records, self.max_record_size)
+        salt = self._salt  # framed outside the lock; only this writer thread rolls
+        data = encode_records(records, self.max_record_size, salt)
         with self._lock:
             self._check_writable()
             self._appended = True
             if not data:
                 return
+            if salt != self._salt:  # rolled meanwhile from another thread, against the rules
+                data = encode_records(records, self.max_record_size, self._salt)
             start = self._active_size
             try:
                 write_all(self._fd, data)
@@ -295,7 +309,7 @@ class SegmentStorage:
         if self._unsynced:
             self._sync_locked()  # sealed segments are always on disk, whatever the policy
         try:
-            fd = create_segment(self._directory, sealed + 1, size)
+            fd, salt = create_segment(self._directory, sealed + 1, size)
         except OSError as exc:
             raise self._fail("create the next segment after", exc) from exc
         try:
@@ -303,6 +317,7 @@ class SegmentStorage:
         except OSError as exc:  # the data is already synced; a failing close loses nothing
             logger.warning("closing sealed segment %d: %s", sealed, exc)
         self._fd = fd
+        self._salt = salt
         self._sealed[sealed] = size
         self._active = sealed + 1
         self._active_size = HEADER_SIZE
@@ -433,12 +448,13 @@ class SegmentStorage:
         self, path: Path, through: int, records: Iterable[tuple[int, bytes]]
     ) -> int:
         max_size = self.max_record_size
+        salt = new_salt()
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         except OSError as exc:
             raise StorageError(f"compaction could not create {path}: {exc}") from exc
         try:
-            write_all(fd, encode_header(FileKind.SNAPSHOT, through))
+            write_all(fd, encode_header(FileKind.SNAPSHOT, through, salt))
             size = HEADER_SIZE
             chunk: list[tuple[int, bytes]] = []
             chunk_bytes = 0
@@ -446,10 +462,10 @@ class SegmentStorage:
                 chunk.append((kind, payload))
                 chunk_bytes += RECORD_HEADER_SIZE + len(payload)
                 if chunk_bytes >= _SNAPSHOT_CHUNK:
-                    write_all(fd, encode_records(chunk, max_size))
+                    write_all(fd, encode_records(chunk, max_size, salt))
                     size += chunk_bytes
                     chunk, chunk_bytes = [], 0
-            write_all(fd, encode_records(chunk, max_size))
+            write_all(fd, encode_records(chunk, max_size, salt))
             size += chunk_bytes
             os.fsync(fd)
         except OSError as exc:
