@@ -6,6 +6,7 @@ own: the engine decides, storage makes it durable, the group-commit writer batch
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,6 +15,8 @@ from .engine import Applied, Engine, EngineLimits
 from .storage import GroupCommitWriter, SegmentStorage, Storage, StorageOptions
 
 T = TypeVar("T")
+
+logger = logging.getLogger("prontodb.database")
 
 
 class Database:
@@ -29,6 +32,7 @@ class Database:
         self.writer = writer
         self._last_ticket = 0
         self._compacting = False
+        self._retry_compaction_at = 0  # after a failed compaction: total bytes to wait for
 
     @classmethod
     def open(
@@ -40,7 +44,14 @@ class Database:
         on_durable: Callable[[int], None] | None = None,
     ) -> Database:
         """Open (or create) the database in ``directory``, replaying its snapshot and log."""
-        storage = SegmentStorage.open(Path(directory), options or StorageOptions())
+        options = options or StorageOptions()
+        limits = limits or EngineLimits()
+        if limits.max_record_size > options.max_record_size:
+            raise ValueError(
+                f"the engine may produce records of {limits.max_record_size} bytes, more than "
+                f"storage's max_record_size of {options.max_record_size}"
+            )
+        storage = SegmentStorage.open(Path(directory), options)
         try:
             engine = Engine.restore(storage.replay(), limits)
         except BaseException:
@@ -66,13 +77,31 @@ class Database:
         """
         self.writer.wait(self.submit(applied))
         if applied.records and self.wants_compaction:
-            self.compact()
+            try:
+                self.compact()
+            except Exception:
+                # The write itself is durable, so it must not be reported as failed (a retry
+                # would apply it twice). Try again once the log has grown as much once more.
+                self._retry_compaction_at = 2 * self.storage.stats().total_bytes
+                logger.exception("compaction failed; the database carries on without it")
         return applied.result
 
     @property
     def wants_compaction(self) -> bool:
-        """Whether enough of the log is garbage that a compaction pays (and none is running)."""
-        return not self._compacting and self.storage.should_compact(self.engine.live_bytes)
+        """Whether a compaction pays now: none is running, storage judges enough of the files to
+        be garbage, and the log has grown by at least half the snapshot since the last one.
+
+        The last rule bounds the cost: however the garbage estimate errs, compaction rewrites at
+        most about twice what was appended.
+        """
+        if self._compacting:
+            return False
+        stats = self.storage.stats()
+        return (
+            stats.total_bytes >= self._retry_compaction_at
+            and 2 * stats.bytes_since_compaction >= stats.snapshot_bytes
+            and self.storage.should_compact(self.engine.live_bytes)
+        )
 
     def start_compaction(self) -> Callable[[], None]:
         """Seal the log and freeze the live state now; return the slow rest, to run in a thread.
@@ -82,9 +111,9 @@ class Database:
         """
         if self._compacting:
             raise RuntimeError("a compaction is already running")
-        self._compacting = True
         roll = self.writer.submit_roll()
         snapshot = self.engine.snapshot()
+        self._compacting = True
 
         def finish() -> None:
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -167,3 +168,47 @@ def test_blocking_writes_compact_once_garbage_passes_the_ratio(tmp_path: Path) -
         assert (entry.value, entry.version) == (1999, 2000)
     finally:
         again.close()
+
+
+def test_a_failed_compaction_does_not_fail_the_durable_write(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    options = StorageOptions(segment_size=2048, compact_min_bytes=8 * 1024)
+    db = Database.open(tmp_path / "main", options=options)
+    try:
+        # A real failure: a directory sits where the compaction writes its temporary snapshot.
+        for number in range(1, 200):
+            (tmp_path / "main" / f"snap-{number:08d}.snap.tmp").mkdir()
+        for i in range(1, 400):
+            assert db.write(db.engine.incr("workflow.completed", 1, writer="w", now=0.0)) == i
+        failures = [r for r in caplog.records if "compaction failed" in r.getMessage()]
+        assert 1 <= len(failures) <= 3  # backs off instead of failing every write
+        assert db.storage.stats().snapshot is None
+    finally:
+        db.close()
+    for number in range(1, 200):
+        (tmp_path / "main" / f"snap-{number:08d}.snap.tmp").rmdir()
+    again = Database.open(tmp_path / "main", options=options)
+    try:
+        entry = again.engine.get("workflow.completed")
+        assert entry is not None
+        assert entry.value == 399
+    finally:
+        again.close()
+
+
+def test_compaction_does_not_repeat_while_the_log_holds_little_garbage(tmp_path: Path) -> None:
+    options = StorageOptions(segment_size=64 * 1024, compact_min_bytes=64 * 1024)
+    db = Database.open(tmp_path / "main", options=options)
+    writer = "agent-" + "x" * 72  # long writer names are part of every entry's footprint
+    try:
+        for i in range(3000):
+            db.write(db.engine.set(f"agents.a{i}.status", "active", writer=writer, now=0.0))
+        db.compact()
+        snapshot = db.storage.stats().snapshot
+        for i in range(50):
+            db.write(db.engine.set(f"agents.a{i}.status", "busy", writer=writer, now=1.0))
+        assert db.storage.stats().snapshot == snapshot
+        assert not db.wants_compaction
+    finally:
+        db.close()
