@@ -18,7 +18,8 @@ from prontodb.broker.storage import (
     StorageOptions,
 )
 
-Record = tuple[int, bytes]
+from storage_files import Record, opened, reopen
+
 OLD = [(1, b"key-%d=%d" % (i % 4, i)) for i in range(30)]  # many writes to four keys
 TAIL = [(2, b"after the seal %d" % i) for i in range(5)]
 SNAPSHOT = [(9, b"key-%d=%d" % (k, 26 + k)) for k in range(4)]  # the live state of OLD
@@ -30,19 +31,6 @@ STEPS = [
     "old_segments_deleted",
     "old_snapshot_deleted",
 ]
-
-
-def opened(
-    path: Path, options: StorageOptions | None = None
-) -> tuple[SegmentStorage, list[Record]]:
-    storage = SegmentStorage.open(path, options)
-    return storage, list(storage.replay())
-
-
-def reopen(path: Path) -> list[Record]:
-    storage, records = opened(path)
-    storage.close()
-    return records
 
 
 def with_history(path: Path) -> SegmentStorage:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import struct
 import threading
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,34 +18,9 @@ from prontodb.broker.storage import (
     StorageOptions,
 )
 
-Record = tuple[int, bytes]
+from storage_files import Record, file_records, opened, reopen
+
 TIMEOUT = 10.0  # generous: only ever reached when a test is about to fail
-
-
-def opened(path: Path, options: StorageOptions | None = None) -> SegmentStorage:
-    storage = SegmentStorage.open(path, options)
-    assert list(storage.replay()) == []  # every test starts from a new directory
-    return storage
-
-
-def replayed(path: Path) -> list[Record]:
-    storage = SegmentStorage.open(path)
-    records = list(storage.replay())
-    storage.close()
-    return records
-
-
-def file_records(path: Path) -> list[Record]:
-    data = path.read_bytes()
-    (salt,) = struct.unpack_from("<I", data, 24)  # every record's crc is seeded with it
-    records, pos = [], 32
-    while pos < len(data):
-        crc, length, kind = struct.unpack_from("<IIB", data, pos)
-        end = pos + 9 + length
-        assert zlib.crc32(data[pos + 4 : end], salt) == crc
-        records.append((kind, data[pos + 9 : end]))
-        pos = end
-    return records
 
 
 class Gate:
@@ -76,7 +49,8 @@ class Gate:
 def writer_for(
     path: Path, options: StorageOptions | None = None, **kwargs: Callable[..., None]
 ) -> Iterator[tuple[SegmentStorage, GroupCommitWriter]]:
-    storage = opened(path, options)
+    storage, replayed = opened(path, options)
+    assert replayed == []  # every test starts from a new directory
     writer = GroupCommitWriter(storage, **kwargs)
     try:
         yield storage, writer
@@ -95,7 +69,7 @@ def test_tickets_become_durable_in_order_and_replay_in_order(tmp_path: Path) -> 
         assert writer.wait(tickets[0])  # long durable: returns at once
     assert calls == sorted(calls)
     assert calls[-1] == 200
-    assert replayed(tmp_path) == [r for i in range(200) for r in ((1, b"%d" % i), (2, b"x"))]
+    assert reopen(tmp_path) == [r for i in range(200) for r in ((1, b"%d" % i), (2, b"x"))]
 
 
 def test_fifty_concurrent_submits_share_one_write_and_one_fsync(tmp_path: Path) -> None:
@@ -122,7 +96,7 @@ def test_fifty_concurrent_submits_share_one_write_and_one_fsync(tmp_path: Path) 
         assert (stats.batches, stats.fsyncs) == (2, 2)  # the first record, then the other 50
         assert storage.stats().fsyncs == 2
     order = sorted(tickets, key=tickets.__getitem__)
-    assert replayed(tmp_path) == [(1, b"first")] + [(2, b"worker-%d" % n) for n in order]
+    assert reopen(tmp_path) == [(1, b"first")] + [(2, b"worker-%d" % n) for n in order]
 
 
 def test_many_threads_submitting_and_waiting_keep_ticket_order(tmp_path: Path) -> None:
@@ -146,7 +120,7 @@ def test_many_threads_submitting_and_waiting_keep_ticket_order(tmp_path: Path) -
         stats = writer.statistics()
         assert stats.records == 200
         assert stats.fsyncs == stats.batches <= 200
-    assert replayed(tmp_path) == [record for _, record in sorted(written)]
+    assert reopen(tmp_path) == [record for _, record in sorted(written)]
 
 
 @pytest.mark.parametrize("in_one_drain", [False, True])
@@ -208,11 +182,11 @@ def test_bad_records_are_refused_at_submit_without_harming_others(tmp_path: Path
             writer.submit([(0, b"")])
         assert writer.wait(writer.submit([(2, b"also")]), TIMEOUT)
         assert writer.wait(good)
-    assert replayed(tmp_path) == [(1, b"fine"), (2, b"also")]
+    assert reopen(tmp_path) == [(1, b"fine"), (2, b"also")]
 
 
 def test_close_writes_everything_pending(tmp_path: Path) -> None:
-    storage = opened(tmp_path, StorageOptions(fsync=FsyncPolicy.NEVER))
+    storage, _ = opened(tmp_path, StorageOptions(fsync=FsyncPolicy.NEVER))
     writer = GroupCommitWriter(storage)
     for i in range(100):
         writer.submit([(1, b"%d" % i)])
@@ -222,7 +196,7 @@ def test_close_writes_everything_pending(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="closed"):
         writer.submit([(1, b"late")])
     storage.close()
-    assert len(replayed(tmp_path)) == 100
+    assert len(reopen(tmp_path)) == 100
 
 
 class SignallingStorage(SegmentStorage):
@@ -280,4 +254,4 @@ def test_a_failed_write_fails_every_waiter_and_every_later_submit(tmp_path: Path
         assert writer.error is not None
         assert writer.durable_ticket == durable
     assert len(errors) == 1  # called from the writer thread, which close() has joined
-    assert replayed(tmp_path) == [(1, b"first")]
+    assert reopen(tmp_path) == [(1, b"first")]

@@ -16,21 +16,9 @@ from hypothesis import strategies as st
 
 from prontodb.broker.storage import CorruptionError, SegmentStorage, StorageOptions
 
-Record = tuple[int, bytes]
+from storage_files import Record, opened, reopen
+
 SEG1, SEG2, SEG3 = "seg-00000001.log", "seg-00000002.log", "seg-00000003.log"
-
-
-def opened(
-    path: Path, options: StorageOptions | None = None
-) -> tuple[SegmentStorage, list[Record]]:
-    storage = SegmentStorage.open(path, options)
-    return storage, list(storage.replay())
-
-
-def reopen(path: Path) -> list[Record]:
-    storage, replayed = opened(path)
-    storage.close()
-    return replayed
 
 
 def write_batches(path: Path, *batches: list[Record], roll_after: int | None = None) -> None:
