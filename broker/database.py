@@ -64,6 +64,10 @@ class Database:
 
         With nothing to write, the ticket is that of the last write, so even a read or a no-op
         answers only once everything it could have observed is durable.
+
+        The engine has already applied the change. If the writer has failed (StorageError, here
+        or from the wait) the engine is ahead of the disk: answer nothing more from this object,
+        close it and open the database again, which replays exactly what is durable.
         """
         if applied.records:
             self._last_ticket = self.writer.submit(applied.records)
