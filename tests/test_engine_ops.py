@@ -186,9 +186,13 @@ def test_incr_counts_from_zero_and_keeps_integers() -> None:
     assert e.incr("workflow.completed", 1, **W).result == 1
     assert e.incr("workflow.completed", 5, **W).result == 6
     assert e.incr("workflow.completed", -10, **W).result == -4
+    assert e.decr("workflow.completed", 2, **W).result == -6
     entry = e.get("workflow.completed")
     assert entry is not None
-    assert (entry.value, entry.version) == (-4, 3)
+    assert (entry.value, entry.version) == (-6, 4)
+    with pytest.raises(ProntoError) as excinfo:
+        e.decr("workflow.completed", 1.5, **W)  # type: ignore[arg-type]
+    assert code_of(excinfo) is ErrorCode.BAD_REQUEST
 
 
 @pytest.mark.parametrize("value", ["12", 1.0, True, [1], b"1"])

@@ -195,6 +195,12 @@ class Engine:
         applied = self._put(key, prev, total, self._pack(total), writer, now)
         return Applied(total, applied.records, applied.changes)
 
+    def decr(self, key: str, by: int = 1, *, writer: str, now: float) -> Applied[int]:
+        """Subtract ``by`` from the integer at ``key``: :meth:`incr` by ``-by``."""
+        if not is_integer(by):
+            raise ProntoError(ErrorCode.BAD_REQUEST, "The decrement must be an integer.")
+        return self.incr(key, -by, writer=writer, now=now)
+
     def _put(
         self, key: str, prev: Entry | None, value: Any, packed: bytes, writer: str, now: float
     ) -> Applied[Entry]:
