@@ -7,15 +7,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 from ._errors import StorageError
 from ._interface import Storage
 from ._records import encoded_size
 
 logger = logging.getLogger("prontodb.storage")
-
-T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -43,7 +40,7 @@ class GroupCommitStatistics:
     records: int
     """Records written."""
     fsyncs: int
-    """Data fsyncs the storage did for this writer (appends, rolls, timer and final syncs)."""
+    """Data fsyncs the storage made since this writer started (appends, rolls, timer, final)."""
     rolls: int
     """Roll markers carried out."""
     backlog_bytes: int
@@ -94,7 +91,8 @@ class GroupCommitWriter:
         self._closing = False
         self._batches = 0
         self._records = 0
-        self._fsyncs = 0
+        # The writer is the storage's only writer, so its fsyncs are the storage's since now.
+        self._fsyncs_before = storage.stats().fsyncs
         self._rolls = 0
         self._thread = threading.Thread(target=self._run, name="prontodb-group-commit", daemon=True)
         self._thread.start()
@@ -166,13 +164,14 @@ class GroupCommitWriter:
 
     def statistics(self) -> GroupCommitStatistics:
         """A snapshot of the writer's counters."""
+        fsyncs = self._storage.stats().fsyncs - self._fsyncs_before
         with self._lock:
             return GroupCommitStatistics(
                 submitted=self._last_ticket,
                 durable_ticket=self._durable,
                 batches=self._batches,
                 records=self._records,
-                fsyncs=self._fsyncs,
+                fsyncs=fsyncs,
                 rolls=self._rolls,
                 backlog_bytes=self._backlog,
             )
@@ -213,7 +212,7 @@ class GroupCommitWriter:
                 if batch:
                     self._write(batch)
                     continue
-                self._counting_fsyncs(storage.sync)
+                storage.sync()
             except Exception as exc:
                 self._fail(exc)
                 return
@@ -234,7 +233,7 @@ class GroupCommitWriter:
                     continue
                 self._append(records, last, size)
                 records, size, last = [], 0, 0
-                entry.roll.sealed_segment = self._counting_fsyncs(self._storage.roll)
+                entry.roll.sealed_segment = self._storage.roll()
                 self._advance(entry.ticket, rolled=True)
             self._append(records, last, size)
         finally:
@@ -244,17 +243,8 @@ class GroupCommitWriter:
         if not ticket:
             return
         if records:
-            self._counting_fsyncs(lambda: self._storage.append(records))
+            self._storage.append(records)
         self._advance(ticket, records=len(records), size=size, appended=bool(records))
-
-    def _counting_fsyncs(self, call: Callable[[], T]) -> T:
-        before = self._storage.stats().fsyncs
-        try:
-            return call()
-        finally:
-            fsyncs = self._storage.stats().fsyncs - before
-            with self._lock:
-                self._fsyncs += fsyncs
 
     def _advance(
         self,
