@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .engine import Applied, Engine, EngineLimits
-from .storage import GroupCommitWriter, SegmentStorage, Storage, StorageOptions
+from .storage import GroupCommitWriter, SegmentStorage, Storage, StorageError, StorageOptions
 
 T = TypeVar("T")
 
@@ -42,8 +42,13 @@ class Database:
         options: StorageOptions | None = None,
         limits: EngineLimits | None = None,
         on_durable: Callable[[int], None] | None = None,
+        on_error: Callable[[StorageError], None] | None = None,
     ) -> Database:
-        """Open (or create) the database in ``directory``, replaying its snapshot and log."""
+        """Open (or create) the database in ``directory``, replaying its snapshot and log.
+
+        ``on_durable`` and ``on_error`` are the group-commit writer's callbacks (called from its
+        thread): the highest durable ticket, and the failure that stopped the writer.
+        """
         options = options or StorageOptions()
         limits = limits or EngineLimits()
         if limits.max_record_size > options.max_record_size:
@@ -57,7 +62,8 @@ class Database:
         except BaseException:
             storage.close()
             raise
-        return cls(engine, storage, GroupCommitWriter(storage, on_durable=on_durable))
+        writer = GroupCommitWriter(storage, on_durable=on_durable, on_error=on_error)
+        return cls(engine, storage, writer)
 
     def submit(self, applied: Applied[Any]) -> int:
         """Queue the records of ``applied``; return the ticket to wait for before answering.
@@ -73,6 +79,11 @@ class Database:
             self._last_ticket = self.writer.submit(applied.records)
         return self._last_ticket
 
+    @property
+    def last_ticket(self) -> int:
+        """The ticket of the latest write: a read answers once it is durable."""
+        return self._last_ticket
+
     def write(self, applied: Applied[T]) -> T:
         """Submit and block until durable; returns the operation's result. For sync callers.
 
@@ -85,10 +96,15 @@ class Database:
                 self.compact()
             except Exception:
                 # The write itself is durable, so it must not be reported as failed (a retry
-                # would apply it twice). Try again once the log has grown as much once more.
-                self._retry_compaction_at = 2 * self.storage.stats().total_bytes
-                logger.exception("compaction failed; the database carries on without it")
+                # would apply it twice).
+                self.compaction_failed()
         return applied.result
+
+    def compaction_failed(self) -> None:
+        """Log the failure of a compaction (call from an ``except`` block) and back off: the next
+        one waits until the files have grown as much once more."""
+        self._retry_compaction_at = 2 * self.storage.stats().total_bytes
+        logger.exception("compaction failed; the database carries on without it")
 
     @property
     def wants_compaction(self) -> bool:

@@ -1,0 +1,297 @@
+"""The broker: listeners, sessions, databases, and a clean shutdown.
+
+Shutdown (SIGTERM, SIGINT or the ``stop`` op) goes in this order: stop accepting; stop reading
+requests; answer the ones already read (each once durable) and say Goodbye, within a grace
+period; close the databases (every write durable); remove the socket; release the data-dir lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import socket as stdlib_socket
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from prontodb.protocol import ErrorCode, ProntoError
+
+from ..storage import StorageOptions
+from ._config import ServerConfig
+from ._databases import Databases, OpenDatabase
+from ._lockfile import AlreadyServing, DataDirLock
+from ._session import Session
+
+logger = logging.getLogger("prontodb.server")
+
+# sun_path is 108 bytes on Linux, the terminating NUL included.
+_MAX_SOCKET_PATH = 107
+_LISTEN_BACKLOG = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerInfo:
+    """Where a started broker listens (``tcp`` with the port it actually got)."""
+
+    pid: int
+    socket: str | None
+    tcp: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"pid": self.pid, "socket": self.socket, "tcp": self.tcp}
+
+
+class Broker:
+    """One broker process's state. Run it with :meth:`serve`."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.server_name = f"prontodb/{version('prontodb')}"
+        options = StorageOptions(fsync=config.fsync)
+        self.databases = Databases(config.data_dir, options)
+        self.started = time.time()
+        self.info = BrokerInfo(os.getpid(), None, None)
+        self._sessions: set[Session] = set()
+        self._session_numbers = 0
+        self._sessions_changed = trio.Event()
+        self._stop = trio.Event()
+        self._background: trio.Nursery | None = None
+
+    @staticmethod
+    def clock() -> float:
+        """The time every change records: seconds since the epoch."""
+        return time.time()
+
+    def request_stop(self) -> None:
+        """Begin a clean shutdown (idempotent)."""
+        self._stop.set()
+
+    # -- serving -----------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        *,
+        handle_signals: bool = False,
+        task_status: trio.TaskStatus[BrokerInfo] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen and serve until stopped; ``task_status.started`` gets the :class:`BrokerInfo`."""
+        config = self.config
+        config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock = DataDirLock(config.data_dir)
+        lock.acquire(self._lock_record(None))
+        socket_inode: tuple[int, int] | None = None
+        try:
+            listeners: list[trio.SocketListener] = []
+            if config.socket_path is not None:
+                unix, socket_inode = await _open_unix_listener(config.socket_path)
+                listeners.append(unix)
+            tcp_name = None
+            if config.tcp is not None:
+                host, port = config.tcp
+                tcp_listeners = await trio.open_tcp_listeners(port, host=host)
+                listeners.extend(tcp_listeners)
+                bound = tcp_listeners[0].socket.getsockname()
+                tcp_name = (
+                    f"[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"{bound[0]}:{bound[1]}"
+                )
+            socket_name = None if config.socket_path is None else str(config.socket_path)
+            self.info = BrokerInfo(os.getpid(), socket_name, tcp_name)
+            lock.rewrite(self._lock_record(tcp_name))
+            logger.info(
+                "broker %d serving %s on %s%s (fsync %s)",
+                self.info.pid,
+                config.data_dir,
+                socket_name or "-",
+                f" and tcp {tcp_name}" if tcp_name else "",
+                config.fsync.value,
+            )
+            await self._run(listeners, handle_signals, task_status)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.databases.close_all()
+            if config.socket_path is not None and socket_inode is not None:
+                _remove_socket(config.socket_path, socket_inode)
+            lock.release()
+            logger.info("broker %d stopped", self.info.pid)
+
+    async def _run(
+        self,
+        listeners: list[trio.SocketListener],
+        handle_signals: bool,
+        task_status: trio.TaskStatus[BrokerInfo],
+    ) -> None:
+        async with trio.open_nursery() as background:  # compactions: outlive every session
+            self._background = background
+            async with trio.open_nursery() as sessions:
+                async with trio.open_nursery() as service:
+                    service.start_soon(self._accept, listeners, sessions)
+                    if handle_signals:
+                        service.start_soon(self._watch_signals, sessions.cancel_scope)
+                    task_status.started(self.info)
+                    await self._stop.wait()
+                    logger.info("stopping: no new connections; finishing requests in flight")
+                    service.cancel_scope.cancel()
+                for session in list(self._sessions):
+                    session.stop_reading()
+                with trio.move_on_after(self.config.shutdown_grace) as grace:
+                    while self._sessions:
+                        await self._sessions_changed.wait()
+                if grace.cancelled_caught:
+                    logger.warning("%d connections did not finish in time", len(self._sessions))
+                sessions.cancel_scope.cancel()
+
+    async def _accept(self, listeners: list[trio.SocketListener], sessions: trio.Nursery) -> None:
+        async def handle(stream: trio.SocketStream) -> None:
+            await self._session(stream)
+
+        await trio.serve_listeners(handle, listeners, handler_nursery=sessions)
+
+    async def _session(self, stream: trio.SocketStream) -> None:
+        self._session_numbers += 1
+        session = Session(self, stream, self._session_numbers)
+        self._sessions.add(session)
+        try:
+            await session.run()
+        except Exception:
+            # A bug in one connection must never take the broker down with it.
+            logger.exception("session %d failed", session.number)
+        finally:
+            self._sessions.discard(session)
+            self._sessions_changed.set()
+            self._sessions_changed = trio.Event()
+
+    async def _watch_signals(self, sessions_scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                if self._stop.is_set():
+                    logger.warning(
+                        "second %s: dropping connections now", signal.Signals(signum).name
+                    )
+                    sessions_scope.cancel()
+                else:
+                    logger.info("%s received", signal.Signals(signum).name)
+                    self.request_stop()
+
+    # -- broker operations -------------------------------------------------------------------
+
+    def run_broker_op(self, op: str, args: dict[str, Any]) -> Any:
+        """The operations that concern the broker rather than one database."""
+        if op == "ping":
+            return "pong"
+        if op == "status":
+            return self.status()
+        if op == "stop":
+            logger.info("stop requested by a client")
+            self.request_stop()
+            return None
+        raise ProntoError(
+            ErrorCode.UNKNOWN_OP,
+            f"The broker does not know the operation {op!r}; upgrade the broker or the client.",
+        )
+
+    def status(self) -> dict[str, Any]:
+        """What ``prontodb status`` shows."""
+        now = time.time()
+        return {
+            **self.info.as_dict(),
+            "version": self.server_name.partition("/")[2],
+            "started": self.started,
+            "uptime": now - self.started,
+            "data_dir": str(self.config.data_dir),
+            "fsync": self.config.fsync.value,
+            "connections": len(self._sessions),
+            "databases": [_database_status(db) for db in self.databases.opened()],
+        }
+
+    def maybe_compact(self, db: OpenDatabase) -> None:
+        """Start a compaction in a thread if the database wants one."""
+        database = db.database
+        if self._background is None or not database.wants_compaction:
+            return
+        finish = database.start_compaction()
+
+        async def compact() -> None:
+            try:
+                await trio.to_thread.run_sync(finish)
+            except Exception:
+                database.compaction_failed()
+            else:
+                logger.info("compacted database %s", db.name)
+
+        self._background.start_soon(compact)
+
+    def _lock_record(self, tcp: str | None) -> dict[str, Any]:
+        socket = None if self.config.socket_path is None else str(self.config.socket_path)
+        return {"pid": os.getpid(), "socket": socket, "tcp": tcp, "started": self.started}
+
+
+def _database_status(db: OpenDatabase) -> dict[str, Any]:
+    stats = db.engine.statistics()
+    return {
+        "name": db.name,
+        "revision": stats["revision"],
+        "keys": stats["keys"],
+        "files_bytes": db.database.storage.stats().total_bytes,
+    }
+
+
+async def _open_unix_listener(path: Path) -> tuple[trio.SocketListener, tuple[int, int]]:
+    """Bind ``path`` with mode 0600 in a 0700 directory; refuse one a live broker answers on."""
+    _prepare_socket_path(path)
+    sock = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+    try:
+        await sock.bind(str(path))
+        # Before listen(), nobody can connect, so the mode is right before the first client.
+        os.chmod(path, 0o600)
+        sock.listen(_LISTEN_BACKLOG)
+        st = os.stat(path)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock), (st.st_dev, st.st_ino)
+
+
+def _prepare_socket_path(path: Path) -> None:
+    if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
+        raise AlreadyServing(
+            f"The socket path {path} is longer than the {_MAX_SOCKET_PATH} bytes a Unix socket "
+            "allows; pass a shorter --socket (or set PRONTODB_SOCKET)."
+        )
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        if _answers(path):
+            raise AlreadyServing(
+                f"Something already listens on {path}; stop it (`prontodb stop`) or pass "
+                "another --socket."
+            )
+        path.unlink()  # left behind by a broker that died
+
+
+def _answers(path: Path) -> bool:
+    probe = stdlib_socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            return False
+        raise
+    else:
+        return True
+    finally:
+        probe.close()
+
+
+def _remove_socket(path: Path, inode: tuple[int, int]) -> None:
+    """Remove our socket file, unless another process has since put its own there."""
+    try:
+        st = os.stat(path)
+        if (st.st_dev, st.st_ino) == inode:
+            path.unlink()
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,34 @@
+"""What one broker serves and how: the data directory, its listeners, its fsync policy, its limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prontodb.protocol import Limits
+
+from ..storage import FsyncPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """A broker's settings. Paths are taken as given; the CLI resolves the defaults."""
+
+    data_dir: Path
+    socket_path: Path | None
+    tcp: tuple[str, int] | None = None
+    fsync: FsyncPolicy = FsyncPolicy.ALWAYS
+    limits: Limits = field(default_factory=Limits)
+    # Writes wait once this many bytes are queued for the writer thread (backpressure).
+    max_write_backlog: int = 64 << 20
+    # Seconds a stopping broker gives in-flight requests before it fails them.
+    shutdown_grace: float = 10.0
+
+
+def parse_tcp(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) as a pair; ValueError says what is expected."""
+    host, colon, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not colon or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT (for example 127.0.0.1:7400, or port 0)")
+    return host, int(port)

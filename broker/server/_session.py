@@ -1,0 +1,228 @@
+"""One client connection: a reader that applies requests in order, a sender that answers them.
+
+The reader decodes and applies each request at once (the engine never waits), then queues the
+response with the ticket its records must reach before it may go out. The sender waits for those
+tickets in order and writes every response that is ready in one ``send_all``, so pipelined
+requests and concurrent writers cost one fsync, not one each.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from prontodb.protocol import (
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    Connection,
+    ConnectionClosed,
+    ErrorCode,
+    Goodbye,
+    Hello,
+    LocalProtocolError,
+    Message,
+    ProntoError,
+    RemoteProtocolError,
+    Request,
+    Response,
+    Role,
+    Welcome,
+)
+
+from ..storage import StorageError
+from ._databases import DEFAULT_NAME, EMPTY, OpenDatabase, validate_name
+from ._ops import KV_OPS, Call, KvOp
+
+if TYPE_CHECKING:
+    from ._broker import Broker
+
+logger = logging.getLogger("prontodb.server")
+
+RECEIVE_SIZE = 256 * 1024
+MAX_BATCH = 512  # responses joined into one send_all
+
+
+@dataclass(slots=True)
+class _Out:
+    """A message to send once ``ticket`` of ``db`` is durable (no wait without a db)."""
+
+    message: Message
+    db: OpenDatabase | None = None
+    ticket: int = 0
+
+
+class Session:
+    """The broker's side of one connection."""
+
+    def __init__(self, broker: Broker, stream: trio.abc.Stream, number: int) -> None:
+        self.broker = broker
+        self.stream = stream
+        self.number = number
+        self.user = ""
+        self.conn = Connection(Role.SERVER, broker.config.limits)
+        self._read_scope = trio.CancelScope()
+        self._stopping = False
+
+    def stop_reading(self) -> None:
+        """Take no more requests; answer the ones already read, then say Goodbye."""
+        self._stopping = True
+        self._read_scope.cancel()
+
+    async def run(self) -> None:
+        capacity = self.conn.limits.max_in_flight + 4  # the protocol bounds what is in flight
+        send, receive = trio.open_memory_channel[_Out](capacity)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._send_loop, receive, nursery.cancel_scope)
+                async with send:
+                    try:
+                        with self._read_scope:
+                            await self._read_loop(send)
+                        if self._stopping:
+                            goodbye = Goodbye(ErrorCode.UNAVAILABLE, "The broker is stopping.")
+                            send.send_nowait(_Out(goodbye))
+                    except trio.BrokenResourceError:
+                        pass  # the sender is gone with the peer
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.stream.aclose()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def _read_loop(self, send: trio.MemorySendChannel[_Out]) -> None:
+        conn = self.conn
+        while True:
+            try:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            except trio.BrokenResourceError:
+                data = b""  # reset by peer: same as EOF for us
+            conn.receive_data(data)
+            while True:
+                try:
+                    event = conn.next_event()
+                except RemoteProtocolError as exc:
+                    logger.info("session %d: protocol error: %s", self.number, exc.message)
+                    send.send_nowait(_Out(Goodbye.from_error(exc)))
+                    return
+                if event is NEED_DATA:
+                    break
+                if isinstance(event, Request):
+                    # send_nowait: the protocol bounds what is in flight below the capacity,
+                    # and a response must not be lost to a cancellation after its write.
+                    send.send_nowait(await self._execute(event))
+                elif isinstance(event, Hello):
+                    out = self._welcome(event)
+                    send.send_nowait(out)
+                    if isinstance(out.message, Goodbye):
+                        return
+                elif isinstance(event, ConnectionClosed | Goodbye):
+                    return
+
+    def _welcome(self, hello: Hello) -> _Out:
+        if hello.version != PROTOCOL_VERSION:
+            return _Out(
+                Goodbye(
+                    ErrorCode.PROTOCOL,
+                    f"This broker speaks protocol version {PROTOCOL_VERSION}, not "
+                    f"{hello.version}; use a client of the same release.",
+                )
+            )
+        if not hello.user:
+            return _Out(Goodbye(ErrorCode.UNAUTHENTICATED, "Say who you are: Hello needs a user."))
+        self.user = hello.user
+        limits = self.conn.limits.as_dict()
+        return _Out(Welcome(self.broker.server_name, self.number, limits))
+
+    async def _execute(self, request: Request) -> _Out:
+        try:
+            op = KV_OPS.get(request.op)
+            if op is not None:
+                return await self._run_kv(op, request)
+            result = self.broker.run_broker_op(request.op, request.args)
+            return _Out(Response(request.id, None, result))
+        except ProntoError as err:
+            return _Out(Response.fail(request.id, err))
+        except StorageError as exc:
+            logger.error("session %d: %s failed in storage: %s", self.number, request.op, exc)
+            unavailable = ProntoError(
+                ErrorCode.UNAVAILABLE,
+                "The broker could not write to the database (see its log); retry.",
+            )
+            return _Out(Response.fail(request.id, unavailable))
+        except Exception:
+            logger.exception("session %d: %s failed", self.number, request.op)
+            return _Out(Response.fail(request.id, ProntoError(ErrorCode.INTERNAL)))
+
+    async def _run_kv(self, op: KvOp, request: Request) -> _Out:
+        name = validate_name(request.args.get("cursor", DEFAULT_NAME))
+        db = await self.broker.databases.get(name, create=op.writes)
+        call = Call(request.args, self.user, self.broker.clock())
+        if db is None:  # a read of a database nobody has written yet
+            result, _ = op.run(EMPTY, call)
+            return _Out(Response(request.id, None, result))
+        database = db.database
+        if op.writes and database.writer.backlog_bytes > self.broker.config.max_write_backlog:
+            await db.wait_durable(database.last_ticket)  # backpressure: let the disk catch up
+        result, applied = op.run(db.engine, call)
+        if applied is None:
+            return _Out(Response(request.id, None, result), db, database.last_ticket)
+        ticket = database.submit(applied)
+        if applied.records:
+            self.broker.maybe_compact(db)
+        return _Out(Response(request.id, None, result), db, ticket)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    async def _send_loop(
+        self, receive: trio.MemoryReceiveChannel[_Out], session_scope: trio.CancelScope
+    ) -> None:
+        try:
+            async with receive:
+                async for first in receive:
+                    batch = [first]
+                    while len(batch) < MAX_BATCH:
+                        try:
+                            batch.append(receive.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    if await self._send_batch(batch):
+                        return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            session_scope.cancel()  # the peer is gone: stop reading for it too
+
+    async def _send_batch(self, batch: list[_Out]) -> bool:
+        """Send ``batch`` in order, each once durable; True once a Goodbye went out."""
+        out = bytearray()
+        for item in batch:
+            message: Any = item.message
+            if item.db is not None and not item.db.is_durable(item.ticket):
+                if out:  # what is ready need not wait for the disk
+                    await self.stream.send_all(out)
+                    out = bytearray()
+                try:
+                    await item.db.wait_durable(item.ticket)
+                except ProntoError as err:
+                    message = Response.fail(message.id, err)
+            out += self._encode(message)
+            if isinstance(message, Goodbye):
+                await self.stream.send_all(out)
+                return True
+        await self.stream.send_all(out)
+        return False
+
+    def _encode(self, message: Message) -> bytes:
+        try:
+            return self.conn.send(message)
+        except LocalProtocolError as exc:
+            if not isinstance(message, Response):
+                raise
+            # A result over the frame limit: say so instead of dropping the answer.
+            err = ProntoError(
+                ErrorCode.TOO_LARGE,
+                f"The answer does not fit in one frame ({exc.message}); ask for less "
+                "(a smaller limit or a narrower prefix).",
+            )
+            return self.conn.send(Response.fail(message.id, err))

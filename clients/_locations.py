@@ -1,0 +1,42 @@
+"""Where the broker keeps its data and listens by default; stdlib only, so the CLI starts fast.
+
+The data directory is ``$PRONTODB_DATA_DIR``, else ``$XDG_DATA_HOME/prontodb``, else
+``~/.local/share/prontodb``. The socket is ``$PRONTODB_SOCKET``, else a file named after the data
+directory under ``$XDG_RUNTIME_DIR/prontodb`` (a 0700 directory), else ``broker.sock`` in the data
+directory. Naming the runtime socket after the data directory gives each data directory its own
+broker, so ``PRONTODB_DATA_DIR=/tmp/x prontodb ...`` never talks to the broker of another directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+# sun_path holds 108 bytes on Linux (104 on the BSDs), the terminating NUL included.
+MAX_SOCKET_PATH = 103
+
+
+def default_data_dir() -> str:
+    """The data directory the environment names (made absolute; not created)."""
+    explicit = os.environ.get("PRONTODB_DATA_DIR")
+    if explicit:
+        return os.path.abspath(os.path.expanduser(explicit))
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(os.path.abspath(base), "prontodb")
+
+
+def default_socket_path(data_dir: str) -> str:
+    """The Unix socket of the broker serving ``data_dir``, as the environment names it."""
+    explicit = os.environ.get("PRONTODB_SOCKET")
+    if explicit:
+        return os.path.abspath(os.path.expanduser(explicit))
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        digest = hashlib.sha256(os.path.abspath(data_dir).encode()).hexdigest()[:12]
+        return os.path.join(os.path.abspath(runtime), "prontodb", f"broker-{digest}.sock")
+    return os.path.join(data_dir, "broker.sock")
+
+
+def default_url() -> str:
+    """``$PRONTODB_URL``, else the default socket of the default data directory."""
+    return os.environ.get("PRONTODB_URL") or "unix://" + default_socket_path(default_data_dir())

@@ -1,0 +1,235 @@
+"""The trio server in-process: real Unix sockets in a temp dir, the bare protocol on the wire."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from wire import Wire
+
+from prontodb.broker.server import AlreadyServing, Broker, BrokerInfo, ServerConfig
+from prontodb.broker.server import _ops as ops
+from prontodb.protocol import ConnectionClosed, ErrorCode, Goodbye, Hello, Response
+
+
+class Running:
+    def __init__(self, broker: Broker, info: BrokerInfo, stopped: trio.Event) -> None:
+        self.broker = broker
+        self.info = info
+        self.stopped = stopped
+        self.wires: list[Wire] = []
+
+    @property
+    def socket(self) -> str:
+        assert self.info.socket is not None
+        return str(self.info.socket)
+
+    async def wire(self, user: str = "tester") -> Wire:
+        wire = await Wire.open(self.socket, user)
+        self.wires.append(wire)
+        return wire
+
+
+@pytest.fixture
+async def server(short_dir: Path) -> AsyncIterator[Running]:
+    config = ServerConfig(data_dir=short_dir / "data", socket_path=short_dir / "s.sock")
+    broker = Broker(config)
+    stopped = trio.Event()
+
+    async def run(task_status: trio.TaskStatus[BrokerInfo]) -> None:
+        try:
+            await broker.serve(task_status=task_status)
+        finally:
+            stopped.set()
+
+    async with trio.open_nursery() as nursery:
+        info = await nursery.start(run)
+        running = Running(broker, info, stopped)
+        yield running
+        broker.request_stop()
+        for wire in running.wires:
+            await wire.aclose()
+
+
+async def test_round_trip_of_every_kv_op(server: Running) -> None:
+    w = await server.wire("alice")
+    assert await w.result("ping") == "pong"
+    assert await w.result("set", key="a.b", value="hi") == 1
+    assert await w.result("get", key="a.b") == "hi"
+    meta = await w.result("get", key="a.b", meta=True)
+    assert meta["value"] == "hi"
+    assert meta["writer"] == "alice"
+    assert meta["mod_rev"] == 1
+    assert await w.result("incr", key="n", by=5) == 5
+    assert await w.result("decr", key="n") == 4
+    assert await w.result("keys") == {"keys": ["a.b", "n"], "more": False}
+    assert await w.result("scan", prefix="a") == {"items": [["a.b", "hi"]], "more": False}
+    assert await w.result("count") == 2
+    txn = await w.result(
+        "txn",
+        compares=[{"key": "n", "value": 4}],
+        ops=[{"op": "incr", "key": "n", "by": 2}, {"op": "get", "key": "a.b"}],
+    )
+    assert txn["succeeded"]
+    assert txn["results"][0] == 6
+    assert txn["results"][1]["value"] == "hi"
+    assert await w.result("del", key="a.b") is True
+    assert await w.result("del", key="a.b") is False
+    assert await w.result("get", key="a.b") is None
+
+
+async def test_operation_errors_carry_codes_and_keep_the_connection(server: Running) -> None:
+    w = await server.wire()
+    cases: list[tuple[tuple[str, dict[str, Any]], ErrorCode]] = [
+        (("set", {"key": "bad key", "value": 1}), ErrorCode.BAD_KEY),
+        (("set", {"key": "k"}), ErrorCode.BAD_REQUEST),
+        (("set", {"key": "k", "value": 1, "if_absent": "yes"}), ErrorCode.BAD_REQUEST),
+        (("nonsense", {}), ErrorCode.UNKNOWN_OP),
+        (("get", {"key": "k", "cursor": "../etc"}), ErrorCode.BAD_REQUEST),
+        (("keys", {"limit": -1}), ErrorCode.BAD_REQUEST),
+    ]
+    for (op, args), code in cases:
+        response = await w.call(op, **args)
+        assert response.error is not None, (op, response)
+        assert response.error["code"] == code, (op, response)
+    await w.result("set", key="k", value="text")
+    response = await w.call("incr", key="k")
+    assert response.error is not None
+    assert response.error["code"] == ErrorCode.WRONG_TYPE
+    failed = await w.call("set", key="k", value=2, if_absent=True)
+    assert failed.error is not None
+    assert failed.error["code"] == ErrorCode.COMPARE_FAILED
+    assert failed.error["mod_rev"] == 1
+    assert await w.result("get", key="k") == "text"
+
+
+async def test_cursors_are_separate_databases_created_by_their_first_write(
+    server: Running,
+) -> None:
+    w = await server.wire()
+    data_dir = server.broker.config.data_dir
+    assert await w.result("get", key="x", cursor="tasks") is None
+    assert await w.result("keys", cursor="tasks") == {"keys": [], "more": False}
+    assert not (data_dir / "tasks.db").exists()  # reads create nothing
+    await w.result("set", key="x", value=1, cursor="tasks")
+    assert (data_dir / "tasks.db").is_dir()
+    assert await w.result("get", key="x") is None  # the default database is another one
+    assert await w.result("get", key="x", cursor="tasks") == 1
+    names = {d["name"] for d in (await w.result("status"))["databases"]}
+    assert names == {"tasks"}
+
+
+async def test_pipelined_requests_are_answered_in_order(server: Running) -> None:
+    w = await server.wire()
+    requests = [w.request("incr", key="counter") for _ in range(500)]
+    requests += [w.request("get", key="counter")]
+    await w.send(*requests)
+    answers = [await w.next() for _ in requests]
+    assert [a.id for a in answers if isinstance(a, Response)] == [r.id for r in requests]
+    assert [a.result for a in answers if isinstance(a, Response)] == [*range(1, 501), 500]
+
+
+async def test_keys_and_scan_come_in_pages(server: Running) -> None:
+    w = await server.wire()
+    items = [{"op": "set", "key": f"q.k{i:05}", "value": i} for i in range(100)]
+    await w.result("txn", compares=[], ops=items)
+    page = await w.result("keys", prefix="q", limit=30)
+    assert len(page["keys"]) == 30
+    assert page["more"]
+    rest = await w.result("keys", prefix="q", after=page["keys"][-1], limit=1000)
+    assert len(rest["keys"]) == 70
+    assert not rest["more"]
+    big = "x" * 600_000  # two of these pass the 1 MiB page budget
+    await w.result("set", key="big.a", value=big)
+    await w.result("set", key="big.b", value=big)
+    first = await w.result("scan", prefix="big")
+    assert [k for k, _ in first["items"]] == ["big.a"]
+    assert first["more"]
+
+
+async def test_a_malformed_frame_ends_only_its_own_connection(server: Running) -> None:
+    good = await server.wire()
+    bad = await server.wire()
+    await bad.stream.send_all(b"\x00\x00\x00\x03\xc1\xc1\xc1")  # 0xc1 is never valid msgpack
+    goodbye = await bad.next()
+    assert isinstance(goodbye, Goodbye)
+    assert goodbye.code == ErrorCode.PROTOCOL
+    assert isinstance(await bad.next(), ConnectionClosed)
+    assert await good.result("set", key="still.here", value=1) == 1
+    huge = await server.wire()
+    await huge.stream.send_all((1 << 30).to_bytes(4, "big"))
+    goodbye = await huge.next()
+    assert isinstance(goodbye, Goodbye)
+    assert goodbye.code == ErrorCode.TOO_LARGE
+    assert await good.result("get", key="still.here") == 1
+
+
+async def test_a_handler_exception_is_answered_and_logged(
+    server: Running, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(engine: object, call: object) -> ops.Outcome:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(ops.KV_OPS, "get", ops.KvOp(broken, writes=False))
+    w = await server.wire()
+    response = await w.call("get", key="k")
+    assert response.error is not None
+    assert response.error["code"] == ErrorCode.INTERNAL
+    assert "a bug" in caplog.text
+    assert await w.result("set", key="k", value=1) == 1  # same connection, still serving
+
+
+async def test_hello_with_another_version_gets_goodbye(server: Running) -> None:
+    w = Wire(await trio.open_unix_socket(server.socket))
+    server.wires.append(w)
+    await w.send(Hello(client="old", user="u", version=99))
+    goodbye = await w.next()
+    assert isinstance(goodbye, Goodbye)
+    assert goodbye.code == ErrorCode.PROTOCOL
+    assert "version 1" in goodbye.message
+
+
+async def test_concurrent_writers_share_fsyncs(server: Running) -> None:
+    wires = [await server.wire(f"w{i}") for i in range(50)]
+
+    async def writer(w: Wire, n: int) -> None:
+        for i in range(20):
+            assert await w.result("set", key=f"k{n}.i{i}", value=i) > 0
+
+    async with trio.open_nursery() as nursery:
+        for n, w in enumerate(wires):
+            nursery.start_soon(writer, w, n)
+    db = server.broker.databases.opened()[0].database
+    stats = db.writer.statistics()
+    assert db.engine.revision == 1000
+    # Writers waiting at the same time share fsyncs. How many share one depends on the disk
+    # (bench/ measures it); here it is enough that some did.
+    assert stats.fsyncs < stats.records == 1000
+
+
+async def test_stop_answers_then_closes_everything(server: Running) -> None:
+    w = await server.wire()
+    other = await server.wire()
+    await w.result("set", key="k", value=1)
+    assert await w.result("stop") is None
+    goodbye = await other.next()
+    assert isinstance(goodbye, Goodbye)
+    assert goodbye.code == ErrorCode.UNAVAILABLE
+    with trio.fail_after(10):
+        await server.stopped.wait()
+    with pytest.raises(FileNotFoundError):  # the socket file is gone
+        await trio.open_unix_socket(server.socket)
+
+
+async def test_a_second_broker_on_the_same_data_dir_is_refused(
+    server: Running, short_dir: Path
+) -> None:
+    config = ServerConfig(data_dir=short_dir / "data", socket_path=short_dir / "other.sock")
+    with pytest.raises(AlreadyServing, match=f"pid {server.info.pid}"):
+        await Broker(config).serve()
+    second = ServerConfig(data_dir=short_dir / "data2", socket_path=Path(server.socket))
+    with pytest.raises(AlreadyServing, match="already listens"):
+        await Broker(second).serve()
