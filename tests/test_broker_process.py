@@ -1,0 +1,121 @@
+"""Real broker processes: crash with SIGKILL, clean stop and restart, one broker per data dir."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+from brokers import BrokerProcess, serve_command, start_broker
+from wire import Wire
+
+from prontodb.protocol import ErrorCode, Goodbye, Response
+
+
+async def start(data_dir: Path, socket: Path) -> BrokerProcess:
+    return await trio.to_thread.run_sync(start_broker, data_dir, socket)
+
+
+@pytest.fixture
+def brokers() -> Iterator[list[BrokerProcess]]:
+    """Every broker a test starts, stopped by pid however the test ends."""
+    started: list[BrokerProcess] = []
+    yield started
+    for broker in started:
+        if broker.process.poll() is None:
+            broker.kill()
+
+
+async def test_acknowledged_writes_survive_kill_9(
+    short_dir: Path, brokers: list[BrokerProcess]
+) -> None:
+    data, sock = short_dir / "data", short_dir / "s.sock"
+    broker = await start(data, sock)
+    brokers.append(broker)
+    acknowledged: dict[str, int] = {}
+    enough = trio.Event()
+
+    async def writer(n: int) -> None:
+        wire = await Wire.open(str(sock), f"w{n}")
+        i = 0
+        try:
+            while True:
+                key = f"w{n}.k{i}"
+                response = await wire.call("set", key=key, value=i)
+                if response.error is not None:
+                    return
+                acknowledged[key] = i
+                i += 1
+                if len(acknowledged) >= 2000:
+                    enough.set()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, AssertionError):
+            return  # the broker died under us: this write was never acknowledged
+        finally:
+            await wire.aclose()
+
+    async with trio.open_nursery() as nursery:
+        for n in range(20):
+            nursery.start_soon(writer, n)
+        with trio.fail_after(60):
+            await enough.wait()
+        broker.kill()  # SIGKILL while twenty writers are mid-flight
+
+    broker = await start(data, sock)  # the stale socket file is replaced
+    brokers.append(broker)
+    wire = await Wire.open(str(sock))
+    try:
+        for start_at in range(0, len(acknowledged), 500):
+            keys = list(acknowledged)[start_at : start_at + 500]
+            answers = [wire.request("get", key=key) for key in keys]
+            await wire.send(*answers)
+            for key in keys:
+                response = await wire.next()
+                assert isinstance(response, Response)
+                assert response.result == acknowledged[key], key
+    finally:
+        await wire.aclose()
+
+
+async def test_stop_and_start_keep_the_data(short_dir: Path, brokers: list[BrokerProcess]) -> None:
+    data, sock = short_dir / "data", short_dir / "s.sock"
+    broker = await start(data, sock)
+    brokers.append(broker)
+    wire = await Wire.open(str(sock))
+    await wire.result("set", key="kept", value="yes", cursor="main")
+    await wire.aclose()
+    status = await trio.to_thread.run_sync(broker.terminate)  # SIGTERM
+    assert status == 0
+    assert not sock.exists()
+    assert "stopped" in broker.log_text()
+
+    broker = await start(data, sock)
+    brokers.append(broker)
+    wire = await Wire.open(str(sock))
+    other = await Wire.open(str(sock))
+    assert await wire.result("get", key="kept", cursor="main") == "yes"
+    assert await wire.result("stop") is None
+    goodbye = await other.next()
+    assert isinstance(goodbye, Goodbye)
+    assert goodbye.code == ErrorCode.UNAVAILABLE
+    await wire.aclose()
+    await other.aclose()
+    assert await trio.to_thread.run_sync(broker.process.wait, 30) == 0
+    assert not sock.exists()
+
+
+def test_a_second_broker_names_the_first(short_dir: Path, brokers: list[BrokerProcess]) -> None:
+    data = short_dir / "data"
+    first = start_broker(data, short_dir / "a.sock")
+    brokers.append(first)
+    second = subprocess.run(
+        serve_command("--data-dir", str(data), "--socket", str(short_dir / "b.sock")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 1
+    assert f"pid {first.pid}" in second.stderr
+    assert str(short_dir / "a.sock") in second.stderr
+    assert not (short_dir / "b.sock").exists()
