@@ -233,11 +233,15 @@ class Broker:
 
 def _database_status(db: OpenDatabase) -> dict[str, Any]:
     stats = db.engine.statistics()
+    writer = db.database.writer.statistics()
     return {
         "name": db.name,
         "revision": stats["revision"],
         "keys": stats["keys"],
         "files_bytes": db.database.storage.stats().total_bytes,
+        # Group commit at work: records written and the fsyncs they took, since it opened.
+        "records_written": writer.records,
+        "fsyncs": writer.fsyncs,
     }
 
 
