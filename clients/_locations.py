@@ -9,8 +9,8 @@ broker, so ``PRONTODB_DATA_DIR=/tmp/x prontodb ...`` never talks to the broker o
 
 from __future__ import annotations
 
-import hashlib
 import os
+import zlib
 
 # sun_path holds 108 bytes on Linux (104 on the BSDs), the terminating NUL included.
 MAX_SOCKET_PATH = 103
@@ -21,7 +21,9 @@ def default_data_dir() -> str:
     explicit = os.environ.get("PRONTODB_DATA_DIR")
     if explicit:
         return os.path.abspath(os.path.expanduser(explicit))
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
     return os.path.join(os.path.abspath(base), "prontodb")
 
 
@@ -32,8 +34,10 @@ def default_socket_path(data_dir: str) -> str:
         return os.path.abspath(os.path.expanduser(explicit))
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
-        digest = hashlib.sha256(os.path.abspath(data_dir).encode()).hexdigest()[:12]
-        return os.path.join(os.path.abspath(runtime), "prontodb", f"broker-{digest}.sock")
+        # crc32, not a cryptographic hash: it only tells one user's data directories apart, and
+        # hashlib would cost the CLI 2 ms of start-up.
+        digest = zlib.crc32(os.fsencode(os.path.abspath(data_dir)))
+        return os.path.join(os.path.abspath(runtime), "prontodb", f"broker-{digest:08x}.sock")
     return os.path.join(data_dir, "broker.sock")
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from prontodb.protocol import ErrorCode, ProntoError
 
 
-@dataclass(frozen=True, slots=True)
-class Address:
+class Address(NamedTuple):
     """Where a broker listens: a Unix socket ``path``, or TCP ``host`` and ``port``."""
 
     scheme: str  # "unix" or "tcp"

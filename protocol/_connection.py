@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import Final, NoReturn
+from typing import TYPE_CHECKING, NamedTuple
 
 from ._codec import WireError, pack, unpack
 from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
@@ -22,6 +21,9 @@ from ._messages import (
     Welcome,
     decode,
 )
+
+if TYPE_CHECKING:
+    from typing import Final, NoReturn
 
 
 class Role(enum.Enum):
@@ -52,8 +54,7 @@ _RECEIVES: Final[dict[Role, tuple[type[Message], ...]]] = {
 _DEFAULT_LIMITS: Final = Limits()
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectionStatistics:
+class ConnectionStatistics(NamedTuple):
     """A snapshot of a connection's counters, for logs and debugging."""
 
     buffered_bytes: int

@@ -7,8 +7,7 @@ do. The CLI maps codes to exit statuses through the same table, so the three nev
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class ErrorCode(enum.StrEnum):
@@ -32,8 +31,7 @@ class ErrorCode(enum.StrEnum):
     INTERNAL = "internal"
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorInfo:
+class ErrorInfo(NamedTuple):
     """What the table knows of one code: its default sentence and the CLI's exit status."""
 
     message: str

@@ -1,47 +1,54 @@
 """The six message kinds, their wire shapes (msgpack arrays led by the kind) and their checks.
 
-Each class's ``to_wire`` builds the array; :func:`decode` is the one place that checks a shape, used
+Messages are named tuples (immutable, cheap to import: the CLI starts with them). Each class's
+``to_wire`` builds the array; :func:`decode` is the one place that checks a shape, used
 on received arrays and, by the Connection, on the arrays it is about to send.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._codec import INT_MAX, WireError
 from ._errors import ErrorCode, ProntoError, ProtocolError
 
+if TYPE_CHECKING:
+    from typing import Final, TypeAlias
+
 PROTOCOL_VERSION: Final = 1
 UINT64_MAX: Final = INT_MAX
 
+# The kind that leads each message's array.
+HELLO: Final = 0
+WELCOME: Final = 1
+REQUEST: Final = 2
+RESPONSE: Final = 3
+PUSH: Final = 4
+GOODBYE: Final = 5
 
-@dataclass(frozen=True, slots=True)
-class Hello:
+
+class Hello(NamedTuple):
     """Client to server, first message: who is connecting, with an optional token."""
 
     client: str
     user: str
     token: str | None = None
     version: int = PROTOCOL_VERSION
-    KIND: ClassVar[int] = 0
 
     def to_wire(self) -> list[Any]:
         fields: dict[str, Any] = {"version": self.version, "client": self.client, "user": self.user}
         if self.token is not None:
             fields["token"] = self.token
-        return [self.KIND, fields]
+        return [HELLO, fields]
 
 
-@dataclass(frozen=True, slots=True)
-class Welcome:
+class Welcome(NamedTuple):
     """Server to client, the answer to Hello: the session's number and the server's limits."""
 
     server: str
     session: int
     limits: dict[str, int]
     version: int = PROTOCOL_VERSION
-    KIND: ClassVar[int] = 1
 
     def to_wire(self) -> list[Any]:
         fields = {
@@ -50,30 +57,26 @@ class Welcome:
             "session": self.session,
             "limits": self.limits,
         }
-        return [self.KIND, fields]
+        return [WELCOME, fields]
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):
     """Client to server: run operation ``op`` with ``args``; ``id`` (uint64) names the answer."""
 
     id: int
     op: str
     args: dict[str, Any]
-    KIND: ClassVar[int] = 2
 
     def to_wire(self) -> list[Any]:
-        return [self.KIND, self.id, self.op, self.args]
+        return [REQUEST, self.id, self.op, self.args]
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
+class Response(NamedTuple):
     """Server to client: the one answer to the request ``id``, either an error map or a result."""
 
     id: int
     error: dict[str, Any] | None
     result: Any
-    KIND: ClassVar[int] = 3
 
     @classmethod
     def fail(cls, id: int, err: ProntoError) -> Response:
@@ -92,28 +95,24 @@ class Response:
         return self.result
 
     def to_wire(self) -> list[Any]:
-        return [self.KIND, self.id, self.error, self.result]
+        return [RESPONSE, self.id, self.error, self.result]
 
 
-@dataclass(frozen=True, slots=True)
-class Push:
+class Push(NamedTuple):
     """Server to client: one event of the stream opened by the request whose id is ``stream``."""
 
     stream: int
     event: dict[str, Any]
-    KIND: ClassVar[int] = 4
 
     def to_wire(self) -> list[Any]:
-        return [self.KIND, self.stream, self.event]
+        return [PUSH, self.stream, self.event]
 
 
-@dataclass(frozen=True, slots=True)
-class Goodbye:
+class Goodbye(NamedTuple):
     """Either side, last message it sends: why it is closing (``code`` None for a plain close)."""
 
     code: ErrorCode | None
     message: str
-    KIND: ClassVar[int] = 5
 
     @classmethod
     def from_error(cls, err: ProntoError | ProtocolError) -> Goodbye:
@@ -127,11 +126,10 @@ class Goodbye:
                 code = ErrorCode(code)
             except ValueError:
                 raise WireError(f"Goodbye code {code!r} is not an ErrorCode") from None
-        return [self.KIND, {"code": None if code is None else code.value, "message": self.message}]
+        return [GOODBYE, {"code": None if code is None else code.value, "message": self.message}]
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectionClosed:
+class ConnectionClosed(NamedTuple):
     """The peer closed its side cleanly, at a frame boundary."""
 
 
@@ -149,7 +147,7 @@ def decode(wire: Any) -> Message:
     name, length = _SHAPES[kind]
     if len(wire) != length:
         raise WireError(f"{name} must be an array of {length} elements, not {len(wire)}")
-    if kind == Hello.KIND:
+    if kind == HELLO:
         fields = _fields(wire[1], name)
         token = fields.get("token")
         if token is not None:
@@ -160,7 +158,7 @@ def decode(wire: Any) -> Message:
             token=token,
             version=_check_uint(_required(fields, "version", name), "Hello version"),
         )
-    if kind == Welcome.KIND:
+    if kind == WELCOME:
         fields = _fields(wire[1], name)
         limits = _fields(_required(fields, "limits", name), "Welcome limits")
         for key, value in limits.items():
@@ -171,12 +169,12 @@ def decode(wire: Any) -> Message:
             limits=limits,
             version=_check_uint(_required(fields, "version", name), "Welcome version"),
         )
-    if kind == Request.KIND:
+    if kind == REQUEST:
         _, request_id, op, args = wire
         if not _check_str(op, "Request op"):
             raise WireError("Request op must not be empty")
         return Request(_check_uint(request_id, "Request id"), op, _fields(args, "Request args"))
-    if kind == Response.KIND:
+    if kind == RESPONSE:
         _, request_id, error, result = wire
         if error is not None:
             error = _fields(error, "Response error")
@@ -185,7 +183,7 @@ def decode(wire: Any) -> Message:
             if result is not None:
                 raise WireError("a Response with an error must have a nil result")
         return Response(_check_uint(request_id, "Response id"), error, result)
-    if kind == Push.KIND:
+    if kind == PUSH:
         _, stream, event = wire
         return Push(_check_uint(stream, "Push stream"), _fields(event, "Push event"))
     fields = _fields(wire[1], name)
@@ -201,12 +199,12 @@ def decode(wire: Any) -> Message:
 
 
 _SHAPES: dict[int, tuple[str, int]] = {
-    Hello.KIND: ("Hello", 2),
-    Welcome.KIND: ("Welcome", 2),
-    Request.KIND: ("Request", 4),
-    Response.KIND: ("Response", 4),
-    Push.KIND: ("Push", 3),
-    Goodbye.KIND: ("Goodbye", 2),
+    HELLO: ("Hello", 2),
+    WELCOME: ("Welcome", 2),
+    REQUEST: ("Request", 4),
+    RESPONSE: ("Response", 4),
+    PUSH: ("Push", 3),
+    GOODBYE: ("Goodbye", 2),
 }
 
 

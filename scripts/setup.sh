@@ -15,3 +15,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
     touch "$stamp"
 fi
+# Bytecode for our sources, as a regular install would have it: the CLI starts in loops, and
+# without .pyc files (PYTHONDONTWRITEBYTECODE is set on some machines) every start recompiles.
+.venv/bin/python -m compileall -q protocol broker clients >/dev/null
