@@ -43,11 +43,13 @@ class Database:
         limits: EngineLimits | None = None,
         on_durable: Callable[[int], None] | None = None,
         on_error: Callable[[StorageError], None] | None = None,
+        threaded_writer: bool = True,
     ) -> Database:
         """Open (or create) the database in ``directory``, replaying its snapshot and log.
 
         ``on_durable`` and ``on_error`` are the group-commit writer's callbacks (called from its
-        thread): the highest durable ticket, and the failure that stopped the writer.
+        thread): the highest durable ticket, and the failure that stopped the writer. With
+        ``threaded_writer=False`` the caller drives the writer (``writer.write_pending()``).
         """
         options = options or StorageOptions()
         limits = limits or EngineLimits()
@@ -62,7 +64,9 @@ class Database:
         except BaseException:
             storage.close()
             raise
-        writer = GroupCommitWriter(storage, on_durable=on_durable, on_error=on_error)
+        writer = GroupCommitWriter(
+            storage, on_durable=on_durable, on_error=on_error, threaded=threaded_writer
+        )
         return cls(engine, storage, writer)
 
     def submit(self, applied: Applied[Any]) -> int:

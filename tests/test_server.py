@@ -12,6 +12,7 @@ from wire import Wire
 
 from prontodb.broker.server import AlreadyServing, Broker, BrokerInfo, ServerConfig
 from prontodb.broker.server import _ops as ops
+from prontodb.broker.storage import StorageOptions
 from prontodb.protocol import ConnectionClosed, ErrorCode, Goodbye, Hello, Response
 
 
@@ -233,3 +234,32 @@ async def test_a_second_broker_on_the_same_data_dir_is_refused(
     second = ServerConfig(data_dir=short_dir / "data2", socket_path=Path(server.socket))
     with pytest.raises(AlreadyServing, match="already listens"):
         await Broker(second).serve()
+
+
+async def test_compaction_runs_beside_the_writes(short_dir: Path) -> None:
+    config = ServerConfig(data_dir=short_dir / "data", socket_path=short_dir / "s.sock")
+    broker = Broker(config)
+    broker.databases.options = StorageOptions(compact_min_bytes=4096, compact_garbage_ratio=0.5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: broker.serve(task_status=task_status))
+        wire = await Wire.open(str(short_dir / "s.sock"))
+        for round_ in range(40):  # the same 20 keys over and over: mostly garbage
+            await wire.send(*[wire.request("set", key=f"k.i{i}", value=round_) for i in range(20)])
+            for _ in range(20):
+                response = await wire.next()
+                assert isinstance(response, Response)
+                assert response.error is None
+        with trio.fail_after(30):
+            while not list((short_dir / "data" / "default.db").glob("snap-*")):
+                await wire.result("set", key="nudge", value=1)  # each write may start one
+        page = await wire.result("scan", prefix="k")
+        assert dict(page["items"]) == {f"k.i{i}": 39 for i in range(20)}
+        await wire.aclose()
+        broker.request_stop()
+    broker = Broker(config)  # reopen: the snapshot plus the log after it
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: broker.serve(task_status=task_status))
+        wire = await Wire.open(str(short_dir / "s.sock"))
+        assert await wire.result("get", key="k.i7") == 39
+        await wire.aclose()
+        broker.request_stop()

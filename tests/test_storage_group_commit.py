@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,7 +48,7 @@ class Gate:
 
 @contextmanager
 def writer_for(
-    path: Path, options: StorageOptions | None = None, **kwargs: Callable[..., None]
+    path: Path, options: StorageOptions | None = None, **kwargs: Any
 ) -> Iterator[tuple[SegmentStorage, GroupCommitWriter]]:
     storage, replayed = opened(path, options)
     assert replayed == []  # every test starts from a new directory
@@ -255,3 +256,54 @@ def test_a_failed_write_fails_every_waiter_and_every_later_submit(tmp_path: Path
         assert writer.durable_ticket == durable
     assert len(errors) == 1  # called from the writer thread, which close() has joined
     assert reopen(tmp_path) == [(1, b"first")]
+
+
+# -- without a thread (the broker drives the writer from its event loop) ------------------------
+
+
+def test_inline_writer_writes_each_call_as_one_batch(tmp_path: Path) -> None:
+    storage, _ = opened(tmp_path)
+    writer = GroupCommitWriter(storage, threaded=False)
+    tickets = [writer.submit([(1, f"r{i}".encode())]) for i in range(5)]
+    assert writer.durable_ticket == 0  # nothing is written until the owner asks
+    assert writer.write_pending() == tickets[-1]
+    stats = writer.statistics()
+    assert (stats.batches, stats.records, stats.fsyncs) == (1, 5, 1)
+    assert writer.write_pending() == tickets[-1]  # nothing new: no write, same answer
+    writer.submit([(1, b"last")])
+    writer.close()  # close writes what is still queued
+    storage.close()
+    assert [payload for _, payload in reopen(tmp_path)] == [
+        b"r0",
+        b"r1",
+        b"r2",
+        b"r3",
+        b"r4",
+        b"last",
+    ]
+
+
+def test_inline_writer_syncs_trailing_data_once_its_interval_passed(tmp_path: Path) -> None:
+    options = StorageOptions(fsync=FsyncPolicy.INTERVAL, fsync_interval=0.0)
+    storage, _ = opened(tmp_path, options)
+    writer = GroupCommitWriter(storage, threaded=False)
+    writer.submit([(1, b"x")])
+    writer.write_pending()
+    assert writer.sync_due_at() is None  # an interval of 0 syncs with the write itself
+    writer.close()
+    storage.close()
+
+
+def test_inline_writer_failure_is_final(tmp_path: Path) -> None:
+    storage, _ = opened(tmp_path)
+    errors: list[StorageError] = []
+    writer = GroupCommitWriter(storage, threaded=False, on_error=errors.append)
+    writer.submit([(1, b"x")])
+    storage.close()  # the next append fails
+    with pytest.raises(StorageError):
+        writer.write_pending()
+    assert len(errors) == 1
+    with pytest.raises(StorageError):
+        writer.write_pending()
+    with pytest.raises(StorageError):
+        writer.submit([(1, b"y")])

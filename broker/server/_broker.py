@@ -128,23 +128,35 @@ class Broker:
     ) -> None:
         async with trio.open_nursery() as background:  # compactions: outlive every session
             self._background = background
-            async with trio.open_nursery() as sessions:
-                async with trio.open_nursery() as service:
-                    service.start_soon(self._accept, listeners, sessions)
-                    if handle_signals:
-                        service.start_soon(self._watch_signals, sessions.cancel_scope)
-                    task_status.started(self.info)
-                    await self._stop.wait()
-                    logger.info("stopping: no new connections; finishing requests in flight")
-                    service.cancel_scope.cancel()
-                for session in list(self._sessions):
-                    session.stop_reading()
-                with trio.move_on_after(self.config.shutdown_grace) as grace:
-                    while self._sessions:
-                        await self._sessions_changed.wait()
-                if grace.cancelled_caught:
-                    logger.warning("%d connections did not finish in time", len(self._sessions))
-                sessions.cancel_scope.cancel()
+            async with trio.open_nursery() as flushers:
+                self.databases.flushers = flushers
+                await self._serve_sessions(listeners, handle_signals, task_status)
+                # Every session has ended: nothing more to flush but what close() writes.
+                flushers.cancel_scope.cancel()
+
+    async def _serve_sessions(
+        self,
+        listeners: list[trio.SocketListener],
+        handle_signals: bool,
+        task_status: trio.TaskStatus[BrokerInfo],
+    ) -> None:
+        async with trio.open_nursery() as sessions:
+            async with trio.open_nursery() as service:
+                service.start_soon(self._accept, listeners, sessions)
+                if handle_signals:
+                    service.start_soon(self._watch_signals, sessions.cancel_scope)
+                task_status.started(self.info)
+                await self._stop.wait()
+                logger.info("stopping: no new connections; finishing requests in flight")
+                service.cancel_scope.cancel()
+            for session in list(self._sessions):
+                session.stop_reading()
+            with trio.move_on_after(self.config.shutdown_grace) as grace:
+                while self._sessions:
+                    await self._sessions_changed.wait()
+            if grace.cancelled_caught:
+                logger.warning("%d connections did not finish in time", len(self._sessions))
+            sessions.cancel_scope.cancel()
 
     async def _accept(self, listeners: list[trio.SocketListener], sessions: trio.Nursery) -> None:
         async def handle(stream: trio.SocketStream) -> None:
@@ -215,6 +227,7 @@ class Broker:
         if self._background is None or not database.wants_compaction:
             return
         finish = database.start_compaction()
+        db.wake()  # the flush loop writes the roll marker the compaction waits for
 
         async def compact() -> None:
             try:

@@ -1,7 +1,7 @@
 """The databases one broker serves: opened on first use, each with its durability waiters.
 
-The group-commit writer reports from its own thread; :class:`OpenDatabase` carries those reports
-into trio (``run_sync_soon``) and wakes the requests whose records are now durable.
+Each database's writes are flushed from the event loop, one batch per turn; :class:`OpenDatabase`
+wakes the requests whose records are then durable.
 """
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ import trio
 from prontodb.protocol import ErrorCode, ProntoError
 
 from ..database import Database
-from ..engine import Engine
+from ..engine import Applied, Engine
 from ..storage import StorageError, StorageOptions
 
 logger = logging.getLogger("prontodb.server")
@@ -40,40 +42,65 @@ def validate_name(name: Any) -> str:
 
 
 class OpenDatabase:
-    """One open database, driven from the trio thread, with the tickets it is waiting on."""
+    """One open database, driven from the trio thread, with the requests waiting on its disk.
 
-    def __init__(self, name: str, directory: Path, token: trio.lowlevel.TrioToken) -> None:
+    Its writer has no thread of its own: :meth:`flush_loop` writes what the requests of one turn of
+    the event loop submitted as one batch (one write, one fsync under ``always``), as Redis does
+    with ``appendfsync always``. The loop blocks for that fsync; in exchange no write pays for two
+    thread hand-offs, which cost more than the fsync on the disks we measured.
+    """
+
+    def __init__(self, name: str, directory: Path) -> None:
         self.name = name
         self.directory = directory
-        self._token = token
         self._durable = 0
         self._waiters: list[tuple[int, int, trio.Event]] = []
         self._order = itertools.count()
+        self._has_pending = trio.Event()
+        self._flusher = trio.CancelScope()
         self.failure: StorageError | None = None
         self.database: Database  # set by open(), before any request can see this object
 
     def open(self, options: StorageOptions) -> None:
         """Open the files (blocking: run it in a thread)."""
-        self.database = Database.open(
-            self.directory,
-            options=options,
-            on_durable=self._on_durable,
-            on_error=self._on_error,
-        )
+        self.database = Database.open(self.directory, options=options, threaded_writer=False)
 
     @property
     def engine(self) -> Engine:
         return self.database.engine
 
-    # -- called from the writer thread -------------------------------------------------------
+    def submit(self, applied: Applied[Any]) -> int:
+        """Queue ``applied``'s records for the next flush; the ticket to wait for."""
+        ticket = self.database.submit(applied)
+        if applied.records:
+            self._has_pending.set()
+        return ticket
 
-    def _on_durable(self, ticket: int) -> None:
-        self._token.run_sync_soon(self._advance, ticket)
+    def wake(self) -> None:
+        """Something was queued behind the engine's back (a compaction's roll marker)."""
+        self._has_pending.set()
 
-    def _on_error(self, error: StorageError) -> None:
-        self._token.run_sync_soon(self._fail, error)
+    async def flush_loop(self) -> None:
+        """Write each turn's records as one batch, and sync on time under ``interval``."""
+        writer = self.database.writer
+        with self._flusher:
+            while True:
+                due = writer.sync_due_at()
+                with trio.move_on_after(math.inf if due is None else due - time.monotonic()):
+                    await self._has_pending.wait()
+                self._has_pending = trio.Event()
+                # Let every task that is ready run first, so its writes join this batch.
+                await trio.lowlevel.checkpoint()
+                try:
+                    durable = writer.write_pending()
+                except StorageError as exc:
+                    self._fail(exc)
+                    return
+                self._advance(durable)
 
-    # -- the trio side -----------------------------------------------------------------------
+    def stop_flushing(self) -> None:
+        """End :meth:`flush_loop`; what is still queued is written by ``database.close()``."""
+        self._flusher.cancel()
 
     def _advance(self, ticket: int) -> None:
         self._durable = max(self._durable, ticket)
@@ -113,6 +140,8 @@ class Databases:
         self.options = options
         self._open: dict[str, OpenDatabase] = {}
         self._opening: dict[str, trio.Event] = {}
+        # Where the databases' flush loops run; the broker sets it before it serves.
+        self.flushers: trio.Nursery | None = None
 
     def directory(self, name: str) -> Path:
         return self.data_dir / f"{name}.db"
@@ -129,6 +158,7 @@ class Databases:
                 return db
             if db is not None:  # its writer failed: drop it, reopen from what is durable
                 del self._open[name]
+                db.stop_flushing()
                 await trio.to_thread.run_sync(_close_quietly, db)
                 continue
             opening = self._opening.get(name)
@@ -142,7 +172,8 @@ class Databases:
     async def _open_new(self, name: str) -> OpenDatabase:
         done = self._opening[name] = trio.Event()
         try:
-            db = OpenDatabase(name, self.directory(name), trio.lowlevel.current_trio_token())
+            assert self.flushers is not None, "the broker sets Databases.flushers first"
+            db = OpenDatabase(name, self.directory(name))
             try:
                 await trio.to_thread.run_sync(db.open, self.options)
             except Exception as exc:
@@ -152,6 +183,7 @@ class Databases:
                     f"The database {name!r} could not be opened ({exc}); see the broker's log.",
                 ) from exc
             logger.info("opened database %s at revision %d", name, db.engine.revision)
+            self.flushers.start_soon(db.flush_loop)
             self._open[name] = db
             return db
         finally:
@@ -162,6 +194,7 @@ class Databases:
         """Make every write durable and close the files."""
         databases, self._open = list(self._open.values()), {}
         for db in databases:
+            db.stop_flushing()
             await trio.to_thread.run_sync(_close_quietly, db)
 
 

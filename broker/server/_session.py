@@ -202,7 +202,7 @@ class Session:
         result, applied = op.run(db.engine, call)
         if applied is None:
             return _Out(Response(request.id, None, result), db, database.last_ticket)
-        ticket = database.submit(applied)
+        ticket = db.submit(applied)
         if applied.records:
             self.broker.maybe_compact(db)
         return _Out(Response(request.id, None, result), db, ticket)

@@ -56,12 +56,18 @@ class _Entry:
 
 
 class GroupCommitWriter:
-    """Feed one :class:`Storage` from many callers through one background thread.
+    """Feed one :class:`Storage` from many callers, one write and one fsync per batch.
 
     :meth:`submit` queues a batch of records and returns a ticket at once (it never blocks on
-    I/O). The thread takes everything pending, writes it as one ``storage.append`` (one write,
-    one fsync under ``always``), marks those tickets durable, calls ``on_durable(highest)`` from
-    the writer thread and wakes :meth:`wait`-ers. Tickets become durable in order.
+    I/O). The writer takes everything pending, writes it as one ``storage.append`` (one write,
+    one fsync under ``always``), marks those tickets durable, calls ``on_durable(highest)`` and
+    wakes :meth:`wait`-ers. Tickets become durable in order.
+
+    Who writes: by default a background thread. With ``threaded=False`` there is no thread and
+    the owner calls :meth:`write_pending` itself; the broker does, from its event loop once per
+    turn, because on the machines we measured a hand-off to a thread and back cost more than the
+    fdatasync it would hide (see docs/BENCHMARKS.md). :meth:`wait` must then be called only from
+    other threads (a compaction waiting for its roll marker).
 
     If a write or fsync fails the writer stops for good: waiters get StorageError, later submits
     raise it, and ``on_error`` (if given) is called once from the writer thread. The database
@@ -76,6 +82,7 @@ class GroupCommitWriter:
         on_durable: Callable[[int], None] | None = None,
         *,
         on_error: Callable[[StorageError], None] | None = None,
+        threaded: bool = True,
     ) -> None:
         self._storage = storage
         self._on_durable = on_durable
@@ -94,8 +101,12 @@ class GroupCommitWriter:
         # The writer is the storage's only writer, so its fsyncs are the storage's since now.
         self._fsyncs_before = storage.stats().fsyncs
         self._rolls = 0
-        self._thread = threading.Thread(target=self._run, name="prontodb-group-commit", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._thread = threading.Thread(
+                target=self._run, name="prontodb-group-commit", daemon=True
+            )
+            self._thread.start()
 
     # -- callers ------------------------------------------------------------------------------
 
@@ -183,7 +194,45 @@ class GroupCommitWriter:
         with self._lock:
             self._closing = True
             self._work.notify()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
+            return
+        with self._lock:
+            batch, self._pending = self._pending, []
+        if batch and self._error is None:
+            try:
+                self._write(batch)
+            except Exception as exc:
+                self._fail(exc)
+
+    def write_pending(self) -> int:
+        """Without a thread: write everything submitted so far as one batch (blocking), and sync
+        trailing data whose ``interval`` has passed; return the highest durable ticket.
+
+        Raises StorageError if the write fails (the writer is then failed for good, as a thread's
+        would be) or has failed before.
+        """
+        if self._thread is not None:
+            raise RuntimeError("write_pending() is for a writer made with threaded=False")
+        with self._lock:
+            if self._error is not None:
+                raise StorageError(str(self._error)) from self._error
+            batch, self._pending = self._pending, []
+        try:
+            if batch:
+                self._write(batch)
+            else:
+                due = self._storage.sync_due_at()
+                if due is not None and due <= time.monotonic():
+                    self._storage.sync()
+        except Exception as exc:
+            self._fail(exc)
+            raise StorageError(str(self._error)) from exc
+        return self._durable
+
+    def sync_due_at(self) -> float | None:
+        """When trailing data must be synced under ``interval`` (``time.monotonic()``), or None."""
+        return self._storage.sync_due_at()
 
     def _raise_if_unusable(self) -> None:
         if self._error is not None:
