@@ -1,1 +1,55 @@
-"""ProntoDB clients: the async client, the sync client and the ``prontodb`` CLI (part 2)."""
+"""ProntoDB clients: :class:`AsyncClient` (anyio: trio or asyncio), :class:`Client` (blocking),
+and the ``prontodb`` CLI.
+
+Names load lazily, so ``import prontodb.clients`` (and the CLI) imports neither trio nor anyio::
+
+    from prontodb.clients import Client
+
+    with Client.connect() as client:
+        client.set("project.status", "ready")
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from prontodb.protocol import ErrorCode, ProntoError
+
+if TYPE_CHECKING:
+    from ._async.client import AsyncClient
+    from ._sync.client import Client
+    from ._types import MISSING, BrokerUnavailable, KeyInfo, TxnResult
+
+__all__ = [
+    "AsyncClient",
+    "BrokerUnavailable",
+    "Client",
+    "ErrorCode",
+    "KeyInfo",
+    "MISSING",
+    "ProntoError",
+    "TxnResult",
+]
+
+_LAZY = {
+    "AsyncClient": "._async.client",
+    "Client": "._sync.client",
+    "BrokerUnavailable": "._types",
+    "KeyInfo": "._types",
+    "MISSING": "._types",
+    "TxnResult": "._types",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

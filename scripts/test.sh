@@ -7,6 +7,7 @@ cd "$root"
 source scripts/setup.sh
 bin=.venv/bin
 
+"$bin/python" scripts/unasync.py --check
 echo "== ruff"
 "$bin/ruff" check .
 "$bin/ruff" format --check .

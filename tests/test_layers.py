@@ -28,6 +28,11 @@ def test_cli_imports_neither_trio_nor_anyio() -> None:
     assert imported_by("prontodb.clients.cli") & {"trio", "anyio"} == set()
 
 
+@pytest.mark.parametrize("module", ["prontodb.clients", "prontodb.clients._sync.client"])
+def test_sync_client_imports_neither_trio_nor_anyio(module: str) -> None:
+    assert imported_by(module) & {"trio", "anyio", "asyncio"} == set()
+
+
 def test_storage_imports_no_event_loop() -> None:
     assert imported_by("prontodb.broker.storage") & {"trio", "anyio", "asyncio"} == set()
 

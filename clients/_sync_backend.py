@@ -1,0 +1,92 @@
+"""The sync client's I/O: blocking stdlib sockets and threading, under ``_anyio_backend``'s names.
+
+The generated sync client (scripts/unasync.py) calls these exactly where the async client awaits
+the anyio ones. Connection failures surface as :class:`OSError`; end of stream as ``b""``. Kept to
+``socket`` and ``threading`` so the CLI, which uses the sync client, starts fast.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from types import TracebackType
+
+Lock = threading.Lock
+Event = threading.Event
+# Threads can interleave anywhere, so the state the callers share needs a real lock here.
+Mutex = threading.Lock
+
+
+class _Deadline:
+    """Makes the socket's blocking calls raise TimeoutError after ``seconds`` inside the block."""
+
+    __slots__ = ("_seconds", "_sock")
+
+    def __init__(self, sock: socket.socket, seconds: float | None) -> None:
+        self._sock = sock
+        self._seconds = seconds
+
+    def __enter__(self) -> None:
+        self._sock.settimeout(self._seconds)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._sock.settimeout(None)
+
+
+class Stream:
+    """A connected socket: whole-frame writes, chunked reads, a deadline for the handshake."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def send_all(self, data: bytes) -> None:
+        """Write all of ``data``."""
+        self._sock.sendall(data)
+
+    def receive_some(self, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` bytes, at least one; ``b""`` once the peer has closed its side."""
+        return self._sock.recv(max_bytes)
+
+    def deadline(self, seconds: float | None) -> _Deadline:
+        """A ``with`` block whose socket calls raise TimeoutError after ``seconds`` (None: none)."""
+        return _Deadline(self._sock, seconds)
+
+    def close(self) -> None:
+        """Close the socket; a thread blocked reading it wakes up with end of stream."""
+        try:
+            # close() alone does not wake a thread blocked in recv(); shutdown() does.
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already reset by the peer
+        self._sock.close()
+
+
+def connect_unix(path: str, timeout: float | None) -> Stream:
+    """Connect to a Unix socket; OSError if nothing listens, TimeoutError after ``timeout``."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.settimeout(None)
+    except BaseException:
+        sock.close()
+        raise
+    return Stream(sock)
+
+
+def connect_tcp(host: str, port: int, timeout: float | None) -> Stream:
+    """Connect over TCP (no Nagle delay); OSError if refused, TimeoutError after ``timeout``."""
+    sock = socket.create_connection((host, port), timeout)
+    try:
+        sock.settimeout(None)
+        # Requests are small frames that want an answer at once: do not hold them back.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:
+        sock.close()
+        raise
+    return Stream(sock)

@@ -1,0 +1,73 @@
+"""The values the clients return and the one error they add; stdlib and prontodb.protocol only.
+
+The records are named tuples, as the protocol's messages are: immutable and slotted like frozen
+dataclasses, without importing ``dataclasses`` (and ``inspect``) on the CLI's start-up path.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Final, NamedTuple
+
+from prontodb.protocol import ErrorCode, ProntoError
+
+
+class _Missing(enum.Enum):
+    MISSING = "MISSING"
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Final = _Missing.MISSING
+"""The default of ``if_value``: no value condition. (None cannot mean that: it is a value.)"""
+
+
+class KeyInfo(NamedTuple):
+    """A key's value and metadata, as ``get --meta`` shows them.
+
+    ``create_rev`` is the revision that created the key, ``mod_rev`` the one that last wrote it,
+    ``version`` the number of writes since creation, ``writer`` the user of the last write,
+    ``time`` its time (seconds since the epoch, the broker's clock) and ``size`` the bytes of the
+    encoded value.
+    """
+
+    key: str
+    value: Any
+    create_rev: int
+    mod_rev: int
+    version: int
+    writer: str
+    time: float
+    size: int
+
+
+class TxnResult(NamedTuple):
+    """The outcome of a transaction.
+
+    When ``succeeded``, every operation was applied at ``revision`` and ``results`` holds one item
+    per operation; otherwise nothing was applied, ``revision`` is the database's current one and
+    ``failed`` lists the indexes of the compares that did not hold.
+    """
+
+    succeeded: bool
+    revision: int
+    results: list[Any]
+    failed: list[int]
+
+
+class BrokerUnavailable(ProntoError):
+    """Nothing answers at the broker URL: no socket file, connection refused, or no answer in time.
+
+    Raised by ``connect()``, code ``unavailable``. ``url`` is the address tried and ``reason``
+    what went wrong there.
+    """
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(
+            ErrorCode.UNAVAILABLE,
+            f"No broker answers at {url} ({reason}); start one with `prontodb serve`.",
+            {"url": url},
+        )
+        self.url = url
+        self.reason = reason
