@@ -1,68 +1,60 @@
-"""The ``prontodb`` command line (click). Imports neither trio nor anyio: ``serve`` loads the
-broker only when it runs."""
+"""The ``prontodb`` command line.
+
+The console script calls :data:`main`. The forms that scripts run in loops (``get``, ``set``,
+``del``, ``incr``, ``decr``, ``keys``, ``scan`` with the global options) are parsed by hand in
+``_cli_fast`` without importing click, which alone takes longer than the rest of a ``get``;
+everything else goes to the click group in ``_cli_click`` (every option, help, usage errors,
+``serve``, ``stop``, ``status``, ``ping``). Both front ends call the same functions in
+``_cli_commands``. The reference is docs/CLI.md.
+
+Imports neither trio nor anyio: ``serve`` loads the broker only when it runs.
+"""
 
 from __future__ import annotations
 
-import click
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from ._locations import default_data_dir, default_socket_path
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="prontodb")
-def main() -> None:
-    """ProntoDB: a coordination broker for agent fleets."""
+if TYPE_CHECKING:
+    import click
 
 
-@main.command()
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False),
-    help="Directory of the databases [env PRONTODB_DATA_DIR; default ~/.local/share/prontodb].",
-)
-@click.option(
-    "--socket",
-    "socket_path",
-    type=click.Path(dir_okay=False),
-    help="Unix socket to listen on [env PRONTODB_SOCKET; default under $XDG_RUNTIME_DIR].",
-)
-@click.option("--tcp", metavar="HOST:PORT", help="Also listen on TCP (port 0 picks a free one).")
-@click.option(
-    "--fsync",
-    type=click.Choice(["always", "interval", "never"]),
-    default="always",
-    show_default=True,
-    help="When a write counts as durable: after its fsync, within a second, or when the OS writes it.",
-)
-@click.option("--ready-fd", type=int, hidden=True, help="Write one JSON line here once listening.")
-def serve(
-    data_dir: str | None,
-    socket_path: str | None,
-    tcp: str | None,
-    fsync: str,
-    ready_fd: int | None,
-) -> None:
-    """Run the broker in the foreground until SIGTERM, SIGINT or `prontodb stop`."""
-    import os
-    from pathlib import Path
+class _Main:
+    """The ``prontodb`` entry point: the fast path first, else the click group.
 
-    from prontodb.broker.server import ServerConfig, parse_tcp, run
-    from prontodb.broker.storage import FsyncPolicy
+    Every attribute not defined here is the click group's (``main.commands``, ``main.main``, ...),
+    so CliRunner and help tests use it as the group itself; only calling it tries the fast path.
+    """
 
-    data = os.path.abspath(data_dir) if data_dir else default_data_dir()
-    sock = os.path.abspath(socket_path) if socket_path else default_socket_path(data)
-    try:
-        tcp_address = parse_tcp(tcp) if tcp else None
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--tcp") from None
-    config = ServerConfig(
-        data_dir=Path(data),
-        socket_path=Path(sock),
-        tcp=tcp_address,
-        fsync=FsyncPolicy(fsync),
-    )
-    raise SystemExit(run(config, ready_fd=ready_fd))
+    def __call__(self, args: Sequence[str] | None = None, **extra: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        if not extra:
+            from ._cli_fast import run
+
+            status = run(argv)
+            if status is not None:
+                return status
+        extra.setdefault("prog_name", "prontodb")
+        return self.group.main(argv, **extra)
+
+    @property
+    def group(self) -> click.Group:
+        """The click group (imported on first use)."""
+        from ._cli_click import cli
+
+        return cli
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.group, name)
+
+
+if TYPE_CHECKING:
+    # To type checkers `main` is the click group it stands in for.
+    main: click.Group
+else:
+    main = _Main()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -46,15 +46,19 @@ def run(config: ServerConfig, *, ready_fd: int | None = None) -> int:
             if ready_fd is not None:
                 _signal_ready(ready_fd, info)
 
+    status = 0
+    # trio may hand these back inside an exception group (a nursery's), hence except*.
     try:
         trio.run(main)
-    except AlreadyServing as exc:
-        logger.error("%s", exc)
-        return 1
-    except OSError as exc:
-        logger.error("cannot serve: %s", exc)
-        return 1
-    return 0
+    except* AlreadyServing as refused:
+        for exc in refused.exceptions:
+            logger.error("%s", exc)
+        status = 1
+    except* OSError as failed:
+        for error in failed.exceptions:
+            logger.error("cannot serve: %s", error)
+        status = 1
+    return status
 
 
 def _signal_ready(fd: int, info: BrokerInfo) -> None:

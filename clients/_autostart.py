@@ -1,0 +1,195 @@
+"""The embedded default: start a broker in the background when nothing answers on the default socket.
+
+Stdlib only, and imported only when a connection was refused, so it costs the fast path nothing.
+
+Several CLIs may find no broker at the same moment (a script starting ten workers at once). They
+serialise on an exclusive ``flock`` of ``DATA_DIR/autostart.lock``; whoever holds it checks the socket
+again (an earlier holder may have started the broker meanwhile) and only then starts one. The broker
+reports on a pipe once it listens (``serve --ready-fd``), so nobody polls the socket waiting for it.
+The broker's own lock on the data directory (``broker.lock``) is the last line of defence: a second
+broker started by any other route exits at once and this module reports what its log says.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import select
+import socket
+import sys
+import time
+
+LOCK_NAME = "autostart.lock"
+LOG_NAME = "broker.log"
+# A broker on a loaded two-core machine opens in well under a second; ten seconds leaves room for
+# replaying a large log. Waiting for the lock covers one full start by another CLI, plus a margin.
+START_TIMEOUT = 10.0
+LOCK_TIMEOUT = START_TIMEOUT + 5.0
+LOCK_POLL = 0.01  # seconds between tries of the lock; flock has no timeout of its own
+LOG_TAIL_LINES = 10
+
+
+class AutostartError(Exception):
+    """The background broker could not be started; the message says why and where its log is."""
+
+
+def answers(socket_path: str) -> bool:
+    """Whether something accepts connections on the Unix socket ``socket_path``."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(socket_path)
+    except OSError:
+        return False
+    finally:
+        sock.close()
+    return True
+
+
+def ensure_broker(data_dir: str, socket_path: str, *, timeout: float = START_TIMEOUT) -> None:
+    """Return once a broker serves ``data_dir`` on ``socket_path``, starting one if none answers.
+
+    Raises :class:`AutostartError` if the lock cannot be had in time or the broker does not come up.
+    """
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    lock_path = os.path.join(data_dir, LOCK_NAME)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        _lock(fd, lock_path)
+        # Under the lock: a CLI that held it before us may have started the broker already.
+        if answers(socket_path):
+            return
+        pid = _spawn_and_wait(data_dir, socket_path, timeout)
+        # The pid of the broker this lock file last started, for people (and tests) looking for it.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{pid}\n".encode(), 0)
+    finally:
+        os.close(fd)  # closing the descriptor drops the flock
+
+
+def _lock(fd: int, path: str) -> None:
+    deadline = time.monotonic() + LOCK_TIMEOUT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise AutostartError(
+                    f"Another prontodb has been starting the broker for over {LOCK_TIMEOUT:.0f} s "
+                    f"(it holds {path}); check `prontodb status`, or start one with `prontodb serve`."
+                ) from None
+            time.sleep(LOCK_POLL)
+
+
+def _spawn_and_wait(data_dir: str, socket_path: str, timeout: float) -> int:
+    """Start ``prontodb serve`` detached; return its pid once it listens."""
+    log_path = os.path.join(data_dir, LOG_NAME)
+    read_fd, write_fd = os.pipe()  # both non-inheritable (PEP 446) ...
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.set_inheritable(write_fd, True)  # ... except the end the broker writes to
+        argv = [
+            sys.executable,
+            # -P: do not put the caller's working directory on sys.path, where a stray
+            # prontodb.py could shadow the installed package.
+            "-P",
+            "-m",
+            "prontodb.clients.cli",
+            "serve",
+            "--data-dir",
+            data_dir,
+            "--socket",
+            socket_path,
+            "--ready-fd",
+            str(write_fd),
+        ]
+        # posix_spawn rather than subprocess: a new session (so the terminal's signals do not reach
+        # the broker), no Popen object to warn that its child outlives it, and no subprocess import.
+        pid = os.posix_spawn(
+            sys.executable,
+            argv,
+            os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                (os.POSIX_SPAWN_DUP2, log_fd, 2),
+            ],
+            setsid=True,
+        )
+    except OSError as exc:
+        os.close(read_fd)
+        raise AutostartError(
+            f"Could not start a broker ({exc.strerror}); start one with `prontodb serve`."
+        ) from None
+    finally:
+        os.close(write_fd)
+        os.close(log_fd)
+    try:
+        line = _read_line(read_fd, timeout)
+    finally:
+        os.close(read_fd)
+    if line is None:
+        raise AutostartError(
+            f"The broker started in the background (pid {pid}) did not report ready within "
+            f"{timeout:.0f} s (a large database takes a while to open); retry shortly, and see "
+            f"{log_path} if it persists."
+        )
+    if not line:
+        status = _reap(pid)
+        if answers(socket_path):  # it lost a race to a broker started some other way
+            return pid
+        raise AutostartError(
+            f"The broker started in the background exited ({status}) before listening; "
+            f"{log_path} ends with:\n{_tail(log_path)}"
+        )
+    try:
+        return int(json.loads(line)["pid"])
+    except (ValueError, KeyError, TypeError):
+        return pid
+
+
+def _read_line(fd: int, timeout: float) -> bytes | None:
+    """The ready line (b"" on EOF), or None if nothing came before the timeout."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while not data.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            return None
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return data
+        data += chunk
+    return data
+
+
+def _reap(pid: int) -> str:
+    """Collect the exited broker's status (it is our child) and describe it."""
+    # EOF on the ready pipe means it is exiting; allow it a moment to finish doing so.
+    deadline = time.monotonic() + 5.0
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return "status unknown"
+        if done:
+            code = os.waitstatus_to_exitcode(status)
+            return f"exit status {code}" if code >= 0 else f"signal {-code}"
+        if time.monotonic() >= deadline:
+            return "still running"
+        time.sleep(LOCK_POLL)
+
+
+def _tail(path: str) -> str:
+    try:
+        with open(path, "rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - 16384))
+            lines = log.read().decode(errors="replace").splitlines()
+    except OSError as exc:
+        return f"(cannot read it: {exc.strerror})"
+    return "\n".join(lines[-LOG_TAIL_LINES:]) or "(nothing)"

@@ -1,0 +1,307 @@
+"""The click front end of the ``prontodb`` command: every command and option, help and usage errors.
+
+Each command's body is one call into ``_cli_commands``, which the fast path (``_cli_fast``) calls too.
+Imported only when the fast path does not recognise argv, because importing click alone takes longer
+than the rest of a ``prontodb get``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+from . import _cli_commands as commands
+from ._locations import default_data_dir, default_socket_path
+
+# A character argv cannot contain, so it cannot collide with a real argument.
+_MARK = "\x00"
+
+
+class _Command(click.Command):
+    """A command that reads a bare negative number as a value (``set k -12``, ``incr k -5``).
+
+    click would read ``-12`` as the short options ``-1 -2``. None of our options starts with a digit,
+    so such arguments are marked before parsing, and the parameters' callbacks (:func:`_text`,
+    :func:`_integer`) unmark them.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        marked: list[str] = []
+        options_end = False
+        for arg in args:
+            options_end = options_end or arg == "--"
+            marked.append(_MARK + arg if not options_end and commands.is_number(arg) else arg)
+        # Leftovers are refused here rather than by click, so that the message shows them unmarked.
+        allow_extra = ctx.allow_extra_args
+        ctx.allow_extra_args = True
+        try:
+            rest = [arg.removeprefix(_MARK) for arg in super().parse_args(ctx, marked)]
+        finally:
+            ctx.allow_extra_args = allow_extra
+        if rest and not allow_extra and not ctx.resilient_parsing:
+            plural = "s" if len(rest) > 1 else ""
+            ctx.fail(f"Got unexpected extra argument{plural} ({' '.join(rest)})")
+        ctx.args = rest
+        return rest
+
+
+def _text(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Callback of a string parameter: the argument as given."""
+    return value.removeprefix(_MARK) if isinstance(value, str) else value
+
+
+def _integer(minimum: int | None = None) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """Callback of an integer parameter, parsed as the fast path parses it."""
+
+    def convert(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None:
+            return None
+        text = str(value).removeprefix(_MARK)
+        number = commands.parse_int(text)
+        if number is None:
+            raise click.BadParameter(f"{text!r} is not an integer.", ctx, param)
+        if minimum is not None and number < minimum:
+            raise click.BadParameter(f"{text} is below {minimum}.", ctx, param)
+        return number
+
+    return convert
+
+
+_json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON (as the global --json does)."
+)
+
+
+def _finish(status: int) -> None:
+    """End the command with ``status`` (click's way, so CliRunner and standalone mode agree)."""
+    if status:
+        raise click.exceptions.Exit(status)
+
+
+@click.group("prontodb", context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="prontodb")
+@click.option(
+    "--user",
+    metavar="NAME",
+    help="The user to act as [env PRONTODB_USER; default: your login name].",
+)
+@click.option(
+    "--cursor",
+    metavar="NAME",
+    help="The database to use [env PRONTODB_CURSOR; default: default].",
+)
+@click.option(
+    "--url",
+    metavar="URL",
+    help="The broker, unix:///path or tcp://host:port [env PRONTODB_URL; default: the local "
+    "socket, where a broker is started if none answers].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: one document per command.")
+@click.pass_context
+def cli(
+    ctx: click.Context, user: str | None, cursor: str | None, url: str | None, as_json: bool
+) -> None:
+    """ProntoDB: a coordination broker for agent fleets.
+
+    Shares keys between cooperating programs (`prontodb set queue.task_1 pending`,
+    `prontodb get queue.task_1`). With no --url, a broker is started in the background on first use.
+    Exit status: 0 ok, 1 error, 2 usage, 3 not found, 4 timed out, 5 compare failed.
+    """
+    ctx.obj = commands.Globals(user=user, cursor=cursor, url=url, json=as_json)
+
+
+def _globals(ctx: click.Context, as_json: bool) -> commands.Globals:
+    options = ctx.find_object(commands.Globals) or commands.Globals()
+    return options.with_json(as_json)
+
+
+@cli.command("get", cls=_Command)
+@click.argument("key", type=str, callback=_text)
+@click.option(
+    "--meta",
+    is_flag=True,
+    help="Print key=value lines: value, revisions, version, writer, time, size.",
+)
+@_json_option
+@click.pass_context
+def get_command(ctx: click.Context, key: str, meta: bool, as_json: bool) -> None:
+    """Print KEY's value and a newline (a missing key: nothing on stdout, exit 3)."""
+    _finish(commands.get(_globals(ctx, as_json), key, meta=meta))
+
+
+@cli.command("set", cls=_Command)
+@click.argument("key", type=str, callback=_text)
+@click.argument("value", type=str, callback=_text)
+@click.option(
+    "--string", "as_string", is_flag=True, help="Store VALUE as text even if it is an integer."
+)
+@click.option("--if-absent", is_flag=True, help="Only if KEY does not exist (else exit 5).")
+@click.option(
+    "--if-rev",
+    type=str,
+    callback=_integer(minimum=0),
+    metavar="N",
+    help="Only if KEY's modify revision is N; 0 means only if absent (else exit 5).",
+)
+@_json_option
+@click.pass_context
+def set_command(
+    ctx: click.Context,
+    key: str,
+    value: str,
+    as_string: bool,
+    if_absent: bool,
+    if_rev: int | None,
+    as_json: bool,
+) -> None:
+    """Set KEY to VALUE; silent on success.
+
+    A VALUE that is a canonical integer within 64 bits (0, -12, 100; not 007 or +1) is stored as an
+    integer, so that incr works on it; --string stores it as text.
+    """
+    status = commands.set_(
+        _globals(ctx, as_json),
+        key,
+        value,
+        as_string=as_string,
+        if_absent=if_absent,
+        if_rev=if_rev,
+    )
+    _finish(status)
+
+
+@cli.command("del", cls=_Command)
+@click.argument("key", type=str, callback=_text)
+@_json_option
+@click.pass_context
+def del_command(ctx: click.Context, key: str, as_json: bool) -> None:
+    """Delete KEY; silent, and exit 0 whether or not it existed (--json says which)."""
+    _finish(commands.delete(_globals(ctx, as_json), key))
+
+
+@cli.command("incr", cls=_Command)
+@click.argument("key", type=str, callback=_text)
+@click.argument("by", type=str, default="1", callback=_integer())
+@_json_option
+@click.pass_context
+def incr_command(ctx: click.Context, key: str, by: int, as_json: bool) -> None:
+    """Add BY (default 1) to the integer at KEY and print the result; a missing key counts as 0."""
+    _finish(commands.incr(_globals(ctx, as_json), key, by))
+
+
+@cli.command("decr", cls=_Command)
+@click.argument("key", type=str, callback=_text)
+@click.argument("by", type=str, default="1", callback=_integer())
+@_json_option
+@click.pass_context
+def decr_command(ctx: click.Context, key: str, by: int, as_json: bool) -> None:
+    """Subtract BY (default 1) from the integer at KEY and print the result."""
+    _finish(commands.incr(_globals(ctx, as_json), key, by, decrement=True))
+
+
+@cli.command("keys", cls=_Command)
+@click.argument("prefix", type=str, callback=_text, default="")
+@_json_option
+@click.pass_context
+def keys_command(ctx: click.Context, prefix: str, as_json: bool) -> None:
+    """List the keys at and below PREFIX (all keys if none), one per line, sorted.
+
+    PREFIX follows segments: `keys queue` lists queue.task_1 but not queueing.x.
+    """
+    _finish(commands.keys(_globals(ctx, as_json), prefix))
+
+
+@cli.command("scan", cls=_Command)
+@click.argument("prefix", type=str, callback=_text, default="")
+@_json_option
+@click.pass_context
+def scan_command(ctx: click.Context, prefix: str, as_json: bool) -> None:
+    """Print key=value lines for the keys at and below PREFIX, sorted.
+
+    Made for `while IFS='=' read -r key value`. Values print as `get` prints them.
+    """
+    _finish(commands.scan(_globals(ctx, as_json), prefix))
+
+
+@cli.command("ping")
+@_json_option
+@click.pass_context
+def ping_command(ctx: click.Context, as_json: bool) -> None:
+    """Print `pong` once the broker answers (starting it, like any data command)."""
+    _finish(commands.ping(_globals(ctx, as_json)))
+
+
+@cli.command("status")
+@_json_option
+@click.pass_context
+def status_command(ctx: click.Context, as_json: bool) -> None:
+    """Show the broker: pid, uptime, data directory, socket, databases, connections.
+
+    Never starts a broker: exits 1 when none runs.
+    """
+    _finish(commands.status(_globals(ctx, as_json)))
+
+
+@cli.command("stop")
+@_json_option
+@click.pass_context
+def stop_command(ctx: click.Context, as_json: bool) -> None:
+    """Stop the broker and wait until it is gone (exit 0, with a note, if none runs)."""
+    _finish(commands.stop(_globals(ctx, as_json)))
+
+
+@cli.command()
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    help="Directory of the databases [env PRONTODB_DATA_DIR; default ~/.local/share/prontodb].",
+)
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(dir_okay=False),
+    help="Unix socket to listen on [env PRONTODB_SOCKET; default under $XDG_RUNTIME_DIR].",
+)
+@click.option("--tcp", metavar="HOST:PORT", help="Also listen on TCP (port 0 picks a free one).")
+@click.option(
+    "--fsync",
+    type=click.Choice(["always", "interval", "never"]),
+    default="always",
+    show_default=True,
+    help="When a write counts as durable: after its fsync, within a second, or when the OS writes it.",
+)
+@click.option("--ready-fd", type=int, hidden=True, help="Write one JSON line here once listening.")
+def serve(
+    data_dir: str | None,
+    socket_path: str | None,
+    tcp: str | None,
+    fsync: str,
+    ready_fd: int | None,
+) -> None:
+    """Run the broker in the foreground until SIGTERM, SIGINT or `prontodb stop`."""
+    import os
+    from pathlib import Path
+
+    from prontodb.broker.server import ServerConfig, parse_tcp, run
+    from prontodb.broker.storage import FsyncPolicy
+
+    data = os.path.abspath(data_dir) if data_dir else default_data_dir()
+    sock = os.path.abspath(socket_path) if socket_path else default_socket_path(data)
+    try:
+        tcp_address = parse_tcp(tcp) if tcp else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--tcp") from None
+    config = ServerConfig(
+        data_dir=Path(data),
+        socket_path=Path(sock),
+        tcp=tcp_address,
+        fsync=FsyncPolicy(fsync),
+    )
+    raise SystemExit(run(config, ready_fd=ready_fd))
+
+
+def invoke(args: Sequence[str], **extra: Any) -> Any:
+    """Run the click group on ``args`` as ``prontodb``."""
+    return cli.main(list(args), prog_name="prontodb", **extra)

@@ -1,0 +1,520 @@
+"""The CLI's commands, written once.
+
+Two front ends parse argv: the click group (``_cli_click``: every option, the help, the usage errors)
+and the fast path (``_cli_fast``: the forms scripts run in loops, parsed without importing click).
+Both call these functions, which connect, do one thing, write the output and return the exit status,
+so the two cannot differ in what they print or how they exit.
+
+Output is written as bytes to ``sys.stdout.buffer`` (looked up at call time, so click's CliRunner
+captures it): a bytes value prints raw, everything else as UTF-8. Errors go to stderr as one line,
+``prontodb: error: <sentence saying what to do>``, and the exit status comes from the error code
+(``ProntoError.exit_status``). Heavy imports (the client, json, datetime) happen inside the
+functions that need them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from prontodb.protocol import ProntoError
+
+    from ._sync.client import Client
+
+CLIENT_NAME = "prontodb-cli"
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+STOP_TIMEOUT = 30.0  # seconds `stop` waits for the socket to go (the broker's grace is 10 s)
+STOP_POLL = 0.01
+
+
+class Globals:
+    """The global options, resolved against the environment in one place for both front ends.
+
+    ``url`` is None when neither ``--url`` nor ``$PRONTODB_URL`` names one: the default socket,
+    which is the only address the CLI starts a broker for.
+    """
+
+    __slots__ = ("cursor", "json", "url", "user")
+
+    def __init__(
+        self,
+        *,
+        user: str | None = None,
+        cursor: str | None = None,
+        url: str | None = None,
+        json: bool = False,
+    ) -> None:
+        # An empty option or variable counts as unset (as click's envvar= has it).
+        self.user = user or os.environ.get("PRONTODB_USER") or None  # None: the client's default
+        self.cursor = cursor or os.environ.get("PRONTODB_CURSOR") or "default"
+        self.url = url or os.environ.get("PRONTODB_URL") or None
+        self.json = json
+
+    def with_json(self, json: bool) -> Globals:
+        """These options, with ``--json`` also given after the command."""
+        if not json or self.json:
+            return self
+        return Globals(user=self.user, cursor=self.cursor, url=self.url, json=True)
+
+
+# -- argument conversions shared by both front ends ---------------------------------------------
+
+
+def is_number(token: str) -> bool:
+    """Whether an argument is a negative number (``-12``, ``-1.5``), which is a value, not an option.
+
+    No option starts with a digit, so ``set k -12`` and ``incr k -5`` need no ``--``.
+    """
+    return len(token) > 1 and token[0] == "-" and token[1] in "0123456789"
+
+
+def parse_int(text: str) -> int | None:
+    """``BY`` and ``--if-rev`` as Python reads an integer; None if it is not one."""
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def canonical_int(text: str) -> int | None:
+    """The integer ``text`` spells canonically (``0``, ``-12``, ``100``; not ``007``, ``+1``, ``-0``,
+    ``1_000``), if it is within int64; else None. Such a value prints back exactly as given."""
+    digits = text[1:] if text[:1] == "-" else text
+    if not (0 < len(digits) <= 19 and digits.isascii() and digits.isdigit()):
+        return None
+    if digits[0] == "0" and text != "0":
+        return None
+    number = int(text)
+    return number if INT64_MIN <= number <= INT64_MAX else None
+
+
+def stored_value(text: str, *, as_string: bool = False) -> str | int | bytes:
+    """What ``set KEY VALUE`` stores: an int for a canonical integer (unless ``--string``), bytes
+    for an argument that is not valid UTF-8 (so it round-trips), else the text."""
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:  # undecodable argv bytes arrive as surrogate escapes
+            return os.fsencode(text)
+    if not as_string:
+        number = canonical_int(text)
+        if number is not None:
+            return number
+    return text
+
+
+# -- output --------------------------------------------------------------------------------------
+
+
+def render(value: Any) -> bytes:
+    """A value as ``get`` prints it: str as is, bytes raw, numbers as text, lists and maps as JSON."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bool) or value is None:
+        return to_json(value)
+    if isinstance(value, int):
+        return str(value).encode()
+    if isinstance(value, float):
+        return repr(value).encode()
+    return to_json(value)
+
+
+def to_json(document: Any) -> bytes:
+    """One line of JSON; bytes anywhere inside become ``{"$bytes": "<base64>"}``."""
+    import json
+
+    return json.dumps(document, ensure_ascii=False, default=_json_default).encode()
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, bytes):
+        import base64
+
+        return {"$bytes": base64.b64encode(value).decode("ascii")}
+    raise TypeError(f"cannot print a {type(value).__name__} as JSON")
+
+
+def iso_time(seconds: float) -> str:
+    """Epoch seconds as ISO 8601 UTC with milliseconds: ``2026-11-25T08:00:00.123Z``."""
+    from datetime import UTC, datetime
+
+    stamp = datetime.fromtimestamp(seconds, tz=UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+def write(data: bytes) -> None:
+    """Write to stdout as bytes (after anything already written as text)."""
+    stream = sys.stdout
+    stream.flush()
+    out = stream.buffer
+    # Under `python -u` / PYTHONUNBUFFERED the binary layer is a raw file whose write() may
+    # write only part (a pipe whose reader left): loop, so output is whole or an error is raised.
+    view = memoryview(data)
+    while view:
+        view = view[out.write(view) or 0 :]
+    out.flush()
+
+
+def write_json(document: Any) -> None:
+    write(to_json(document) + b"\n")
+
+
+def say(message: str) -> None:
+    """One line on stderr, prefixed with the program's name."""
+    sys.stderr.write(f"prontodb: {message}\n")
+    sys.stderr.flush()
+
+
+def fail(error: ProntoError) -> int:
+    say(f"error: {error.message}")
+    return error.exit_status
+
+
+# -- connecting ---------------------------------------------------------------------------------
+
+
+def _default_address() -> tuple[str, str]:
+    from ._locations import default_data_dir, default_socket_path
+
+    data_dir = default_data_dir()
+    return data_dir, default_socket_path(data_dir)
+
+
+def target_url(options: Globals) -> str:
+    """The URL the command talks to."""
+    if options.url is not None:
+        return options.url
+    return "unix://" + _default_address()[1]
+
+
+def connect(options: Globals, *, start: bool = True) -> Client:
+    """A client for ``options``; on the default socket, start a broker first if none answers
+    (unless ``start`` is false). Raises ProntoError (BrokerUnavailable when nothing answers)."""
+    from ._sync.client import Client
+    from ._types import BrokerUnavailable
+
+    def attempt(url: str) -> Client:
+        return Client.connect(url, user=options.user, cursor=options.cursor, name=CLIENT_NAME)
+
+    if options.url is not None:
+        return attempt(options.url)
+    data_dir, socket_path = _default_address()
+    try:
+        return attempt("unix://" + socket_path)
+    except BrokerUnavailable:
+        if not start:
+            raise
+    from prontodb.protocol import ErrorCode, ProntoError
+
+    from ._autostart import AutostartError, ensure_broker
+
+    try:
+        ensure_broker(data_dir, socket_path)
+    except AutostartError as exc:
+        raise ProntoError(ErrorCode.UNAVAILABLE, str(exc)) from None
+    except OSError as exc:  # the data directory cannot be created or locked
+        raise ProntoError(
+            ErrorCode.UNAVAILABLE,
+            f"Cannot start a broker in {data_dir} ({exc.strerror}); set PRONTODB_DATA_DIR to a "
+            "writable directory, or pass --url.",
+        ) from None
+    return attempt("unix://" + socket_path)
+
+
+def run(
+    options: Globals,
+    body: Callable[[Client], int],
+    *,
+    start: bool = True,
+    unavailable: Callable[[str], int] | None = None,
+) -> int:
+    """Connect, run ``body`` and close; a ProntoError becomes its message and exit status.
+
+    ``unavailable(url)``, if given, handles "no broker answers" instead (status and stop).
+    """
+    from prontodb.protocol import ProntoError
+
+    from ._types import BrokerUnavailable
+
+    try:
+        client = connect(options, start=start)
+    except BrokerUnavailable as exc:
+        return unavailable(target_url(options)) if unavailable else fail(exc)
+    except ProntoError as exc:
+        return fail(exc)
+    try:
+        with client:
+            return body(client)
+    except ProntoError as exc:
+        return fail(exc)
+
+
+def _not_found(options: Globals, key: str) -> int:
+    from prontodb.protocol import ERROR_TABLE, ErrorCode
+
+    say(f"not found: {key} (cursor {options.cursor})")
+    return ERROR_TABLE[ErrorCode.NOT_FOUND].exit_status
+
+
+# -- the commands -------------------------------------------------------------------------------
+
+
+def get(options: Globals, key: str, *, meta: bool = False) -> int:
+    """``get KEY [--meta]``: the value and a newline; missing: nothing on stdout, exit 3."""
+
+    def body(client: Client) -> int:
+        if not meta:
+            value = client.get(key)
+            if value is None:
+                return _not_found(options, key)
+            if options.json:
+                write_json({"key": key, "value": value})
+            else:
+                write(render(value) + b"\n")
+            return 0
+        info = client.get_info(key)
+        if info is None:
+            return _not_found(options, key)
+        fields: dict[str, Any] = {
+            "value": info.value,
+            "create_rev": info.create_rev,
+            "mod_rev": info.mod_rev,
+            "version": info.version,
+            "writer": info.writer,
+            "time": info.time,
+            "size": info.size,
+        }
+        if options.json:
+            write_json({"key": key, **fields})
+            return 0
+        fields["time"] = iso_time(info.time)
+        write(b"".join(f"{name}=".encode() + render(v) + b"\n" for name, v in fields.items()))
+        return 0
+
+    return run(options, body)
+
+
+def set_(
+    options: Globals,
+    key: str,
+    value: str,
+    *,
+    as_string: bool = False,
+    if_absent: bool = False,
+    if_rev: int | None = None,
+) -> int:
+    """``set KEY VALUE``: silent on success; a condition that does not hold exits 5."""
+    stored = stored_value(value, as_string=as_string)
+
+    def body(client: Client) -> int:
+        revision = client.set(key, stored, if_absent=if_absent, if_rev=if_rev)
+        if options.json:
+            write_json({"key": key, "revision": revision})
+        return 0
+
+    return run(options, body)
+
+
+def delete(options: Globals, key: str) -> int:
+    """``del KEY``: silent, and exit 0 whether or not the key existed (as Redis DEL)."""
+
+    def body(client: Client) -> int:
+        deleted = client.delete(key)
+        if options.json:
+            write_json({"key": key, "deleted": deleted})
+        return 0
+
+    return run(options, body)
+
+
+def incr(options: Globals, key: str, by: int = 1, *, decrement: bool = False) -> int:
+    """``incr KEY [BY]`` / ``decr KEY [BY]``: print the new value (a missing key counts as 0)."""
+
+    def body(client: Client) -> int:
+        value = client.decr(key, by) if decrement else client.incr(key, by)
+        if options.json:
+            write_json({"key": key, "value": value})
+        else:
+            write(b"%d\n" % value)
+        return 0
+
+    return run(options, body)
+
+
+def keys(options: Globals, prefix: str = "") -> int:
+    """``keys [PREFIX]``: one key per line, sorted (``--json``: one array)."""
+
+    def body(client: Client) -> int:
+        found = client.keys(prefix)
+        if options.json:
+            write_json(found)
+        elif found:
+            write("".join(f"{key}\n" for key in found).encode())
+        return 0
+
+    return run(options, body)
+
+
+def scan(options: Globals, prefix: str = "") -> int:
+    """``scan [PREFIX]``: ``key=value`` lines, sorted (``--json``: one object)."""
+
+    def body(client: Client) -> int:
+        items = client.scan(prefix)
+        if options.json:
+            write_json(dict(items))
+        elif items:
+            write(b"".join(key.encode() + b"=" + render(value) + b"\n" for key, value in items))
+        return 0
+
+    return run(options, body)
+
+
+def ping(options: Globals) -> int:
+    """``ping``: ``pong`` once the broker answers (starting it if need be)."""
+
+    def body(client: Client) -> int:
+        client.ping()
+        if options.json:
+            write_json({"pong": True})
+        else:
+            write(b"pong\n")
+        return 0
+
+    return run(options, body)
+
+
+def status(options: Globals) -> int:
+    """``status``: what the broker is doing; never starts one (exit 1 if none runs)."""
+
+    def none_running(url: str) -> int:
+        say(
+            f"error: no broker is running at {url}; start one with `prontodb serve`, "
+            "or run any command other than status and stop, which starts one."
+        )
+        return 1
+
+    def body(client: Client) -> int:
+        info = client.status()
+        if options.json:
+            write_json(info)
+        else:
+            write(format_status(info).encode())
+        return 0
+
+    return run(options, body, start=False, unavailable=none_running)
+
+
+def stop(options: Globals) -> int:
+    """``stop``: ask the broker to stop and wait until its socket is gone; never starts one."""
+    from prontodb.protocol import ProntoError
+
+    url = target_url(options)
+    asked: list[Any] = []  # the pid of the broker asked to stop
+
+    def none_running(url: str) -> int:
+        say(f"no broker is running at {url}; nothing to stop.")
+        if options.json:
+            write_json({"stopped": False})
+        return 0
+
+    def body(client: Client) -> int:
+        asked.append(client.status().get("pid"))
+        client.stop()
+        return 0
+
+    code = run(options, body, start=False, unavailable=none_running)
+    if code or not asked:
+        return code
+    try:
+        _wait_until_gone(url)  # after run() closed our connection, so we hold nothing open
+    except ProntoError as exc:
+        return fail(exc)
+    if options.json:
+        write_json({"stopped": True, "pid": asked[0]})
+    return 0
+
+
+def _wait_until_gone(url: str) -> None:
+    """Wait for a stopped broker's Unix socket to disappear (TCP: to refuse connections)."""
+    import socket
+    import time
+
+    from prontodb.protocol import ErrorCode, ProntoError
+
+    from ._urls import parse_url
+
+    address = parse_url(url)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while True:
+        if address.scheme == "unix":
+            gone = not os.path.exists(address.path)
+        else:
+            try:
+                socket.create_connection((address.host, address.port), timeout=1.0).close()
+                gone = False
+            except OSError:
+                gone = True
+        if gone:
+            return
+        if time.monotonic() >= deadline:
+            raise ProntoError(
+                ErrorCode.TIMED_OUT,
+                f"The broker at {url} was asked to stop but is still there after "
+                f"{STOP_TIMEOUT:.0f} s; check its log, or `prontodb status`.",
+            )
+        time.sleep(STOP_POLL)
+
+
+def format_status(info: dict[str, Any]) -> str:
+    """``status`` for people: one ``name  value`` line per fact, then one line per database."""
+    started = info.get("started")
+    rows = [
+        ("pid", info.get("pid")),
+        ("version", info.get("version")),
+        ("started", iso_time(started) if isinstance(started, int | float) else None),
+        ("uptime", _duration(info.get("uptime"))),
+        ("data_dir", info.get("data_dir")),
+        ("socket", info.get("socket") or "off"),
+        ("tcp", info.get("tcp") or "off"),
+        ("fsync", info.get("fsync")),
+        ("connections", info.get("connections")),
+    ]
+    databases = info.get("databases") or []
+    rows.append(("databases", len(databases)))
+    lines = [f"{name:<12} {'-' if value is None else value}" for name, value in rows]
+    width = max((len(str(db.get("name", ""))) for db in databases), default=0)
+    lines.extend(
+        f"  {db.get('name', '?')!s:<{width}}  revision {db.get('revision', '?')}, "
+        f"{db.get('keys', '?')} keys, {_size(db.get('files_bytes'))}"
+        for db in databases
+    )
+    return "".join(line + "\n" for line in lines)
+
+
+def _duration(seconds: object) -> str | None:
+    if not isinstance(seconds, int | float):
+        return None
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "m")]
+    text = " ".join(f"{n}{unit}" for n, unit in parts if n)
+    return f"{text} {secs}s".strip()
+
+
+def _size(count: object) -> str:
+    if not isinstance(count, int):
+        return "? bytes"
+    size = float(count)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{count} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")

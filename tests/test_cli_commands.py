@@ -1,0 +1,430 @@
+"""Every CLI command through click's CliRunner against a real broker: stdout, stderr, exit status."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+import pytest
+from brokers import BrokerProcess, running_broker
+from cli_support import Outcome, invoke, short_tmpdir
+
+from prontodb.clients import Client
+from prontodb.clients.cli import main
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[BrokerProcess]:
+    with short_tmpdir() as tmp, running_broker(tmp / "data", tmp / "s.sock") as process:
+        yield process
+
+
+@pytest.fixture
+def cursor(request: pytest.FixtureRequest) -> str:
+    """A database of the test's own, so tests sharing the broker do not see each other's keys."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", request.node.name)[-60:]
+    return name
+
+
+def cli(broker: BrokerProcess, cursor: str, *args: str, **env: str | None) -> Outcome:
+    return invoke(["--url", broker.url, "--cursor", cursor, *args], **env)
+
+
+def ok(outcome: Outcome, stdout: str = "") -> None:
+    assert (outcome.status, outcome.err, outcome.out) == (0, "", stdout)
+
+
+def error_line(outcome: Outcome, status: int) -> str:
+    """The one stderr line of a failed run (nothing on stdout, no traceback)."""
+    assert outcome.status == status
+    assert outcome.stdout == b""
+    lines = outcome.err.splitlines()
+    assert len(lines) == 1, outcome.err
+    assert lines[0].startswith("prontodb: ")
+    return lines[0]
+
+
+# -- get / set / del ------------------------------------------------------------------------------
+
+
+def test_set_is_silent_and_get_prints_the_value(broker: BrokerProcess, cursor: str) -> None:
+    ok(cli(broker, cursor, "set", "workflow.status", "initializing"))
+    ok(cli(broker, cursor, "get", "workflow.status"), "initializing\n")
+    ok(cli(broker, cursor, "set", "workflow.status", "running, 3 of 5 done"))
+    ok(cli(broker, cursor, "get", "workflow.status"), "running, 3 of 5 done\n")
+
+
+def test_get_of_a_missing_key_exits_3_with_nothing_on_stdout(
+    broker: BrokerProcess, cursor: str
+) -> None:
+    line = error_line(cli(broker, cursor, "get", "queue.task_1"), 3)
+    assert line == f"prontodb: not found: queue.task_1 (cursor {cursor})"
+
+
+@pytest.mark.parametrize("text", ["0", "-12", "100", "9223372036854775807", "-9223372036854775808"])
+def test_canonical_integers_are_stored_as_integers(
+    broker: BrokerProcess, cursor: str, text: str
+) -> None:
+    ok(cli(broker, cursor, "set", "n", text))
+    ok(cli(broker, cursor, "get", "n"), f"{text}\n")
+    with Client.connect(broker.url, cursor=cursor) as client:
+        assert client.get("n") == int(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["007", "+1", "-0", "1_000", " 5", "1.5", "9223372036854775808", "١٢", "12abc", ""]
+)
+def test_other_values_are_stored_as_text(broker: BrokerProcess, cursor: str, text: str) -> None:
+    ok(cli(broker, cursor, "set", "v", text))
+    ok(cli(broker, cursor, "get", "v"), f"{text}\n")
+    with Client.connect(broker.url, cursor=cursor) as client:
+        assert client.get("v") == text
+
+
+def test_string_option_keeps_an_integer_as_text(broker: BrokerProcess, cursor: str) -> None:
+    ok(cli(broker, cursor, "set", "--string", "n", "5"))
+    ok(cli(broker, cursor, "get", "n"), "5\n")
+    line = error_line(cli(broker, cursor, "incr", "n"), 1)
+    assert line.startswith("prontodb: error: ")
+
+
+def test_undecodable_argument_is_stored_as_bytes_and_printed_raw(
+    broker: BrokerProcess, cursor: str
+) -> None:
+    # What Python makes of the argv bytes b"caf\xe9" (not UTF-8).
+    ok(cli(broker, cursor, "set", "b", "caf\udce9"))
+    outcome = cli(broker, cursor, "get", "b")
+    assert (outcome.status, outcome.stdout) == (0, b"caf\xe9\n")
+    with Client.connect(broker.url, cursor=cursor) as client:
+        assert client.get("b") == b"caf\xe9"
+
+
+def test_values_of_other_types_print_as_text_or_json(broker: BrokerProcess, cursor: str) -> None:
+    with Client.connect(broker.url, cursor=cursor) as client:
+        client.set("f", 1.5)
+        client.set("t", True)
+        client.set("l", [1, "two", None, b"\x00"])
+        client.set("m", {"a": {"b": [1.0]}})
+        client.set("raw", b"\x00\xff")
+    ok(cli(broker, cursor, "get", "f"), "1.5\n")
+    ok(cli(broker, cursor, "get", "t"), "true\n")
+    ok(cli(broker, cursor, "get", "l"), '[1, "two", null, {"$bytes": "AA=="}]\n')
+    ok(cli(broker, cursor, "get", "m"), '{"a": {"b": [1.0]}}\n')
+    assert cli(broker, cursor, "get", "raw").stdout == b"\x00\xff\n"
+
+
+def test_get_meta(broker: BrokerProcess, cursor: str) -> None:
+    ok(cli(broker, cursor, "--user", "orchestrator", "set", "k", "one"))
+    ok(cli(broker, cursor, "--user", "worker1", "set", "k", "two"))
+    outcome = cli(broker, cursor, "get", "--meta", "k")
+    assert (outcome.status, outcome.err) == (0, "")
+    lines = outcome.out.splitlines()
+    assert [line.partition("=")[0] for line in lines] == [
+        "value",
+        "create_rev",
+        "mod_rev",
+        "version",
+        "writer",
+        "time",
+        "size",
+    ]
+    meta = dict(line.split("=", 1) for line in lines)
+    assert meta["value"] == "two"
+    assert (int(meta["create_rev"]), int(meta["mod_rev"]), meta["version"]) == (1, 2, "2")
+    assert meta["writer"] == "worker1"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", meta["time"])
+    assert int(meta["size"]) > 0
+    # --meta after the key works too, and --json gives the time as epoch seconds.
+    document = json.loads(cli(broker, cursor, "--json", "get", "k", "--meta").out)
+    assert document["key"] == "k"
+    assert document["value"] == "two"
+    assert document["writer"] == "worker1"
+    assert isinstance(document["time"], float)
+    assert error_line(cli(broker, cursor, "get", "--meta", "nope"), 3)
+
+
+def test_user_from_the_environment(broker: BrokerProcess, cursor: str) -> None:
+    ok(cli(broker, cursor, "set", "k", "v", PRONTODB_USER="monitor"))
+    assert "writer=monitor\n" in cli(broker, cursor, "get", "--meta", "k").out
+
+
+def test_cursors_are_separate_databases(broker: BrokerProcess, cursor: str) -> None:
+    other = cursor[:50] + "_other"
+    ok(cli(broker, cursor, "set", "config.debug_mode", "true"))
+    error_line(cli(broker, other, "get", "config.debug_mode"), 3)
+    # PRONTODB_CURSOR selects the database when --cursor is not given.
+    env_run = invoke(["--url", broker.url, "get", "config.debug_mode"], PRONTODB_CURSOR=cursor)
+    ok(env_run, "true\n")
+
+
+def test_del_is_silent_and_idempotent(broker: BrokerProcess, cursor: str) -> None:
+    ok(cli(broker, cursor, "set", "queue.task_1", "pending"))
+    ok(cli(broker, cursor, "del", "queue.task_1"))
+    ok(cli(broker, cursor, "del", "queue.task_1"))
+    error_line(cli(broker, cursor, "get", "queue.task_1"), 3)
+    ok(cli(broker, cursor, "set", "queue.task_1", "pending"))
+    ok(
+        cli(broker, cursor, "--json", "del", "queue.task_1"),
+        '{"key": "queue.task_1", "deleted": true}\n',
+    )
+    ok(
+        cli(broker, cursor, "del", "--json", "queue.task_1"),
+        '{"key": "queue.task_1", "deleted": false}\n',
+    )
+
+
+def test_conditional_set(broker: BrokerProcess, cursor: str) -> None:
+    ok(cli(broker, cursor, "set", "--if-absent", "lock", "worker1"))
+    line = error_line(cli(broker, cursor, "set", "--if-absent", "lock", "worker2"), 5)
+    assert line.startswith("prontodb: error: ")
+    ok(cli(broker, cursor, "get", "lock"), "worker1\n")
+    revision = json.loads(cli(broker, cursor, "--json", "get", "--meta", "lock").out)["mod_rev"]
+    error_line(cli(broker, cursor, "set", "--if-rev", str(revision + 1), "lock", "x"), 5)
+    ok(
+        cli(broker, cursor, "--json", "set", "lock", "worker3", "--if-rev", str(revision)),
+        f'{{"key": "lock", "revision": {revision + 1}}}\n',
+    )
+    ok(cli(broker, cursor, "get", "lock"), "worker3\n")
+
+
+# -- counters -------------------------------------------------------------------------------------
+
+
+def test_incr_and_decr(broker: BrokerProcess, cursor: str) -> None:
+    ok(cli(broker, cursor, "incr", "workflow.completed"), "1\n")
+    ok(cli(broker, cursor, "incr", "workflow.completed", "10"), "11\n")
+    ok(cli(broker, cursor, "decr", "workflow.completed"), "10\n")
+    ok(cli(broker, cursor, "decr", "workflow.completed", "4"), "6\n")
+    ok(cli(broker, cursor, "incr", "workflow.completed", "-8"), "-2\n")
+    ok(cli(broker, cursor, "decr", "workflow.completed", "-2"), "0\n")
+    ok(
+        cli(broker, cursor, "--json", "incr", "workflow.completed"),
+        '{"key": "workflow.completed", "value": 1}\n',
+    )
+    ok(cli(broker, cursor, "get", "workflow.completed"), "1\n")
+
+
+def test_incr_works_on_what_set_stored(broker: BrokerProcess, cursor: str) -> None:
+    ok(cli(broker, cursor, "set", "pools.cpu_cores", "8"))
+    ok(cli(broker, cursor, "decr", "pools.cpu_cores", "2"), "6\n")
+    ok(cli(broker, cursor, "set", "neg", "-12"))
+    ok(cli(broker, cursor, "incr", "neg"), "-11\n")
+
+
+def test_incr_errors(broker: BrokerProcess, cursor: str) -> None:
+    ok(cli(broker, cursor, "set", "word", "hello"))
+    assert "not an integer" in error_line(cli(broker, cursor, "incr", "word"), 1)
+    ok(cli(broker, cursor, "set", "big", "9223372036854775807"))
+    error_line(cli(broker, cursor, "incr", "big"), 1)
+    ok(cli(broker, cursor, "get", "big"), "9223372036854775807\n")
+
+
+# -- listings -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def listing(broker: BrokerProcess, cursor: str) -> None:
+    with Client.connect(broker.url, cursor=cursor) as client:
+        client.set("queue.task_2", "pending")
+        client.set("queue.task_1", "worker1:Tue 12:00")
+        client.set("queueing.x", "no")
+        client.set("queue", 3)
+        client.set("agents.worker1.status", "a=b")
+
+
+@pytest.mark.usefixtures("listing")
+def test_keys(broker: BrokerProcess, cursor: str) -> None:
+    ok(cli(broker, cursor, "keys", "queue"), "queue\nqueue.task_1\nqueue.task_2\n")
+    ok(
+        cli(broker, cursor, "keys"),
+        "agents.worker1.status\nqueue\nqueue.task_1\nqueue.task_2\nqueueing.x\n",
+    )
+    ok(cli(broker, cursor, "keys", "nothing.here"))
+    ok(
+        cli(broker, cursor, "--json", "keys", "queue"),
+        '["queue", "queue.task_1", "queue.task_2"]\n',
+    )
+    ok(cli(broker, cursor, "keys", "--json", "nothing"), "[]\n")
+
+
+@pytest.mark.usefixtures("listing")
+def test_scan(broker: BrokerProcess, cursor: str) -> None:
+    ok(
+        cli(broker, cursor, "scan", "queue"),
+        "queue=3\nqueue.task_1=worker1:Tue 12:00\nqueue.task_2=pending\n",
+    )
+    # The value keeps its own '=' (read splits at the first one).
+    ok(cli(broker, cursor, "scan", "agents"), "agents.worker1.status=a=b\n")
+    ok(
+        cli(broker, cursor, "--json", "scan", "queue"),
+        '{"queue": 3, "queue.task_1": "worker1:Tue 12:00", "queue.task_2": "pending"}\n',
+    )
+    ok(cli(broker, cursor, "scan", "nothing"))
+    ok(cli(broker, cursor, "scan", "--json", "nothing"), "{}\n")
+
+
+# -- broker commands ------------------------------------------------------------------------------
+
+
+def test_ping(broker: BrokerProcess, cursor: str) -> None:
+    ok(cli(broker, cursor, "ping"), "pong\n")
+    ok(cli(broker, cursor, "ping", "--json"), '{"pong": true}\n')
+
+
+def test_status(broker: BrokerProcess, cursor: str) -> None:
+    ok(cli(broker, cursor, "set", "a", "1"))
+    outcome = cli(broker, cursor, "status")
+    assert (outcome.status, outcome.err) == (0, "")
+    fields = dict(
+        line.split(None, 1) for line in outcome.out.splitlines() if not line.startswith(" ")
+    )
+    assert fields["pid"] == str(broker.pid)
+    assert fields["socket"] == broker.socket
+    assert fields["fsync"] == "always"
+    assert int(fields["connections"]) >= 1
+    assert re.fullmatch(r"(\d+[dhm] )*\d+s", fields["uptime"])
+    assert fields["data_dir"] == str(broker.data_dir)
+    database_lines = [line.split() for line in outcome.out.splitlines() if line.startswith("  ")]
+    assert [cursor, "revision", "1,", "1", "keys,"] in [words[:5] for words in database_lines]
+
+    document = json.loads(cli(broker, cursor, "--json", "status").out)
+    assert document["pid"] == broker.pid
+    mine = [db for db in document["databases"] if db["name"] == cursor]
+    assert mine[0]["revision"] == 1
+    assert mine[0]["keys"] == 1
+
+
+def test_stop_ends_the_broker_and_removes_its_socket() -> None:
+    with short_tmpdir() as tmp, running_broker(tmp / "data", tmp / "s.sock") as process:
+        ok(invoke(["--url", process.url, "stop"]))
+        assert process.process.wait(30) == 0
+        assert not Path(process.socket).exists()
+        # Nothing to stop now: a note on stderr, exit 0; status exits 1; neither starts one.
+        outcome = invoke(["--url", process.url, "stop"])
+        assert (outcome.status, outcome.out) == (0, "")
+        assert outcome.err == f"prontodb: no broker is running at {process.url}; nothing to stop.\n"
+        line = error_line(invoke(["--url", process.url, "status"]), 1)
+        assert "no broker is running" in line
+        assert not Path(process.socket).exists()
+
+
+def test_stop_json() -> None:
+    with short_tmpdir() as tmp, running_broker(tmp / "data", tmp / "s.sock") as process:
+        outcome = invoke(["--url", process.url, "--json", "stop"])
+        assert (outcome.status, outcome.err) == (0, "")
+        assert json.loads(outcome.out) == {"stopped": True, "pid": process.pid}
+        assert process.process.wait(30) == 0
+        outcome = invoke(["--url", process.url, "stop", "--json"])
+        assert (outcome.status, outcome.out) == (0, '{"stopped": false}\n')
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+def test_an_explicit_url_with_no_broker_is_an_error_and_starts_nothing() -> None:
+    with short_tmpdir() as tmp:
+        url = f"unix://{tmp}/none.sock"
+        for args in (["get", "k"], ["set", "k", "v"], ["ping"]):
+            line = error_line(invoke(["--url", url, *args]), 1)
+            assert line.startswith(f"prontodb: error: No broker answers at {url}")
+            assert "prontodb serve" in line
+        env_run = invoke(["get", "k"], PRONTODB_URL=url)
+        assert env_run.status == 1
+        assert list(tmp.iterdir()) == []
+
+
+def test_a_bad_url_is_an_error() -> None:
+    line = error_line(invoke(["--url", "http://example.com", "get", "k"]), 1)
+    assert "unix:///absolute/path/to/socket or tcp://host:port" in line
+
+
+def test_a_bad_key_is_one_line_on_stderr(broker: BrokerProcess, cursor: str) -> None:
+    line = error_line(cli(broker, cursor, "set", "bad key!", "v"), 1)
+    assert line.startswith("prontodb: error: ")
+
+
+def test_a_bad_cursor_is_one_line_on_stderr(broker: BrokerProcess) -> None:
+    line = error_line(invoke(["--url", broker.url, "--cursor", "no/slash", "get", "k"]), 1)
+    assert line.startswith("prontodb: error: ")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["get"],
+        ["get", "a", "b"],
+        ["set", "k"],
+        ["incr", "k", "abc"],
+        ["incr", "k", "1", "2"],
+        ["set", "--if-rev", "-1", "k", "v"],
+        ["set", "--if-rev", "x", "k", "v"],
+        ["set", "k", "v", "--nope"],
+        ["keys", "a", "b"],
+        ["frobnicate"],
+        ["--nope", "get", "k"],
+        ["get", "-x"],
+    ],
+)
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    outcome = invoke(["--url", "unix:///nonexistent/s.sock", *args])
+    assert outcome.status == 2
+    assert outcome.stdout == b""
+    assert "Usage: prontodb" in outcome.err
+    assert "\x00" not in outcome.err
+
+
+def test_negative_numbers_are_values_not_options(broker: BrokerProcess, cursor: str) -> None:
+    ok(cli(broker, cursor, "set", "t", "-5"))
+    ok(cli(broker, cursor, "set", "--string", "s", "-5"))
+    ok(cli(broker, cursor, "set", "f", "-1.5"))
+    ok(cli(broker, cursor, "get", "f"), "-1.5\n")
+    ok(cli(broker, cursor, "incr", "t", "-5"), "-10\n")
+    ok(cli(broker, cursor, "set", "d", "--", "--literal"))
+    ok(cli(broker, cursor, "get", "d"), "--literal\n")
+    ok(cli(broker, cursor, "get", "--", "s"), "-5\n")
+
+
+# -- help -----------------------------------------------------------------------------------------
+
+
+def test_every_command_has_help() -> None:
+    assert isinstance(main.commands, dict)
+    names = set(main.commands)
+    assert {
+        "get",
+        "set",
+        "del",
+        "keys",
+        "scan",
+        "incr",
+        "decr",
+        "serve",
+        "stop",
+        "status",
+        "ping",
+    } <= names
+    for name, command in main.commands.items():
+        assert isinstance(command, click.Command)
+        assert command.help, f"{name} has no help text"
+        outcome = invoke([name, "--help"])
+        assert outcome.status == 0, (name, outcome.err)
+        assert outcome.out.startswith(f"Usage: prontodb {name}"), outcome.out
+        assert outcome.err == ""
+
+
+def test_group_help_names_the_global_options_and_exit_codes() -> None:
+    outcome = invoke(["--help"])
+    assert outcome.status == 0
+    for word in (
+        "--user",
+        "--cursor",
+        "--url",
+        "--json",
+        "PRONTODB_USER",
+        "PRONTODB_URL",
+        "3 not found",
+    ):
+        assert word in outcome.out

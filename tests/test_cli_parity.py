@@ -1,0 +1,156 @@
+"""The fast path and the click commands print the same bytes and exit the same way.
+
+Each argv runs twice, through ``main`` as the console script calls it (the fast path when it
+recognises argv) and through the click group, each time on a fresh database loaded with the same
+keys, so revisions match too.
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from brokers import BrokerProcess, running_broker
+from cli_support import Outcome, dispatch, invoke, short_tmpdir
+
+from prontodb.clients import Client, _cli_click
+
+DATA: dict[str, object] = {
+    "s": "hello world",
+    "n": 41,
+    "eq": "a=b",
+    "b": b"caf\xe9",
+    "m": {"list": [1, 2.5, None, True]},
+    "queue.task_1": "pending",
+    "queue.task_2": "worker1:Tue",
+    "queueing.x": "no",
+}
+
+# (argv, whether the fast path handles it). {url} and {cursor} are filled in per run.
+CASES: list[tuple[list[str], bool]] = [
+    (["get", "s"], True),
+    (["get", "n"], True),
+    (["get", "b"], True),
+    (["get", "m"], True),
+    (["get", "missing"], True),
+    (["get", "bad key!"], True),
+    (["get", "-5"], True),
+    (["get", ""], True),
+    (["--json", "get", "s"], True),
+    (["--json", "get", "b"], True),
+    (["--json", "get", "missing"], True),
+    (["set", "k", "v"], True),
+    (["set", "n", "-12"], True),
+    (["set", "k", "007"], True),
+    (["set", "k", "caf\udce9"], True),
+    (["set", "k", "-"], False),
+    (["set", "bad key", "v"], True),
+    (["--json", "set", "k", "v"], True),
+    (["del", "s"], True),
+    (["del", "missing"], True),
+    (["--json", "del", "s"], True),
+    (["incr", "n"], True),
+    (["incr", "n", "5"], True),
+    (["incr", "n", "-5"], True),
+    (["incr", "n", "+5"], True),
+    (["incr", "n", "9223372036854775807"], True),
+    (["decr", "n"], True),
+    (["decr", "n", "2"], True),
+    (["decr", "fresh"], True),
+    (["incr", "s"], True),
+    (["--json", "incr", "n"], True),
+    (["--json", "decr", "n", "-1"], True),
+    (["keys"], True),
+    (["keys", "queue"], True),
+    (["keys", "none"], True),
+    (["--json", "keys", "queue"], True),
+    (["scan"], True),
+    (["scan", "queue"], True),
+    (["--json", "scan"], True),
+    (["--user", "alice", "set", "k", "v"], True),
+    (["--user=alice", "--cursor={cursor}", "get", "s"], True),
+    (["--cursor", "{cursor}", "--json", "--user", "bob", "get", "n"], True),
+    (["--url", "{url}", "get", "s"], True),
+    (["--url={url}", "--json", "--json", "keys"], True),
+    (["--url", "unix:///nonexistent/pdb.sock", "get", "s"], True),
+    (["--url", "ftp://nope", "get", "s"], True),
+    # Not fast forms: click runs them either way, and the outcome must not depend on the route.
+    (["get"], False),
+    (["get", "s", "t"], False),
+    (["get", "--json", "s"], False),
+    (["get", "-x"], False),
+    (["set", "--string", "k", "5"], False),
+    (["set", "k", "v", "--if-absent"], False),
+    (["set", "s", "v", "--if-absent"], False),
+    (["incr", "n", "x"], False),
+    (["incr", "n", "1", "2"], False),
+    (["keys", "a", "b"], False),
+    (["--user"], False),
+    (["--user", "--json", "get", "s"], False),
+    (["--json=1", "get", "s"], False),
+    (["--cursor", "{cursor}"], False),
+    (["ping"], False),
+    (["frobnicate", "s"], False),
+    (["get", "--", "s"], False),
+]
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[BrokerProcess]:
+    with short_tmpdir() as tmp, running_broker(tmp / "data", tmp / "s.sock") as process:
+        yield process
+
+
+_names = itertools.count()
+
+
+def fresh_cursor(url: str) -> str:
+    """A new database holding DATA, written in the same order (so the same revisions) each time."""
+    cursor = f"parity{next(_names)}"
+    with Client.connect(url, cursor=cursor) as client:
+        for key, value in DATA.items():
+            client.set(key, value)
+    return cursor
+
+
+def run(route: str, broker: BrokerProcess, argv: list[str]) -> Outcome:
+    cursor = fresh_cursor(broker.url)
+    args = [arg.format(url=broker.url, cursor=cursor) for arg in argv]
+    env = {"PRONTODB_CURSOR": cursor, "PRONTODB_URL": broker.url}
+    outcome = (dispatch if route == "fast" else invoke)(args, **env)
+    # The database's name differs between the two runs; everything else must not.
+    return Outcome(
+        outcome.stdout.replace(cursor.encode(), b"{cursor}"),
+        outcome.stderr.replace(cursor.encode(), b"{cursor}"),
+        outcome.status,
+    )
+
+
+@pytest.mark.parametrize(("argv", "fast"), CASES, ids=[" ".join(argv) for argv, _ in CASES])
+def test_fast_path_and_click_agree(
+    broker: BrokerProcess, monkeypatch: pytest.MonkeyPatch, argv: list[str], fast: bool
+) -> None:
+    with monkeypatch.context() as patch:
+        if fast:
+            # Prove the fast path handled it: click is out of reach for this run.
+            patch.delattr(_cli_click, "cli")
+        through_main = run("fast", broker, argv)
+    through_click = run("click", broker, argv)
+    assert through_main == through_click
+
+
+def test_fast_path_imports_neither_click_nor_json(broker: BrokerProcess) -> None:
+    with Client.connect(broker.url) as client:
+        client.set("plain", "text")
+    code = (
+        "import sys\n"
+        "from prontodb.clients.cli import main\n"
+        f"status = main(['--url', {broker.url!r}, 'get', 'plain'])\n"
+        "heavy = sorted({'click', 'json', 'trio', 'anyio', 'subprocess'} & set(sys.modules))\n"
+        "print(status, heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert out.stdout.splitlines() == ["text", "0 []"]

@@ -1,0 +1,229 @@
+"""The real ``prontodb`` console script in real processes: the embedded default (auto-start), ten
+CLIs racing to start it, stop, and the seed's shell idioms.
+
+Each test gets a private data directory and socket under a short /tmp directory, and stops every
+broker serving that directory by pid when it ends, whichever way it ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cli_support import (
+    PRONTODB_VARIABLES,
+    serve_processes,
+    short_tmpdir,
+    stop_brokers,
+    wait_for_exit,
+)
+
+PRONTODB = str(Path(sys.executable).with_name("prontodb"))
+RUN_TIMEOUT = 60.0  # seconds; one CLI call, auto-start included, on a loaded machine
+
+
+@dataclass
+class Home:
+    """A private installation: where the data lives and the environment that points there."""
+
+    root: Path
+    data_dir: Path
+    env: dict[str, str]
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [PRONTODB, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
+        )
+        if check:
+            assert result.returncode == 0, (args, result.stderr)
+        return result
+
+
+def make_home(root: Path, **variables: str) -> Home:
+    env = {k: v for k, v in os.environ.items() if k not in PRONTODB_VARIABLES}
+    env.pop("XDG_RUNTIME_DIR", None)
+    env["PRONTODB_DATA_DIR"] = str(root / "data")
+    env.update(variables)
+    return Home(root, root / "data", env)
+
+
+@pytest.fixture
+def home() -> Iterator[Home]:
+    """Data in a private directory; the socket where $XDG_RUNTIME_DIR puts it."""
+    with short_tmpdir() as root:
+        (root / "run").mkdir(mode=0o700)
+        home = make_home(root, XDG_RUNTIME_DIR=str(root / "run"))
+        try:
+            yield home
+        finally:
+            stop_brokers(home.data_dir)
+
+
+def test_a_bare_cli_call_starts_the_broker(home: Home) -> None:
+    assert not home.data_dir.exists()
+    home.run("set", "workflow.status", "initializing")
+    assert home.run("get", "workflow.status").stdout == "initializing\n"
+    status = json.loads(home.run("status", "--json").stdout)
+    assert serve_processes(home.data_dir) == [status["pid"]]
+    assert status["data_dir"] == str(home.data_dir)
+    assert status["socket"].startswith(str(home.root / "run" / "prontodb"))
+    # It was started detached, with its log in the data directory, and the lock file names it.
+    assert (home.data_dir / "broker.log").exists()
+    assert (home.data_dir / "autostart.lock").read_text() == f"{status['pid']}\n"
+    assert home.data_dir.stat().st_mode & 0o777 == 0o700
+    # Later calls use it rather than starting another.
+    home.run("incr", "workflow.completed")
+    assert serve_processes(home.data_dir) == [status["pid"]]
+
+
+def test_stop_and_status_never_start_a_broker(home: Home) -> None:
+    stop = home.run("stop")
+    assert stop.stdout == ""
+    assert "no broker is running" in stop.stderr
+    status = home.run("status", check=False)
+    assert (status.returncode, status.stdout) == (1, "")
+    assert status.stderr.startswith("prontodb: error: no broker is running at unix://")
+    assert serve_processes(home.data_dir) == []
+
+
+def test_stop_ends_an_auto_started_broker_and_the_next_call_starts_one(home: Home) -> None:
+    home.run("set", "k", "kept")
+    pid = json.loads(home.run("--json", "status").stdout)["pid"]
+    assert home.run("stop").stdout == ""
+    assert wait_for_exit(pid, RUN_TIMEOUT)
+    assert home.run("status", check=False).returncode == 1
+    # The data outlives the broker; the next call brings one back.
+    assert home.run("get", "k").stdout == "kept\n"
+    assert serve_processes(home.data_dir) != [pid]
+
+
+def test_a_killed_broker_is_replaced_on_the_next_call(home: Home) -> None:
+    home.run("set", "k", "acknowledged")
+    pid = json.loads(home.run("--json", "status").stdout)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    assert wait_for_exit(pid, RUN_TIMEOUT)
+    # Its socket file is left behind, refusing connections; the next call starts a broker anyway.
+    assert home.run("get", "k").stdout == "acknowledged\n"
+    assert len(serve_processes(home.data_dir)) == 1
+
+
+def test_ten_racing_clis_start_exactly_one_broker() -> None:
+    with short_tmpdir() as root:
+        home = make_home(root, PRONTODB_SOCKET=str(root / "s.sock"))
+        try:
+            processes = [
+                subprocess.Popen(
+                    [PRONTODB, "--user", f"worker{i}", "set", f"race.key_{i}", str(i)],
+                    env=home.env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for i in range(10)
+            ]
+            results = [(p.wait(RUN_TIMEOUT), *p.communicate()) for p in processes]
+            assert results == [(0, "", "")] * 10
+            brokers = serve_processes(home.data_dir)
+            assert len(brokers) == 1
+            assert json.loads(home.run("status", "--json").stdout)["pid"] == brokers[0]
+            listing = home.run("scan", "race").stdout.splitlines()
+            assert listing == sorted(f"race.key_{i}={i}" for i in range(10))
+        finally:
+            stop_brokers(home.data_dir)
+
+
+def test_a_broker_that_cannot_start_is_reported_with_its_log() -> None:
+    with short_tmpdir() as root:
+        (root / "file").write_text("not a directory")
+        home = make_home(root, PRONTODB_SOCKET=str(root / "file" / "s.sock"))
+        try:
+            result = home.run("set", "k", "v", check=False)
+            assert (result.returncode, result.stdout) == (1, "")
+            assert result.stderr.startswith(
+                "prontodb: error: The broker started in the background exited"
+            )
+            assert str(home.data_dir / "broker.log") in result.stderr
+            assert len(result.stderr.splitlines()) > 1  # the log's last lines follow
+            assert "Traceback" not in result.stderr.splitlines()[0]
+        finally:
+            stop_brokers(home.data_dir)
+
+
+@pytest.mark.parametrize("unbuffered", ["", "1"])
+def test_output_is_whole_or_the_reader_left(home: Home, unbuffered: str) -> None:
+    big = "x" * 100_000  # more than a pipe holds (64 KiB), less than one argument may (128 KiB)
+    home.run("set", "big", big)
+    env = dict(home.env, PYTHONUNBUFFERED=unbuffered)
+    whole = subprocess.run([PRONTODB, "get", "big"], env=env, capture_output=True, timeout=60)
+    assert (whole.returncode, len(whole.stdout)) == (0, len(big) + 1)
+    # A reader that leaves early (`| head -c 1`): exit 1, quietly, as click does.
+    process = subprocess.Popen(
+        [PRONTODB, "get", "big"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    assert process.stdout.read(1) == b"x"
+    process.stdout.close()
+    assert process.wait(RUN_TIMEOUT) == 1
+    assert process.stderr.read() == b""
+    process.stderr.close()
+
+
+SEED_SCRIPT = r"""
+set -u
+# Section 1: the orchestrator fills a queue; a worker claims a task as the seed writes it.
+prontodb --user orchestrator --cursor main set workflow.completed 0
+for i in 1 2 3; do
+  prontodb --user orchestrator --cursor tasks set queue.task_$i "pending"
+done
+prontodb --user worker1 --cursor tasks get queue.task_1 >/dev/null
+if [ $? -eq 0 ]; then
+  prontodb --user worker1 --cursor tasks set claimed.task_1 "worker1:Tue"
+  prontodb --user worker1 --cursor tasks del queue.task_1
+fi
+# Section 2: read-modify-write through the shell's arithmetic.
+CURRENT=$(prontodb --user orchestrator --cursor main get workflow.completed)
+NEW_COUNT=$((CURRENT + 1))
+prontodb --user orchestrator --cursor main set workflow.completed $NEW_COUNT
+# Section 8: a missing counter reads as 0.
+CURRENT_CALLS=$(prontodb get rate_limits.api.worker1_calls 2>/dev/null || echo "0")
+echo "calls=$CURRENT_CALLS"
+# Section 5: scan piped into read.
+prontodb --user orchestrator --cursor tasks scan claimed | while IFS='=' read -r key value; do
+  WORKER=$(echo $value | cut -d':' -f1)
+  echo "scanned $key by $WORKER"
+done
+# Section 6: counting keys.
+echo "queue=$(prontodb --user orchestrator --cursor tasks keys queue | wc -l)"
+echo "completed=$(prontodb --user orchestrator --cursor main get workflow.completed)"
+"""
+
+
+def test_the_seed_shell_idioms(home: Home) -> None:
+    env = dict(home.env, PATH=f"{Path(PRONTODB).parent}{os.pathsep}{home.env.get('PATH', '')}")
+    result = subprocess.run(
+        ["bash", "-c", SEED_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT * 5,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.splitlines() == [
+        "calls=0",
+        "scanned claimed.task_1 by worker1",
+        "queue=2",
+        "completed=1",
+    ]
