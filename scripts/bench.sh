@@ -1,7 +1,23 @@
 #!/usr/bin/env bash
-# Runs the benchmarks and rewrites their sections of docs/BENCHMARKS.md. Arguments go to each benchmark.
+# Runs the benchmarks and rewrites their sections of docs/BENCHMARKS.md.
+#   ./scripts/bench.sh                      every benchmark, with its defaults
+#   ./scripts/bench.sh NAME [ARGS...]       one benchmark (open_large, throughput, cli_startup) with its arguments,
+#                                           e.g. ./scripts/bench.sh throughput --seconds 2
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 source scripts/setup.sh
-.venv/bin/python -m bench.open_large "$@"
+benchmarks=(open_large throughput cli_startup)
+if [ $# -gt 0 ]; then
+    name="$1"
+    shift
+    if [[ ! " ${benchmarks[*]} " == *" $name "* ]]; then
+        echo "bench.sh: no benchmark named '$name'; pick one of: ${benchmarks[*]}" >&2
+        exit 2
+    fi
+    benchmarks=("$name")
+fi
+for name in "${benchmarks[@]}"; do
+    echo "== $name"
+    .venv/bin/python -m "bench.$name" "$@"
+done
