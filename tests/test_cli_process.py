@@ -82,6 +82,10 @@ def test_a_bare_cli_call_starts_the_broker(home: Home) -> None:
     assert (home.data_dir / "broker.log").exists()
     assert (home.data_dir / "autostart.lock").read_text() == f"{status['pid']}\n"
     assert home.data_dir.stat().st_mode & 0o777 == 0o700
+    # The socket is for its owner only: mode 0600 in a 0700 directory.
+    socket = Path(status["socket"])
+    assert socket.stat().st_mode & 0o777 == 0o600
+    assert socket.parent.stat().st_mode & 0o777 == 0o700
     # Later calls use it rather than starting another.
     home.run("incr", "workflow.completed")
     assert serve_processes(home.data_dir) == [status["pid"]]
