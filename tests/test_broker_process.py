@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +13,7 @@ import trio
 from brokers import BrokerProcess, serve_command, start_broker
 from wire import Wire
 
-from prontodb.protocol import ErrorCode, Goodbye, Response
+from prontodb.protocol import Connection, ErrorCode, Goodbye, Hello, Request, Response, Role
 
 
 async def start(data_dir: Path, socket: Path) -> BrokerProcess:
@@ -119,3 +121,25 @@ def test_a_second_broker_names_the_first(short_dir: Path, brokers: list[BrokerPr
     assert f"pid {first.pid}" in second.stderr
     assert str(short_dir / "a.sock") in second.stderr
     assert not (short_dir / "b.sock").exists()
+
+
+def test_a_second_signal_drops_stuck_connections(
+    short_dir: Path, brokers: list[BrokerProcess]
+) -> None:
+    broker = start_broker(short_dir / "data", short_dir / "s.sock")
+    brokers.append(broker)
+    # A client that asks for megabytes and never reads them: its session cannot finish, so the
+    # broker would wait out its whole grace period after the first SIGTERM.
+    conn = Connection(Role.CLIENT)
+    data = conn.send(Hello(client="stuck", user="u"))
+    data += conn.send(Request(1, "set", {"key": "big", "value": "x" * 900_000}))
+    data += b"".join(conn.send(Request(i, "get", {"key": "big"})) for i in range(2, 100))
+    with socket.socket(socket.AF_UNIX) as stuck:
+        stuck.connect(broker.socket)
+        stuck.sendall(data)
+        broker.process.send_signal(signal.SIGTERM)
+        # A different signal: trio folds repeats of one signal that arrive before it reads them.
+        broker.process.send_signal(signal.SIGINT)
+        assert broker.process.wait(30) == 0
+    assert "dropping connections now" in broker.log_text()
+    assert not Path(broker.socket).exists()

@@ -114,7 +114,8 @@ async def test_cursors_are_separate_databases_created_by_their_first_write(
     data_dir = server.broker.config.data_dir
     assert await w.result("get", key="x", cursor="tasks") is None
     assert await w.result("keys", cursor="tasks") == {"keys": [], "more": False}
-    assert not (data_dir / "tasks.db").exists()  # reads create nothing
+    assert await w.result("del", key="x", cursor="tasks") is False
+    assert not (data_dir / "tasks.db").exists()  # reads, and deletes of nothing, create nothing
     await w.result("set", key="x", value=1, cursor="tasks")
     assert (data_dir / "tasks.db").is_dir()
     assert await w.result("get", key="x") is None  # the default database is another one
@@ -174,7 +175,7 @@ async def test_a_handler_exception_is_answered_and_logged(
     def broken(engine: object, call: object) -> ops.Outcome:
         raise RuntimeError("a bug")
 
-    monkeypatch.setitem(ops.KV_OPS, "get", ops.KvOp(broken, writes=False))
+    monkeypatch.setitem(ops.KV_OPS, "get", ops.KvOp(broken, writes=False, creates=False))
     w = await server.wire()
     response = await w.call("get", key="k")
     assert response.error is not None

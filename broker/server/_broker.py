@@ -62,6 +62,7 @@ class Broker:
         self._sessions_changed = trio.Event()
         self._stop = trio.Event()
         self._background: trio.Nursery | None = None
+        self._sessions_scope = trio.CancelScope()  # replaced by the sessions nursery's
 
     @staticmethod
     def clock() -> float:
@@ -126,25 +127,30 @@ class Broker:
         handle_signals: bool,
         task_status: trio.TaskStatus[BrokerInfo],
     ) -> None:
-        async with trio.open_nursery() as background:  # compactions: outlive every session
-            self._background = background
-            async with trio.open_nursery() as flushers:
-                self.databases.flushers = flushers
-                await self._serve_sessions(listeners, handle_signals, task_status)
-                # Every session has ended: nothing more to flush but what close() writes.
-                flushers.cancel_scope.cancel()
+        async with trio.open_nursery() as outer:
+            # The signal watcher lives until the very end, so that a second signal during the
+            # grace period drops the connections instead of killing the process.
+            signals = trio.CancelScope()
+            if handle_signals:
+                outer.start_soon(self._watch_signals, signals)
+            async with trio.open_nursery() as background:  # compactions: outlive every session
+                self._background = background
+                async with trio.open_nursery() as flushers:
+                    self.databases.flushers = flushers
+                    await self._serve_sessions(listeners, task_status)
+                    # Every session has ended. Write what is queued (a compaction may wait for
+                    # its roll marker) before the flush loops stop; close() writes anything later.
+                    self.databases.flush_now()
+                    flushers.cancel_scope.cancel()
+            signals.cancel()
 
     async def _serve_sessions(
-        self,
-        listeners: list[trio.SocketListener],
-        handle_signals: bool,
-        task_status: trio.TaskStatus[BrokerInfo],
+        self, listeners: list[trio.SocketListener], task_status: trio.TaskStatus[BrokerInfo]
     ) -> None:
         async with trio.open_nursery() as sessions:
+            self._sessions_scope = sessions.cancel_scope
             async with trio.open_nursery() as service:
                 service.start_soon(self._accept, listeners, sessions)
-                if handle_signals:
-                    service.start_soon(self._watch_signals, sessions.cancel_scope)
                 task_status.started(self.info)
                 await self._stop.wait()
                 logger.info("stopping: no new connections; finishing requests in flight")
@@ -178,16 +184,15 @@ class Broker:
             self._sessions_changed.set()
             self._sessions_changed = trio.Event()
 
-    async def _watch_signals(self, sessions_scope: trio.CancelScope) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    async def _watch_signals(self, scope: trio.CancelScope) -> None:
+        with scope, trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
+                name = signal.Signals(signum).name
                 if self._stop.is_set():
-                    logger.warning(
-                        "second %s: dropping connections now", signal.Signals(signum).name
-                    )
-                    sessions_scope.cancel()
+                    logger.warning("second %s: dropping connections now", name)
+                    self._sessions_scope.cancel()
                 else:
-                    logger.info("%s received", signal.Signals(signum).name)
+                    logger.info("%s received", name)
                     self.request_stop()
 
     # -- broker operations -------------------------------------------------------------------
@@ -228,6 +233,7 @@ class Broker:
             return
         finish = database.start_compaction()
         db.wake()  # the flush loop writes the roll marker the compaction waits for
+        done = db.compaction_done = trio.Event()
 
         async def compact() -> None:
             try:
@@ -236,6 +242,8 @@ class Broker:
                 database.compaction_failed()
             else:
                 logger.info("compacted database %s", db.name)
+            finally:
+                done.set()
 
         self._background.start_soon(compact)
 

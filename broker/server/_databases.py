@@ -59,6 +59,7 @@ class OpenDatabase:
         self._has_pending = trio.Event()
         self._flusher = trio.CancelScope()
         self.failure: StorageError | None = None
+        self.compaction_done: trio.Event | None = None  # set once the latest compaction ended
         self.database: Database  # set by open(), before any request can see this object
 
     def open(self, options: StorageOptions) -> None:
@@ -97,6 +98,15 @@ class OpenDatabase:
                     self._fail(exc)
                     return
                 self._advance(durable)
+
+    def flush_now(self) -> None:
+        """Write what is queued now, from the event loop (at shutdown, before the loop stops)."""
+        if self.failure is not None:
+            return
+        try:
+            self._advance(self.database.writer.write_pending())
+        except StorageError as exc:
+            self._fail(exc)
 
     def stop_flushing(self) -> None:
         """End :meth:`flush_loop`; what is still queued is written by ``database.close()``."""
@@ -159,6 +169,8 @@ class Databases:
             if db is not None:  # its writer failed: drop it, reopen from what is durable
                 del self._open[name]
                 db.stop_flushing()
+                if db.compaction_done is not None:  # never two storages on one directory
+                    await db.compaction_done.wait()
                 await trio.to_thread.run_sync(_close_quietly, db)
                 continue
             opening = self._opening.get(name)
@@ -189,6 +201,11 @@ class Databases:
         finally:
             del self._opening[name]
             done.set()
+
+    def flush_now(self) -> None:
+        """Write every open database's queued records now."""
+        for db in self._open.values():
+            db.flush_now()
 
     async def close_all(self) -> None:
         """Make every write durable and close the files."""

@@ -34,10 +34,12 @@ Handler = Callable[[Engine, Call], Outcome]
 
 @dataclass(frozen=True, slots=True)
 class KvOp:
-    """A handler and whether it may write (a write opens, or creates, its database)."""
+    """A handler, whether it may write, and whether it creates a database that does not exist
+    yet (``del`` writes but has nothing to delete in a database nobody created)."""
 
     run: Handler
     writes: bool
+    creates: bool
 
 
 def entry_map(entry: Entry | None) -> dict[str, Any] | None:
@@ -197,13 +199,13 @@ def op_txn(engine: Engine, call: Call) -> Outcome:
 
 
 KV_OPS: dict[str, KvOp] = {
-    "get": KvOp(op_get, writes=False),
-    "set": KvOp(op_set, writes=True),
-    "del": KvOp(op_del, writes=True),
-    "incr": KvOp(op_incr, writes=True),
-    "decr": KvOp(op_decr, writes=True),
-    "keys": KvOp(op_keys, writes=False),
-    "scan": KvOp(op_scan, writes=False),
-    "count": KvOp(op_count, writes=False),
-    "txn": KvOp(op_txn, writes=True),
+    "get": KvOp(op_get, writes=False, creates=False),
+    "set": KvOp(op_set, writes=True, creates=True),
+    "del": KvOp(op_del, writes=True, creates=False),
+    "incr": KvOp(op_incr, writes=True, creates=True),
+    "decr": KvOp(op_decr, writes=True, creates=True),
+    "keys": KvOp(op_keys, writes=False, creates=False),
+    "scan": KvOp(op_scan, writes=False, creates=False),
+    "count": KvOp(op_count, writes=False, creates=False),
+    "txn": KvOp(op_txn, writes=True, creates=True),
 }

@@ -191,15 +191,22 @@ class Session:
 
     async def _run_kv(self, op: KvOp, request: Request) -> _Out:
         name = validate_name(request.args.get("cursor", DEFAULT_NAME))
-        db = await self.broker.databases.get(name, create=op.writes)
+        db = await self.broker.databases.get(name, create=op.creates)
         call = Call(request.args, self.user, self.broker.clock())
-        if db is None:  # a read of a database nobody has written yet
-            result, _ = op.run(EMPTY, call)
+        if db is None:  # nobody has written this database yet: it reads as empty
+            result, applied = op.run(EMPTY, call)
+            if applied is not None and applied.records:
+                raise RuntimeError(f"{request.op} changed the shared empty engine")
             return _Out(Response(request.id, None, result))
         database = db.database
         if op.writes and database.writer.backlog_bytes > self.broker.config.max_write_backlog:
             await db.wait_durable(database.last_ticket)  # backpressure: let the disk catch up
-        result, applied = op.run(db.engine, call)
+        try:
+            result, applied = op.run(db.engine, call)
+        except ProntoError as err:
+            # A refusal (compare_failed, wrong_type, ...) reports state as much as a read does:
+            # it too waits until what it saw is durable.
+            return _Out(Response.fail(request.id, err), db, database.last_ticket)
         if applied is None:
             return _Out(Response(request.id, None, result), db, database.last_ticket)
         ticket = db.submit(applied)
