@@ -21,6 +21,7 @@ import sys
 import time
 
 LOCK_NAME = "autostart.lock"
+BROKER_LOCK_NAME = "broker.lock"  # held by a running broker (broker/server/_lockfile.py)
 LOG_NAME = "broker.log"
 # A broker on a loaded two-core machine opens in well under a second; ten seconds leaves room for
 # replaying a large log. Waiting for the lock covers one full start by another CLI, plus a margin.
@@ -59,6 +60,10 @@ def ensure_broker(data_dir: str, socket_path: str, *, timeout: float = START_TIM
         # Under the lock: a CLI that held it before us may have started the broker already.
         if answers(socket_path):
             return
+        # A broker that still holds the data directory but no longer listens is stopping: wait
+        # for it to go rather than start one that would refuse to run beside it.
+        if _wait_for_holder(data_dir, socket_path):
+            return
         pid = _spawn_and_wait(data_dir, socket_path, timeout)
         # The pid of the broker this lock file last started, for people (and tests) looking for it.
         os.ftruncate(fd, 0)
@@ -80,6 +85,53 @@ def _lock(fd: int, path: str) -> None:
                     f"(it holds {path}); check `prontodb status`, or start one with `prontodb serve`."
                 ) from None
             time.sleep(LOCK_POLL)
+
+
+def _wait_for_holder(data_dir: str, socket_path: str) -> bool:
+    """Wait while a broker holds ``DATA_DIR/broker.lock`` without answering on ``socket_path``.
+
+    True if it came to answer meanwhile (it was starting), False once the lock is free. Raises
+    AutostartError if it serves another socket, or neither answers nor goes in time.
+    """
+    try:
+        fd = os.open(os.path.join(data_dir, BROKER_LOCK_NAME), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return False  # nobody holds it: no broker runs
+            except BlockingIOError:
+                pass
+            holder = _holder(fd)
+            other = holder.get("socket")
+            if isinstance(other, str) and other != socket_path:
+                raise AutostartError(
+                    f"A broker (pid {holder.get('pid', '?')}) serves {data_dir} on another socket, "
+                    f"{other}; use --url unix://{other} (or PRONTODB_SOCKET), or stop it."
+                )
+            if answers(socket_path):
+                return True
+            if time.monotonic() >= deadline:
+                raise AutostartError(
+                    f"The broker (pid {holder.get('pid', '?')}) holding {data_dir} has not "
+                    f"answered on {socket_path} for {LOCK_TIMEOUT:.0f} s; see "
+                    f"{os.path.join(data_dir, LOG_NAME)}, or stop it."
+                )
+            time.sleep(LOCK_POLL)
+    finally:
+        os.close(fd)  # also drops a shared lock taken above
+
+
+def _holder(fd: int) -> dict[str, object]:
+    """What the broker holding the lock wrote into it (pid, socket), or {}."""
+    try:
+        record = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def _spawn_and_wait(data_dir: str, socket_path: str, timeout: float) -> int:

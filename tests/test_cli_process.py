@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,6 +25,8 @@ from cli_support import (
     stop_brokers,
     wait_for_exit,
 )
+
+from prontodb.protocol import NEED_DATA, Connection, Hello, Request, Role
 
 PRONTODB = str(Path(sys.executable).with_name("prontodb"))
 RUN_TIMEOUT = 60.0  # seconds; one CLI call, auto-start included, on a loaded machine
@@ -231,3 +234,37 @@ def test_the_seed_shell_idioms(home: Home) -> None:
         "queue=2",
         "completed=1",
     ]
+
+
+def test_a_call_while_the_broker_stops_waits_and_starts_a_new_one(home: Home) -> None:
+    home.run("set", "kept", "yes")
+    first = json.loads(home.run("status", "--json").stdout)
+    # A client that asks for megabytes and never reads them keeps the broker in its grace period
+    # after a stop: it holds the data directory but no longer listens.
+    conn = Connection(Role.CLIENT)
+    data = conn.send(Hello(client="stuck", user="u"))
+    data += conn.send(Request(1, "set", {"key": "big", "value": "x" * 900_000}))
+    data += b"".join(conn.send(Request(i, "get", {"key": "big"})) for i in range(2, 100))
+    stopper = Connection(Role.CLIENT)
+    with socket.socket(socket.AF_UNIX) as stuck, socket.socket(socket.AF_UNIX) as stop:
+        stuck.connect(first["socket"])
+        stuck.sendall(data)
+        stop.connect(first["socket"])
+        stop.sendall(
+            stopper.send(Hello(client="t", user="u")) + stopper.send(Request(1, "stop", {}))
+        )
+        answers: list[object] = []
+        while len(answers) < 2:  # the Welcome, then the answer to stop: the stop has begun
+            stopper.receive_data(stop.recv(65536))
+            while (event := stopper.next_event()) is not NEED_DATA:
+                answers.append(event)
+        # The old broker no longer listens but holds the data directory for its grace period.
+        # This call waits for it to go, then starts a new one, which has the data.
+        try:
+            result = home.run("get", "kept")
+        finally:
+            stuck.close()
+    assert result.stdout == "yes\n"
+    assert result.stderr == ""
+    second = json.loads(home.run("status", "--json").stdout)
+    assert second["pid"] != first["pid"]

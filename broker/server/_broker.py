@@ -63,6 +63,7 @@ class Broker:
         self._stop = trio.Event()
         self._background: trio.Nursery | None = None
         self._sessions_scope = trio.CancelScope()  # replaced by the sessions nursery's
+        self._socket_inode: tuple[int, int] | None = None  # of our socket file, to remove it
 
     @staticmethod
     def clock() -> float:
@@ -91,6 +92,7 @@ class Broker:
             listeners: list[trio.SocketListener] = []
             if config.socket_path is not None:
                 unix, socket_inode = await _open_unix_listener(config.socket_path)
+                self._socket_inode = socket_inode
                 listeners.append(unix)
             tcp_name = None
             if config.tcp is not None:
@@ -155,6 +157,7 @@ class Broker:
                 await self._stop.wait()
                 logger.info("stopping: no new connections; finishing requests in flight")
                 service.cancel_scope.cancel()
+            await self._stop_listening(listeners)
             for session in list(self._sessions):
                 session.stop_reading()
             with trio.move_on_after(self.config.shutdown_grace) as grace:
@@ -163,6 +166,15 @@ class Broker:
             if grace.cancelled_caught:
                 logger.warning("%d connections did not finish in time", len(self._sessions))
             sessions.cancel_scope.cancel()
+
+    async def _stop_listening(self, listeners: list[trio.SocketListener]) -> None:
+        """Close the listeners and remove the socket file now, not at exit: a client arriving
+        during the grace period is refused at once (and a CLI waits for the data directory's
+        lock, then starts the next broker) instead of being left in the listen queue."""
+        for listener in listeners:
+            await listener.aclose()
+        if self.config.socket_path is not None and self._socket_inode is not None:
+            _remove_socket(self.config.socket_path, self._socket_inode)
 
     async def _accept(self, listeners: list[trio.SocketListener], sessions: trio.Nursery) -> None:
         async def handle(stream: trio.SocketStream) -> None:

@@ -158,11 +158,9 @@ class AsyncClient:
                     f"{timeout:g} s; it may be overloaded or stuck. Retry, or check its log.",
                 ) from None
             except OSError as exc:
-                raise ProntoError(
-                    ErrorCode.UNAVAILABLE,
-                    f"The connection to the broker at {url} broke before it answered ({exc}); "
-                    "retry shortly.",
-                ) from None
+                # Reset before the Welcome: a broker that closed its listener (it is stopping)
+                # with us still in the listen queue. For a caller, as good as nobody there.
+                raise BrokerUnavailable(url, f"reset before a greeting: {exc}") from None
         except BaseException:
             await stream.aclose()
             raise
@@ -659,8 +657,4 @@ async def _handshake(stream: backend.Stream, conn: Connection, hello: Hello, url
         elif isinstance(event, Goodbye):
             raise ProntoError(event.code or ErrorCode.UNAVAILABLE, event.message)
         else:
-            raise ProntoError(
-                ErrorCode.UNAVAILABLE,
-                f"The broker at {url} closed the connection before answering; it may be "
-                "stopping. Retry shortly.",
-            )
+            raise BrokerUnavailable(url, "it closed the connection before a greeting; stopping?")
