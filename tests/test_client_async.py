@@ -310,6 +310,32 @@ def test_cancelled_callers_do_not_break_the_next_ones(backend: str, broker: Brok
     run(backend, body)
 
 
+def test_an_abandoned_large_answer_does_not_block_a_large_request(
+    backend: str, fast_broker: BrokerProcess
+) -> None:
+    # Unread, a 1 MiB scan page fills the socket and the broker stops reading while it waits to
+    # send it; a 900 kB request sent then would block for good unless the answer is read first.
+    async def body() -> None:
+        async with await AsyncClient.connect(fast_broker.url) as client:
+            for start in range(0, 1000, 125):
+                ops = [
+                    {"op": "set", "key": f"q.k{i:04}", "value": "v" * 2000}
+                    for i in range(start, start + 125)
+                ]
+                await client.txn([], ops)
+            async with anyio.create_task_group() as group:
+                group.start_soon(client.scan, "q")
+                while client.statistics()["in_flight"] < 1:  # until its request is sent
+                    await anyio.lowlevel.checkpoint()
+                group.cancel_scope.cancel()
+            assert client.statistics()["abandoned"] == 1
+            with anyio.fail_after(30):
+                await client.set("big", "x" * 900_000)
+            assert client.statistics()["abandoned"] == 0
+
+    run(backend, body)
+
+
 def test_tcp_url(backend: str, tcp_broker: BrokerProcess) -> None:
     async def body() -> None:
         async with await AsyncClient.connect(tcp_broker.tcp_url) as client:

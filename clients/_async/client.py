@@ -392,6 +392,10 @@ class AsyncClient:
         waiter = _Waiter()
         try:
             await self._wait(waiter, lambda: self._take_slot(waiter))
+            # Answers to abandoned (cancelled) calls are read before anything more is sent: if
+            # nobody read them, a large one could fill the socket, the broker would stop
+            # reading, and a large request would then block this send for good.
+            await self._wait(waiter, lambda: not self._abandoned)
             await self._send(waiter, op, args)
             await self._wait(waiter, lambda: waiter.response is not None)
         finally:
@@ -510,6 +514,9 @@ class AsyncClient:
         waiter = self._waiters.pop(response.id, None)
         if waiter is None:
             self._abandoned.discard(response.id)
+            if not self._abandoned:  # callers waiting to send may go now
+                for parked in self._parked:
+                    _wake(parked)
             return
         waiter.response = response
         _wake(waiter)

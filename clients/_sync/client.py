@@ -394,6 +394,10 @@ class Client:
         waiter = _Waiter()
         try:
             self._wait(waiter, lambda: self._take_slot(waiter))
+            # Answers to abandoned (cancelled) calls are read before anything more is sent: if
+            # nobody read them, a large one could fill the socket, the broker would stop
+            # reading, and a large request would then block this send for good.
+            self._wait(waiter, lambda: not self._abandoned)
             self._send(waiter, op, args)
             self._wait(waiter, lambda: waiter.response is not None)
         finally:
@@ -512,6 +516,9 @@ class Client:
         waiter = self._waiters.pop(response.id, None)
         if waiter is None:
             self._abandoned.discard(response.id)
+            if not self._abandoned:  # callers waiting to send may go now
+                for parked in self._parked:
+                    _wake(parked)
             return
         waiter.response = response
         _wake(waiter)
