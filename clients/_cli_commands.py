@@ -432,7 +432,7 @@ def stop(options: Globals) -> int:
     if code or not asked:
         return code
     try:
-        _wait_until_gone(url)  # after run() closed our connection, so we hold nothing open
+        _wait_until_gone(url, asked[0])  # after run() closed our connection: we hold nothing open
     except ProntoError as exc:
         return fail(exc)
     if options.json:
@@ -440,8 +440,10 @@ def stop(options: Globals) -> int:
     return 0
 
 
-def _wait_until_gone(url: str) -> None:
-    """Wait for a stopped broker's Unix socket to disappear (TCP: to refuse connections)."""
+def _wait_until_gone(url: str, pid: object) -> None:
+    """Wait for a stopped broker to end: its process, when it runs on this host (it removes its
+    socket as soon as it stops listening, before it has flushed and exited); a TCP one, until it
+    refuses connections."""
     import socket
     import time
 
@@ -451,24 +453,36 @@ def _wait_until_gone(url: str) -> None:
 
     address = parse_url(url)
     deadline = time.monotonic() + STOP_TIMEOUT
-    while True:
-        if address.scheme == "unix":
-            gone = not os.path.exists(address.path)
-        else:
-            try:
-                socket.create_connection((address.host, address.port), timeout=1.0).close()
-                gone = False
-            except OSError:
-                gone = True
-        if gone:
+    if address.scheme == "unix" and isinstance(pid, int) and _wait_for_exit(pid, STOP_TIMEOUT):
+        return
+    while address.scheme != "unix":
+        try:
+            socket.create_connection((address.host, address.port), timeout=1.0).close()
+        except OSError:
             return
         if time.monotonic() >= deadline:
-            raise ProntoError(
-                ErrorCode.TIMED_OUT,
-                f"The broker at {url} was asked to stop but is still there after "
-                f"{STOP_TIMEOUT:.0f} s; check its log, or `prontodb status`.",
-            )
+            break
         time.sleep(STOP_POLL)
+    raise ProntoError(
+        ErrorCode.TIMED_OUT,
+        f"The broker at {url} was asked to stop but is still there after "
+        f"{STOP_TIMEOUT:.0f} s; check its log, or `prontodb status`.",
+    )
+
+
+def _wait_for_exit(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` ended within ``timeout`` (waiting on a pidfd: no polling)."""
+    import select
+
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True  # already gone
+    try:
+        ready, _, _ = select.select([pidfd], [], [], timeout)
+        return bool(ready)
+    finally:
+        os.close(pidfd)
 
 
 def format_status(info: dict[str, Any]) -> str:
