@@ -12,11 +12,13 @@ Names load lazily, so ``import prontodb.clients`` (and the CLI) imports neither 
 from __future__ import annotations
 
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
 
 from prontodb.protocol import ErrorCode, ProntoError
 
+TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._async.client import AsyncClient
     from ._sync.client import Client
     from ._types import MISSING, BrokerUnavailable, KeyInfo, TxnResult

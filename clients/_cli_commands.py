@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
 
     from prontodb.protocol import ProntoError
 

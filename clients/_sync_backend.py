@@ -2,12 +2,13 @@
 
 The generated sync client (scripts/unasync.py) calls these exactly where the async client awaits
 the anyio ones. Connection failures surface as :class:`OSError`; end of stream as ``b""``. Kept to
-``socket`` and ``threading`` so the CLI, which uses the sync client, starts fast.
+``_socket`` (not ``socket``, whose import costs the CLI 4 ms more) and ``threading`` so the CLI,
+which uses the sync client, starts fast.
 """
 
 from __future__ import annotations
 
-import socket
+import _socket
 import threading
 from types import TracebackType
 
@@ -22,7 +23,7 @@ class _Deadline:
 
     __slots__ = ("_seconds", "_sock")
 
-    def __init__(self, sock: socket.socket, seconds: float | None) -> None:
+    def __init__(self, sock: _socket.socket, seconds: float | None) -> None:
         self._sock = sock
         self._seconds = seconds
 
@@ -41,7 +42,7 @@ class _Deadline:
 class Stream:
     """A connected socket: whole-frame writes, chunked reads, a deadline for the handshake."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self._sock = sock
 
     def send_all(self, data: bytes) -> None:
@@ -60,7 +61,7 @@ class Stream:
         """Close the socket; a thread blocked reading it wakes up with end of stream."""
         try:
             # close() alone does not wake a thread blocked in recv(); shutdown() does.
-            self._sock.shutdown(socket.SHUT_RDWR)
+            self._sock.shutdown(_socket.SHUT_RDWR)
         except OSError:
             pass  # already reset by the peer
         self._sock.close()
@@ -68,7 +69,7 @@ class Stream:
 
 def connect_unix(path: str, timeout: float | None) -> Stream:
     """Connect to a Unix socket; OSError if nothing listens, TimeoutError after ``timeout``."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
         sock.connect(path)
@@ -81,6 +82,8 @@ def connect_unix(path: str, timeout: float | None) -> Stream:
 
 def connect_tcp(host: str, port: int, timeout: float | None) -> Stream:
     """Connect over TCP (no Nagle delay); OSError if refused, TimeoutError after ``timeout``."""
+    import socket  # for create_connection, which walks getaddrinfo's answers: TCP pays for it
+
     sock = socket.create_connection((host, port), timeout)
     try:
         sock.settimeout(None)

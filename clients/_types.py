@@ -7,9 +7,13 @@ dataclasses, without importing ``dataclasses`` (and ``inspect``) on the CLI's st
 from __future__ import annotations
 
 import enum
-from typing import Any, Final, NamedTuple
 
 from prontodb.protocol import ErrorCode, ProntoError
+from prontodb.protocol._named_tuple import NamedTuple
+
+TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
+if TYPE_CHECKING:
+    from typing import Any, Final
 
 
 class _Missing(enum.Enum):

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from prontodb.protocol import ErrorCode, ProntoError
+from prontodb.protocol._named_tuple import NamedTuple
 
 
 class Address(NamedTuple):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
-
 import msgpack
 
 from ._errors import ErrorCode, LocalProtocolError
 from ._limits import Limits
+
+TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 INT_MIN = -(2**63)  # the widest integers msgpack can carry
 INT_MAX = 2**64 - 1

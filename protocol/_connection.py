@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, NamedTuple
 
 from ._codec import WireError, pack, unpack
 from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
@@ -21,7 +20,9 @@ from ._messages import (
     Welcome,
     decode,
 )
+from ._named_tuple import NamedTuple
 
+TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
 if TYPE_CHECKING:
     from typing import Final, NoReturn
 

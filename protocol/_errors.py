@@ -7,7 +7,12 @@ do. The CLI maps codes to exit statuses through the same table, so the three nev
 from __future__ import annotations
 
 import enum
-from typing import Any, NamedTuple
+
+from ._named_tuple import NamedTuple
+
+TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class ErrorCode(enum.StrEnum):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+
+TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
+if TYPE_CHECKING:
+    from typing import Any
 
 # A frame's length travels in 4 bytes, so no frame can be larger than this whatever the limit says.
 MAX_FRAME_SIZE_CEILING = 2**32 - 1

@@ -7,13 +7,13 @@ on received arrays and, by the Connection, on the arrays it is about to send.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple
-
 from ._codec import INT_MAX, WireError
 from ._errors import ErrorCode, ProntoError, ProtocolError
+from ._named_tuple import NamedTuple
 
+TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
 if TYPE_CHECKING:
-    from typing import Final, TypeAlias
+    from typing import Any, Final, TypeAlias
 
 PROTOCOL_VERSION: Final = 1
 UINT64_MAX: Final = INT_MAX

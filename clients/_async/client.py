@@ -12,7 +12,6 @@ import os
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
 
 from prontodb.protocol import (
     NEED_DATA,
@@ -35,6 +34,10 @@ from .. import _anyio_backend as backend
 from .._locations import default_url
 from .._types import MISSING, BrokerUnavailable, KeyInfo, TxnResult
 from .._urls import Address, parse_url
+
+TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
+if TYPE_CHECKING:
+    from typing import Any
 
 # Bytes asked of the socket per read: below malloc's mmap threshold, or each read pays for an mmap.
 _CHUNK = 64 * 1024
