@@ -44,6 +44,10 @@ logger = logging.getLogger("prontodb.server")
 # Below malloc's mmap threshold: a bigger buffer costs a page-faulting mmap on every read.
 RECEIVE_SIZE = 64 * 1024
 MAX_BATCH = 512  # responses joined into one send_all
+# Encoded answers held before a send_all: bounds a connection's output buffer (1024 pipelined
+# reads of a 1 MiB value must not become one 1 GiB write), and it is where a client that does
+# not read holds us back.
+SEND_CHUNK = 1 << 20
 
 
 @dataclass(slots=True)
@@ -147,7 +151,14 @@ class Session:
         if not outs:
             return
         if not self._unsent and all(o.ready for o in outs):
-            await self.stream.send_all(b"".join([self._encode(o.message) for o in outs]))
+            data = bytearray()
+            for item in outs:
+                data += self._encode(item.message)
+                if len(data) >= SEND_CHUNK:  # a client that does not read stops us here
+                    await self.stream.send_all(data)
+                    data = bytearray()
+            if data:
+                await self.stream.send_all(data)
             return
         self._unsent += len(outs)
         for out in outs:
@@ -251,7 +262,11 @@ class Session:
             if isinstance(message, Goodbye):
                 await self.stream.send_all(out)
                 return True
-        await self.stream.send_all(out)
+            if len(out) >= SEND_CHUNK:
+                await self.stream.send_all(out)
+                out = bytearray()
+        if out:
+            await self.stream.send_all(out)
         return False
 
     def _encode(self, message: Message) -> bytes:
