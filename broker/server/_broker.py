@@ -97,6 +97,13 @@ class Broker:
             tcp_name = None
             if config.tcp is not None:
                 host, port = config.tcp
+                if host not in ("127.0.0.1", "::1", "localhost"):
+                    # Tokens and TLS come with users and permissions; until then, say it.
+                    logger.warning(
+                        "listening on TCP %s without authentication: anyone who can reach it "
+                        "can read and write every database",
+                        host,
+                    )
                 tcp_listeners = await trio.open_tcp_listeners(port, host=host)
                 listeners.extend(tcp_listeners)
                 bound = tcp_listeners[0].socket.getsockname()
