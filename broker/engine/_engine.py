@@ -8,7 +8,9 @@ changes to publish. The engine is driven by one task at a time, which is where a
 from __future__ import annotations
 
 import enum
+import heapq
 import itertools
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -20,7 +22,7 @@ from prontodb.protocol import ErrorCode, ProntoError
 from . import _records as rec
 from ._conditions import Compare, OpKind, Target, TxnOp, TxnResult
 from ._entry import Entry
-from ._keys import descendant_range, validate_key, validate_prefix
+from ._keys import SEPARATOR, descendant_range, validate_key, validate_prefix
 from ._records import Record, RecordKind
 from ._values import INT64_MAX, INT64_MIN, is_integer, pack_value
 
@@ -54,10 +56,11 @@ class EngineLimits:
 
 
 class ChangeKind(enum.StrEnum):
-    """What happened to a key (watch events; expire and claim kinds come with TTL and claims)."""
+    """What happened to a key (watch events; claim kinds come with claims)."""
 
     PUT = "put"
     DELETE = "delete"
+    EXPIRE = "expire"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +91,13 @@ _Staged = tuple[bytes, Entry] | None
 
 
 class Engine:
-    """Keys, values, revisions; conditional writes, counters and transactions."""
+    """Keys, values, revisions; conditional writes, counters and transactions; TTLs.
+
+    Deadlines are absolute (seconds since the epoch, on the caller's clock). The engine removes an
+    expired key only when told the time: call :meth:`expire_due` before serving a request (the
+    broker does, so no reader ever sees a key past its deadline) and when :meth:`next_deadline`
+    comes.
+    """
 
     def __init__(self, limits: EngineLimits | None = None) -> None:
         self.limits = limits or EngineLimits()
@@ -97,6 +106,11 @@ class Engine:
         self._entries: dict[str, Entry] = {}
         self._index: SortedList = SortedList()
         self._loading = False
+        # TTL: a heap of (deadline, key), pruned lazily (an entry whose key no longer has that
+        # deadline is skipped when it surfaces), and the default TTL of each cache prefix.
+        self._deadlines: list[tuple[float, str]] = []
+        self._expiring = 0  # live keys with a deadline
+        self._caches: dict[str, float] = {}
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -155,14 +169,19 @@ class Engine:
         if_absent: bool = False,
         if_rev: int | None = None,
         if_value: Any = MISSING,
+        ttl: float | None = None,
     ) -> Applied[Entry]:
         """Write ``value`` at ``key``, optionally only if it is absent, at a modify revision, or
-        holds ``if_value`` (compare-and-set). A failed condition raises compare_failed."""
+        holds ``if_value`` (compare-and-set). A failed condition raises compare_failed.
+
+        The key expires ``ttl`` seconds from ``now``; without ``ttl``, after its cache's TTL if it
+        is under a cache prefix, else never. A set always restarts the clock."""
         key = self._key(key)
         packed = self._pack(value)
+        expires = self._deadline(key, ttl, now)
         prev = self._entries.get(key)
         self._require(key, prev, self._conditions(key, if_absent, if_rev, if_value))
-        return self._put(key, prev, value, packed, writer, now)
+        return self._put(key, prev, value, packed, writer, now, expires)
 
     def delete(
         self,
@@ -192,7 +211,9 @@ class Engine:
         key = self._key(key)
         prev = self._entries.get(key)
         total = _incremented(prev, by)
-        applied = self._put(key, prev, total, self._pack(total), writer, now)
+        # An existing key keeps its deadline (a fixed window); a new one takes its cache's TTL.
+        expires = self._deadline(key, None, now) if prev is None else prev.expires
+        applied = self._put(key, prev, total, self._pack(total), writer, now, expires)
         return Applied(total, applied.records, applied.changes)
 
     def decr(self, key: str, by: int = 1, *, writer: str, now: float) -> Applied[int]:
@@ -202,17 +223,130 @@ class Engine:
         return self.incr(key, -by, writer=writer, now=now)
 
     def _put(
-        self, key: str, prev: Entry | None, value: Any, packed: bytes, writer: str, now: float
+        self,
+        key: str,
+        prev: Entry | None,
+        value: Any,
+        packed: bytes,
+        writer: str,
+        now: float,
+        expires: float | None,
     ) -> Applied[Entry]:
         """Write one key at the next revision; everything that can fail is checked first."""
         rev = self.revision + 1
-        entry = _next_entry(prev, _owned(value, packed), len(packed), rev, writer, now)
-        payload = self._fits(rec.encode_put(rev, writer, now, key, packed, entry))
+        entry = _next_entry(prev, _owned(value, packed), len(packed), rev, writer, now, expires)
+        kind, payload = rec.encode_put(rev, writer, now, key, packed, entry)
+        self._fits(payload)
         self.revision = rev
         self._store(key, entry)
-        return Applied(
-            entry, [(RecordKind.PUT, payload)], [Change(rev, ChangeKind.PUT, key, entry)]
+        return Applied(entry, [(kind, payload)], [Change(rev, ChangeKind.PUT, key, entry)])
+
+    # -- TTL -----------------------------------------------------------------------------------
+
+    def expire(self, key: str, seconds: float, *, writer: str, now: float) -> Applied[bool]:
+        """Give ``key`` a deadline ``seconds`` from ``now`` (0 or less: it expires now). The
+        result says whether the key existed. Like a set of the same value, it takes a revision."""
+        key = self._key(key)
+        seconds = _seconds(seconds, "seconds", allow_zero=True)
+        prev = self._entries.get(key)
+        if prev is None:
+            return Applied(False, [], [])
+        if seconds <= 0:
+            return Applied(True, *self._expire_keys([key], now))
+        applied = self._put(
+            key, prev, prev.value, self._pack(prev.value), writer, now, now + seconds
         )
+        return Applied(True, applied.records, applied.changes)
+
+    def persist(self, key: str, *, writer: str, now: float) -> Applied[bool]:
+        """Remove ``key``'s deadline; the result says whether it had one (else nothing changes)."""
+        key = self._key(key)
+        prev = self._entries.get(key)
+        if prev is None or prev.expires is None:
+            return Applied(False, [], [])
+        applied = self._put(key, prev, prev.value, self._pack(prev.value), writer, now, None)
+        return Applied(True, applied.records, applied.changes)
+
+    def expire_due(self, now: float) -> Applied[list[str]]:
+        """Remove every key whose deadline is ``now`` or earlier, at one new revision (one EXPIRE
+        record); the result lists them in deadline order. Nothing due: nothing changes."""
+        due: dict[str, None] = {}  # ordered, and a key pushed twice is listed once
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            deadline, key = heapq.heappop(heap)
+            entry = self._entries.get(key)
+            if entry is not None and entry.expires == deadline:
+                due[key] = None
+        if not due:
+            return Applied([], [], [])
+        keys = list(due)
+        return Applied(keys, *self._expire_keys(keys, now))
+
+    def _expire_keys(self, keys: list[str], now: float) -> tuple[list[Record], list[Change]]:
+        rev = self.revision + 1
+        payload = self._fits(rec.encode_expire(rev, now, keys))
+        self.revision = rev
+        for key in keys:
+            self._remove(key)
+        changes = [Change(rev, ChangeKind.EXPIRE, key, None) for key in keys]
+        return [(RecordKind.EXPIRE, payload)], changes
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of a live key, or None: when :meth:`expire_due` has work."""
+        heap = self._deadlines
+        while heap:
+            deadline, key = heap[0]
+            entry = self._entries.get(key)
+            if entry is not None and entry.expires == deadline:
+                return deadline
+            heapq.heappop(heap)  # stale: the key was rewritten, persisted or deleted since
+        return None
+
+    def deadline(self, key: str) -> tuple[bool, float | None]:
+        """Whether ``key`` exists, and its deadline (None: it has none)."""
+        entry = self._entries.get(self._key(key))
+        return entry is not None, None if entry is None else entry.expires
+
+    def create_cache(self, prefix: str, seconds: float) -> Applied[None]:
+        """Make ``prefix`` a cache: every key set under it later, without a TTL of its own,
+        expires ``seconds`` after that set. Redefining a cache changes its TTL; keys already
+        there keep their deadlines."""
+        prefix = self._cache_prefix(prefix)
+        seconds = _seconds(seconds, "seconds")
+        self._caches[prefix] = seconds
+        return Applied(None, [(RecordKind.CACHE, rec.encode_cache(prefix, seconds))], [])
+
+    def drop_cache(self, prefix: str) -> Applied[bool]:
+        """Stop ``prefix`` being a cache (keys there keep their deadlines); whether it was one."""
+        prefix = self._cache_prefix(prefix)
+        if self._caches.pop(prefix, None) is None:
+            return Applied(False, [], [])
+        return Applied(True, [(RecordKind.CACHE, rec.encode_cache(prefix, None))], [])
+
+    def caches(self) -> dict[str, float]:
+        """Every cache prefix with its TTL in seconds, sorted by prefix."""
+        return dict(sorted(self._caches.items()))
+
+    def _cache_prefix(self, prefix: str) -> str:
+        prefix = self._prefix(prefix)
+        if not prefix:
+            raise ProntoError(
+                ErrorCode.BAD_REQUEST, "A cache needs a prefix (like sessions.active)."
+            )
+        return prefix
+
+    def _deadline(self, key: str, ttl: float | None, now: float) -> float | None:
+        """The deadline of a key written now: ``ttl`` if given, else its nearest cache's."""
+        if ttl is not None:
+            return now + _seconds(ttl, "ttl")
+        if self._caches:
+            prefix = key
+            while prefix:
+                seconds = self._caches.get(prefix)
+                if seconds is not None:
+                    return now + seconds
+                prefix = prefix.rpartition(SEPARATOR)[0]
+        return None
 
     def txn(
         self, compares: Sequence[Compare], ops: Sequence[TxnOp], *, writer: str, now: float
@@ -272,10 +406,16 @@ class Engine:
             if current is not None:
                 staged[op.key] = None
             return current is not None
-        value = _incremented(current, op.by) if op.kind is OpKind.INCR else op.value
+        if op.kind is OpKind.INCR:  # as incr outside a transaction: an existing key keeps its TTL
+            value = _incremented(current, op.by)
+            expires = current.expires if current is not None else self._deadline(op.key, None, now)
+        else:
+            value = op.value
+            expires = self._deadline(op.key, None, now)
         packed = self._pack(value)
         stored = _owned(value, packed)
-        staged[op.key] = (packed, _next_entry(current, stored, len(packed), rev, writer, now))
+        entry = _next_entry(current, stored, len(packed), rev, writer, now, expires)
+        staged[op.key] = (packed, entry)
         return value if op.kind is OpKind.INCR else rev
 
     # -- recovery and snapshots ----------------------------------------------------------------
@@ -290,6 +430,7 @@ class Engine:
         engine._loading = False
         # One sort instead of a million inserts (and snapshots come in key order, so it is cheap).
         engine._index = SortedList(engine._entries)
+        engine._rebuild_deadlines()
         return engine
 
     def apply_record(self, kind: int, payload: bytes) -> None:
@@ -305,6 +446,16 @@ class Engine:
                 self.revision = revision
             elif kind == RecordKind.SNAPSHOT_ENTRIES:
                 self._load_snapshot_entries(fields)
+            elif kind == RecordKind.SNAPSHOT_EXPIRING:
+                for key, expires in fields:
+                    self._store(key, self._entries[key]._replace(expires=expires))
+            elif kind in (RecordKind.SNAPSHOT_CACHES, RecordKind.CACHE):
+                changes = fields if kind == RecordKind.SNAPSHOT_CACHES else dict([fields])
+                for prefix, seconds in changes.items():
+                    if seconds is None:
+                        self._caches.pop(prefix, None)
+                    else:
+                        self._caches[prefix] = seconds
             else:
                 self._apply_change(kind, fields)
         except ReplayError:
@@ -325,19 +476,29 @@ class Engine:
         self.live_bytes += live
 
     def _apply_change(self, kind: int, fields: list[Any]) -> None:
-        rev, writer, time = fields[0], fields[1], fields[2]
+        rev = fields[0]
+        writer, time = ("", fields[1]) if kind == RecordKind.EXPIRE else (fields[1], fields[2])
         if not is_integer(rev) or rev <= self.revision:
             raise ReplayError(f"revision {rev!r} does not follow {self.revision}")
         if kind == RecordKind.PUT:
             _, _, _, key, create_rev, version, value = fields
-            self._replay_put(key, value, create_rev, rev, version, writer, time)
+            self._replay_put(key, value, create_rev, rev, version, writer, time, None)
+        elif kind == RecordKind.PUT_TTL:
+            _, _, _, key, create_rev, version, expires, value = fields
+            self._replay_put(key, value, create_rev, rev, version, writer, time, expires)
         elif kind == RecordKind.DELETE:
             self._remove(fields[3])
+        elif kind == RecordKind.EXPIRE:
+            for key in fields[2]:
+                self._remove(key)
         elif kind == RecordKind.TXN:
             for op in fields[3]:
                 if op[0] == rec.TXN_PUT:
                     _, key, create_rev, version, value = op
-                    self._replay_put(key, value, create_rev, rev, version, writer, time)
+                    self._replay_put(key, value, create_rev, rev, version, writer, time, None)
+                elif op[0] == rec.TXN_PUT_TTL:
+                    _, key, create_rev, version, expires, value = op
+                    self._replay_put(key, value, create_rev, rev, version, writer, time, expires)
                 elif op[0] == rec.TXN_DELETE:
                     self._remove(op[1])
                 else:
@@ -357,21 +518,24 @@ class Engine:
         version: int,
         writer: str,
         time: float,
+        expires: float | None,
     ) -> None:
         size = len(rec.pack(value))
-        self._store(key, Entry(value, create_rev, rev, version, writer, time, size))
+        self._store(key, Entry(value, create_rev, rev, version, writer, time, size, expires))
 
     def snapshot(self) -> Iterator[Record]:
         """The live state as records, frozen now; safe to encode later while the engine moves on."""
         keys = list(self._index)
         entries = self._entries.copy()
-        return rec.encode_snapshot(self.revision, ((k, entries[k]) for k in keys), len(keys))
+        pairs = ((k, entries[k]) for k in keys)
+        return rec.encode_snapshot(self.revision, pairs, len(keys), dict(self._caches))
 
     def statistics(self) -> dict[str, int]:
         """Revision, key count and the live-bytes estimate (for compaction and ``status``)."""
         return {
             "revision": self.revision,
             "keys": len(self._entries),
+            "expiring": self._expiring,
             "live_bytes": self.live_bytes,
         }
 
@@ -425,8 +589,15 @@ class Engine:
                 self._index.add(key)
         else:
             self.live_bytes -= _footprint(key, prev)
+            self._expiring -= prev.expires is not None
         self._entries[key] = entry
         self.live_bytes += _footprint(key, entry)
+        if entry.expires is not None:
+            self._expiring += 1
+            if not self._loading:
+                heapq.heappush(self._deadlines, (entry.expires, key))
+                if len(self._deadlines) > 2 * self._expiring + 1024:
+                    self._rebuild_deadlines()  # mostly stale: rewritten keys left old deadlines
 
     def _remove(self, key: str) -> None:
         prev = self._entries.pop(key, None)
@@ -434,6 +605,13 @@ class Engine:
             if not self._loading:
                 self._index.remove(key)
             self.live_bytes -= _footprint(key, prev)
+            self._expiring -= prev.expires is not None
+
+    def _rebuild_deadlines(self) -> None:
+        self._deadlines = [
+            (e.expires, k) for k, e in self._entries.items() if e.expires is not None
+        ]
+        heapq.heapify(self._deadlines)
 
 
 def _footprint(key: str, entry: Entry) -> int:
@@ -447,11 +625,26 @@ def _owned(value: Any, packed: bytes) -> Any:
 
 
 def _next_entry(
-    prev: Entry | None, value: Any, size: int, rev: int, writer: str, now: float
+    prev: Entry | None,
+    value: Any,
+    size: int,
+    rev: int,
+    writer: str,
+    now: float,
+    expires: float | None,
 ) -> Entry:
     if prev is None:
-        return Entry(value, rev, rev, 1, writer, now, size)
-    return Entry(value, prev.create_rev, rev, prev.version + 1, writer, now, size)
+        return Entry(value, rev, rev, 1, writer, now, size, expires)
+    return Entry(value, prev.create_rev, rev, prev.version + 1, writer, now, size, expires)
+
+
+def _seconds(value: Any, name: str, *, allow_zero: bool = False) -> float:
+    """A duration in seconds: a finite number, above 0 (or at least 0 with ``allow_zero``)."""
+    if not (is_integer(value) or isinstance(value, float)) or not math.isfinite(value):
+        raise ProntoError(ErrorCode.BAD_REQUEST, f"{name!r} must be a number of seconds.")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ProntoError(ErrorCode.BAD_REQUEST, f"{name!r} must be more than 0 seconds.")
+    return float(value)
 
 
 def _incremented(entry: Entry | None, by: int) -> int:

@@ -20,6 +20,7 @@ class Entry(NamedTuple):
     writer: str  # the user that made the last write
     time: float  # the caller's clock at the last write, in seconds since the epoch
     size: int  # bytes of the msgpack-encoded value
+    expires: float | None = None  # absolute deadline, seconds since the epoch; None: no TTL
 
     def meta(self) -> dict[str, Any]:
         """The metadata without the value, as ``get --meta`` shows it."""

@@ -24,12 +24,18 @@ class RecordKind(enum.IntEnum):
     PUT = 1  # [rev, writer, time, key, create_rev, version, value]
     DELETE = 2  # [rev, writer, time, key]
     TXN = 3  # [rev, writer, time, [[1, key, create_rev, version, value] | [2, key], ...]]
+    PUT_TTL = 4  # [rev, writer, time, key, create_rev, version, expires, value]
+    EXPIRE = 5  # [rev, time, [key, ...]]: keys whose deadline passed, gone at rev
+    CACHE = 6  # [prefix, seconds or nil]: a cache's default TTL set (nil: dropped); no revision
     SNAPSHOT_META = 16  # [format, revision, key_count]
     SNAPSHOT_ENTRIES = 17  # [[key, value, create_rev, mod_rev, version, writer, time], ...]
+    SNAPSHOT_EXPIRING = 18  # [[key, expires], ...]: deadlines of keys in the entries before it
+    SNAPSHOT_CACHES = 19  # {prefix: seconds}
 
 
 TXN_PUT = 1
 TXN_DELETE = 2
+TXN_PUT_TTL = 3  # [3, key, create_rev, version, expires, value]
 SNAPSHOT_FORMAT = 1
 # A snapshot chunk closes at this many entries or bytes, whichever comes first: big enough that
 # replay is one unpackb call per thousand keys, small enough to stay far below the record limit.
@@ -64,11 +70,23 @@ def _array_ending_with(fields: list[Any], packed_last: bytes) -> bytes:
 
 def encode_put(
     rev: int, writer: str, time: float, key: str, packed_value: bytes, entry: Entry
-) -> bytes:
-    """A PUT payload built around the already-encoded value."""
-    return _array_ending_with(
-        [rev, writer, time, key, entry.create_rev, entry.version], packed_value
-    )
+) -> tuple[RecordKind, bytes]:
+    """A PUT (or, for a key with a deadline, PUT_TTL) record built around the encoded value."""
+    fields: list[Any] = [rev, writer, time, key, entry.create_rev, entry.version]
+    if entry.expires is None:
+        return RecordKind.PUT, _array_ending_with(fields, packed_value)
+    fields.append(entry.expires)
+    return RecordKind.PUT_TTL, _array_ending_with(fields, packed_value)
+
+
+def encode_expire(rev: int, time: float, keys: list[str]) -> bytes:
+    """An EXPIRE payload: ``keys`` reached their deadlines and are gone at ``rev``."""
+    return _pack([rev, time, keys])
+
+
+def encode_cache(prefix: str, seconds: float | None) -> bytes:
+    """A CACHE payload: the default TTL of keys under ``prefix`` (None: no longer a cache)."""
+    return _pack([prefix, seconds])
 
 
 def encode_delete(rev: int, writer: str, time: float, key: str) -> bytes:
@@ -87,31 +105,46 @@ def encode_txn(
     for key, packed_value, entry in writes:
         if entry is None or packed_value is None:
             ops.append(_pack([TXN_DELETE, key]))
-        else:
+        elif entry.expires is None:
             ops.append(
                 _array_ending_with([TXN_PUT, key, entry.create_rev, entry.version], packed_value)
             )
+        else:
+            fields = [TXN_PUT_TTL, key, entry.create_rev, entry.version, entry.expires]
+            ops.append(_array_ending_with(fields, packed_value))
     return b"".join(
         (_array_header(4), _pack(rev), _pack(writer), _pack(time), _array_header(len(ops)), *ops)
     )
 
 
 def encode_snapshot(
-    revision: int, entries: Iterable[tuple[str, Entry]], count: int
+    revision: int,
+    entries: Iterable[tuple[str, Entry]],
+    count: int,
+    caches: dict[str, float] | None = None,
 ) -> Iterator[Record]:
-    """The records of a snapshot: a META record, then entries in chunks."""
+    """The records of a snapshot: a META record, the entries in chunks, then the deadlines of
+    the keys that have one and the caches (sections of their own, so that the entries, which
+    every open reads, keep their compact shape)."""
     yield RecordKind.SNAPSHOT_META, _pack([SNAPSHOT_FORMAT, revision, count])
     chunk: list[bytes] = []
     size = 0
+    expiring: list[list[Any]] = []
     for key, e in entries:
         item = _pack([key, e.value, e.create_rev, e.mod_rev, e.version, e.writer, e.time])
         chunk.append(item)
         size += len(item)
+        if e.expires is not None:
+            expiring.append([key, e.expires])
         if len(chunk) >= SNAPSHOT_CHUNK_ENTRIES or size >= SNAPSHOT_CHUNK_BYTES:
             yield RecordKind.SNAPSHOT_ENTRIES, _array_header(len(chunk)) + b"".join(chunk)
             chunk, size = [], 0
     if chunk:
         yield RecordKind.SNAPSHOT_ENTRIES, _array_header(len(chunk)) + b"".join(chunk)
+    for start in range(0, len(expiring), SNAPSHOT_CHUNK_ENTRIES):
+        yield RecordKind.SNAPSHOT_EXPIRING, _pack(expiring[start : start + SNAPSHOT_CHUNK_ENTRIES])
+    if caches:
+        yield RecordKind.SNAPSHOT_CACHES, _pack(caches)
 
 
 def decode(payload: bytes) -> Any:
