@@ -7,6 +7,7 @@ than the rest of a ``prontodb get``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -65,6 +66,24 @@ def _integer(minimum: int | None = None) -> Callable[[click.Context, click.Param
         if minimum is not None and number < minimum:
             raise click.BadParameter(f"{text} is below {minimum}.", ctx, param)
         return number
+
+    return convert
+
+
+def _seconds(allow_zero: bool = False) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """Callback of a duration in seconds (fractions allowed)."""
+
+    def convert(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None:
+            return None
+        text = str(value).removeprefix(_MARK)
+        try:
+            seconds = float(text)
+        except ValueError:
+            raise click.BadParameter(f"{text!r} is not a number of seconds.", ctx, param) from None
+        if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
+            raise click.BadParameter(f"{text} is not a duration above 0.", ctx, param)
+        return seconds
 
     return convert
 
@@ -145,6 +164,13 @@ def get_command(ctx: click.Context, key: str, meta: bool, as_json: bool) -> None
     metavar="N",
     help="Only if KEY's modify revision is N; 0 means only if absent (else exit 5).",
 )
+@click.option(
+    "--ttl",
+    type=str,
+    callback=_seconds(),
+    metavar="SECONDS",
+    help="Expire KEY this many seconds from now (fractions allowed; default: its cache's TTL).",
+)
 @_json_option
 @click.pass_context
 def set_command(
@@ -154,6 +180,7 @@ def set_command(
     as_string: bool,
     if_absent: bool,
     if_rev: int | None,
+    ttl: float | None,
     as_json: bool,
 ) -> None:
     """Set KEY to VALUE; silent on success.
@@ -168,6 +195,7 @@ def set_command(
         as_string=as_string,
         if_absent=if_absent,
         if_rev=if_rev,
+        ttl=ttl,
     )
     _finish(status)
 
@@ -223,6 +251,64 @@ def scan_command(ctx: click.Context, prefix: str, as_json: bool) -> None:
     Made for `while IFS='=' read -r key value`. Values print as `get` prints them.
     """
     _finish(commands.scan(_globals(ctx, as_json), prefix))
+
+
+@cli.command("expire", cls=_Command)
+@click.argument("key", type=str, callback=_text)
+@click.argument("seconds", type=str, callback=_seconds(allow_zero=True))
+@_json_option
+@click.pass_context
+def expire_command(ctx: click.Context, key: str, seconds: float, as_json: bool) -> None:
+    """Make KEY expire SECONDS from now (0: now); silent, exit 3 if KEY does not exist."""
+    _finish(commands.expire(_globals(ctx, as_json), key, seconds))
+
+
+@cli.command("persist", cls=_Command)
+@click.argument("key", type=str, callback=_text)
+@_json_option
+@click.pass_context
+def persist_command(ctx: click.Context, key: str, as_json: bool) -> None:
+    """Remove KEY's TTL; silent, exit 0 whether or not it had one."""
+    _finish(commands.persist(_globals(ctx, as_json), key))
+
+
+@cli.command("ttl", cls=_Command)
+@click.argument("key", type=str, callback=_text)
+@_json_option
+@click.pass_context
+def ttl_command(ctx: click.Context, key: str, as_json: bool) -> None:
+    """Print the seconds KEY has left, or -1 if it has no TTL (a missing key: exit 3)."""
+    _finish(commands.ttl(_globals(ctx, as_json), key))
+
+
+@cli.command("create-cache", cls=_Command)
+@click.argument("prefix", type=str, callback=_text)
+@click.argument("seconds", type=str, callback=_seconds())
+@_json_option
+@click.pass_context
+def create_cache_command(ctx: click.Context, prefix: str, seconds: float, as_json: bool) -> None:
+    """Give every key set under PREFIX from now on a TTL of SECONDS, unless the set names one.
+
+    `set` restarts a key's TTL, `incr` keeps it (a fixed window for rate limits).
+    """
+    _finish(commands.create_cache(_globals(ctx, as_json), prefix, seconds))
+
+
+@cli.command("caches", cls=_Command)
+@_json_option
+@click.pass_context
+def caches_command(ctx: click.Context, as_json: bool) -> None:
+    """List the caches of the database as prefix=seconds lines."""
+    _finish(commands.caches(_globals(ctx, as_json)))
+
+
+@cli.command("drop-cache", cls=_Command)
+@click.argument("prefix", type=str, callback=_text)
+@_json_option
+@click.pass_context
+def drop_cache_command(ctx: click.Context, prefix: str, as_json: bool) -> None:
+    """Stop PREFIX being a cache (its keys keep their TTLs); silent."""
+    _finish(commands.drop_cache(_globals(ctx, as_json), prefix))
 
 
 @cli.command("ping")

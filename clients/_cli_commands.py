@@ -291,10 +291,14 @@ def get(options: Globals, key: str, *, meta: bool = False) -> int:
             "time": info.time,
             "size": info.size,
         }
+        if info.expires is not None:  # only keys with a TTL have this line
+            fields["expires"] = info.expires
         if options.json:
             write_json({"key": key, **fields})
             return 0
         fields["time"] = iso_time(info.time)
+        if info.expires is not None:
+            fields["expires"] = iso_time(info.expires)
         write(b"".join(f"{name}=".encode() + render(v) + b"\n" for name, v in fields.items()))
         return 0
 
@@ -309,12 +313,13 @@ def set_(
     as_string: bool = False,
     if_absent: bool = False,
     if_rev: int | None = None,
+    ttl: float | None = None,
 ) -> int:
     """``set KEY VALUE``: silent on success; a condition that does not hold exits 5."""
     stored = stored_value(value, as_string=as_string)
 
     def body(client: Client) -> int:
-        revision = client.set(key, stored, if_absent=if_absent, if_rev=if_rev)
+        revision = client.set(key, stored, if_absent=if_absent, if_rev=if_rev, ttl=ttl)
         if options.json:
             write_json({"key": key, "revision": revision})
         return 0
@@ -371,6 +376,94 @@ def scan(options: Globals, prefix: str = "") -> int:
             write_json(dict(items))
         elif items:
             write(b"".join(key.encode() + b"=" + render(value) + b"\n" for key, value in items))
+        return 0
+
+    return run(options, body)
+
+
+def seconds_text(seconds: float) -> str:
+    """Seconds as the CLI prints them: at most three decimals, none when whole (3600, 2.5)."""
+    return f"{seconds:.3f}".rstrip("0").rstrip(".")
+
+
+def expire(options: Globals, key: str, seconds: float) -> int:
+    """``expire KEY SECONDS``: silent; a missing key exits 3."""
+
+    def body(client: Client) -> int:
+        if not client.expire(key, seconds):
+            return _not_found(options, key)
+        if options.json:
+            write_json({"key": key, "ttl": max(seconds, 0.0)})
+        return 0
+
+    return run(options, body)
+
+
+def persist(options: Globals, key: str) -> int:
+    """``persist KEY``: silent, exit 0 whether or not KEY had a TTL (``--json`` says which)."""
+
+    def body(client: Client) -> int:
+        had = client.persist(key)
+        if options.json:
+            write_json({"key": key, "persisted": had})
+        return 0
+
+    return run(options, body)
+
+
+def ttl(options: Globals, key: str) -> int:
+    """``ttl KEY``: the seconds left, or -1 for a key with no TTL; a missing key exits 3."""
+    from prontodb.protocol import ErrorCode, ProntoError
+
+    def body(client: Client) -> int:
+        try:
+            remaining = client.ttl(key)
+        except ProntoError as exc:
+            if exc.code is ErrorCode.NOT_FOUND:
+                return _not_found(options, key)
+            raise
+        if options.json:
+            write_json({"key": key, "ttl": remaining})
+        else:
+            write(b"-1\n" if remaining is None else seconds_text(remaining).encode() + b"\n")
+        return 0
+
+    return run(options, body)
+
+
+def create_cache(options: Globals, prefix: str, seconds: float) -> int:
+    """``create-cache PREFIX SECONDS``: silent."""
+
+    def body(client: Client) -> int:
+        client.create_cache(prefix, seconds)
+        if options.json:
+            write_json({"prefix": prefix, "seconds": seconds})
+        return 0
+
+    return run(options, body)
+
+
+def drop_cache(options: Globals, prefix: str) -> int:
+    """``drop-cache PREFIX``: silent, exit 0 whether or not it was a cache."""
+
+    def body(client: Client) -> int:
+        was = client.drop_cache(prefix)
+        if options.json:
+            write_json({"prefix": prefix, "dropped": was})
+        return 0
+
+    return run(options, body)
+
+
+def caches(options: Globals) -> int:
+    """``caches``: ``prefix=seconds`` lines, sorted (``--json``: one object)."""
+
+    def body(client: Client) -> int:
+        found = client.caches()
+        if options.json:
+            write_json(found)
+        else:
+            write("".join(f"{p}={seconds_text(t)}\n" for p, t in found.items()).encode())
         return 0
 
     return run(options, body)

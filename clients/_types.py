@@ -32,8 +32,8 @@ class KeyInfo(NamedTuple):
 
     ``create_rev`` is the revision that created the key, ``mod_rev`` the one that last wrote it,
     ``version`` the number of writes since creation, ``writer`` the user of the last write,
-    ``time`` its time (seconds since the epoch, the broker's clock) and ``size`` the bytes of the
-    encoded value.
+    ``time`` its time (seconds since the epoch, the broker's clock), ``size`` the bytes of the
+    encoded value and ``expires`` its deadline (seconds since the epoch; None: no TTL).
     """
 
     key: str
@@ -44,6 +44,7 @@ class KeyInfo(NamedTuple):
     writer: str
     time: float
     size: int
+    expires: float | None = None
 
 
 class TxnResult(NamedTuple):

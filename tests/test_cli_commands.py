@@ -428,3 +428,28 @@ def test_group_help_names_the_global_options_and_exit_codes() -> None:
         "3 not found",
     ):
         assert word in outcome.out
+
+
+def test_ttl_commands(broker: BrokerProcess, cursor: str) -> None:
+    ok(cli(broker, cursor, "create-cache", "sessions.active", "3600"))
+    ok(cli(broker, cursor, "caches"), "sessions.active=3600\n")
+    ok(cli(broker, cursor, "set", "sessions.active.w1", "on"))
+    remaining = float(cli(broker, cursor, "ttl", "sessions.active.w1").out)
+    assert 3500 < remaining <= 3600
+    ok(cli(broker, cursor, "set", "k", "v", "--ttl", "90.5"))
+    assert 80 < float(cli(broker, cursor, "ttl", "k").out) <= 90.5
+    assert "expires=" in cli(broker, cursor, "get", "--meta", "k").out
+    ok(cli(broker, cursor, "persist", "k"))
+    ok(cli(broker, cursor, "ttl", "k"), "-1\n")
+    ok(cli(broker, cursor, "persist", "k"))  # no TTL left: still exit 0
+    ok(cli(broker, cursor, "expire", "k", "30"))
+    assert error_line(cli(broker, cursor, "ttl", "missing"), 3)
+    assert error_line(cli(broker, cursor, "expire", "missing", "5"), 3)
+    ok(cli(broker, cursor, "expire", "k", "0"))  # 0: gone now
+    assert error_line(cli(broker, cursor, "get", "k"), 3)
+    assert cli(broker, cursor, "set", "k", "v", "--ttl", "0").status == 2
+    assert cli(broker, cursor, "set", "k", "v", "--ttl", "soon").status == 2
+    ok(cli(broker, cursor, "drop-cache", "sessions.active"))
+    ok(cli(broker, cursor, "caches"))
+    document = json.loads(cli(broker, cursor, "--json", "ttl", "sessions.active.w1").out)
+    assert document["key"] == "sessions.active.w1"

@@ -264,3 +264,29 @@ def test_close_wakes_a_thread_blocked_reading(short_dir: Path) -> None:
         error = waiting.exception()
         assert isinstance(error, ProntoError)
         assert error.code is ErrorCode.UNAVAILABLE
+
+
+def test_ttls_and_caches(broker: BrokerProcess) -> None:
+    with Client.connect(broker.url, cursor="ttl") as client:
+        client.create_cache("sessions", 3600)
+        assert client.caches() == {"sessions": 3600.0}
+        client.set("sessions.w1", "on")
+        remaining = client.ttl("sessions.w1")
+        assert remaining is not None
+        assert 3500 < remaining <= 3600
+        client.set("plain", 1)
+        assert client.ttl("plain") is None
+        expect_error(ErrorCode.NOT_FOUND, lambda: client.ttl("missing"))
+        assert client.expire("plain", 100) is True
+        info = client.get_info("plain")
+        assert info is not None
+        assert info.expires is not None
+        assert client.persist("plain") is True
+        assert client.persist("plain") is False
+        assert client.expire("missing", 5) is False
+        assert client.expire("plain", 0) is True  # now: gone
+        assert client.get("plain") is None
+        client.set("short", 1, ttl=0.5)
+        assert client.drop_cache("sessions") is True
+        assert client.caches() == {}
+        expect_error(ErrorCode.BAD_REQUEST, lambda: client.set("k", 1, ttl=-1))

@@ -39,6 +39,11 @@ class Shell:
         assert result.returncode == 0, result.stderr
         return result.stdout.rstrip("\n")
 
+    def ttl(self, key: str) -> float:
+        result = self.run("prontodb", "ttl", key)
+        assert result.returncode == 0, result.stderr
+        return float(result.stdout)
+
     def keys(self, cursor: str, prefix: str) -> list[str]:
         return self.run("prontodb", "--cursor", cursor, "keys", prefix).stdout.split()
 
@@ -54,7 +59,7 @@ def shell(short_dir: Path) -> Iterator[Shell]:
             stop_pid(pid)
 
 
-def test_sections_1_to_6_9_and_10_work_as_written(shell: Shell) -> None:
+def test_sections_1_to_10_work_as_written(shell: Shell) -> None:
     assert lock_record(shell.data_dir) == {}  # nothing is running: the first call starts it
     result = shell.run("bash", str(SEED_SCRIPT))
     assert result.returncode == 0, result.stderr
@@ -76,6 +81,15 @@ def test_sections_1_to_6_9_and_10_work_as_written(shell: Shell) -> None:
     # 6: 100 queued tasks for 1 worker: scale up to 3
     assert shell.get("main", "scaling.action") == "scale_up"
     assert shell.get("main", "scaling.target_workers") == "3"
+    # 7: caches give the sessions and the coordination keys their TTLs
+    caches = shell.run("prontodb", "caches").stdout.split()
+    assert caches == ["coordination.temp=300", "rate_limits.api=60", "sessions.active=3600"]
+    assert shell.get("default", "sessions.active.worker1").startswith("active:task_processing:")
+    assert 3500 < shell.ttl("sessions.active.worker1") <= 3600
+    assert 250 < shell.ttl("coordination.temp.priority_shift") <= 300
+    # 8: the first call of the window, counted under a 60-second TTL
+    assert shell.get("default", "rate_limits.api.worker1_calls") == "1"
+    assert 0 < shell.ttl("rate_limits.api.worker1_calls") <= 60
     # 9 and 10: metrics, the audit trail and the decision log
     assert "metrics.system.active_agents=4" in result.stdout
     assert "Queue Depth: 100" in result.stdout
@@ -88,4 +102,5 @@ def test_sections_1_to_6_9_and_10_work_as_written(shell: Shell) -> None:
         "tasks.db",
         "allocation.db",
         "logs.db",
+        "default.db",
     }

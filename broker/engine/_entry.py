@@ -31,4 +31,5 @@ class Entry(NamedTuple):
             "writer": self.writer,
             "time": self.time,
             "size": self.size,
+            "expires": self.expires,
         }

@@ -13,6 +13,7 @@ import os
 import signal
 import socket as stdlib_socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -54,7 +55,10 @@ class Broker:
         self.config = config
         self.server_name = f"prontodb/{version('prontodb')}"
         options = StorageOptions(fsync=config.fsync)
-        self.databases = Databases(config.data_dir, options)
+        # The time every change records and every deadline is measured against: seconds since
+        # the epoch. Tests put a clock driven by trio's in its place.
+        self.clock: Callable[[], float] = time.time
+        self.databases = Databases(config.data_dir, options, lambda: self.clock())
         self.started = time.time()
         self.info = BrokerInfo(os.getpid(), None, None)
         self._sessions: set[Session] = set()
@@ -64,11 +68,6 @@ class Broker:
         self._background: trio.Nursery | None = None
         self._sessions_scope = trio.CancelScope()  # replaced by the sessions nursery's
         self._socket_inode: tuple[int, int] | None = None  # of our socket file, to remove it
-
-    @staticmethod
-    def clock() -> float:
-        """The time every change records: seconds since the epoch."""
-        return time.time()
 
     def request_stop(self) -> None:
         """Begin a clean shutdown (idempotent)."""

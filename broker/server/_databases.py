@@ -12,6 +12,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,9 @@ class OpenDatabase:
         self._order = itertools.count()
         self._has_pending = trio.Event()
         self._flusher = trio.CancelScope()
+        self._sweeper = trio.CancelScope()
+        self._reschedule = trio.Event()  # the sweeper's next deadline may have moved earlier
+        self._sweep_at: float | None = None
         self.failure: StorageError | None = None
         self.compaction_done: trio.Event | None = None  # set once the latest compaction ended
         self.database: Database  # set by open(), before any request can see this object
@@ -76,6 +80,35 @@ class OpenDatabase:
         if applied.records:
             self._has_pending.set()
         return ticket
+
+    def expire_due(self, now: float) -> None:
+        """Remove the keys past their deadline at ``now`` (a logged change, queued for the flush)."""
+        applied = self.engine.expire_due(now)
+        if applied.records:
+            self.submit(applied)
+
+    def deadlines_changed(self) -> None:
+        """A write may have set an earlier deadline than the one the sweeper sleeps until."""
+        next_deadline = self.engine.next_deadline()
+        if next_deadline is not None and (self._sweep_at is None or next_deadline < self._sweep_at):
+            self._reschedule.set()
+
+    async def sweep_loop(self, clock: Callable[[], float]) -> None:
+        """Expire keys when their deadlines come, with one timer at the earliest deadline (no
+        task per key, no polling), so that watchers hear of an expiry even when nobody asks."""
+        with self._sweeper:
+            while True:
+                self._sweep_at = self.engine.next_deadline()
+                delay = math.inf if self._sweep_at is None else self._sweep_at - clock()
+                with trio.move_on_after(max(delay, 0.0)):
+                    await self._reschedule.wait()
+                self._reschedule = trio.Event()
+                self._sweep_at = None
+                try:
+                    self.expire_due(clock())
+                except StorageError as exc:
+                    self._fail(exc)  # the database is reopened on its next use
+                    return
 
     def wake(self) -> None:
         """Something was queued behind the engine's back (a compaction's roll marker)."""
@@ -109,8 +142,10 @@ class OpenDatabase:
             self._fail(exc)
 
     def stop_flushing(self) -> None:
-        """End :meth:`flush_loop`; what is still queued is written by ``database.close()``."""
+        """End :meth:`flush_loop` and :meth:`sweep_loop`; what is still queued is written by
+        ``database.close()``."""
         self._flusher.cancel()
+        self._sweeper.cancel()
 
     def _advance(self, ticket: int) -> None:
         self._durable = max(self._durable, ticket)
@@ -145,9 +180,10 @@ class OpenDatabase:
 class Databases:
     """Every database of the data directory that a request has named, opened once each."""
 
-    def __init__(self, data_dir: Path, options: StorageOptions) -> None:
+    def __init__(self, data_dir: Path, options: StorageOptions, clock: Callable[[], float]) -> None:
         self.data_dir = data_dir
         self.options = options
+        self.clock = clock  # the broker's: what deadlines are measured against
         self._open: dict[str, OpenDatabase] = {}
         self._opening: dict[str, trio.Event] = {}
         # Where the databases' flush loops run; the broker sets it before it serves.
@@ -196,6 +232,7 @@ class Databases:
                 ) from exc
             logger.info("opened database %s at revision %d", name, db.engine.revision)
             self.flushers.start_soon(db.flush_loop)
+            self.flushers.start_soon(db.sweep_loop, self.clock)
             self._open[name] = db
             return db
         finally:

@@ -118,8 +118,42 @@ def op_set(engine: Engine, call: Call) -> Outcome:
         if_absent=_flag(args, "if_absent"),
         if_rev=_uint(args, "if_rev"),
         if_value=args.get("if_value", MISSING),
+        ttl=args.get("ttl"),
     )
     return applied.result.mod_rev, applied
+
+
+def op_expire(engine: Engine, call: Call) -> Outcome:
+    key, seconds = _required(call.args, "key"), _required(call.args, "seconds")
+    applied = engine.expire(key, seconds, writer=call.user, now=call.now)
+    return applied.result, applied
+
+
+def op_persist(engine: Engine, call: Call) -> Outcome:
+    applied = engine.persist(_required(call.args, "key"), writer=call.user, now=call.now)
+    return applied.result, applied
+
+
+def op_ttl(engine: Engine, call: Call) -> Outcome:
+    exists, deadline = engine.deadline(_required(call.args, "key"))
+    if not exists:
+        return {"exists": False, "ttl": None}, None
+    ttl = None if deadline is None else max(0.0, deadline - call.now)
+    return {"exists": True, "ttl": ttl}, None
+
+
+def op_create_cache(engine: Engine, call: Call) -> Outcome:
+    prefix, seconds = _required(call.args, "prefix"), _required(call.args, "seconds")
+    return None, engine.create_cache(prefix, seconds)
+
+
+def op_drop_cache(engine: Engine, call: Call) -> Outcome:
+    applied = engine.drop_cache(_required(call.args, "prefix"))
+    return applied.result, applied
+
+
+def op_caches(engine: Engine, call: Call) -> Outcome:
+    return engine.caches(), None
 
 
 def op_del(engine: Engine, call: Call) -> Outcome:
@@ -208,4 +242,10 @@ KV_OPS: dict[str, KvOp] = {
     "scan": KvOp(op_scan, writes=False, creates=False),
     "count": KvOp(op_count, writes=False, creates=False),
     "txn": KvOp(op_txn, writes=True, creates=True),
+    "expire": KvOp(op_expire, writes=True, creates=False),
+    "persist": KvOp(op_persist, writes=True, creates=False),
+    "ttl": KvOp(op_ttl, writes=False, creates=False),
+    "create_cache": KvOp(op_create_cache, writes=True, creates=True),
+    "drop_cache": KvOp(op_drop_cache, writes=True, creates=False),
+    "caches": KvOp(op_caches, writes=False, creates=False),
 }

@@ -212,6 +212,10 @@ class Session:
         database = db.database
         if op.writes and database.writer.backlog_bytes > self.broker.config.max_write_backlog:
             await db.wait_durable(database.last_ticket)  # backpressure: let the disk catch up
+            call = Call(request.args, self.user, self.broker.clock())
+        # Keys past their deadline go first, as a logged change: no request sees them, whether
+        # or not the sweeper has run yet.
+        db.expire_due(call.now)
         try:
             result, applied = op.run(db.engine, call)
         except ProntoError as err:
@@ -222,6 +226,7 @@ class Session:
             return _Out(Response(request.id, None, result), db, database.last_ticket)
         ticket = db.submit(applied)
         if applied.records:
+            db.deadlines_changed()
             self.broker.maybe_compact(db)
         return _Out(Response(request.id, None, result), db, ticket)
 

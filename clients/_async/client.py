@@ -236,6 +236,7 @@ class AsyncClient:
             writer=meta["writer"],
             time=meta["time"],
             size=meta["size"],
+            expires=meta.get("expires"),
         )
 
     async def set(
@@ -246,6 +247,7 @@ class AsyncClient:
         if_absent: bool = False,
         if_rev: int | None = None,
         if_value: Any = MISSING,
+        ttl: float | None = None,
         cursor: str | None = None,
     ) -> int:
         """Store ``value`` at ``key`` and return the key's new modify revision.
@@ -253,9 +255,12 @@ class AsyncClient:
         With ``if_absent`` only if the key does not exist; with ``if_rev`` only if its modify
         revision is that (0: absent); with ``if_value`` only if it holds that value
         (compare-and-set). A condition that does not hold raises ``compare_failed``, whose
-        ``details`` give the key's current ``mod_rev``.
+        ``details`` give the key's current ``mod_rev``. With ``ttl`` the key expires that many
+        seconds from now; without it, after its cache's TTL if it is under a cache prefix.
         """
         args = self._args(cursor, key=key, value=value)
+        if ttl is not None:
+            args["ttl"] = ttl
         if if_absent:
             args["if_absent"] = True
         if if_rev is not None:
@@ -281,6 +286,40 @@ class AsyncClient:
             args["if_value"] = if_value
         existed: bool = await self._call("del", args)
         return existed
+
+    async def expire(self, key: str, seconds: float, *, cursor: str | None = None) -> bool:
+        """Make ``key`` expire ``seconds`` from now (0 or less: now); whether it existed."""
+        existed: bool = await self._call("expire", self._args(cursor, key=key, seconds=seconds))
+        return existed
+
+    async def persist(self, key: str, *, cursor: str | None = None) -> bool:
+        """Remove ``key``'s TTL; whether it had one."""
+        had: bool = await self._call("persist", self._args(cursor, key=key))
+        return had
+
+    async def ttl(self, key: str, *, cursor: str | None = None) -> float | None:
+        """Seconds until ``key`` expires, or None if it has no TTL; ``not_found`` if it does not
+        exist."""
+        answer = await self._call("ttl", self._args(cursor, key=key))
+        if not answer["exists"]:
+            raise ProntoError(ErrorCode.NOT_FOUND, f"There is no key {key!r} to have a TTL.")
+        remaining: float | None = answer["ttl"]
+        return remaining
+
+    async def create_cache(self, prefix: str, seconds: float, *, cursor: str | None = None) -> None:
+        """Give every key set under ``prefix`` from now on a TTL of ``seconds`` (unless the set
+        names its own)."""
+        await self._call("create_cache", self._args(cursor, prefix=prefix, seconds=seconds))
+
+    async def drop_cache(self, prefix: str, *, cursor: str | None = None) -> bool:
+        """Stop ``prefix`` being a cache (its keys keep their deadlines); whether it was one."""
+        was: bool = await self._call("drop_cache", self._args(cursor, prefix=prefix))
+        return was
+
+    async def caches(self, *, cursor: str | None = None) -> dict[str, float]:
+        """Every cache prefix of the database with its TTL in seconds."""
+        found: dict[str, float] = await self._call("caches", self._args(cursor))
+        return found
 
     async def incr(self, key: str, by: int = 1, *, cursor: str | None = None) -> int:
         """Add ``by`` to the integer at ``key`` (missing: 0) and return the result, atomically."""

@@ -238,6 +238,7 @@ class Client:
             writer=meta["writer"],
             time=meta["time"],
             size=meta["size"],
+            expires=meta.get("expires"),
         )
 
     def set(
@@ -248,6 +249,7 @@ class Client:
         if_absent: bool = False,
         if_rev: int | None = None,
         if_value: Any = MISSING,
+        ttl: float | None = None,
         cursor: str | None = None,
     ) -> int:
         """Store ``value`` at ``key`` and return the key's new modify revision.
@@ -255,9 +257,12 @@ class Client:
         With ``if_absent`` only if the key does not exist; with ``if_rev`` only if its modify
         revision is that (0: absent); with ``if_value`` only if it holds that value
         (compare-and-set). A condition that does not hold raises ``compare_failed``, whose
-        ``details`` give the key's current ``mod_rev``.
+        ``details`` give the key's current ``mod_rev``. With ``ttl`` the key expires that many
+        seconds from now; without it, after its cache's TTL if it is under a cache prefix.
         """
         args = self._args(cursor, key=key, value=value)
+        if ttl is not None:
+            args["ttl"] = ttl
         if if_absent:
             args["if_absent"] = True
         if if_rev is not None:
@@ -283,6 +288,40 @@ class Client:
             args["if_value"] = if_value
         existed: bool = self._call("del", args)
         return existed
+
+    def expire(self, key: str, seconds: float, *, cursor: str | None = None) -> bool:
+        """Make ``key`` expire ``seconds`` from now (0 or less: now); whether it existed."""
+        existed: bool = self._call("expire", self._args(cursor, key=key, seconds=seconds))
+        return existed
+
+    def persist(self, key: str, *, cursor: str | None = None) -> bool:
+        """Remove ``key``'s TTL; whether it had one."""
+        had: bool = self._call("persist", self._args(cursor, key=key))
+        return had
+
+    def ttl(self, key: str, *, cursor: str | None = None) -> float | None:
+        """Seconds until ``key`` expires, or None if it has no TTL; ``not_found`` if it does not
+        exist."""
+        answer = self._call("ttl", self._args(cursor, key=key))
+        if not answer["exists"]:
+            raise ProntoError(ErrorCode.NOT_FOUND, f"There is no key {key!r} to have a TTL.")
+        remaining: float | None = answer["ttl"]
+        return remaining
+
+    def create_cache(self, prefix: str, seconds: float, *, cursor: str | None = None) -> None:
+        """Give every key set under ``prefix`` from now on a TTL of ``seconds`` (unless the set
+        names its own)."""
+        self._call("create_cache", self._args(cursor, prefix=prefix, seconds=seconds))
+
+    def drop_cache(self, prefix: str, *, cursor: str | None = None) -> bool:
+        """Stop ``prefix`` being a cache (its keys keep their deadlines); whether it was one."""
+        was: bool = self._call("drop_cache", self._args(cursor, prefix=prefix))
+        return was
+
+    def caches(self, *, cursor: str | None = None) -> dict[str, float]:
+        """Every cache prefix of the database with its TTL in seconds."""
+        found: dict[str, float] = self._call("caches", self._args(cursor))
+        return found
 
     def incr(self, key: str, by: int = 1, *, cursor: str | None = None) -> int:
         """Add ``by`` to the integer at ``key`` (missing: 0) and return the result, atomically."""

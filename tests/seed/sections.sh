@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The seed's sections 1 to 6 and 10 (../shared/seed/CROSS_AGENT_WORKFLOWS.md), copied as written.
+# The seed's sections 1 to 10 (../shared/seed/CROSS_AGENT_WORKFLOWS.md), copied as written.
 # Only the variables the seed leaves to its reader are given values, and one line (marked) takes
 # worker1 offline so that section 5's recovery loop has an orphan to hand back.
 # Run by tests/test_seed.py with a private PRONTODB_DATA_DIR; no broker is started by hand.
@@ -132,6 +132,38 @@ prontodb --user monitor --cursor logs set audit.$(date +%s) "$LOG_ENTRY"
 # Decision point logging
 DECISION="$(date):orchestrator:scale_decision:queue_depth=$QUEUE_SIZE:action=scale_up"
 prontodb --user monitor --cursor logs set decisions.$(date +%s) "$DECISION"
+
+# --- 7. Session Management Pattern ---------------------------------------------------------------
+# Create session cache (1-hour expiry)
+prontodb create-cache sessions.active 3600
+
+# Agent session tracking
+prontodb set sessions.active.worker1 "active:task_processing:$(date)"
+prontodb set sessions.active.monitor "active:health_check:$(date)"
+
+# Sessions auto-expire after 1 hour
+
+# Temporary coordination cache (5-minute expiry)
+prontodb create-cache coordination.temp 300
+
+# Quick status updates
+prontodb set coordination.temp.pause_requests "worker1,worker2"
+prontodb set coordination.temp.priority_shift "high_memory_tasks"
+
+# --- 8. Rate Limiting Pattern ------------------------------------------------------------------
+# Rate limit cache (1-minute windows)
+prontodb create-cache rate_limits.api 60
+
+# Track API calls per worker
+CURRENT_CALLS=$(prontodb get rate_limits.api.worker1_calls 2>/dev/null || echo "0")
+if [ $CURRENT_CALLS -lt 100 ]; then
+  NEW_CALLS=$((CURRENT_CALLS + 1))
+  prontodb set rate_limits.api.worker1_calls $NEW_CALLS
+  # Proceed with API call
+else
+  echo "Rate limit exceeded, waiting..."
+  sleep 1
+fi
 
 # --- 9. Metrics Collection Pattern (its writes and reads; TTL and claims come later) -------------
 # Worker performance tracking
