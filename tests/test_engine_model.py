@@ -1,4 +1,8 @@
-"""The engine against a plain-dict model (hypothesis), and replay of its records and snapshots."""
+"""The engine against a plain-dict model (hypothesis), and replay of its records and snapshots.
+
+The model keeps TTL deadlines beside the keys: a set without a TTL clears one (no caches here), incr
+keeps it, and keys leave only when the machine advances the clock and asks for expire_due.
+"""
 
 from __future__ import annotations
 
@@ -38,8 +42,11 @@ class EngineMachine(RuleBasedStateMachine):
         self.revision = 0
         self.records: list[Record] = []
         self.now = 0.0
+        self.deadlines: dict[str, float] = {}
 
-    def _put(self, key: str, value: Any) -> None:
+    def _put(self, key: str, value: Any, *, keep_ttl: bool = False) -> None:
+        if not keep_ttl:
+            self.deadlines.pop(key, None)
         self.revision += 1
         old = self.model.get(key)
         create, version = (old[1], old[3] + 1) if old else (self.revision, 1)
@@ -55,6 +62,25 @@ class EngineMachine(RuleBasedStateMachine):
         entry = self._do(self.engine.set(key, value, writer="w", now=self.now))
         self._put(key, value)
         assert entry.mod_rev == self.revision
+
+    @rule(key=KEYS, value=VALUES, ttl=st.integers(1, 6))
+    def set_with_ttl(self, key: str, value: Any, ttl: int) -> None:
+        deadline = self.now + ttl
+        self._do(self.engine.set(key, value, writer="w", now=self.now, ttl=ttl))
+        self._put(key, value)
+        self.deadlines[key] = deadline
+
+    @rule(seconds=st.integers(0, 4))
+    def advance_and_expire(self, seconds: int) -> None:
+        self.now += seconds
+        due = sorted((d, k) for k, d in self.deadlines.items() if d <= self.now)
+        expired = self._do(self.engine.expire_due(self.now))
+        assert expired == [k for _, k in due]
+        if due:
+            self.revision += 1
+            for _, key in due:
+                del self.model[key]
+                del self.deadlines[key]
 
     @rule(key=KEYS, value=VALUES)
     def set_if_absent(self, key: str, value: Any) -> None:
@@ -87,6 +113,7 @@ class EngineMachine(RuleBasedStateMachine):
         assert existed == (key in self.model)
         if existed:
             del self.model[key]
+            self.deadlines.pop(key, None)
             self.revision += 1
 
     @rule(key=KEYS, by=STEPS)
@@ -101,7 +128,7 @@ class EngineMachine(RuleBasedStateMachine):
             start = 0 if old is None else old[0]
             assert type(start) is int
             assert total == start + by
-            self._put(key, total)
+            self._put(key, total, keep_ttl=True)
 
     @rule(
         key=KEYS,
@@ -133,6 +160,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.revision += 1
         for k, v in writes:
             current = self.model.get(k)
+            self.deadlines.pop(k, None)
             if v is None:
                 self.model.pop(k, None)
             else:
@@ -161,11 +189,14 @@ class EngineMachine(RuleBasedStateMachine):
         assert self.engine.revision == self.revision
         state = {k: (e.value, e.create_rev, e.mod_rev, e.version) for k, e in self.engine.scan()}
         assert state == self.model
+        deadlines = {k: e.expires for k, e in self.engine.scan() if e.expires is not None}
+        assert deadlines == self.deadlines
+        assert self.engine.next_deadline() == min(self.deadlines.values(), default=None)
 
 
 def dump(engine: Engine) -> tuple[int, list[tuple[Any, ...]]]:
     return engine.revision, [
-        (k, e.value, e.create_rev, e.mod_rev, e.version, e.writer, e.time, e.size)
+        (k, e.value, e.create_rev, e.mod_rev, e.version, e.writer, e.time, e.size, e.expires)
         for k, e in engine.scan()
     ]
 
