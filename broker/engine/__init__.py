@@ -3,12 +3,15 @@
 No I/O and no clock: callers pass ``now`` and make the returned records durable before they answer.
 """
 
+from ._claims import Claim
 from ._conditions import Compare, OpKind, Target, TxnOp, TxnResult
 from ._engine import (
+    DEAD_PREFIX,
     MISSING,
     Applied,
     Change,
     ChangeKind,
+    Claimed,
     Engine,
     EngineLimits,
     ReplayError,
@@ -18,10 +21,13 @@ from ._keys import validate_key, validate_prefix
 from ._records import Record, RecordKind
 
 __all__ = [
+    "DEAD_PREFIX",
     "MISSING",
     "Applied",
     "Change",
     "ChangeKind",
+    "Claim",
+    "Claimed",
     "Compare",
     "Engine",
     "EngineLimits",

@@ -13,13 +13,14 @@ import itertools
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from sortedcontainers import SortedList
 
 from prontodb.protocol import ErrorCode, ProntoError
 
 from . import _records as rec
+from ._claims import Claim, ClaimBook, parent_of
 from ._conditions import Compare, OpKind, Target, TxnOp, TxnResult
 from ._entry import Entry
 from ._keys import SEPARATOR, descendant_range, validate_key, validate_prefix
@@ -61,6 +62,24 @@ class ChangeKind(enum.StrEnum):
     PUT = "put"
     DELETE = "delete"
     EXPIRE = "expire"
+    CLAIM = "claim"
+    ACK = "ack"
+    RELEASE = "release"
+
+
+DEAD_PREFIX = "dead"
+"""Where an item that reached its claim's ``max_deliveries`` goes: ``jobs.j1`` -> ``dead.jobs.j1``."""
+
+
+class Claimed(NamedTuple):
+    """What a claim hands out: the item, the fencing token that proves the claim, the lease's
+    deadline and how many times the item has been handed out (1 the first time)."""
+
+    key: str
+    value: Any
+    token: int
+    lease: float
+    deliveries: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +130,7 @@ class Engine:
         self._deadlines: list[tuple[float, str]] = []
         self._expiring = 0  # live keys with a deadline
         self._caches: dict[str, float] = {}
+        self._book = ClaimBook()
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -302,6 +322,11 @@ class Engine:
             heapq.heappop(heap)  # stale: the key was rewritten, persisted or deleted since
         return None
 
+    def next_timer(self) -> float | None:
+        """The earliest moment either :meth:`expire_due` or :meth:`claims_due` has work."""
+        times = [t for t in (self.next_deadline(), self._book.next_timer()) if t is not None]
+        return min(times, default=None)
+
     def deadline(self, key: str) -> tuple[bool, float | None]:
         """Whether ``key`` exists, and its deadline (None: it has none)."""
         entry = self._entries.get(self._key(key))
@@ -326,6 +351,174 @@ class Engine:
     def caches(self) -> dict[str, float]:
         """Every cache prefix with its TTL in seconds, sorted by prefix."""
         return dict(sorted(self._caches.items()))
+
+    # -- claims --------------------------------------------------------------------------------
+
+    def claim(
+        self,
+        prefix: str,
+        *,
+        holder: str,
+        now: float,
+        lease: float,
+        bound: int | None = None,
+        max_deliveries: int | None = None,
+    ) -> Applied[Claimed | None]:
+        """Hand out the oldest claimable direct child of ``prefix`` (by create revision) for
+        ``lease`` seconds, or None if there is none. An item already handed out
+        ``max_deliveries`` times goes to ``dead.<key>`` instead, as beanstalkd buries a job.
+        ``bound`` ties the claim to a connection (see :meth:`return_bound`)."""
+        prefix = self._prefix(prefix)
+        lease = _seconds(lease, "lease")
+        if max_deliveries is not None and (not is_integer(max_deliveries) or max_deliveries < 1):
+            raise ProntoError(ErrorCode.BAD_REQUEST, "'max_deliveries' must be 1 or more.")
+        ready = self._book.queue(prefix, self._children(prefix))
+        records: list[Record] = []
+        changes: list[Change] = []
+        while ready:
+            key = ready[0][1]
+            entry = self._entries[key]
+            delivered = self._book.deliveries.get(key, 0)
+            if max_deliveries is not None and delivered >= max_deliveries:
+                buried = self._bury(key, entry, now)
+                records += buried.records
+                changes += buried.changes
+                continue
+            rev = self.revision + 1
+            claim = Claim(holder, self._book.fence + 1, now + lease, bound)
+            payload = rec.encode_claim(
+                rev, holder, now, key, claim.token, claim.lease, delivered + 1, bound
+            )
+            self.revision = rev
+            count = self._book.take(key, entry, claim)
+            records.append((RecordKind.CLAIM, payload))
+            changes.append(Change(rev, ChangeKind.CLAIM, key, entry))
+            return Applied(
+                Claimed(key, entry.value, claim.token, claim.lease, count), records, changes
+            )
+        return Applied(None, records, changes)
+
+    def _bury(self, key: str, entry: Entry, now: float) -> Applied[None]:
+        dead = self._key(f"{DEAD_PREFIX}{SEPARATOR}{key}")
+        packed = self._pack(entry.value)
+        rev = self.revision + 1
+        moved = _next_entry(
+            self._entries.get(dead), entry.value, len(packed), rev, "prontodb", now, None
+        )
+        payload = self._fits(
+            rec.encode_txn(rev, "prontodb", now, [(key, None, None), (dead, packed, moved)])
+        )
+        self.revision = rev
+        self._remove(key)
+        self._store(dead, moved)
+        changes = [
+            Change(rev, ChangeKind.DELETE, key, None),
+            Change(rev, ChangeKind.PUT, dead, moved),
+        ]
+        return Applied(None, [(RecordKind.TXN, payload)], changes)
+
+    def ack(self, key: str, token: int, *, writer: str, now: float) -> Applied[None]:
+        """Finish the claimed ``key``: delete it. A stale ``token`` is compare_failed."""
+        key, _ = self._held(key, token)
+        rev = self.revision + 1
+        payload = rec.encode_ack(rev, writer, now, key)
+        self.revision = rev
+        self._remove(key)
+        return Applied(None, [(RecordKind.ACK, payload)], [Change(rev, ChangeKind.ACK, key, None)])
+
+    def release(
+        self, key: str, token: int, *, writer: str, now: float, delay: float | None = None
+    ) -> Applied[None]:
+        """Give the claimed ``key`` back to its queue, at once or after ``delay`` seconds."""
+        key, entry = self._held(key, token)
+        not_before = None if not delay else now + _seconds(delay, "delay")
+        rev = self.revision + 1
+        payload = rec.encode_release(rev, writer, now, key, not_before)
+        self.revision = rev
+        self._book.give_back(key, entry, not_before)
+        change = Change(rev, ChangeKind.RELEASE, key, entry)
+        return Applied(None, [(RecordKind.RELEASE, payload)], [change])
+
+    def extend(self, key: str, token: int, lease: float, *, now: float) -> Applied[float]:
+        """Renew the claim on ``key`` for ``lease`` seconds from ``now``; the new deadline."""
+        key, _ = self._held(key, token)
+        deadline = now + _seconds(lease, "lease")
+        self._book.extend(key, deadline)
+        return Applied(deadline, [(RecordKind.EXTEND, rec.encode_extend(key, token, deadline))], [])
+
+    def claims_due(self, now: float) -> Applied[list[str]]:
+        """Return expired leases to their queues (one logged change) and end delays that are
+        over; the result lists the keys that became claimable."""
+        leases, delays = self._book.due(now)
+        for key in delays:
+            self._book.ready_again(key, self._entries[key])
+        if not leases:
+            return Applied(delays, [], [])
+        return Applied(delays + leases, *self._return(leases, now))
+
+    def return_bound(self, now: float, session: int | None = None) -> Applied[list[str]]:
+        """Return the claims bound to connection ``session`` (None: to any connection, which is
+        what a broker does when it opens a database: none of those connections exists now)."""
+        keys = [
+            k
+            for k, c in self._book.claims.items()
+            if c.bound is not None and (session is None or c.bound == session)
+        ]
+        if not keys:
+            return Applied(keys, [], [])
+        return Applied(keys, *self._return(keys, now))
+
+    def _return(self, keys: list[str], now: float) -> tuple[list[Record], list[Change]]:
+        rev = self.revision + 1
+        payload = self._fits(rec.encode_returned(rev, now, keys))
+        self.revision = rev
+        changes = []
+        for key in keys:
+            entry = self._entries[key]
+            self._book.give_back(key, entry, None)
+            changes.append(Change(rev, ChangeKind.RELEASE, key, entry))
+        return [(RecordKind.RETURNED, payload)], changes
+
+    def claim_of(self, key: str) -> tuple[Claim | None, int]:
+        """``key``'s current claim (None: not held) and how many times it was handed out."""
+        key = self._key(key)
+        return self._book.claims.get(key), self._book.deliveries.get(key, 0)
+
+    def claims(self, prefix: str = "") -> list[tuple[str, Claim]]:
+        """The held claims at and below ``prefix``, by key."""
+        prefix = self._prefix(prefix)
+        return [
+            (k, self._book.claims[k])
+            for k in self._iter_prefix(prefix, None)
+            if k in self._book.claims
+        ]
+
+    def queue_counts(self, prefix: str) -> dict[str, int]:
+        """Direct children of ``prefix`` that are ready, claimed, delayed; and buried ones."""
+        prefix = self._prefix(prefix)
+        counts = self._book.counts(prefix, self._children(prefix))
+        dead = f"{DEAD_PREFIX}{SEPARATOR}{prefix}" if prefix else DEAD_PREFIX
+        counts["dead"] = sum(1 for k in self._iter_prefix(dead, None) if parent_of(k) == dead)
+        return counts
+
+    def _children(self, prefix: str) -> Iterator[tuple[str, Entry]]:
+        entries = self._entries
+        for key in self._iter_prefix(prefix, None):
+            if key != prefix and parent_of(key) == prefix:
+                yield key, entries[key]
+
+    def _held(self, key: str, token: int) -> tuple[str, Entry]:
+        key = self._key(key)
+        claim = self._book.claims.get(key)
+        entry = self._entries.get(key)
+        if claim is None or entry is None or claim.token != token:
+            raise ProntoError(
+                ErrorCode.COMPARE_FAILED,
+                f"The claim on {key!r} with token {token!r} is not held any more (its lease ran "
+                "out, and someone else may hold it now); do not finish or change that work.",
+                {"key": key, "token": None if claim is None else claim.token},
+            )
+        return key, entry
 
     def _cache_prefix(self, prefix: str) -> str:
         prefix = self._prefix(prefix)
@@ -431,6 +624,7 @@ class Engine:
         # One sort instead of a million inserts (and snapshots come in key order, so it is cheap).
         engine._index = SortedList(engine._entries)
         engine._rebuild_deadlines()
+        engine._book.rebuild(engine._entries)
         return engine
 
     def apply_record(self, kind: int, payload: bytes) -> None:
@@ -449,6 +643,13 @@ class Engine:
             elif kind == RecordKind.SNAPSHOT_EXPIRING:
                 for key, expires in fields:
                     self._store(key, self._entries[key]._replace(expires=expires))
+            elif kind == RecordKind.EXTEND:
+                key, token, lease = fields
+                claim = self._book.claims.get(key)
+                if claim is not None and claim.token == token:
+                    self._book.extend(key, lease)
+            elif kind == RecordKind.SNAPSHOT_CLAIMS:
+                self._load_snapshot_claims(fields)
             elif kind in (RecordKind.SNAPSHOT_CACHES, RecordKind.CACHE):
                 changes = fields if kind == RecordKind.SNAPSHOT_CACHES else dict([fields])
                 for prefix, seconds in changes.items():
@@ -477,7 +678,10 @@ class Engine:
 
     def _apply_change(self, kind: int, fields: list[Any]) -> None:
         rev = fields[0]
-        writer, time = ("", fields[1]) if kind == RecordKind.EXPIRE else (fields[1], fields[2])
+        if kind in (RecordKind.EXPIRE, RecordKind.RETURNED):
+            writer, time = "", fields[1]
+        else:
+            writer, time = fields[1], fields[2]
         if not is_integer(rev) or rev <= self.revision:
             raise ReplayError(f"revision {rev!r} does not follow {self.revision}")
         if kind == RecordKind.PUT:
@@ -491,6 +695,18 @@ class Engine:
         elif kind == RecordKind.EXPIRE:
             for key in fields[2]:
                 self._remove(key)
+        elif kind == RecordKind.CLAIM:
+            _, holder, _, key, token, lease, deliveries, bound = fields
+            self._book.take(key, self._entries[key], Claim(holder, token, lease, bound))
+            self._book.deliveries[key] = deliveries
+        elif kind == RecordKind.ACK:
+            self._remove(fields[3])
+        elif kind == RecordKind.RELEASE:
+            key, not_before = fields[3], fields[4]
+            self._book.give_back(key, self._entries[key], not_before)
+        elif kind == RecordKind.RETURNED:
+            for key in fields[2]:
+                self._book.give_back(key, self._entries[key], None)
         elif kind == RecordKind.TXN:
             for op in fields[3]:
                 if op[0] == rec.TXN_PUT:
@@ -528,7 +744,25 @@ class Engine:
         keys = list(self._index)
         entries = self._entries.copy()
         pairs = ((k, entries[k]) for k in keys)
-        return rec.encode_snapshot(self.revision, pairs, len(keys), dict(self._caches))
+        book = self._book
+        claims: list[Any] = []
+        if book.fence or book.claims or book.deliveries or book.delayed:
+            claims = [
+                book.fence,
+                [[k, c.holder, c.token, c.lease, c.bound] for k, c in book.claims.items()],
+                [[k, n] for k, n in book.deliveries.items()],
+                [[k, t] for k, t in book.delayed.items()],
+            ]
+        return rec.encode_snapshot(self.revision, pairs, len(keys), dict(self._caches), claims)
+
+    def _load_snapshot_claims(self, fields: list[Any]) -> None:
+        fence, claims, deliveries, delayed = fields
+        book = self._book
+        book.fence = fence
+        for key, holder, token, lease, bound in claims:
+            book.claims[key] = Claim(holder, token, lease, bound)
+        book.deliveries.update((k, n) for k, n in deliveries)
+        book.delayed.update((k, t) for k, t in delayed)
 
     def statistics(self) -> dict[str, int]:
         """Revision, key count and the live-bytes estimate (for compaction and ``status``)."""
@@ -592,6 +826,8 @@ class Engine:
             self._expiring -= prev.expires is not None
         self._entries[key] = entry
         self.live_bytes += _footprint(key, entry)
+        if not self._loading:
+            self._book.stored(key, entry, prev is None)
         if entry.expires is not None:
             self._expiring += 1
             if not self._loading:
@@ -606,6 +842,7 @@ class Engine:
                 self._index.remove(key)
             self.live_bytes -= _footprint(key, prev)
             self._expiring -= prev.expires is not None
+            self._book.removed(key, prev)
 
     def _rebuild_deadlines(self) -> None:
         self._deadlines = [

@@ -27,10 +27,16 @@ class RecordKind(enum.IntEnum):
     PUT_TTL = 4  # [rev, writer, time, key, create_rev, version, expires, value]
     EXPIRE = 5  # [rev, time, [key, ...]]: keys whose deadline passed, gone at rev
     CACHE = 6  # [prefix, seconds or nil]: a cache's default TTL set (nil: dropped); no revision
+    CLAIM = 7  # [rev, holder, time, key, token, lease, deliveries, bound]
+    ACK = 8  # [rev, writer, time, key]: a claimed item finished (deleted)
+    RELEASE = 9  # [rev, writer, time, key, not_before or nil]: a claim given back
+    RETURNED = 10  # [rev, time, [key, ...]]: claims that ended by themselves (lease, connection)
+    EXTEND = 11  # [key, token, lease]: a lease renewed; no revision
     SNAPSHOT_META = 16  # [format, revision, key_count]
     SNAPSHOT_ENTRIES = 17  # [[key, value, create_rev, mod_rev, version, writer, time], ...]
     SNAPSHOT_EXPIRING = 18  # [[key, expires], ...]: deadlines of keys in the entries before it
     SNAPSHOT_CACHES = 19  # {prefix: seconds}
+    SNAPSHOT_CLAIMS = 20  # [fence, [[key, holder, token, lease, bound]], [[key, n]], [[key, t]]]
 
 
 TXN_PUT = 1
@@ -84,6 +90,36 @@ def encode_expire(rev: int, time: float, keys: list[str]) -> bytes:
     return _pack([rev, time, keys])
 
 
+def encode_claim(
+    rev: int,
+    holder: str,
+    time: float,
+    key: str,
+    token: int,
+    lease: float,
+    deliveries: int,
+    bound: int | None,
+) -> bytes:
+    """A CLAIM payload: ``key`` handed to ``holder`` until ``lease`` under ``token``."""
+    return _pack([rev, holder, time, key, token, lease, deliveries, bound])
+
+
+def encode_ack(rev: int, writer: str, time: float, key: str) -> bytes:
+    return _pack([rev, writer, time, key])
+
+
+def encode_release(rev: int, writer: str, time: float, key: str, not_before: float | None) -> bytes:
+    return _pack([rev, writer, time, key, not_before])
+
+
+def encode_returned(rev: int, time: float, keys: list[str]) -> bytes:
+    return _pack([rev, time, keys])
+
+
+def encode_extend(key: str, token: int, lease: float) -> bytes:
+    return _pack([key, token, lease])
+
+
 def encode_cache(prefix: str, seconds: float | None) -> bytes:
     """A CACHE payload: the default TTL of keys under ``prefix`` (None: no longer a cache)."""
     return _pack([prefix, seconds])
@@ -122,6 +158,7 @@ def encode_snapshot(
     entries: Iterable[tuple[str, Entry]],
     count: int,
     caches: dict[str, float] | None = None,
+    claims: list[Any] | None = None,
 ) -> Iterator[Record]:
     """The records of a snapshot: a META record, the entries in chunks, then the deadlines of
     the keys that have one and the caches (sections of their own, so that the entries, which
@@ -145,6 +182,8 @@ def encode_snapshot(
         yield RecordKind.SNAPSHOT_EXPIRING, _pack(expiring[start : start + SNAPSHOT_CHUNK_ENTRIES])
     if caches:
         yield RecordKind.SNAPSHOT_CACHES, _pack(caches)
+    if claims:
+        yield RecordKind.SNAPSHOT_CLAIMS, _pack(claims)
 
 
 def decode(payload: bytes) -> Any:

@@ -82,23 +82,24 @@ class OpenDatabase:
         return ticket
 
     def expire_due(self, now: float) -> None:
-        """Remove the keys past their deadline at ``now`` (a logged change, queued for the flush)."""
-        applied = self.engine.expire_due(now)
-        if applied.records:
-            self.submit(applied)
+        """Remove the keys past their deadline at ``now`` and return the claims whose lease ran
+        out (logged changes, queued for the flush)."""
+        for applied in (self.engine.expire_due(now), self.engine.claims_due(now)):
+            if applied.records:
+                self.submit(applied)
 
     def deadlines_changed(self) -> None:
         """A write may have set an earlier deadline than the one the sweeper sleeps until."""
-        next_deadline = self.engine.next_deadline()
-        if next_deadline is not None and (self._sweep_at is None or next_deadline < self._sweep_at):
+        next_timer = self.engine.next_timer()
+        if next_timer is not None and (self._sweep_at is None or next_timer < self._sweep_at):
             self._reschedule.set()
 
     async def sweep_loop(self, clock: Callable[[], float]) -> None:
-        """Expire keys when their deadlines come, with one timer at the earliest deadline (no
+        """Expire keys and leases when their deadlines come, with one timer at the earliest (no
         task per key, no polling), so that watchers hear of an expiry even when nobody asks."""
         with self._sweeper:
             while True:
-                self._sweep_at = self.engine.next_deadline()
+                self._sweep_at = self.engine.next_timer()
                 delay = math.inf if self._sweep_at is None else self._sweep_at - clock()
                 with trio.move_on_after(max(delay, 0.0)):
                     await self._reschedule.wait()
@@ -233,6 +234,10 @@ class Databases:
             logger.info("opened database %s at revision %d", name, db.engine.revision)
             self.flushers.start_soon(db.flush_loop)
             self.flushers.start_soon(db.sweep_loop, self.clock)
+            # Claims bound to a connection end with it, and none of those outlived the last broker.
+            returned = db.engine.return_bound(self.clock())
+            if returned.records:
+                db.submit(returned)
             self._open[name] = db
             return db
         finally:

@@ -1,0 +1,169 @@
+"""The state of claims in one database: who holds which item, the fencing counter, delivery counts,
+delayed releases, and the ready queue of each prefix that has been claimed from.
+
+Pure bookkeeping: the engine decides, logs and calls these methods; nothing here makes records.
+A queue is the set of direct children of a prefix (``jobs`` holds ``jobs.j1``, not ``jobs.j1.x``),
+served oldest first by create revision. Only items that are neither claimed nor delayed are in a
+queue's ready index, so taking the next one is a pop, however many are in flight.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from sortedcontainers import SortedList
+
+from ._entry import Entry
+from ._keys import SEPARATOR
+
+
+class Claim(NamedTuple):
+    """A held item: its holder, its fencing token, its lease's deadline and, for a claim bound
+    to a connection, that connection's session number."""
+
+    holder: str
+    token: int
+    lease: float
+    bound: int | None
+
+
+def parent_of(key: str) -> str:
+    """The queue a key belongs to: the prefix one segment up ("" for a top-level key)."""
+    return key.rpartition(SEPARATOR)[0]
+
+
+class ClaimBook:
+    """Claims, delivery counts, delays and ready queues; driven by the engine only."""
+
+    def __init__(self) -> None:
+        self.fence = 0  # the last token handed out: every claim gets a higher one
+        self.claims: dict[str, Claim] = {}
+        self.deliveries: dict[str, int] = {}
+        self.delayed: dict[str, float] = {}  # released with a delay: not claimable before then
+        self._queues: dict[str, SortedList] = {}  # prefix -> ready (create_rev, key)
+        # Lease ends and delay ends, (time, key), pruned lazily like the TTL heap.
+        self._timers: list[tuple[float, str]] = []
+
+    # -- queues --------------------------------------------------------------------------------
+
+    def queue(self, prefix: str, children: Iterable[tuple[str, Entry]]) -> SortedList:
+        """The ready index of ``prefix``, built from its ``children`` on first use."""
+        ready = self._queues.get(prefix)
+        if ready is None:
+            ready = SortedList(
+                (entry.create_rev, key) for key, entry in children if self._claimable(key)
+            )
+            self._queues[prefix] = ready
+        return ready
+
+    def _claimable(self, key: str) -> bool:
+        return key not in self.claims and key not in self.delayed
+
+    def _make_ready(self, key: str, entry: Entry) -> None:
+        ready = self._queues.get(parent_of(key))
+        if ready is not None and self._claimable(key):
+            ready.add((entry.create_rev, key))
+
+    def _unready(self, key: str, entry: Entry) -> None:
+        ready = self._queues.get(parent_of(key))
+        if ready is not None:
+            ready.discard((entry.create_rev, key))
+
+    def stored(self, key: str, entry: Entry, new: bool) -> None:
+        """The engine wrote ``key`` (``new``: it did not exist before)."""
+        if new:
+            self._make_ready(key, entry)
+
+    def removed(self, key: str, entry: Entry) -> None:
+        """``key`` is gone (deleted, acked, expired): so are its claim, count and delay."""
+        self._unready(key, entry)
+        self.claims.pop(key, None)
+        self.deliveries.pop(key, None)
+        self.delayed.pop(key, None)
+
+    # -- claims --------------------------------------------------------------------------------
+
+    def take(self, key: str, entry: Entry, claim: Claim) -> int:
+        """Hand ``key`` out under ``claim``; returns its delivery count (1 the first time)."""
+        self._unready(key, entry)
+        self.claims[key] = claim
+        self.fence = max(self.fence, claim.token)
+        count = self.deliveries[key] = self.deliveries.get(key, 0) + 1
+        heapq.heappush(self._timers, (claim.lease, key))
+        return count
+
+    def give_back(self, key: str, entry: Entry, not_before: float | None) -> None:
+        """End ``key``'s claim: ready at once, or from ``not_before`` on."""
+        self.claims.pop(key, None)
+        if not_before is None:
+            self._make_ready(key, entry)
+        else:
+            self.delayed[key] = not_before
+            heapq.heappush(self._timers, (not_before, key))
+
+    def extend(self, key: str, lease: float) -> None:
+        claim = self.claims[key]
+        self.claims[key] = claim._replace(lease=lease)
+        heapq.heappush(self._timers, (lease, key))
+
+    # -- time ----------------------------------------------------------------------------------
+
+    def next_timer(self) -> float | None:
+        """The earliest lease end or delay end still current, or None."""
+        timers = self._timers
+        while timers:
+            when, key = timers[0]
+            if self._current(when, key):
+                return when
+            heapq.heappop(timers)
+        return None
+
+    def _current(self, when: float, key: str) -> bool:
+        claim = self.claims.get(key)
+        return (claim is not None and claim.lease == when) or self.delayed.get(key) == when
+
+    def due(self, now: float) -> tuple[list[str], list[str]]:
+        """Pop what is due at ``now``: (keys whose lease ran out, keys whose delay ended).
+        The caller gives the first back (logged); the second are ready again here."""
+        leases: dict[str, None] = {}
+        delays: list[str] = []
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            when, key = heapq.heappop(timers)
+            claim = self.claims.get(key)
+            if claim is not None and claim.lease == when:
+                leases[key] = None
+            elif self.delayed.get(key) == when:
+                del self.delayed[key]
+                delays.append(key)
+        return list(leases), delays
+
+    def ready_again(self, key: str, entry: Entry) -> None:
+        """A delay ended: ``key`` goes back to its queue."""
+        self._make_ready(key, entry)
+
+    # -- views ---------------------------------------------------------------------------------
+
+    def counts(self, prefix: str, children: Iterable[tuple[str, Entry]]) -> dict[str, int]:
+        """How many direct children of ``prefix`` are ready, claimed and delayed."""
+        ready = claimed = delayed = 0
+        for key, _ in children:
+            if key in self.claims:
+                claimed += 1
+            elif key in self.delayed:
+                delayed += 1
+            else:
+                ready += 1
+        return {"ready": ready, "claimed": claimed, "delayed": delayed}
+
+    def rebuild(self, entries: dict[str, Entry]) -> None:
+        """After loading: drop state of keys that are gone, rebuild the timers, forget queues."""
+        for table in (self.claims, self.deliveries, self.delayed):
+            for key in [k for k in table if k not in entries]:
+                del table[key]
+        self._timers = [(c.lease, k) for k, c in self.claims.items()]
+        self._timers += [(t, k) for k, t in self.delayed.items()]
+        heapq.heapify(self._timers)
+        self._queues.clear()
