@@ -367,3 +367,116 @@ async def test_keys_that_expired_while_the_broker_was_down_are_gone(short_dir: P
             assert await w.result("get", key="session") == expect
             await w.aclose()
             broker.request_stop()
+
+
+@pytest.fixture
+async def clocked(short_dir: Path) -> AsyncIterator[tuple[Running, FakeClock]]:
+    """A broker whose wall clock follows trio's: with the test's autojump_clock, waits and
+    leases pass without real time passing."""
+    clock = FakeClock()
+    config = ServerConfig(data_dir=short_dir / "data", socket_path=short_dir / "s.sock")
+    broker = Broker(config)
+    broker.clock = clock
+    async with trio.open_nursery() as nursery:
+        info = await nursery.start(lambda task_status: broker.serve(task_status=task_status))
+        running = Running(broker, info, trio.Event())
+        yield running, clock
+        broker.request_stop()
+        for wire in running.wires:
+            await wire.aclose()
+
+
+async def test_claims_hand_out_items_once_each_in_order(
+    clocked: tuple[Running, FakeClock], autojump_clock: trio.testing.MockClock
+) -> None:
+    server, _ = clocked
+    w = await server.wire("worker1")
+    for n in (1, 2):
+        await w.result("set", key=f"jobs.j{n}", value=f"task {n}")
+    first = await w.result("claim", prefix="jobs", lease=30)
+    second = await w.result("claim", prefix="jobs")
+    assert (first["key"], first["value"], first["deliveries"]) == ("jobs.j1", "task 1", 1)
+    assert second["key"] == "jobs.j2"
+    assert second["token"] > first["token"]
+    assert await w.result("claim", prefix="jobs") is None  # nothing left, no wait: nil at once
+    meta = await w.result("get", key="jobs.j1", meta=True)
+    assert meta["claim"]["holder"] == "worker1"
+    assert meta["deliveries"] == 1
+    held = await w.result("claims", prefix="jobs")
+    assert [c["key"] for c in held] == ["jobs.j1", "jobs.j2"]
+    assert await w.result("ack", key="jobs.j1", token=first["token"]) is None
+    stale = await w.call("ack", key="jobs.j2", token=first["token"])
+    assert stale.error is not None
+    assert stale.error["code"] == ErrorCode.COMPARE_FAILED
+    status = await w.result("status")
+    assert status["databases"][0]["queues"] == {
+        "jobs": {"ready": 0, "claimed": 1, "delayed": 0, "dead": 0}
+    }
+
+
+async def test_blocked_claimers_are_served_first_come_first_served(
+    clocked: tuple[Running, FakeClock], autojump_clock: trio.testing.MockClock
+) -> None:
+    server, _ = clocked
+    a, b, producer = await server.wire("a"), await server.wire("b"), await server.wire("p")
+    claim_a = a.request("claim", prefix="jobs", wait=100)
+    await a.send(claim_a)
+    await trio.sleep(1)  # mock time: a is surely queued before b
+    claim_b = b.request("claim", prefix="jobs", wait=100)
+    await b.send(claim_b, b.request("get", key="other"))
+    answer = await b.next()  # b's later request is answered while its claim waits
+    assert isinstance(answer, Response)
+    assert answer.id != claim_b.id
+    await producer.result("set", key="jobs.first", value=1)
+    await producer.result("set", key="jobs.second", value=2)
+    got_a, got_b = await a.next(), await b.next()
+    assert isinstance(got_a, Response)
+    assert isinstance(got_b, Response)
+    assert (got_a.id, got_a.result["key"]) == (claim_a.id, "jobs.first")
+    assert (got_b.id, got_b.result["key"]) == (claim_b.id, "jobs.second")
+
+
+async def test_a_wait_that_runs_out_answers_nil(
+    clocked: tuple[Running, FakeClock], autojump_clock: trio.testing.MockClock
+) -> None:
+    server, _ = clocked
+    w = await server.wire()
+    start = trio.current_time()
+    assert await w.result("claim", prefix="jobs", wait=5) is None
+    assert trio.current_time() - start == pytest.approx(5, abs=0.5)
+
+
+async def test_an_expired_lease_goes_to_the_next_claimer_and_fences_the_first(
+    clocked: tuple[Running, FakeClock], autojump_clock: trio.testing.MockClock
+) -> None:
+    server, _ = clocked
+    slow, fast = await server.wire("slow"), await server.wire("fast")
+    await slow.result("set", key="jobs.j1", value="x")
+    mine = await slow.result("claim", prefix="jobs", lease=5)
+    start = trio.current_time()
+    theirs = await fast.result("claim", prefix="jobs", wait=60)  # served when the lease ends
+    assert trio.current_time() - start == pytest.approx(5, abs=0.5)
+    assert (theirs["key"], theirs["deliveries"]) == ("jobs.j1", 2)
+    late = await slow.call("ack", key="jobs.j1", token=mine["token"])
+    assert late.error is not None
+    assert late.error["code"] == ErrorCode.COMPARE_FAILED
+    assert await fast.result("ack", key="jobs.j1", token=theirs["token"]) is None
+
+
+async def test_claims_bound_to_a_connection_return_when_it_closes(
+    clocked: tuple[Running, FakeClock], autojump_clock: trio.testing.MockClock
+) -> None:
+    server, _ = clocked
+    holder, other = await server.wire("holder"), await server.wire("other")
+    await other.result("set", key="jobs.j1", value="x")
+    claimed = await holder.result("claim", prefix="jobs", bind=True)
+    assert claimed["key"] == "jobs.j1"
+    assert await other.result("claim", prefix="jobs") is None
+    waiting = other.request("claim", prefix="jobs", wait=60)
+    await other.send(waiting)
+    await holder.aclose()  # the connection goes: its bound claim comes back at once
+    start = trio.current_time()
+    again = await other.next()
+    assert isinstance(again, Response)
+    assert again.result["key"] == "jobs.j1"
+    assert trio.current_time() - start < 1

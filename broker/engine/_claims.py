@@ -146,6 +146,10 @@ class ClaimBook:
 
     # -- views ---------------------------------------------------------------------------------
 
+    def queue_prefixes(self) -> list[str]:
+        """The prefixes claimed from since the database was opened."""
+        return sorted(self._queues)
+
     def counts(self, prefix: str, children: Iterable[tuple[str, Entry]]) -> dict[str, int]:
         """How many direct children of ``prefix`` are ready, claimed and delayed."""
         ready = claimed = delayed = 0

@@ -493,6 +493,10 @@ class Engine:
             if k in self._book.claims
         ]
 
+    def queues(self) -> dict[str, dict[str, int]]:
+        """Every prefix claimed from since the open, with its :meth:`queue_counts`."""
+        return {prefix: self.queue_counts(prefix) for prefix in self._book.queue_prefixes()}
+
     def queue_counts(self, prefix: str) -> dict[str, int]:
         """Direct children of ``prefix`` that are ready, claimed, delayed; and buried ones."""
         prefix = self._prefix(prefix)

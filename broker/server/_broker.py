@@ -281,6 +281,8 @@ def _database_status(db: OpenDatabase) -> dict[str, Any]:
         # Group commit at work: records written and the fsyncs they took, since it opened.
         "records_written": writer.records,
         "fsyncs": writer.fsyncs,
+        # Every prefix claimed from since the open: ready, claimed, delayed and dead items.
+        "queues": db.engine.queues(),
     }
 
 

@@ -23,6 +23,7 @@ from prontodb.protocol import ErrorCode, ProntoError
 from ..database import Database
 from ..engine import Applied, Engine
 from ..storage import StorageError, StorageOptions
+from ._claim_waiters import ClaimWaiters
 
 logger = logging.getLogger("prontodb.server")
 
@@ -61,6 +62,7 @@ class OpenDatabase:
         self._flusher = trio.CancelScope()
         self._sweeper = trio.CancelScope()
         self._reschedule = trio.Event()  # the sweeper's next deadline may have moved earlier
+        self.waiters = ClaimWaiters()
         self._sweep_at: float | None = None
         self.failure: StorageError | None = None
         self.compaction_done: trio.Event | None = None  # set once the latest compaction ended
@@ -83,10 +85,18 @@ class OpenDatabase:
 
     def expire_due(self, now: float) -> None:
         """Remove the keys past their deadline at ``now`` and return the claims whose lease ran
-        out (logged changes, queued for the flush)."""
-        for applied in (self.engine.expire_due(now), self.engine.claims_due(now)):
-            if applied.records:
-                self.submit(applied)
+        out (logged changes, queued for the flush); serve waiting claimers if work came back."""
+        self.submit(self.engine.expire_due(now))
+        returned = self.engine.claims_due(now)
+        self.submit(returned)
+        if returned.result:
+            self.serve_waiters(now)
+
+    def serve_waiters(self, now: float) -> None:
+        """Hand claimable items to waiting claimers, first come, first served."""
+        if self.waiters:
+            self.waiters.serve(self.engine, now, self.submit)
+            self.deadlines_changed()  # the leases of the claims just made
 
     def deadlines_changed(self) -> None:
         """A write may have set an earlier deadline than the one the sweeper sleeps until."""
@@ -189,6 +199,15 @@ class Databases:
         self._opening: dict[str, trio.Event] = {}
         # Where the databases' flush loops run; the broker sets it before it serves.
         self.flushers: trio.Nursery | None = None
+
+    def return_session(self, session: int, now: float) -> None:
+        """A connection ended: its bound claims go back to their queues, in every database."""
+        for db in self._open.values():
+            if db.failure is None:
+                returned = db.engine.return_bound(now, session)
+                if returned.records:
+                    db.submit(returned)
+                    db.serve_waiters(now)
 
     def directory(self, name: str) -> Path:
         return self.data_dir / f"{name}.db"

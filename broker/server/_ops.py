@@ -13,7 +13,17 @@ from typing import Any
 
 from prontodb.protocol import ErrorCode, ProntoError
 
-from ..engine import MISSING, Applied, Compare, Engine, Entry, TxnOp
+from ..engine import (
+    MISSING,
+    Applied,
+    Claimed,
+    Compare,
+    Engine,
+    EngineLimits,
+    Entry,
+    TxnOp,
+    validate_prefix,
+)
 
 PAGE_LIMIT = 10_000  # entries per keys/scan page, default and maximum
 PAGE_BYTES = 1 << 20  # a page stops before its keys (keys) or values (scan) pass this many bytes
@@ -47,6 +57,24 @@ def entry_map(entry: Entry | None) -> dict[str, Any] | None:
     if entry is None:
         return None
     return {"value": entry.value, **entry.meta()}
+
+
+def claimed_map(claimed: Claimed | None) -> dict[str, Any] | None:
+    """What ``claim`` answers: the item, its fencing token, lease deadline and delivery count."""
+    if claimed is None:
+        return None
+    return {
+        "key": claimed.key,
+        "value": claimed.value,
+        "token": claimed.token,
+        "lease": claimed.lease,
+        "deliveries": claimed.deliveries,
+    }
+
+
+DEFAULT_LEASE = 60.0  # seconds a claim holds its item unless the claimer says otherwise
+MAX_KEY_LEN = EngineLimits().max_key_len
+MAX_CLAIM_WAIT = 86_400.0  # a blocked claim answers nil after a day at the most
 
 
 # -- argument checks ---------------------------------------------------------------------------
@@ -102,10 +130,18 @@ def _page_limit(args: Mapping[str, Any]) -> int:
 
 
 def op_get(engine: Engine, call: Call) -> Outcome:
-    entry = engine.get(_required(call.args, "key"))
-    if _flag(call.args, "meta"):
-        return entry_map(entry), None
-    return (None if entry is None else entry.value), None
+    key = _required(call.args, "key")
+    entry = engine.get(key)
+    if not _flag(call.args, "meta"):
+        return (None if entry is None else entry.value), None
+    meta = entry_map(entry)
+    if meta is not None:
+        claim, deliveries = engine.claim_of(key)
+        meta["deliveries"] = deliveries
+        meta["claim"] = None
+        if claim is not None:
+            meta["claim"] = {"holder": claim.holder, "token": claim.token, "lease": claim.lease}
+    return meta, None
 
 
 def op_set(engine: Engine, call: Call) -> Outcome:
@@ -232,6 +268,60 @@ def op_txn(engine: Engine, call: Call) -> Outcome:
     return result, applied
 
 
+def _token(args: Mapping[str, Any]) -> int:
+    token = _uint(args, "token")
+    if token is None:
+        raise _bad("The request needs the claim's 'token'.")
+    return token
+
+
+def claim_wait(args: Mapping[str, Any]) -> float:
+    """A claim's ``wait``: seconds to block for an item (0: answer at once)."""
+    wait = args.get("wait", 0)
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or not wait >= 0:
+        raise _bad("'wait' must be a number of seconds, 0 or more.")
+    return float(min(wait, MAX_CLAIM_WAIT))
+
+
+def claim_args(args: Mapping[str, Any]) -> tuple[str, float, bool, int | None]:
+    """A claim's prefix, lease (seconds), bind flag and max deliveries, checked."""
+    # Checked here, not only by the engine: a waiter's claim is made later, for it, while
+    # another request is being served, where its bad argument must not land.
+    prefix = validate_prefix(args.get("prefix", ""), MAX_KEY_LEN)
+    lease = args.get("lease", DEFAULT_LEASE)
+    if isinstance(lease, bool) or not isinstance(lease, int | float) or not 0 < lease < 1e9:
+        raise _bad("'lease' must be a number of seconds above 0.")
+    max_deliveries = _uint(args, "max_deliveries")
+    if max_deliveries == 0:
+        raise _bad("'max_deliveries' must be 1 or more.")
+    return prefix, float(lease), _flag(args, "bind"), max_deliveries
+
+
+def op_ack(engine: Engine, call: Call) -> Outcome:
+    key = _required(call.args, "key")
+    return None, engine.ack(key, _token(call.args), writer=call.user, now=call.now)
+
+
+def op_release(engine: Engine, call: Call) -> Outcome:
+    key, delay = _required(call.args, "key"), call.args.get("delay")
+    applied = engine.release(key, _token(call.args), writer=call.user, now=call.now, delay=delay)
+    return None, applied
+
+
+def op_extend(engine: Engine, call: Call) -> Outcome:
+    key, lease = _required(call.args, "key"), _required(call.args, "lease")
+    applied = engine.extend(key, _token(call.args), lease, now=call.now)
+    return applied.result, applied
+
+
+def op_claims(engine: Engine, call: Call) -> Outcome:
+    held = engine.claims(call.args.get("prefix", ""))
+    return [
+        {"key": k, "holder": c.holder, "token": c.token, "lease": c.lease, "bound": c.bound}
+        for k, c in held
+    ], None
+
+
 KV_OPS: dict[str, KvOp] = {
     "get": KvOp(op_get, writes=False, creates=False),
     "set": KvOp(op_set, writes=True, creates=True),
@@ -248,4 +338,8 @@ KV_OPS: dict[str, KvOp] = {
     "create_cache": KvOp(op_create_cache, writes=True, creates=True),
     "drop_cache": KvOp(op_drop_cache, writes=True, creates=False),
     "caches": KvOp(op_caches, writes=False, creates=False),
+    "ack": KvOp(op_ack, writes=True, creates=False),
+    "release": KvOp(op_release, writes=True, creates=False),
+    "extend": KvOp(op_extend, writes=True, creates=False),
+    "claims": KvOp(op_claims, writes=False, creates=False),
 }

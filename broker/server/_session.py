@@ -33,8 +33,9 @@ from prontodb.protocol import (
 )
 
 from ..storage import StorageError
+from ._claim_waiters import Waiter
 from ._databases import DEFAULT_NAME, EMPTY, OpenDatabase, validate_name
-from ._ops import KV_OPS, Call, KvOp
+from ._ops import KV_OPS, Call, KvOp, claim_args, claim_wait, claimed_map
 
 if TYPE_CHECKING:
     from ._broker import Broker
@@ -75,6 +76,10 @@ class Session:
         self._receive_scope = trio.CancelScope()
         self._stopping = False
         self._unsent = 0  # messages handed to the sender and not yet written
+        # The reader and the sender both write (a blocked claim's answer can come at any time).
+        self._send_lock = trio.Lock()
+        self._send: trio.MemorySendChannel[_Out]
+        self._waits: trio.Nursery
 
     def stop_reading(self) -> None:
         """Take no more requests; answer the ones already read, then say Goodbye."""
@@ -84,18 +89,24 @@ class Session:
     async def run(self) -> None:
         capacity = self.conn.limits.max_in_flight + 4  # the protocol bounds what is in flight
         send, receive = trio.open_memory_channel[_Out](capacity)
+        self._send = send
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._send_loop, receive, nursery.cancel_scope)
                 async with send:
                     try:
-                        await self._read_loop(send)
+                        async with trio.open_nursery() as waits:
+                            self._waits = waits
+                            await self._read_loop(send)
+                            waits.cancel_scope.cancel()  # blocked claims end with the reading
                         if self._stopping:
                             goodbye = Goodbye(ErrorCode.UNAVAILABLE, "The broker is stopping.")
                             await self._flush([_Out(goodbye)], send)
                     except trio.BrokenResourceError:
                         pass  # the peer is gone
         finally:
+            # Claims bound to this connection go back to their queues now.
+            self.broker.databases.return_session(self.number, self.broker.clock())
             with trio.CancelScope(shield=True):
                 await self.stream.aclose()
 
@@ -135,7 +146,9 @@ class Session:
                 if event is NEED_DATA:
                     break
                 if isinstance(event, Request):
-                    outs.append(await self._execute(event))
+                    out = await self._execute(event)
+                    if out is not None:  # None: a blocked claim, answered by its own task
+                        outs.append(out)
                 elif isinstance(event, Hello):
                     outs.append(self._welcome(event))
                     done = isinstance(outs[-1].message, Goodbye)
@@ -155,10 +168,10 @@ class Session:
             for item in outs:
                 data += self._encode(item.message)
                 if len(data) >= SEND_CHUNK:  # a client that does not read stops us here
-                    await self.stream.send_all(data)
+                    await self._write(data)
                     data = bytearray()
             if data:
-                await self.stream.send_all(data)
+                await self._write(data)
             return
         self._unsent += len(outs)
         for out in outs:
@@ -180,8 +193,10 @@ class Session:
         limits = self.conn.limits.as_dict()
         return _Out(Welcome(self.broker.server_name, self.number, limits))
 
-    async def _execute(self, request: Request) -> _Out:
+    async def _execute(self, request: Request) -> _Out | None:
         try:
+            if request.op == "claim":
+                return await self._claim(request)
             op = KV_OPS.get(request.op)
             if op is not None:
                 return await self._run_kv(op, request)
@@ -227,8 +242,55 @@ class Session:
         ticket = db.submit(applied)
         if applied.records:
             db.deadlines_changed()
+            db.serve_waiters(call.now)  # the change may be work a blocked claimer waits for
             self.broker.maybe_compact(db)
         return _Out(Response(request.id, None, result), db, ticket)
+
+    async def _claim(self, request: Request) -> _Out | None:
+        """``claim``: answer at once, or leave a waiter and answer from a task of its own (the
+        connection's other requests go on meanwhile; answers may come in any order)."""
+        args = request.args
+        name = validate_name(args.get("cursor", DEFAULT_NAME))
+        wait = claim_wait(args)
+        db = await self.broker.databases.get(name, create=wait > 0)
+        call = Call(args, self.user, self.broker.clock())
+        prefix, lease, bind, max_deliveries = claim_args(args)
+        if db is None:
+            return _Out(Response(request.id, None, None))
+        db.expire_due(call.now)
+        bound = self.number if bind else None
+        if not db.waiters.queued(prefix):  # nobody came first: try now
+            applied = db.engine.claim(
+                prefix,
+                holder=self.user,
+                now=call.now,
+                lease=lease,
+                bound=bound,
+                max_deliveries=max_deliveries,
+            )
+            ticket = db.submit(applied) if applied.records else db.database.last_ticket
+            if applied.records:
+                db.deadlines_changed()
+            if applied.result is not None or wait <= 0:
+                return _Out(Response(request.id, None, claimed_map(applied.result)), db, ticket)
+        waiter = Waiter(prefix, self.user, lease, bound, max_deliveries)
+        db.waiters.add(waiter)
+        self._waits.start_soon(self._wait_for_claim, request.id, db, waiter, wait)
+        return None
+
+    async def _wait_for_claim(
+        self, request_id: int, db: OpenDatabase, waiter: Waiter, wait: float
+    ) -> None:
+        try:
+            with trio.move_on_after(wait):
+                await waiter.event.wait()
+        finally:
+            db.waiters.remove(waiter)
+        # Served even as the wait ran out: the item is this claimer's, answer with it.
+        ticket = waiter.ticket if waiter.result is not None else db.database.last_ticket
+        out = _Out(Response(request_id, None, claimed_map(waiter.result)), db, ticket)
+        self._unsent += 1
+        self._send.send_nowait(out)
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -250,6 +312,10 @@ class Session:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             session_scope.cancel()  # the peer is gone: stop reading for it too
 
+    async def _write(self, data: bytes | bytearray) -> None:
+        async with self._send_lock:
+            await self.stream.send_all(data)
+
     async def _send_batch(self, batch: list[_Out]) -> bool:
         """Send ``batch`` in order, each once durable; True once a Goodbye went out."""
         out = bytearray()
@@ -257,7 +323,7 @@ class Session:
             message: Any = item.message
             if item.db is not None and not item.db.is_durable(item.ticket):
                 if out:  # what is ready need not wait for the disk
-                    await self.stream.send_all(out)
+                    await self._write(out)
                     out = bytearray()
                 try:
                     await item.db.wait_durable(item.ticket)
@@ -265,13 +331,13 @@ class Session:
                     message = Response.fail(message.id, err)
             out += self._encode(message)
             if isinstance(message, Goodbye):
-                await self.stream.send_all(out)
+                await self._write(out)
                 return True
             if len(out) >= SEND_CHUNK:
-                await self.stream.send_all(out)
+                await self._write(out)
                 out = bytearray()
         if out:
-            await self.stream.send_all(out)
+            await self._write(out)
         return False
 
     def _encode(self, message: Message) -> bytes:

@@ -1,0 +1,91 @@
+"""Claimers waiting for work: first come, first served, per database and prefix.
+
+A ``claim`` that finds nothing and may wait leaves a :class:`Waiter` here. Whenever a change may
+have made an item claimable, :meth:`ClaimWaiters.serve` claims on behalf of the waiters in arrival
+order, so no later claimer overtakes an earlier one, and wakes each one it served.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from ..engine import Applied, Claimed, Engine
+
+
+class Waiter:
+    """One blocked claim: what it asks for, and what it got (set before ``event``)."""
+
+    __slots__ = (
+        "bound",
+        "event",
+        "holder",
+        "lease",
+        "max_deliveries",
+        "prefix",
+        "result",
+        "ticket",
+    )
+
+    def __init__(
+        self, prefix: str, holder: str, lease: float, bound: int | None, max_deliveries: int | None
+    ) -> None:
+        self.prefix = prefix
+        self.holder = holder
+        self.lease = lease
+        self.bound = bound
+        self.max_deliveries = max_deliveries
+        self.event = trio.Event()
+        self.result: Claimed | None = None
+        self.ticket = 0
+
+
+class ClaimWaiters:
+    """The waiting claimers of one database, a FIFO queue per prefix (bounded by the protocol's
+    in-flight limit per connection: a waiter is a request awaiting its answer)."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, deque[Waiter]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._queues)
+
+    def queued(self, prefix: str) -> bool:
+        """Whether claimers already wait on ``prefix`` (a new one must queue behind them)."""
+        return prefix in self._queues
+
+    def add(self, waiter: Waiter) -> None:
+        self._queues.setdefault(waiter.prefix, deque()).append(waiter)
+
+    def remove(self, waiter: Waiter) -> None:
+        queue = self._queues.get(waiter.prefix)
+        if queue is not None and waiter in queue:
+            queue.remove(waiter)
+            if not queue:
+                del self._queues[waiter.prefix]
+
+    def serve(self, engine: Engine, now: float, submit: Callable[[Applied[Any]], int]) -> None:
+        """Claim for the waiters, oldest first, while their prefixes have claimable items."""
+        for prefix in list(self._queues):
+            queue = self._queues[prefix]
+            while queue:
+                waiter = queue[0]
+                applied = engine.claim(
+                    prefix,
+                    holder=waiter.holder,
+                    now=now,
+                    lease=waiter.lease,
+                    bound=waiter.bound,
+                    max_deliveries=waiter.max_deliveries,
+                )
+                ticket = submit(applied) if applied.records else 0
+                if applied.result is None:
+                    break
+                queue.popleft()
+                waiter.result, waiter.ticket = applied.result, ticket
+                waiter.event.set()
+            if not queue:
+                del self._queues[prefix]
