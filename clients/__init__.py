@@ -21,11 +21,13 @@ if TYPE_CHECKING:
 
     from ._async.client import AsyncClient
     from ._sync.client import Client
-    from ._types import MISSING, BrokerUnavailable, KeyInfo, TxnResult
+    from ._types import MISSING, BrokerUnavailable, Claimed, ClaimInfo, KeyInfo, TxnResult
 
 __all__ = [
     "AsyncClient",
     "BrokerUnavailable",
+    "ClaimInfo",
+    "Claimed",
     "Client",
     "ErrorCode",
     "KeyInfo",
@@ -38,6 +40,8 @@ _LAZY = {
     "AsyncClient": "._async.client",
     "Client": "._sync.client",
     "BrokerUnavailable": "._types",
+    "Claimed": "._types",
+    "ClaimInfo": "._types",
     "KeyInfo": "._types",
     "MISSING": "._types",
     "TxnResult": "._types",

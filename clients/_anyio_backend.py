@@ -85,3 +85,8 @@ async def connect_tcp(host: str, port: int, timeout: float | None) -> Stream:  #
     """Connect over TCP (no Nagle delay); OSError if refused, TimeoutError after ``timeout``."""
     with anyio.fail_after(timeout):
         return Stream(await anyio.connect_tcp(host, port))
+
+
+def shielded() -> AbstractContextManager[object]:
+    """A block that a cancellation does not interrupt (the give-back of a failed claim)."""
+    return anyio.CancelScope(shield=True)

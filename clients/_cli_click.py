@@ -311,6 +311,117 @@ def drop_cache_command(ctx: click.Context, prefix: str, as_json: bool) -> None:
     _finish(commands.drop_cache(_globals(ctx, as_json), prefix))
 
 
+_token_option = click.option(
+    "--token",
+    type=str,
+    required=True,
+    callback=_integer(minimum=0),
+    metavar="T",
+    help="The fencing token the claim was handed out with (claim --json shows it).",
+)
+
+
+@cli.command("claim", cls=_Command)
+@click.argument("prefix", type=str, callback=_text)
+@click.option(
+    "--wait",
+    type=str,
+    callback=_seconds(allow_zero=True),
+    metavar="SECONDS",
+    help="Wait up to this long for an item (first come, first served); none came: exit 4.",
+)
+@click.option(
+    "--lease",
+    type=str,
+    callback=_seconds(),
+    metavar="SECONDS",
+    help="How long the claim holds the item before it goes back (default 60).",
+)
+@click.option(
+    "--max-deliveries",
+    type=str,
+    callback=_integer(minimum=1),
+    metavar="N",
+    help="Move an item handed out N times already to dead.<key> instead of handing it out.",
+)
+@_json_option
+@click.pass_context
+def claim_command(
+    ctx: click.Context,
+    prefix: str,
+    wait: float | None,
+    lease: float | None,
+    max_deliveries: int | None,
+    as_json: bool,
+) -> None:
+    """Take the oldest unclaimed direct child of PREFIX and print key=value (exit 4: none).
+
+    The item stays readable but no other claimer gets it until it is acked (ack), given back
+    (release) or its lease runs out. --json also prints the token that ack, release and extend
+    need, the lease deadline and how many times the item was handed out.
+    """
+    status = commands.claim(
+        _globals(ctx, as_json), prefix, wait=wait, lease=lease, max_deliveries=max_deliveries
+    )
+    _finish(status)
+
+
+@cli.command("ack", cls=_Command)
+@click.argument("key", type=str, callback=_text)
+@_token_option
+@_json_option
+@click.pass_context
+def ack_command(ctx: click.Context, key: str, token: int, as_json: bool) -> None:
+    """Finish the claimed KEY: it is deleted (exit 5 if the claim is no longer held)."""
+    _finish(commands.ack(_globals(ctx, as_json), key, token))
+
+
+@cli.command("release", cls=_Command)
+@click.argument("key", type=str, callback=_text)
+@_token_option
+@click.option(
+    "--delay",
+    type=str,
+    callback=_seconds(allow_zero=True),
+    metavar="SECONDS",
+    help="Claimable again only after this long.",
+)
+@_json_option
+@click.pass_context
+def release_command(
+    ctx: click.Context, key: str, token: int, delay: float | None, as_json: bool
+) -> None:
+    """Give the claimed KEY back to its queue (exit 5 if the claim is no longer held)."""
+    _finish(commands.release(_globals(ctx, as_json), key, token, delay))
+
+
+@cli.command("extend", cls=_Command)
+@click.argument("key", type=str, callback=_text)
+@_token_option
+@click.option(
+    "--lease",
+    type=str,
+    required=True,
+    callback=_seconds(),
+    metavar="SECONDS",
+    help="Hold the claim this long from now.",
+)
+@_json_option
+@click.pass_context
+def extend_command(ctx: click.Context, key: str, token: int, lease: float, as_json: bool) -> None:
+    """Renew the claim on KEY (exit 5 if it is no longer held)."""
+    _finish(commands.extend(_globals(ctx, as_json), key, token, lease))
+
+
+@cli.command("claims", cls=_Command)
+@click.argument("prefix", type=str, callback=_text, default="")
+@_json_option
+@click.pass_context
+def claims_command(ctx: click.Context, prefix: str, as_json: bool) -> None:
+    """List the claims held at and below PREFIX: key, holder, token, lease deadline."""
+    _finish(commands.claims(_globals(ctx, as_json), prefix))
+
+
 @cli.command("ping")
 @_json_option
 @click.pass_context

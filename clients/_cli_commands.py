@@ -293,12 +293,20 @@ def get(options: Globals, key: str, *, meta: bool = False) -> int:
         }
         if info.expires is not None:  # only keys with a TTL have this line
             fields["expires"] = info.expires
+        if info.deliveries:  # only items handed out by claim have these
+            fields["deliveries"] = info.deliveries
+        if info.claim is not None:
+            fields["claim_holder"] = info.claim.holder
+            fields["claim_token"] = info.claim.token
+            fields["claim_lease"] = info.claim.lease
         if options.json:
             write_json({"key": key, **fields})
             return 0
         fields["time"] = iso_time(info.time)
         if info.expires is not None:
             fields["expires"] = iso_time(info.expires)
+        if info.claim is not None:
+            fields["claim_lease"] = iso_time(info.claim.lease)
         write(b"".join(f"{name}=".encode() + render(v) + b"\n" for name, v in fields.items()))
         return 0
 
@@ -464,6 +472,85 @@ def caches(options: Globals) -> int:
             write_json(found)
         else:
             write("".join(f"{p}={seconds_text(t)}\n" for p, t in found.items()).encode())
+        return 0
+
+    return run(options, body)
+
+
+def claim(
+    options: Globals,
+    prefix: str,
+    *,
+    wait: float | None = None,
+    lease: float | None = None,
+    max_deliveries: int | None = None,
+) -> int:
+    """``claim PREFIX``: ``key=value`` of the item taken; nothing to take (in time): exit 4."""
+    from prontodb.protocol import ERROR_TABLE, ErrorCode
+
+    def body(client: Client) -> int:
+        task = client.claim(prefix, wait=wait, lease=lease, max_deliveries=max_deliveries)
+        if task is None:
+            say(f"nothing to claim under {prefix or '(top level)'} (cursor {options.cursor})")
+            return ERROR_TABLE[ErrorCode.TIMED_OUT].exit_status
+        if options.json:
+            write_json(task._asdict())
+        else:
+            write(task.key.encode() + b"=" + render(task.value) + b"\n")
+        return 0
+
+    return run(options, body)
+
+
+def ack(options: Globals, key: str, token: int) -> int:
+    """``ack KEY --token T``: silent; a claim no longer held exits 5."""
+
+    def body(client: Client) -> int:
+        client.ack(key, token)
+        if options.json:
+            write_json({"key": key, "acked": True})
+        return 0
+
+    return run(options, body)
+
+
+def release(options: Globals, key: str, token: int, delay: float | None) -> int:
+    """``release KEY --token T [--delay S]``: silent; a claim no longer held exits 5."""
+
+    def body(client: Client) -> int:
+        client.release(key, token, delay=delay)
+        if options.json:
+            write_json({"key": key, "released": True})
+        return 0
+
+    return run(options, body)
+
+
+def extend(options: Globals, key: str, token: int, lease: float) -> int:
+    """``extend KEY --token T --lease S``: silent; a claim no longer held exits 5."""
+
+    def body(client: Client) -> int:
+        deadline = client.extend(key, token, lease)
+        if options.json:
+            write_json({"key": key, "lease": deadline})
+        return 0
+
+    return run(options, body)
+
+
+def claims(options: Globals, prefix: str = "") -> int:
+    """``claims [PREFIX]``: one line per held claim: key, holder, token, lease deadline."""
+
+    def body(client: Client) -> int:
+        held = client.claims(prefix)
+        if options.json:
+            write_json([c._asdict() for c in held])
+        else:
+            lines = (
+                f"{c.key} holder={c.holder} token={c.token} lease={iso_time(c.lease)}\n"
+                for c in held
+            )
+            write("".join(lines).encode())
         return 0
 
     return run(options, body)

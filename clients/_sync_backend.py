@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import _socket
 import threading
+from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
 
 Lock = threading.Lock
@@ -93,3 +94,8 @@ def connect_tcp(host: str, port: int, timeout: float | None) -> Stream:
         sock.close()
         raise
     return Stream(sock)
+
+
+def shielded() -> AbstractContextManager[object]:
+    """Blocking calls are not cancelled from outside: nothing to shield from."""
+    return nullcontext()

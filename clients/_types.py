@@ -33,7 +33,8 @@ class KeyInfo(NamedTuple):
     ``create_rev`` is the revision that created the key, ``mod_rev`` the one that last wrote it,
     ``version`` the number of writes since creation, ``writer`` the user of the last write,
     ``time`` its time (seconds since the epoch, the broker's clock), ``size`` the bytes of the
-    encoded value and ``expires`` its deadline (seconds since the epoch; None: no TTL).
+    encoded value, ``expires`` its deadline (seconds since the epoch; None: no TTL),
+    ``deliveries`` how many times ``claim`` handed it out and ``claim`` the claim holding it.
     """
 
     key: str
@@ -45,6 +46,8 @@ class KeyInfo(NamedTuple):
     time: float
     size: int
     expires: float | None = None
+    deliveries: int = 0  # times it was handed out by claim
+    claim: ClaimInfo | None = None  # the claim holding it now
 
 
 class TxnResult(NamedTuple):
@@ -76,3 +79,26 @@ class BrokerUnavailable(ProntoError):
         )
         self.url = url
         self.reason = reason
+
+
+class Claimed(NamedTuple):
+    """An item handed out by ``claim``: finish it with ``ack(key, token)``, give it back with
+    ``release``, keep it longer with ``extend``. ``lease`` is its deadline (seconds since the
+    epoch), ``deliveries`` how many times it has been handed out (1 the first time)."""
+
+    key: str
+    value: Any
+    token: int
+    lease: float
+    deliveries: int
+
+
+class ClaimInfo(NamedTuple):
+    """A held claim as ``claims`` lists it; ``bound`` is the holding connection's session for a
+    claim bound to it (None: held by its lease alone)."""
+
+    key: str
+    holder: str
+    token: int
+    lease: float
+    bound: int | None

@@ -30,6 +30,7 @@ SUBSTITUTIONS: list[tuple[str, str]] = [
     (r"\bawait ", ""),
     (r"\bAsyncClient\b", "Client"),
     (r"\bAsyncIterator\b", "Iterator"),
+    (r"\basynccontextmanager\b", "contextmanager"),
     (r"\bAsyncIterable\b", "Iterable"),
     (r"\bStopAsyncIteration\b", "StopIteration"),
     (r"\b__aenter__\b", "__enter__"),

@@ -453,3 +453,25 @@ def test_ttl_commands(broker: BrokerProcess, cursor: str) -> None:
     ok(cli(broker, cursor, "caches"))
     document = json.loads(cli(broker, cursor, "--json", "ttl", "sessions.active.w1").out)
     assert document["key"] == "sessions.active.w1"
+
+
+def test_claim_commands(broker: BrokerProcess, cursor: str) -> None:
+    for n in (1, 2):
+        ok(cli(broker, cursor, "set", f"queue.task_{n}", "pending"))
+    ok(cli(broker, cursor, "--user", "worker1", "claim", "queue"), "queue.task_1=pending\n")
+    document = json.loads(cli(broker, cursor, "--json", "claim", "queue", "--lease", "90").out)
+    assert (document["key"], document["deliveries"]) == ("queue.task_2", 1)
+    token = str(document["token"])
+    assert error_line(cli(broker, cursor, "claim", "queue"), 4)  # nothing left
+    listed = cli(broker, cursor, "claims", "queue").out.splitlines()
+    assert [line.split()[0] for line in listed] == ["queue.task_1", "queue.task_2"]
+    assert "holder=worker1" in listed[0]
+    meta = cli(broker, cursor, "get", "--meta", "queue.task_2").out
+    assert f"claim_token={token}\n" in meta
+    ok(cli(broker, cursor, "extend", "queue.task_2", "--token", token, "--lease", "30"))
+    ok(cli(broker, cursor, "release", "queue.task_2", "--token", token, "--delay", "0"))
+    assert error_line(cli(broker, cursor, "ack", "queue.task_2", "--token", token), 5)  # released
+    again = json.loads(cli(broker, cursor, "--json", "claim", "queue").out)
+    ok(cli(broker, cursor, "ack", "queue.task_2", "--token", str(again["token"])))
+    assert error_line(cli(broker, cursor, "get", "queue.task_2"), 3)
+    assert cli(broker, cursor, "ack", "queue.task_1").status == 2  # --token is required

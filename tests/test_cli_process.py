@@ -26,6 +26,7 @@ from cli_support import (
     wait_for_exit,
 )
 
+from prontodb.clients import Client
 from prontodb.protocol import NEED_DATA, Connection, Hello, Request, Role
 
 PRONTODB = str(Path(sys.executable).with_name("prontodb"))
@@ -39,6 +40,12 @@ class Home:
     root: Path
     data_dir: Path
     env: dict[str, str]
+    socket: str = ""  # the broker's, once start_home_broker has started it
+
+    @property
+    def url(self) -> str:
+        assert self.socket, "start_home_broker(home) first"
+        return "unix://" + self.socket
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
@@ -268,3 +275,95 @@ def test_a_call_while_the_broker_stops_waits_and_starts_a_new_one(home: Home) ->
     assert result.stderr == ""
     second = json.loads(home.run("status", "--json").stdout)
     assert second["pid"] != first["pid"]
+
+
+def start_home_broker(home: Home) -> str:
+    """Start the home's broker the way users do (any command), and return its socket."""
+    home.run("ping")
+    home.socket = json.loads(home.run("status", "--json").stdout)["socket"]
+    return home.socket
+
+
+# A worker: claim, "do" the task, ack it and say so; stop when nothing is left (claim exits 4).
+WORKER = r"""
+while out=$(prontodb --cursor tasks --json claim queue --lease 30); do
+  [[ $out =~ \"key\":\ \"([^\"]+)\" ]] && key=${BASH_REMATCH[1]}
+  [[ $out =~ \"token\":\ ([0-9]+) ]] && token=${BASH_REMATCH[1]}
+  prontodb --cursor tasks ack "$key" --token "$token" && echo "$key"
+done
+"""
+
+
+def test_four_workers_drain_a_thousand_tasks_each_exactly_once(home: Home) -> None:
+    with Client.connect("unix://" + start_home_broker(home), cursor="tasks") as client:
+        for start in range(0, 1000, 100):
+            ops = [
+                {"op": "set", "key": f"queue.task_{i}", "value": "pending"}
+                for i in range(start, start + 100)
+            ]
+            client.txn([], ops)
+    env = {**home.env, "PATH": f"{Path(PRONTODB).parent}:{home.env.get('PATH', '/usr/bin:/bin')}"}
+    workers = [
+        subprocess.Popen(
+            ["bash", "-c", WORKER],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    finished: list[str] = []
+    try:
+        for worker in workers:
+            out, err = worker.communicate(timeout=600)
+            assert worker.returncode == 0, err
+            # One line each: the claim that found nothing left. No ack was refused.
+            assert err.splitlines() == ["prontodb: nothing to claim under queue (cursor tasks)"]
+            finished += out.split()
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+            worker.communicate()
+    assert len(finished) == 1000
+    assert set(finished) == {f"queue.task_{i}" for i in range(1000)}  # each exactly once
+    with Client.connect(home.url, cursor="tasks") as client:
+        assert client.keys("queue") == []
+
+
+KILLED_WORKER = """
+import sys
+from prontodb.clients import Client
+with Client.connect(cursor="tasks", user="doomed") as client:
+    task = client.claim("queue", lease=2)
+    print(task.key, flush=True)
+    sys.stdin.read()  # working on it until killed
+"""
+
+
+def test_a_task_of_a_killed_worker_comes_back_after_its_lease(home: Home) -> None:
+    with Client.connect("unix://" + start_home_broker(home), cursor="tasks") as client:
+        client.set("queue.task_1", "pending")
+    doomed = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WORKER],
+        env={**home.env, "PRONTODB_URL": home.url},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert doomed.stdout is not None
+        assert doomed.stdout.readline().strip() == "queue.task_1"  # claimed, working
+        doomed.kill()  # SIGKILL mid-task
+        doomed.wait(RUN_TIMEOUT)
+    finally:
+        if doomed.poll() is None:
+            doomed.kill()
+        doomed.communicate()
+    # Nobody else may have it while the lease runs; once it ends, it comes back (once).
+    taken = home.run("--cursor", "tasks", "--json", "claim", "queue", "--wait", "60")
+    document = json.loads(taken.stdout)
+    assert (document["key"], document["deliveries"]) == ("queue.task_1", 2)
+    home.run("--cursor", "tasks", "ack", "queue.task_1", "--token", str(document["token"]))
+    assert home.run("--cursor", "tasks", "claim", "queue", check=False).returncode == 4

@@ -687,3 +687,21 @@ def test_a_goodbye_instead_of_welcome_is_raised_by_connect(short_dir: Path, back
         assert not isinstance(info.value, BrokerUnavailable)
 
     run(backend, body)
+
+
+def test_claiming_acks_or_releases(backend: str, broker: BrokerProcess) -> None:
+    async def body() -> None:
+        async with await AsyncClient.connect(broker.url, cursor="claims") as client:
+            await client.set("jobs.a", 1)
+            async with client.claiming("jobs") as task:
+                assert task.key == "jobs.a"
+            assert await client.get("jobs.a") is None
+            await client.set("jobs.b", 2)
+            with pytest.raises(ValueError, match="boom"):
+                async with client.claiming("jobs"):
+                    raise ValueError("boom")
+            back = await client.claim("jobs", wait=1)
+            assert back is not None
+            assert (back.key, back.deliveries) == ("jobs.b", 2)
+
+    run(backend, body)

@@ -290,3 +290,41 @@ def test_ttls_and_caches(broker: BrokerProcess) -> None:
         assert client.drop_cache("sessions") is True
         assert client.caches() == {}
         expect_error(ErrorCode.BAD_REQUEST, lambda: client.set("k", 1, ttl=-1))
+
+
+def test_claims(broker: BrokerProcess) -> None:
+    with Client.connect(broker.url, cursor="claims", user="w1") as client:
+        for n in range(3):
+            client.set(f"jobs.j{n}", n)
+        task = client.claim("jobs", lease=30)
+        assert task is not None
+        assert (task.key, task.value, task.deliveries) == ("jobs.j0", 0, 1)
+        info = client.get_info("jobs.j0")
+        assert info is not None
+        assert info.claim is not None
+        assert (info.claim.holder, info.claim.token, info.deliveries) == ("w1", task.token, 1)
+        assert [c.key for c in client.claims("jobs")] == ["jobs.j0"]
+        assert client.extend(task.key, task.token, 100) > task.lease
+        client.release(task.key, task.token)
+        expect_error(ErrorCode.COMPARE_FAILED, lambda: client.ack(task.key, task.token))
+        with client.claiming("jobs") as done:  # acked when the block ends
+            assert done.key == "jobs.j0"
+            assert done.deliveries == 2
+        assert client.get("jobs.j0") is None
+
+        def fail_the_work() -> None:
+            with client.claiming("jobs") as failed:
+                assert failed.key == "jobs.j1"
+                raise RuntimeError("the work failed")
+
+        with pytest.raises(RuntimeError):
+            fail_the_work()
+        again = client.claim("jobs")  # released: it comes back first
+        assert again is not None
+        assert (again.key, again.deliveries) == ("jobs.j1", 2)
+        client.ack(again.key, again.token)
+        last = client.claim("jobs")
+        assert last is not None
+        client.ack(last.key, last.token)
+        assert client.claim("jobs") is None
+        expect_error(ErrorCode.TIMED_OUT, lambda: client.claiming("jobs").__enter__())

@@ -140,7 +140,12 @@ def op_get(engine: Engine, call: Call) -> Outcome:
         meta["deliveries"] = deliveries
         meta["claim"] = None
         if claim is not None:
-            meta["claim"] = {"holder": claim.holder, "token": claim.token, "lease": claim.lease}
+            meta["claim"] = {
+                "holder": claim.holder,
+                "token": claim.token,
+                "lease": claim.lease,
+                "bound": claim.bound,
+            }
     return meta, None
 
 

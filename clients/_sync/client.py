@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from types import TracebackType
 
 from prontodb.protocol import (
@@ -34,7 +35,7 @@ from prontodb.protocol import (
 
 from .. import _sync_backend as backend
 from .._locations import default_url
-from .._types import MISSING, BrokerUnavailable, KeyInfo, TxnResult
+from .._types import MISSING, BrokerUnavailable, Claimed, ClaimInfo, KeyInfo, TxnResult
 from .._urls import Address, parse_url
 
 TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
@@ -239,6 +240,8 @@ class Client:
             time=meta["time"],
             size=meta["size"],
             expires=meta.get("expires"),
+            deliveries=meta.get("deliveries", 0),
+            claim=_claim_info(key, meta.get("claim")),
         )
 
     def set(
@@ -322,6 +325,91 @@ class Client:
         """Every cache prefix of the database with its TTL in seconds."""
         found: dict[str, float] = self._call("caches", self._args(cursor))
         return found
+
+    def claim(
+        self,
+        prefix: str,
+        *,
+        wait: float | None = None,
+        lease: float | None = None,
+        bind: bool = False,
+        max_deliveries: int | None = None,
+        cursor: str | None = None,
+    ) -> Claimed | None:
+        """Take the oldest claimable direct child of ``prefix`` for ``lease`` seconds (the
+        broker's default: 60), waiting up to ``wait`` seconds for one; None if none came.
+
+        Blocked claimers are served first come, first served. With ``bind`` the claim also ends
+        when this connection closes. After ``max_deliveries`` hand-outs an item is moved to
+        ``dead.<key>`` instead. Finish with :meth:`ack`, or use :meth:`claiming`.
+        """
+        args = self._args(cursor, prefix=prefix)
+        if wait:
+            args["wait"] = wait
+        if lease is not None:
+            args["lease"] = lease
+        if bind:
+            args["bind"] = True
+        if max_deliveries is not None:
+            args["max_deliveries"] = max_deliveries
+        got = self._call("claim", args)
+        if got is None:
+            return None
+        return Claimed(got["key"], got["value"], got["token"], got["lease"], got["deliveries"])
+
+    @contextmanager
+    def claiming(
+        self,
+        prefix: str,
+        *,
+        wait: float | None = None,
+        lease: float | None = None,
+        bind: bool = False,
+        max_deliveries: int | None = None,
+        cursor: str | None = None,
+    ) -> Iterator[Claimed]:
+        """Claim an item for the ``with`` block: acked when the block ends normally, released
+        when it raises. Nothing to claim in time raises ``timed_out``."""
+        task = self.claim(
+            prefix, wait=wait, lease=lease, bind=bind, max_deliveries=max_deliveries, cursor=cursor
+        )
+        if task is None:
+            raise ProntoError(
+                ErrorCode.TIMED_OUT, f"Nothing to claim under {prefix!r} in time; wait longer."
+            )
+        try:
+            yield task
+        except BaseException:
+            with backend.shielded():
+                self.release(task.key, task.token, cursor=cursor)
+            raise
+        self.ack(task.key, task.token, cursor=cursor)
+
+    def ack(self, key: str, token: int, *, cursor: str | None = None) -> None:
+        """Finish the claimed ``key`` (it is deleted); ``compare_failed`` if the claim with
+        ``token`` is no longer held (its lease ran out: someone else may hold it now)."""
+        self._call("ack", self._args(cursor, key=key, token=token))
+
+    def release(
+        self, key: str, token: int, *, delay: float | None = None, cursor: str | None = None
+    ) -> None:
+        """Give the claimed ``key`` back, claimable at once or after ``delay`` seconds."""
+        args = self._args(cursor, key=key, token=token)
+        if delay:
+            args["delay"] = delay
+        self._call("release", args)
+
+    def extend(self, key: str, token: int, lease: float, *, cursor: str | None = None) -> float:
+        """Hold the claimed ``key`` ``lease`` seconds from now; returns the new deadline."""
+        deadline: float = self._call(
+            "extend", self._args(cursor, key=key, token=token, lease=lease)
+        )
+        return deadline
+
+    def claims(self, prefix: str = "", *, cursor: str | None = None) -> list[ClaimInfo]:
+        """The claims held at and below ``prefix``."""
+        held = self._call("claims", self._args(cursor, prefix=prefix))
+        return [ClaimInfo(c["key"], c["holder"], c["token"], c["lease"], c["bound"]) for c in held]
 
     def incr(self, key: str, by: int = 1, *, cursor: str | None = None) -> int:
         """Add ``by`` to the integer at ``key`` (missing: 0) and return the result, atomically."""
@@ -625,6 +713,12 @@ class Client:
             self._error = error
         for waiter in self._parked:
             _wake(waiter)
+
+
+def _claim_info(key: str, claim: Any) -> ClaimInfo | None:
+    if claim is None:
+        return None
+    return ClaimInfo(key, claim["holder"], claim["token"], claim["lease"], claim.get("bound"))
 
 
 def _wake(waiter: _Waiter) -> None:
