@@ -480,3 +480,38 @@ async def test_claims_bound_to_a_connection_return_when_it_closes(
     assert isinstance(again, Response)
     assert again.result["key"] == "jobs.j1"
     assert trio.current_time() - start < 1
+
+
+async def test_claims_survive_a_restart_and_bound_ones_come_back(short_dir: Path) -> None:
+    config = ServerConfig(data_dir=short_dir / "data", socket_path=short_dir / "s.sock")
+
+    async def session(body: Any) -> None:
+        broker = Broker(config)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(lambda task_status: broker.serve(task_status=task_status))
+            w = await Wire.open(str(short_dir / "s.sock"), "w1")
+            await body(w)
+            await w.aclose()
+            broker.request_stop()
+
+    held: dict[str, Any] = {}
+
+    async def before(w: Wire) -> None:
+        for n in (1, 2, 3):
+            await w.result("set", key=f"jobs.j{n}", value=n)
+        held["lease"] = await w.result("claim", prefix="jobs", lease=3600)
+        held["bound"] = await w.result("claim", prefix="jobs", lease=3600, bind=True)
+        delayed = await w.result("claim", prefix="jobs", lease=3600)
+        await w.result("release", key=delayed["key"], token=delayed["token"], delay=3600)
+
+    async def after(w: Wire) -> None:
+        claims = await w.result("claims", prefix="jobs")
+        assert [(c["key"], c["token"]) for c in claims] == [("jobs.j1", held["lease"]["token"])]
+        again = await w.result("claim", prefix="jobs")  # the bound claim came back
+        assert (again["key"], again["deliveries"]) == ("jobs.j2", 2)
+        assert again["token"] > held["bound"]["token"]  # tokens keep growing across restarts
+        assert await w.result("claim", prefix="jobs") is None  # j3 is still delayed
+        await w.result("ack", key="jobs.j1", token=held["lease"]["token"])
+
+    await session(before)
+    await session(after)
