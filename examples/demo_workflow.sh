@@ -3,7 +3,7 @@
 # the first command starts a broker in the background (the embedded default), the last stops it.
 #
 #   orchestrator  fills tasks.queue with TASKS tasks and sets the workflow counters (seed section 1)
-#   worker1/2     take tasks until the queue is empty; `set --if-absent` makes each claim atomic,
+#   worker1/2     take tasks with `claim` (one worker per task, under a lease) and `ack` them,
 #                 where the seed's get-then-set lets both workers take the same task
 #   monitor       prints progress until every task is done
 #
@@ -35,18 +35,18 @@ for i in $(seq 1 "$TASKS"); do
 done
 
 worker() {
-  local me=$1 order=$2
+  local me=$1 out key token
   prontodb --user "$me" --cursor main set "agents.$me.status" "active"
-  prontodb --cursor tasks keys queue | $order | while read -r key; do
-    local task=${key#queue.}
-    # The claim: only one `set --if-absent` of claimed.TASK succeeds; the other exits 5.
-    if prontodb --user "$me" --cursor tasks set "claimed.$task" "$me" --if-absent 2>/dev/null; then
-      prontodb --user "$me" --cursor tasks del "$key"
-      prontodb --user "$me" --cursor tasks set "done.$task" "$me"
-      # The seed's counter is get, add, set, which loses updates under two workers; incr does not.
-      prontodb --user "$me" --cursor main incr workflow.completed >/dev/null
-    fi
-  done
+  # claim hands each task to one worker under a lease (the seed's get-then-set-then-del lets two
+  # workers take the same task); ack finishes it. claim exits 4 once the queue is empty.
+  while out=$(prontodb --user "$me" --cursor tasks --json claim queue --lease 30); do
+    [[ $out =~ \"key\":\ \"([^\"]+)\" ]] && key=${BASH_REMATCH[1]}
+    [[ $out =~ \"token\":\ ([0-9]+) ]] && token=${BASH_REMATCH[1]}
+    prontodb --user "$me" --cursor tasks set "done.${key#queue.}" "$me"
+    prontodb --user "$me" --cursor tasks ack "$key" --token "$token"
+    # The seed's counter is get, add, set, which loses updates under two workers; incr does not.
+    prontodb --user "$me" --cursor main incr workflow.completed >/dev/null
+  done 2>/dev/null
   prontodb --user "$me" --cursor main set "agents.$me.status" "idle"
 }
 
@@ -61,10 +61,10 @@ monitor() {
   done
 }
 
-echo "== two workers take tasks from both ends of the queue; a monitor prints progress"
-worker worker1 cat &
+echo "== two workers claim tasks from the queue; a monitor prints progress"
+worker worker1 &
 w1=$!
-worker worker2 tac &
+worker worker2 &
 w2=$!
 monitor
 wait "$w1" "$w2"
