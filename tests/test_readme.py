@@ -29,6 +29,6 @@ def test_python_quickstart_runs(short_dir: Path) -> None:
             assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         "['queue.task_1', 'queue.task_2', 'queue.task_3']",
-        "compare_failed",
+        "queue.task_1",
         "3",
     ]
