@@ -684,11 +684,17 @@ def format_status(info: dict[str, Any]) -> str:
     rows.append(("databases", len(databases)))
     lines = [f"{name:<12} {'-' if value is None else value}" for name, value in rows]
     width = max((len(str(db.get("name", ""))) for db in databases), default=0)
-    lines.extend(
-        f"  {db.get('name', '?')!s:<{width}}  revision {db.get('revision', '?')}, "
-        f"{db.get('keys', '?')} keys, {_size(db.get('files_bytes'))}"
-        for db in databases
-    )
+    for db in databases:
+        lines.append(
+            f"  {db.get('name', '?')!s:<{width}}  revision {db.get('revision', '?')}, "
+            f"{db.get('keys', '?')} keys, {_size(db.get('files_bytes'))}"
+        )
+        queues = db.get("queues") or {}
+        lines.extend(
+            f"    queue {prefix or '(top level)'}: {c.get('ready', 0)} ready, "
+            f"{c.get('claimed', 0)} claimed, {c.get('delayed', 0)} delayed, {c.get('dead', 0)} dead"
+            for prefix, c in queues.items()
+        )
     return "".join(line + "\n" for line in lines)
 
 
