@@ -311,6 +311,48 @@ def drop_cache_command(ctx: click.Context, prefix: str, as_json: bool) -> None:
     _finish(commands.drop_cache(_globals(ctx, as_json), prefix))
 
 
+@cli.command("cas", cls=_Command)
+@click.argument("key", type=str, callback=_text)
+@click.argument("old", type=str, callback=_text)
+@click.argument("new", type=str, callback=_text)
+@click.option(
+    "--string",
+    "as_string",
+    is_flag=True,
+    help="Read OLD and NEW as text even if they are integers.",
+)
+@_json_option
+@click.pass_context
+def cas_command(
+    ctx: click.Context, key: str, old: str, new: str, as_string: bool, as_json: bool
+) -> None:
+    """Set KEY to NEW only if it holds OLD (compare-and-set); otherwise exit 5, changing nothing.
+
+    OLD and NEW are read as set reads VALUE (a canonical integer is an integer).
+    """
+    _finish(commands.cas(_globals(ctx, as_json), key, old, new, as_string=as_string))
+
+
+@cli.command("txn", cls=_Command)
+@click.argument("file", type=click.File("r"), default="-")
+@_json_option
+@click.pass_context
+def txn_command(ctx: click.Context, file: Any, as_json: bool) -> None:
+    """Apply a transaction read as JSON from FILE (default: stdin), all or nothing.
+
+    \b
+    {"compares": [{"key": "pools.cpu_cores", "op": ">=", "value": 2}],
+     "ops": [{"op": "incr", "key": "pools.cpu_cores", "by": -2},
+             {"op": "set", "key": "allocated.worker1.cpu_cores", "value": 2}]}
+
+    A compare is {"key", "target"?, "op"?, "value"}: target value (default), mod_rev, create_rev,
+    version or exists; op ==, !=, <, <=, >, >=. An operation is {"op": "get"|"set"|"del"|"incr",
+    "key", "value"?, "by"?}. Prints "succeeded revision=N" and one line per operation's result, or
+    "failed compares=I,J" and exits 5.
+    """
+    _finish(commands.txn(_globals(ctx, as_json), file.read()))
+
+
 _token_option = click.option(
     "--token",
     type=str,

@@ -477,6 +477,60 @@ def caches(options: Globals) -> int:
     return run(options, body)
 
 
+def cas(options: Globals, key: str, old: str, new: str, *, as_string: bool = False) -> int:
+    """``cas KEY OLD NEW``: set KEY to NEW only if it holds OLD (values read as ``set`` reads
+    them); otherwise change nothing and exit 5."""
+    expected = stored_value(old, as_string=as_string)
+    stored = stored_value(new, as_string=as_string)
+
+    def body(client: Client) -> int:
+        revision = client.set(key, stored, if_value=expected)
+        if options.json:
+            write_json({"key": key, "revision": revision})
+        return 0
+
+    return run(options, body)
+
+
+def txn(options: Globals, document: str) -> int:
+    """``txn``: apply the JSON document's operations if all its compares hold; print the
+    outcome; a compare that fails exits 5 and changes nothing."""
+    import json
+
+    from prontodb.protocol import ERROR_TABLE, ErrorCode
+
+    try:
+        spec = json.loads(document)
+        if not isinstance(spec, dict):
+            raise ValueError("not an object")
+        compares, ops = spec.get("compares", []), spec.get("ops", [])
+        if not isinstance(compares, list) or not isinstance(ops, list):
+            raise ValueError("'compares' and 'ops' must be lists")
+    except ValueError as exc:
+        say(
+            f"error: the transaction is not valid JSON of the form "
+            f'{{"compares": [...], "ops": [...]}} ({exc}); see `prontodb txn --help`.'
+        )
+        return 1
+
+    def body(client: Client) -> int:
+        outcome = client.txn(compares, ops)
+        if options.json:
+            write_json(outcome._asdict())
+        elif outcome.succeeded:
+            lines = [f"succeeded revision={outcome.revision}"]
+            lines += [f"{i}={to_json(r).decode()}" for i, r in enumerate(outcome.results)]
+            write("".join(line + "\n" for line in lines).encode())
+        else:
+            failed = ",".join(str(i) for i in outcome.failed)
+            write(f"failed compares={failed}\n".encode())
+        if outcome.succeeded:
+            return 0
+        return ERROR_TABLE[ErrorCode.COMPARE_FAILED].exit_status
+
+    return run(options, body)
+
+
 def claim(
     options: Globals,
     prefix: str,

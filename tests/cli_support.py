@@ -51,9 +51,10 @@ def clean_env(**extra: str | None) -> dict[str, str | None]:
     return env
 
 
-def invoke(args: Sequence[str], **env: str | None) -> Outcome:
-    """Run the click group (not the fast path) in-process on ``args``."""
-    result = CliRunner(env=clean_env(**env)).invoke(main, list(args), prog_name="prontodb")
+def invoke(args: Sequence[str], stdin: str | None = None, **env: str | None) -> Outcome:
+    """Run the click group (not the fast path) in-process on ``args``, with ``stdin``."""
+    runner = CliRunner(env=clean_env(**env))
+    result = runner.invoke(main, list(args), input=stdin, prog_name="prontodb")
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return Outcome(result.stdout_bytes, result.stderr_bytes, result.exit_code)

@@ -475,3 +475,27 @@ def test_claim_commands(broker: BrokerProcess, cursor: str) -> None:
     ok(cli(broker, cursor, "ack", "queue.task_2", "--token", str(again["token"])))
     assert error_line(cli(broker, cursor, "get", "queue.task_2"), 3)
     assert cli(broker, cursor, "ack", "queue.task_1").status == 2  # --token is required
+
+
+def test_cas_and_txn(broker: BrokerProcess, cursor: str) -> None:
+    ok(cli(broker, cursor, "set", "pools.cpu_cores", "8"))
+    ok(cli(broker, cursor, "cas", "pools.cpu_cores", "8", "6"))
+    assert error_line(cli(broker, cursor, "cas", "pools.cpu_cores", "8", "4"), 5)
+    ok(cli(broker, cursor, "get", "pools.cpu_cores"), "6\n")
+    allocate = json.dumps(
+        {
+            "compares": [{"key": "pools.cpu_cores", "op": ">=", "value": 2}],
+            "ops": [
+                {"op": "incr", "key": "pools.cpu_cores", "by": -2},
+                {"op": "set", "key": "allocated.worker1.cpu_cores", "value": 2},
+            ],
+        }
+    )
+    done = invoke(["--url", broker.url, "--cursor", cursor, "txn"], stdin=allocate)
+    assert (done.status, done.err) == (0, "")
+    assert done.out.splitlines() == ["succeeded revision=3", "0=4", "1=3"]  # incr: value; set: rev
+    too_much = allocate.replace('"value": 2}]', '"value": 20}]', 1)
+    refused = invoke(["--url", broker.url, "--cursor", cursor, "txn"], stdin=too_much)
+    assert (refused.status, refused.out) == (5, "failed compares=0\n")
+    ok(cli(broker, cursor, "get", "pools.cpu_cores"), "4\n")
+    assert error_line(invoke(["--url", broker.url, "txn"], stdin="not json"), 1)
