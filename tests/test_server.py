@@ -278,78 +278,59 @@ class FakeClock:
 
 
 async def test_expired_keys_vanish_for_readers_before_any_sweep(
-    short_dir: Path, autojump_clock: trio.testing.MockClock
+    clocked: tuple[Running, FakeClock], autojump_clock: trio.testing.MockClock
 ) -> None:
-    clock = FakeClock()
-    config = ServerConfig(data_dir=short_dir / "data", socket_path=short_dir / "s.sock")
-    broker = Broker(config)
-    broker.clock = clock
-    async with trio.open_nursery() as nursery:
-        await nursery.start(lambda task_status: broker.serve(task_status=task_status))
-        w = await Wire.open(str(short_dir / "s.sock"))
-        await w.result("set", key="session.w1", value="on", ttl=30)
-        await w.result("set", key="kept", value="on")
-        ttl = await w.result("ttl", key="session.w1")
-        assert ttl == {"exists": True, "ttl": 30.0}
-        assert await w.result("ttl", key="kept") == {"exists": True, "ttl": None}
-        assert await w.result("ttl", key="nothing") == {"exists": False, "ttl": None}
-        clock.jump = 31.0  # the wall clock moves; trio's does not, so the sweeper still sleeps
-        assert await w.result("get", key="session.w1") is None
-        assert await w.result("keys") == {"keys": ["kept"], "more": False}
-        engine = broker.databases.opened()[0].engine
-        assert engine.revision == 3  # the expiry took a revision of its own
-        await w.aclose()
-        broker.request_stop()
+    server, clock = clocked
+    broker = server.broker
+    w = await server.wire()
+    await w.result("set", key="session.w1", value="on", ttl=30)
+    await w.result("set", key="kept", value="on")
+    ttl = await w.result("ttl", key="session.w1")
+    assert ttl == {"exists": True, "ttl": 30.0}
+    assert await w.result("ttl", key="kept") == {"exists": True, "ttl": None}
+    assert await w.result("ttl", key="nothing") == {"exists": False, "ttl": None}
+    clock.jump = 31.0  # the wall clock moves; trio's does not, so the sweeper still sleeps
+    assert await w.result("get", key="session.w1") is None
+    assert await w.result("keys") == {"keys": ["kept"], "more": False}
+    engine = broker.databases.opened()[0].engine
+    assert engine.revision == 3  # the expiry took a revision of its own
 
 
 async def test_the_sweeper_expires_keys_when_nobody_asks(
-    short_dir: Path, autojump_clock: trio.testing.MockClock
+    clocked: tuple[Running, FakeClock], autojump_clock: trio.testing.MockClock
 ) -> None:
-    clock = FakeClock()
-    config = ServerConfig(data_dir=short_dir / "data", socket_path=short_dir / "s.sock")
-    broker = Broker(config)
-    broker.clock = clock
-    async with trio.open_nursery() as nursery:
-        await nursery.start(lambda task_status: broker.serve(task_status=task_status))
-        w = await Wire.open(str(short_dir / "s.sock"))
-        await w.result("set", key="late", value=1, ttl=100)
-        await w.result("set", key="soon", value=1, ttl=10)  # earlier: the sweeper reschedules
-        engine = broker.databases.opened()[0].engine
-        await trio.sleep(10.5)  # mock time: no real waiting
-        assert engine.keys() == ["late"]
-        await trio.sleep(100)
-        assert engine.keys() == []
-        assert engine.revision == 4
-        await w.aclose()
-        broker.request_stop()
+    server, _clock = clocked
+    broker = server.broker
+    w = await server.wire()
+    await w.result("set", key="late", value=1, ttl=100)
+    await w.result("set", key="soon", value=1, ttl=10)  # earlier: the sweeper reschedules
+    engine = broker.databases.opened()[0].engine
+    await trio.sleep(10.5)  # mock time: no real waiting
+    assert engine.keys() == ["late"]
+    await trio.sleep(100)
+    assert engine.keys() == []
+    assert engine.revision == 4
 
 
 async def test_caches_expire_persist_over_the_wire(
-    short_dir: Path, autojump_clock: trio.testing.MockClock
+    clocked: tuple[Running, FakeClock], autojump_clock: trio.testing.MockClock
 ) -> None:
-    clock = FakeClock()
-    config = ServerConfig(data_dir=short_dir / "data", socket_path=short_dir / "s.sock")
-    broker = Broker(config)
-    broker.clock = clock
-    async with trio.open_nursery() as nursery:
-        await nursery.start(lambda task_status: broker.serve(task_status=task_status))
-        w = await Wire.open(str(short_dir / "s.sock"))
-        assert await w.result("create_cache", prefix="sessions.active", seconds=3600) is None
-        assert await w.result("caches") == {"sessions.active": 3600.0}
-        await w.result("set", key="sessions.active.worker1", value="active")
-        assert (await w.result("ttl", key="sessions.active.worker1"))["ttl"] == 3600.0
-        assert await w.result("persist", key="sessions.active.worker1") is True
-        assert await w.result("expire", key="sessions.active.worker1", seconds=5) is True
-        assert await w.result("expire", key="missing", seconds=5) is False
-        meta = await w.result("get", key="sessions.active.worker1", meta=True)
-        assert meta["expires"] == clock() + 5
-        assert await w.result("drop_cache", prefix="sessions.active") is True
-        assert await w.result("caches") == {}
-        bad = await w.call("set", key="k", value=1, ttl=-1)
-        assert bad.error is not None
-        assert bad.error["code"] == ErrorCode.BAD_REQUEST
-        await w.aclose()
-        broker.request_stop()
+    server, clock = clocked
+    w = await server.wire()
+    assert await w.result("create_cache", prefix="sessions.active", seconds=3600) is None
+    assert await w.result("caches") == {"sessions.active": 3600.0}
+    await w.result("set", key="sessions.active.worker1", value="active")
+    assert (await w.result("ttl", key="sessions.active.worker1"))["ttl"] == 3600.0
+    assert await w.result("persist", key="sessions.active.worker1") is True
+    assert await w.result("expire", key="sessions.active.worker1", seconds=5) is True
+    assert await w.result("expire", key="missing", seconds=5) is False
+    meta = await w.result("get", key="sessions.active.worker1", meta=True)
+    assert meta["expires"] == clock() + 5
+    assert await w.result("drop_cache", prefix="sessions.active") is True
+    assert await w.result("caches") == {}
+    bad = await w.call("set", key="k", value=1, ttl=-1)
+    assert bad.error is not None
+    assert bad.error["code"] == ErrorCode.BAD_REQUEST
 
 
 async def test_keys_that_expired_while_the_broker_was_down_are_gone(short_dir: Path) -> None:
