@@ -1,4 +1,5 @@
-"""Load generation for bench/throughput.py: one process's share of the clients, under trio.
+"""Load generation for bench/throughput.py and bench/claims.py: one process's share of the clients,
+under trio.
 
 Each load-generator process is started by the benchmark (multiprocessing, spawn), opens its
 clients, reports ready on its pipe and waits for a :class:`Window`. Every client then runs one
@@ -19,8 +20,12 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
 
 import trio
+
+if TYPE_CHECKING:
+    from prontodb.clients import AsyncClient
 
 PRONTODB = "prontodb"
 REDIS = "redis"
@@ -250,3 +255,349 @@ def run_worker(job: Job, pipe: Connection) -> None:
         pipe.send(("done", outcome))
     finally:
         pipe.close()
+
+
+# -- claims (bench/claims.py) ----------------------------------------------------------------
+#
+# Below: the load generators of bench/claims.py. A hand-off pair (one producer process, one
+# consumer process, talking over their own pipe) and drain workers (N claimers per process).
+# Every process connects, reports ready, waits for the go, and reports what it saw as plain
+# tuples: times are time.perf_counter(), which is CLOCK_MONOTONIC, one clock for every process.
+
+HANDOFF_PREFIX = "jobs"  # ProntoDB: the hand-off's queue, items jobs.<n>
+HANDOFF_LIST = b"q"  # Redis: the hand-off's list
+DRAIN_PREFIX = "tasks"  # ProntoDB: the drain's queue, items tasks.<n>
+DRAIN_LIST = b"tasks"  # Redis: the drain's list ...
+DRAIN_PROCESSING = b"processing"  # ... and the reliable queue's in-progress list
+
+
+def _frame(parts: tuple[bytes, ...]) -> bytes:
+    """One RESP2 command as an array of bulk strings."""
+    frame = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        frame += (b"$%d\r\n" % len(part), part, b"\r\n")
+    return b"".join(frame)
+
+
+class RespQueueClient(RespClient):
+    """:class:`RespClient` plus every RESP2 reply type (integers, arrays), for the list commands
+    a work queue needs; still one command at a time."""
+
+    @classmethod
+    async def connect(cls, path: str) -> RespQueueClient:
+        return cls(await trio.open_unix_socket(path))
+
+    async def request(self, *parts: bytes) -> Any:
+        """Send one command and return its reply: bytes, int, None (nil) or a list of those."""
+        await self._stream.send_all(_frame(parts))
+        return await self._reply()
+
+    async def _reply(self) -> Any:
+        line = await self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"+":
+            return rest
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            size = int(rest)
+            if size < 0:
+                return None
+            while len(self._buffer) < size + 2:
+                await self._receive()
+            data = bytes(self._buffer[:size])
+            del self._buffer[: size + 2]
+            return data
+        if kind == b"*":
+            count = int(rest)
+            return None if count < 0 else [await self._reply() for _ in range(count)]
+        if kind == b"-":
+            raise RespError(rest.decode(errors="replace"))
+        raise RespError(f"unexpected reply {line[:40]!r}")
+
+    async def lpush(self, key: bytes, *values: bytes) -> int:
+        length: int = await self.request(b"LPUSH", key, *values)
+        return length
+
+    async def blpop(self, key: bytes) -> bytes:
+        """BLPOP with no timeout: the popped value."""
+        reply = await self.request(b"BLPOP", key, b"0")
+        if not isinstance(reply, list) or len(reply) != 2:
+            raise RespError(f"BLPOP answered {reply!r}")
+        value: bytes = reply[1]
+        return value
+
+    async def lmove(self, source: bytes, destination: bytes) -> bytes | None:
+        """LMOVE source destination RIGHT LEFT: the oldest of an LPUSHed list, or None."""
+        value: bytes | None = await self.request(b"LMOVE", source, destination, b"RIGHT", b"LEFT")
+        return value
+
+    async def lrem(self, key: bytes, value: bytes) -> int:
+        removed: int = await self.request(b"LREM", key, b"1", value)
+        return removed
+
+    async def llen(self, key: bytes) -> int:
+        length: int = await self.request(b"LLEN", key)
+        return length
+
+
+def queue_item(index: int, size: int) -> str:
+    """Item ``index``'s value: its number, zero-padded to ``size`` bytes (at least 6)."""
+    return f"{index:0{max(size, 6)}d}"
+
+
+async def fill_queue(server: str, path: str, items: int, value_size: int) -> None:
+    """Put ``items`` items in the drain's queue, oldest first: ProntoDB ``tasks.<n>`` by txns of
+    128 sets (the most one txn takes), Redis by LPUSHes of 500 values (the oldest at the right)."""
+    values = [queue_item(i, value_size) for i in range(items)]
+    if server == PRONTODB:
+        from prontodb.clients import AsyncClient
+
+        async with await AsyncClient.connect(
+            "unix://" + path, user="bench", cursor=CURSOR, timeout=30.0, name="prontodb-bench"
+        ) as client:
+            for first in range(0, items, 128):
+                ops = [
+                    {"op": "set", "key": f"{DRAIN_PREFIX}.{i:06d}", "value": values[i]}
+                    for i in range(first, min(items, first + 128))
+                ]
+                await client.txn([], ops)
+        return
+    resp = await RespQueueClient.connect(path)
+    try:
+        for first in range(0, items, 500):
+            await resp.lpush(DRAIN_LIST, *(v.encode() for v in values[first : first + 500]))
+    finally:
+        await resp.aclose()
+
+
+@dataclass(frozen=True)
+class HandoffJob:
+    """The hand-off pair's rounds; the servers take turns, ProntoDB on even rounds."""
+
+    pronto_socket: str
+    redis_socket: str
+    rounds: int  # warm-up rounds included
+    gap: float  # seconds the producer waits after the consumer is blocked
+    value_size: int
+    wait: float  # a ProntoDB claim's wait: how long a lost item stalls the run
+
+
+def handoff_server(index: int) -> str:
+    """Which server round ``index`` of the hand-off runs on."""
+    return PRONTODB if index % 2 == 0 else REDIS
+
+
+async def _connect_both(
+    job: HandoffJob, stack: AsyncExitStack
+) -> tuple[AsyncClient, RespQueueClient]:
+    from prontodb.clients import AsyncClient
+
+    client = await AsyncClient.connect(
+        "unix://" + job.pronto_socket,
+        user="bench",
+        cursor=CURSOR,
+        timeout=30.0,
+        name="prontodb-bench",
+    )
+    stack.push_async_callback(client.aclose)
+    resp = await RespQueueClient.connect(job.redis_socket)
+    stack.push_async_callback(resp.aclose)
+    return client, resp
+
+
+async def _receive(pipe: Connection) -> Any:
+    """The next message on ``pipe``, without blocking trio while none has come."""
+    while not pipe.poll():
+        await trio.lowlevel.wait_readable(pipe.fileno())
+    return pipe.recv()
+
+
+async def _handoff_consumer(
+    job: HandoffJob, peer: Connection, parent: Connection
+) -> list[tuple[int, float, str, int, int]]:
+    """Per round: block in a claim (or BLPOP), tell the producer, take the item, ack it.
+
+    Returns ``(round, returned_at, key, deliveries, token)``; Redis rounds have no key of their
+    own (the value stands in), 1 delivery and token 0.
+    """
+    import trio.testing
+
+    seen: list[tuple[int, float, str, int, int]] = []
+    async with AsyncExitStack() as stack:
+        client, resp = await _connect_both(job, stack)
+
+        async def take(index: int, got: list[tuple[float, str, int, int]]) -> None:
+            if handoff_server(index) == PRONTODB:
+                claimed = await client.claim(HANDOFF_PREFIX, wait=job.wait)
+                returned = time.perf_counter()  # first thing: the hand-off ends here
+                if claimed is None:
+                    raise RuntimeError(f"round {index}: nothing claimed in {job.wait:g} s")
+                got.append((returned, claimed.key, claimed.deliveries, claimed.token))
+            else:
+                value = await resp.blpop(HANDOFF_LIST)
+                got.append((time.perf_counter(), value.decode(), 1, 0))
+
+        parent.send(("ready", None))
+        await _receive(parent)  # the go
+        for index in range(job.rounds):
+            got: list[tuple[float, str, int, int]] = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(take, index, got)
+                # Every other task is blocked: the claim (or BLPOP) has been sent.
+                await trio.testing.wait_all_tasks_blocked()
+                peer.send(index)
+            returned, key, deliveries, token = got[0]
+            if handoff_server(index) == PRONTODB:
+                await client.ack(key, token)
+            seen.append((index, returned, key, deliveries, token))
+    return seen
+
+
+async def _handoff_producer(
+    job: HandoffJob, peer: Connection, parent: Connection
+) -> list[tuple[int, float, float]]:
+    """Per round: wait for the consumer to be blocked, then set ``jobs.<n>`` (or LPUSH).
+
+    Returns ``(round, before_write, write_answered)``.
+    """
+    done: list[tuple[int, float, float]] = []
+    async with AsyncExitStack() as stack:
+        client, resp = await _connect_both(job, stack)
+        parent.send(("ready", None))
+        await _receive(parent)
+        for index in range(job.rounds):
+            blocked = await _receive(peer)
+            if blocked != index:
+                raise RuntimeError(f"the consumer is at round {blocked}, the producer at {index}")
+            # The request is on its way; give the server time to read it and park the waiter.
+            await trio.sleep(job.gap)
+            value = queue_item(index, job.value_size)
+            if handoff_server(index) == PRONTODB:
+                key = f"{HANDOFF_PREFIX}.{index:06d}"
+                before = time.perf_counter()
+                await client.set(key, value)
+            else:
+                encoded = value.encode()
+                before = time.perf_counter()
+                await resp.lpush(HANDOFF_LIST, encoded)
+            done.append((index, before, time.perf_counter()))
+    return done
+
+
+def run_handoff_consumer(job: HandoffJob, peer: Connection, parent: Connection) -> None:
+    """Process entry point of the hand-off's consumer."""
+    _run_reporting(parent, _handoff_consumer, job, peer, parent)
+
+
+def run_handoff_producer(job: HandoffJob, peer: Connection, parent: Connection) -> None:
+    """Process entry point of the hand-off's producer."""
+    _run_reporting(parent, _handoff_producer, job, peer, parent)
+
+
+@dataclass(frozen=True)
+class DrainJob:
+    """One process's share of the drain's workers."""
+
+    server: str
+    socket: str
+    workers: int
+
+
+@dataclass
+class DrainOutcome:
+    """What one drain process saw."""
+
+    taken: list[tuple[int, str]] = field(default_factory=list)  # (token, key); Redis token 0
+    cycles: list[float] = field(default_factory=list)  # seconds, one claim + ack each
+    finished: float = 0.0  # perf_counter when its last worker found the queue empty
+    errors: int = 0
+    error_samples: list[str] = field(default_factory=list)
+    redeliveries: int = 0
+    cpu_seconds: float = 0.0
+
+
+async def _drain(job: DrainJob, parent: Connection) -> DrainOutcome:
+    """``job.workers`` connections claim and ack (LMOVE and LREM) until the queue is empty."""
+    from prontodb.clients import AsyncClient
+
+    outcome = DrainOutcome()
+    perf = time.perf_counter
+
+    async def pronto_worker(client: AsyncClient) -> None:
+        while True:
+            began = perf()
+            claimed = await client.claim(DRAIN_PREFIX)
+            if claimed is None:
+                return
+            await client.ack(claimed.key, claimed.token)
+            outcome.cycles.append(perf() - began)
+            outcome.taken.append((claimed.token, claimed.key))
+            if claimed.deliveries != 1:
+                outcome.redeliveries += 1
+
+    async def redis_worker(resp: RespQueueClient) -> None:
+        while True:
+            began = perf()
+            item = await resp.lmove(DRAIN_LIST, DRAIN_PROCESSING)
+            if item is None:
+                return
+            if await resp.lrem(DRAIN_PROCESSING, item) != 1:
+                raise RespError(f"LREM found no {item!r} in the processing list")
+            outcome.cycles.append(perf() - began)
+            outcome.taken.append((0, item.decode()))
+
+    async def guarded(work: Callable[[Any], Awaitable[None]], conn: Any) -> None:
+        try:
+            await work(conn)
+        except Exception as exc:
+            # A failing worker stops (the others drain the rest): a finding, not a retry.
+            outcome.errors += 1
+            if len(outcome.error_samples) < 5:
+                outcome.error_samples.append(f"{type(exc).__name__}: {exc}")
+        outcome.finished = max(outcome.finished, perf())
+
+    async with AsyncExitStack() as stack:
+        conns: list[Any] = []
+        for _ in range(job.workers):
+            if job.server == PRONTODB:
+                client = await AsyncClient.connect(
+                    "unix://" + job.socket,
+                    user="bench",
+                    cursor=CURSOR,
+                    timeout=30.0,
+                    name="prontodb-bench",
+                )
+                stack.push_async_callback(client.aclose)
+                conns.append(client)
+            else:
+                resp = await RespQueueClient.connect(job.socket)
+                stack.push_async_callback(resp.aclose)
+                conns.append(resp)
+        parent.send(("ready", None))
+        start: float = await _receive(parent)
+        await trio.sleep(max(0.0, start - perf()))
+        cpu = time.process_time()
+        work = pronto_worker if job.server == PRONTODB else redis_worker
+        async with trio.open_nursery() as nursery:
+            for conn in conns:
+                nursery.start_soon(guarded, work, conn)
+        outcome.cpu_seconds = time.process_time() - cpu
+    return outcome
+
+
+def run_drain_worker(job: DrainJob, parent: Connection) -> None:
+    """Process entry point of one share of the drain's workers."""
+    _run_reporting(parent, _drain, job, parent)
+
+
+def _run_reporting(parent: Connection, main: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    """Run ``main`` under trio; send ``("done", result)`` or ``("failed", traceback)``."""
+    try:
+        result = trio.run(main, *args)
+    except BaseException:
+        parent.send(("failed", traceback.format_exc()))
+    else:
+        parent.send(("done", result))
+    finally:
+        parent.close()

@@ -96,7 +96,7 @@ class CaseResult:
 # -- running one case ----------------------------------------------------------------------
 
 
-def _expect(pipe: Connection, kind: str, timeout: float) -> Any:
+def expect(pipe: Connection, kind: str, timeout: float) -> Any:
     """The payload of the next message from a load generator, which must be ``kind``."""
     if not pipe.poll(timeout):
         raise RuntimeError(f"a load generator sent no {kind!r} within {timeout:g} s")
@@ -138,7 +138,7 @@ def run_case(
             child.close()
             workers.append((process, parent))
         for _, pipe in workers:
-            _expect(pipe, "ready", WORKER_TIMEOUT)
+            expect(pipe, "ready", WORKER_TIMEOUT)
         # Every client is connected: connecting is not part of what is measured.
         start = time.monotonic() + 0.05
         window = Window(start, start + args.warmup, start + args.warmup + args.seconds)
@@ -149,7 +149,7 @@ def run_case(
         _sleep_until(window.measure_to)
         after = sample()
         outcomes: list[Outcome] = [
-            _expect(pipe, "done", WORKER_TIMEOUT + args.seconds) for _, pipe in workers
+            expect(pipe, "done", WORKER_TIMEOUT + args.seconds) for _, pipe in workers
         ]
     finally:
         for worker, pipe in workers:
