@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -703,5 +704,21 @@ def test_claiming_acks_or_releases(backend: str, broker: BrokerProcess) -> None:
             back = await client.claim("jobs", wait=1)
             assert back is not None
             assert (back.key, back.deliveries) == ("jobs.b", 2)
+
+    run(backend, body)
+
+
+def test_a_cancelled_waiting_claim_does_not_hold_up_the_next_calls(
+    backend: str, broker: BrokerProcess
+) -> None:
+    async def body() -> None:
+        async with await AsyncClient.connect(broker.url, cursor="waits") as client:
+            async with anyio.create_task_group() as group:
+                group.start_soon(partial(client.claim, "jobs", wait=300))
+                while client.statistics()["in_flight"] < 1:  # until its request is sent
+                    await anyio.lowlevel.checkpoint()
+                group.cancel_scope.cancel()
+            with anyio.fail_after(30):  # not the claim's 300 s
+                assert await client.set("after", 1) > 0
 
     run(backend, body)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from prontodb.broker.engine import ChangeKind, Claimed, Engine, Record, RecordKind
+from prontodb.broker.engine import ChangeKind, Claimed, Engine, OpKind, Record, RecordKind, TxnOp
 from prontodb.protocol import ErrorCode, ProntoError
 
 T0 = 5_000.0
@@ -179,3 +179,35 @@ def test_replay_and_snapshots_keep_claims_counts_and_delays() -> None:
         assert state(restored) == state(e)
         again = restored.claim("q", holder="w5", now=T0 + 41, lease=5).result
         assert again == Claimed(d.key, d.key, c.token + 2, T0 + 46, 2)
+
+
+def test_a_key_deleted_and_set_again_in_one_txn_is_a_new_item() -> None:
+    e = filled("q.a", "q.b")
+    take(e)  # q.a
+    held = take(e)  # q.b
+    e.txn([], [TxnOp(OpKind.DELETE, "q.b"), TxnOp(OpKind.SET, "q.b", 3)], writer="u", now=T0)
+    assert e.claim_of("q.b") == (None, 0)  # the old claim went with the old item
+    refused(lambda: e.ack("q.b", held.token, writer="w1", now=T0))
+    again = take(e)
+    assert (again.key, again.value, again.deliveries) == ("q.b", 3, 1)
+    assert e.claim("q", holder="w2", now=T0, lease=30).result is None  # handed out once
+    assert state_of(Engine.restore(e.snapshot())) == state_of(e)
+
+
+def test_a_dead_letter_for_a_key_at_the_length_limit_does_not_fail_the_claim() -> None:
+    long_key = "q." + "x" * 1020
+    e = filled(long_key, "q.ok")
+    first = take(e, max_deliveries=1)
+    e.release(first.key, first.token, writer="w1", now=T0)
+    assert take(e, max_deliveries=1).key == "q.ok"
+    assert e.keys("dead") == [f"dead.{long_key}"]
+
+
+def test_expire_with_a_past_deadline_expires_now() -> None:
+    e = filled("k")
+    assert e.expire("k", -5, writer="u", now=T0).result is True
+    assert e.get("k") is None
+
+
+def state_of(engine: Engine) -> Any:
+    return engine.revision, engine.claims(), engine.queue_counts("q"), engine.next_timer()

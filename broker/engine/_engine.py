@@ -267,7 +267,7 @@ class Engine:
         """Give ``key`` a deadline ``seconds`` from ``now`` (0 or less: it expires now). The
         result says whether the key existed. Like a set of the same value, it takes a revision."""
         key = self._key(key)
-        seconds = _seconds(seconds, "seconds", allow_zero=True)
+        seconds = _seconds(seconds, "seconds", allow_past=True)
         prev = self._entries.get(key)
         if prev is None:
             return Applied(False, [], [])
@@ -399,7 +399,9 @@ class Engine:
         return Applied(None, records, changes)
 
     def _bury(self, key: str, entry: Entry, now: float) -> Applied[None]:
-        dead = self._key(f"{DEAD_PREFIX}{SEPARATOR}{key}")
+        # Not validated: the item's key is, and the prefix may take it 5 characters over the
+        # length limit, which must not make the move (and the claim) fail half-way.
+        dead = f"{DEAD_PREFIX}{SEPARATOR}{key}"
         packed = self._pack(entry.value)
         rev = self.revision + 1
         moved = _next_entry(
@@ -830,8 +832,11 @@ class Engine:
             self._expiring -= prev.expires is not None
         self._entries[key] = entry
         self.live_bytes += _footprint(key, entry)
+        recreated = prev is not None and prev.create_rev != entry.create_rev
+        if prev is not None and recreated:  # deleted and set again in one txn: a new item
+            self._book.removed(key, prev)
         if not self._loading:
-            self._book.stored(key, entry, prev is None)
+            self._book.stored(key, entry, prev is None or recreated)
         if entry.expires is not None:
             self._expiring += 1
             if not self._loading:
@@ -879,11 +884,12 @@ def _next_entry(
     return Entry(value, prev.create_rev, rev, prev.version + 1, writer, now, size, expires)
 
 
-def _seconds(value: Any, name: str, *, allow_zero: bool = False) -> float:
-    """A duration in seconds: a finite number, above 0 (or at least 0 with ``allow_zero``)."""
+def _seconds(value: Any, name: str, *, allow_past: bool = False) -> float:
+    """A duration in seconds: a finite number above 0 (any, with ``allow_past``: 0 or less means
+    now)."""
     if not (is_integer(value) or isinstance(value, float)) or not math.isfinite(value):
         raise ProntoError(ErrorCode.BAD_REQUEST, f"{name!r} must be a number of seconds.")
-    if value < 0 or (value == 0 and not allow_zero):
+    if value <= 0 and not allow_past:
         raise ProntoError(ErrorCode.BAD_REQUEST, f"{name!r} must be more than 0 seconds.")
     return float(value)
 

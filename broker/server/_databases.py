@@ -94,9 +94,26 @@ class OpenDatabase:
 
     def serve_waiters(self, now: float) -> None:
         """Hand claimable items to waiting claimers, first come, first served."""
-        if self.waiters:
+        if not self.waiters:
+            return
+        try:
             self.waiters.serve(self.engine, now, self.submit)
-            self.deadlines_changed()  # the leases of the claims just made
+        except Exception as exc:
+            # Called after another request's change was applied: that request must still get
+            # its answer. A failure here is a bug; reopen the database from what is durable.
+            logger.exception("database %s: serving waiting claimers failed", self.name)
+            self._fail(StorageError(f"serving waiting claimers failed: {exc}"))
+            return
+        self.deadlines_changed()  # the leases of the claims just made
+
+    def give_back(self, key: str, token: int, writer: str, now: float) -> None:
+        """Release a claim nobody will hear of (its claimer went), so the item is not stuck."""
+        try:
+            applied = self.engine.release(key, token, writer=writer, now=now)
+        except ProntoError:
+            return  # the claim ended meanwhile (acked by no one, returned, or the item is gone)
+        self.submit(applied)
+        self.serve_waiters(now)
 
     def deadlines_changed(self) -> None:
         """A write may have set an earlier deadline than the one the sweeper sleeps until."""
@@ -119,6 +136,10 @@ class OpenDatabase:
                     self.expire_due(clock())
                 except StorageError as exc:
                     self._fail(exc)  # the database is reopened on its next use
+                    return
+                except Exception as exc:  # a bug: never let it take the broker down
+                    logger.exception("database %s: the sweeper failed", self.name)
+                    self._fail(StorageError(f"the sweeper failed: {exc}"))
                     return
 
     def wake(self) -> None:
@@ -202,12 +223,15 @@ class Databases:
 
     def return_session(self, session: int, now: float) -> None:
         """A connection ended: its bound claims go back to their queues, in every database."""
-        for db in self._open.values():
+        for db in list(self._open.values()):
             if db.failure is None:
-                returned = db.engine.return_bound(now, session)
-                if returned.records:
-                    db.submit(returned)
-                    db.serve_waiters(now)
+                try:
+                    returned = db.engine.return_bound(now, session)
+                    if returned.records:
+                        db.submit(returned)
+                        db.serve_waiters(now)
+                except Exception:  # the other databases still get their claims back
+                    logger.exception("database %s: returning session %d's claims", db.name, session)
 
     def directory(self, name: str) -> Path:
         return self.data_dir / f"{name}.db"

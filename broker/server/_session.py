@@ -102,8 +102,8 @@ class Session:
                         if self._stopping:
                             goodbye = Goodbye(ErrorCode.UNAVAILABLE, "The broker is stopping.")
                             await self._flush([_Out(goodbye)], send)
-                    except trio.BrokenResourceError:
-                        pass  # the peer is gone
+                    except* trio.BrokenResourceError:
+                        pass  # the peer is gone (the waits nursery may wrap it in a group)
         finally:
             # Claims bound to this connection go back to their queues now.
             self.broker.databases.return_session(self.number, self.broker.clock())
@@ -281,16 +281,22 @@ class Session:
     async def _wait_for_claim(
         self, request_id: int, db: OpenDatabase, waiter: Waiter, wait: float
     ) -> None:
+        answered = False
         try:
             with trio.move_on_after(wait):
                 await waiter.event.wait()
+            # Served even as the wait ran out: the item is this claimer's, answer with it.
+            ticket = waiter.ticket if waiter.result is not None else db.database.last_ticket
+            out = _Out(Response(request_id, None, claimed_map(waiter.result)), db, ticket)
+            self._unsent += 1
+            self._send.send_nowait(out)
+            answered = True
         finally:
             db.waiters.remove(waiter)
-        # Served even as the wait ran out: the item is this claimer's, answer with it.
-        ticket = waiter.ticket if waiter.result is not None else db.database.last_ticket
-        out = _Out(Response(request_id, None, claimed_map(waiter.result)), db, ticket)
-        self._unsent += 1
-        self._send.send_nowait(out)
+            if waiter.result is not None and not answered:
+                # Served, but the connection is going before the answer could: give it back
+                # rather than leave it held, unseen, until its lease ends.
+                db.give_back(waiter.result.key, waiter.result.token, self.user, self.broker.clock())
 
     # -- sending -----------------------------------------------------------------------------
 

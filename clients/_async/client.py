@@ -53,9 +53,10 @@ _LOST = (
 class _Waiter:
     """One call in progress: its slot, its request id, its response, the event it sleeps on."""
 
-    __slots__ = ("event", "has_slot", "queued", "request_id", "response")
+    __slots__ = ("blocking", "event", "has_slot", "queued", "request_id", "response")
 
-    def __init__(self) -> None:
+    def __init__(self, blocking: bool = False) -> None:
+        self.blocking = blocking  # a claim that waits: its answer may take as long as the wait
         self.event: backend.Event | None = None
         self.has_slot = False  # counts towards max_in_flight
         self.queued = False  # in the queue for a slot
@@ -113,6 +114,7 @@ class AsyncClient:
         self._slot_queue: deque[_Waiter] = deque()  # callers waiting for a slot, first come first
         self._waiters: dict[int, _Waiter] = {}  # request id -> the caller awaiting its answer
         self._abandoned: set[int] = set()  # ids sent by callers who gave up; answers are dropped
+        self._abandoned_waits: set[int] = set()  # the same, for claims that wait
         self._parked: dict[_Waiter, None] = {}  # callers asleep on their event, oldest first
         self._unanswered = 0  # requests sent and not answered, abandoned ones included
         self._reader: _Waiter | None = None  # the caller reading for everyone
@@ -211,7 +213,7 @@ class AsyncClient:
         with self._mutex:
             return {
                 "in_flight": self._conn.statistics().in_flight,
-                "abandoned": len(self._abandoned),
+                "abandoned": len(self._abandoned) + len(self._abandoned_waits),
                 "queued": len(self._slot_queue),
                 "waiting": len(self._waiters),
                 "max_in_flight": self._max_in_flight,
@@ -521,12 +523,15 @@ class AsyncClient:
     # waiting for a slot reads too, when it can (abandoned requests may hold every slot).
 
     async def _call(self, op: str, args: dict[str, Any]) -> Any:
-        waiter = _Waiter()
+        waiter = _Waiter(blocking=op == "claim" and bool(args.get("wait")))
         try:
             await self._wait(waiter, lambda: self._take_slot(waiter))
             # Answers to abandoned (cancelled) calls are read before anything more is sent: if
             # nobody read them, a large one could fill the socket, the broker would stop
-            # reading, and a large request would then block this send for good.
+            # reading, and a large request would then block this send for good. A waiting
+            # claim's answer is not waited for: it may be the whole of its wait away. (Its item,
+            # if one comes, is dropped here and held until its lease ends; bind=True gives it
+            # back when the connection closes.)
             await self._wait(waiter, lambda: not self._abandoned)
             await self._send(waiter, op, args)
             await self._wait(waiter, lambda: waiter.response is not None)
@@ -645,6 +650,7 @@ class AsyncClient:
         self._free_slot()
         waiter = self._waiters.pop(response.id, None)
         if waiter is None:
+            self._abandoned_waits.discard(response.id)
             self._abandoned.discard(response.id)
             if not self._abandoned:  # callers waiting to send may go now
                 for parked in self._parked:
@@ -695,7 +701,8 @@ class AsyncClient:
             # dropped then; it also frees the slot then, since the broker still counts it.
             del self._waiters[waiter.request_id]
             if self._error is None:
-                self._abandoned.add(waiter.request_id)
+                abandoned = self._abandoned_waits if waiter.blocking else self._abandoned
+                abandoned.add(waiter.request_id)
         if self._reader is None:
             self._wake_reader()
 
