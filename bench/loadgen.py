@@ -78,12 +78,20 @@ def make_value(rng: random.Random, size: int) -> str:
     return "".join(rng.choices("0123456789abcdef", k=size))
 
 
+def _frame(parts: tuple[bytes, ...]) -> bytes:
+    """One RESP2 command as an array of bulk strings."""
+    frame = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        frame += (b"$%d\r\n" % len(part), part, b"\r\n")
+    return b"".join(frame)
+
+
 class RespError(Exception):
     """An error reply from Redis, or a reply this minimal client does not understand."""
 
 
 class RespClient:
-    """Just enough RESP2 for SET and GET: one command at a time, no pipelining."""
+    """Just enough RESP2 for the benchmarks: one command at a time, no pipelining."""
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self._stream = stream
@@ -102,20 +110,23 @@ class RespClient:
             raise RespError(f"SET answered {reply!r}")
 
     async def get(self, key: bytes) -> bytes | None:
-        return await self.command(b"GET", key)
+        value: bytes | None = await self.command(b"GET", key)
+        return value
 
-    async def command(self, *parts: bytes) -> bytes | None:
-        """Send one command and return its simple-string or bulk reply (None for a nil bulk)."""
-        frame = [b"*%d\r\n" % len(parts)]
-        for part in parts:
-            frame += (b"$%d\r\n" % len(part), part, b"\r\n")
-        await self._stream.send_all(b"".join(frame))
+    async def command(self, *parts: bytes) -> Any:
+        """Send one command and return its reply: bytes, int, None (nil) or a list of those."""
+        await self._stream.send_all(_frame(parts))
+        return await self._reply()
+
+    async def _reply(self) -> Any:
         line = await self._line()
-        kind = line[:1]
+        kind, rest = line[:1], line[1:]
         if kind == b"+":
-            return line[1:]
+            return rest
+        if kind == b":":
+            return int(rest)
         if kind == b"$":
-            size = int(line[1:])
+            size = int(rest)
             if size < 0:
                 return None
             while len(self._buffer) < size + 2:
@@ -123,8 +134,11 @@ class RespClient:
             data = bytes(self._buffer[:size])
             del self._buffer[: size + 2]
             return data
+        if kind == b"*":
+            count = int(rest)
+            return None if count < 0 else [await self._reply() for _ in range(count)]
         if kind == b"-":
-            raise RespError(line[1:].decode(errors="replace"))
+            raise RespError(rest.decode(errors="replace"))
         raise RespError(f"unexpected reply {line[:40]!r}")
 
     async def _line(self) -> bytes:
@@ -271,57 +285,20 @@ DRAIN_LIST = b"tasks"  # Redis: the drain's list ...
 DRAIN_PROCESSING = b"processing"  # ... and the reliable queue's in-progress list
 
 
-def _frame(parts: tuple[bytes, ...]) -> bytes:
-    """One RESP2 command as an array of bulk strings."""
-    frame = [b"*%d\r\n" % len(parts)]
-    for part in parts:
-        frame += (b"$%d\r\n" % len(part), part, b"\r\n")
-    return b"".join(frame)
-
-
 class RespQueueClient(RespClient):
-    """:class:`RespClient` plus every RESP2 reply type (integers, arrays), for the list commands
-    a work queue needs; still one command at a time."""
+    """:class:`RespClient` plus the list commands a work queue needs."""
 
     @classmethod
     async def connect(cls, path: str) -> RespQueueClient:
         return cls(await trio.open_unix_socket(path))
 
-    async def request(self, *parts: bytes) -> Any:
-        """Send one command and return its reply: bytes, int, None (nil) or a list of those."""
-        await self._stream.send_all(_frame(parts))
-        return await self._reply()
-
-    async def _reply(self) -> Any:
-        line = await self._line()
-        kind, rest = line[:1], line[1:]
-        if kind == b"+":
-            return rest
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            size = int(rest)
-            if size < 0:
-                return None
-            while len(self._buffer) < size + 2:
-                await self._receive()
-            data = bytes(self._buffer[:size])
-            del self._buffer[: size + 2]
-            return data
-        if kind == b"*":
-            count = int(rest)
-            return None if count < 0 else [await self._reply() for _ in range(count)]
-        if kind == b"-":
-            raise RespError(rest.decode(errors="replace"))
-        raise RespError(f"unexpected reply {line[:40]!r}")
-
     async def lpush(self, key: bytes, *values: bytes) -> int:
-        length: int = await self.request(b"LPUSH", key, *values)
+        length: int = await self.command(b"LPUSH", key, *values)
         return length
 
     async def blpop(self, key: bytes) -> bytes:
         """BLPOP with no timeout: the popped value."""
-        reply = await self.request(b"BLPOP", key, b"0")
+        reply = await self.command(b"BLPOP", key, b"0")
         if not isinstance(reply, list) or len(reply) != 2:
             raise RespError(f"BLPOP answered {reply!r}")
         value: bytes = reply[1]
@@ -329,15 +306,15 @@ class RespQueueClient(RespClient):
 
     async def lmove(self, source: bytes, destination: bytes) -> bytes | None:
         """LMOVE source destination RIGHT LEFT: the oldest of an LPUSHed list, or None."""
-        value: bytes | None = await self.request(b"LMOVE", source, destination, b"RIGHT", b"LEFT")
+        value: bytes | None = await self.command(b"LMOVE", source, destination, b"RIGHT", b"LEFT")
         return value
 
     async def lrem(self, key: bytes, value: bytes) -> int:
-        removed: int = await self.request(b"LREM", key, b"1", value)
+        removed: int = await self.command(b"LREM", key, b"1", value)
         return removed
 
     async def llen(self, key: bytes) -> int:
-        length: int = await self.request(b"LLEN", key)
+        length: int = await self.command(b"LLEN", key)
         return length
 
 
