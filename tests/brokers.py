@@ -118,32 +118,3 @@ def running_broker(
                 broker.terminate()
             except subprocess.TimeoutExpired:
                 broker.kill()
-
-
-def lock_record(data_dir: Path) -> dict[str, object]:
-    """What a running broker wrote into its data directory's lock file (empty if none)."""
-    try:
-        text = (data_dir / "broker.lock").read_text()
-    except FileNotFoundError:
-        return {}
-    record = json.loads(text) if text.strip() else {}
-    return record if isinstance(record, dict) else {}
-
-
-def stop_pid(pid: int, timeout: float = STOP_TIMEOUT) -> None:
-    """Stop a broker this test did not spawn itself (an auto-started one) by its pid: SIGTERM,
-    wait for the process to end (on a pidfd, no polling), SIGKILL if it will not."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        os.kill(pid, signal.SIGTERM)
-        ready, _, _ = select.select([pidfd], [], [], timeout)
-        if not ready:
-            os.kill(pid, signal.SIGKILL)
-            select.select([pidfd], [], [], timeout)
-    except ProcessLookupError:
-        pass
-    finally:
-        os.close(pidfd)

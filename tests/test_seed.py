@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from brokers import lock_record, stop_pid
+from cli_support import serve_processes, stop_brokers
 
 SEED_SCRIPT = Path(__file__).parent / "seed" / "sections.sh"
 
@@ -54,13 +54,11 @@ def shell(short_dir: Path) -> Iterator[Shell]:
     try:
         yield shell
     finally:
-        pid = lock_record(shell.data_dir).get("pid")
-        if isinstance(pid, int):
-            stop_pid(pid)
+        stop_brokers(shell.data_dir)
 
 
 def test_sections_1_to_10_work_as_written(shell: Shell) -> None:
-    assert lock_record(shell.data_dir) == {}  # nothing is running: the first call starts it
+    assert serve_processes(shell.data_dir) == []  # nothing is running: the first call starts it
     result = shell.run("bash", str(SEED_SCRIPT))
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
