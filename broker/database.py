@@ -124,7 +124,7 @@ class Database:
         return (
             stats.total_bytes >= self._retry_compaction_at
             and 2 * stats.bytes_since_compaction >= stats.snapshot_bytes
-            and self.storage.should_compact(self.engine.live_bytes)
+            and self.storage.should_compact(self.engine.snapshot_bytes)
         )
 
     def start_compaction(self) -> Callable[[], None]:

@@ -10,11 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prontodb.broker.database import Database
-from prontodb.broker.engine import Engine, OpKind, TxnOp
+from prontodb.broker.engine import Engine, EngineLimits, HistoryLimits, OpKind, TxnOp
 from prontodb.broker.storage import FsyncPolicy, StorageOptions
 
 # Small segments so that the log rolls; compaction only when a test asks for it.
 SMALL = StorageOptions(segment_size=4096)
+# Snapshots keep the watch history's window of recent revisions; a short one lets compaction
+# drop nearly everything.
+SHORT_HISTORY = EngineLimits(history=HistoryLimits(revisions=10))
 
 
 def dump(engine: Engine) -> tuple[int, list[tuple[Any, ...]]]:
@@ -50,7 +53,8 @@ def test_state_survives_close_and_reopen(tmp_path: Path) -> None:
 
 
 def test_compaction_keeps_the_state_and_drops_history(tmp_path: Path) -> None:
-    db = Database.open(tmp_path / "main", options=SMALL)
+    limits = SHORT_HISTORY
+    db = Database.open(tmp_path / "main", options=SMALL, limits=limits)
     fill(db, 400)
     before = dump(db.engine)
     size_before = db.storage.stats().total_bytes
@@ -59,7 +63,7 @@ def test_compaction_keeps_the_state_and_drops_history(tmp_path: Path) -> None:
     fill(db, 50, start=400)
     after = dump(db.engine)
     db.close()
-    again = Database.open(tmp_path / "main", options=SMALL)
+    again = Database.open(tmp_path / "main", options=SMALL, limits=limits)
     try:
         assert dump(again.engine) == after
         assert after != before
@@ -153,7 +157,7 @@ def test_blocking_writes_compact_once_garbage_passes_the_ratio(tmp_path: Path) -
     options = StorageOptions(
         segment_size=2048, compact_min_bytes=16 * 1024, compact_garbage_ratio=0.5
     )
-    db = Database.open(tmp_path / "main", options=options)
+    db = Database.open(tmp_path / "main", options=options, limits=SHORT_HISTORY)
     try:
         for i in range(2000):  # one key rewritten: nearly everything written becomes garbage
             db.write(db.engine.set("heartbeat.worker1", i, writer="w1", now=float(i)))
@@ -174,7 +178,7 @@ def test_a_failed_compaction_does_not_fail_the_durable_write(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     options = StorageOptions(segment_size=2048, compact_min_bytes=8 * 1024)
-    db = Database.open(tmp_path / "main", options=options)
+    db = Database.open(tmp_path / "main", options=options, limits=SHORT_HISTORY)
     try:
         # A real failure: a directory sits where the compaction writes its temporary snapshot.
         for number in range(1, 200):

@@ -9,7 +9,6 @@ from ._engine import (
     DEAD_PREFIX,
     MISSING,
     Applied,
-    Change,
     ChangeKind,
     Claimed,
     Engine,
@@ -17,6 +16,7 @@ from ._engine import (
     ReplayError,
 )
 from ._entry import Entry
+from ._history import Batch, Change, HistoryLimits
 from ._keys import validate_key, validate_prefix
 from ._records import Record, RecordKind
 
@@ -24,6 +24,7 @@ __all__ = [
     "DEAD_PREFIX",
     "MISSING",
     "Applied",
+    "Batch",
     "Change",
     "ChangeKind",
     "Claim",
@@ -32,6 +33,7 @@ __all__ = [
     "Engine",
     "EngineLimits",
     "Entry",
+    "HistoryLimits",
     "OpKind",
     "Record",
     "RecordKind",

@@ -12,7 +12,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from sortedcontainers import SortedList
@@ -23,6 +23,7 @@ from . import _records as rec
 from ._claims import Claim, ClaimBook, parent_of
 from ._conditions import Compare, OpKind, Target, TxnOp, TxnResult
 from ._entry import Entry
+from ._history import Change, History, HistoryLimits, decode_batch
 from ._keys import SEPARATOR, descendant_range, validate_key, validate_prefix
 from ._records import Record, RecordKind
 from ._values import INT64_MAX, INT64_MIN, is_integer, pack_value
@@ -54,6 +55,7 @@ class EngineLimits:
     # Largest record the engine hands to storage; must not exceed storage's max_record_size, so
     # that a change the engine has applied can always be written.
     max_record_size: int = 16 << 20
+    history: HistoryLimits = field(default_factory=HistoryLimits)  # what watchers starting in the past can have
 
 
 class ChangeKind(enum.StrEnum):
@@ -80,16 +82,6 @@ class Claimed(NamedTuple):
     token: int
     lease: float
     deliveries: int
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One key's change at one revision; ``entry`` is the new state (None after a delete)."""
-
-    revision: int
-    kind: ChangeKind
-    key: str
-    entry: Entry | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +123,7 @@ class Engine:
         self._expiring = 0  # live keys with a deadline
         self._caches: dict[str, float] = {}
         self._book = ClaimBook()
+        self.history = History(self.limits.history)
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -222,9 +215,9 @@ class Engine:
         self.revision = rev
         self._remove(key)
         payload = rec.encode_delete(rev, writer, now, key)
-        return Applied(
-            True, [(RecordKind.DELETE, payload)], [Change(rev, ChangeKind.DELETE, key, None)]
-        )
+        changes = [Change(rev, ChangeKind.DELETE, key, None, writer)]
+        self.history.add(changes, now)
+        return Applied(True, [(RecordKind.DELETE, payload)], changes)
 
     def incr(self, key: str, by: int = 1, *, writer: str, now: float) -> Applied[int]:
         """Add ``by`` to the integer at ``key`` (a missing key counts as 0); the result is the sum."""
@@ -259,7 +252,9 @@ class Engine:
         self._fits(payload)
         self.revision = rev
         self._store(key, entry)
-        return Applied(entry, [(kind, payload)], [Change(rev, ChangeKind.PUT, key, entry)])
+        changes = [Change(rev, ChangeKind.PUT, key, entry, writer)]
+        self.history.add(changes, now)
+        return Applied(entry, [(kind, payload)], changes)
 
     # -- TTL -----------------------------------------------------------------------------------
 
@@ -309,6 +304,7 @@ class Engine:
         for key in keys:
             self._remove(key)
         changes = [Change(rev, ChangeKind.EXPIRE, key, None) for key in keys]
+        self.history.add(changes, now)
         return [(RecordKind.EXPIRE, payload)], changes
 
     def next_deadline(self) -> float | None:
@@ -392,10 +388,12 @@ class Engine:
             self.revision = rev
             count = self._book.take(key, entry, claim)
             records.append((RecordKind.CLAIM, payload))
-            changes.append(Change(rev, ChangeKind.CLAIM, key, entry))
+            changes.append(Change(rev, ChangeKind.CLAIM, key, entry, holder))
+            self.history.add(changes, now)
             return Applied(
                 Claimed(key, entry.value, claim.token, claim.lease, count), records, changes
             )
+        self.history.add(changes, now)
         return Applied(None, records, changes)
 
     def _bury(self, key: str, entry: Entry, now: float) -> Applied[None]:
@@ -414,8 +412,8 @@ class Engine:
         self._remove(key)
         self._store(dead, moved)
         changes = [
-            Change(rev, ChangeKind.DELETE, key, None),
-            Change(rev, ChangeKind.PUT, dead, moved),
+            Change(rev, ChangeKind.DELETE, key, None, "prontodb"),
+            Change(rev, ChangeKind.PUT, dead, moved, "prontodb"),
         ]
         return Applied(None, [(RecordKind.TXN, payload)], changes)
 
@@ -426,7 +424,9 @@ class Engine:
         payload = rec.encode_ack(rev, writer, now, key)
         self.revision = rev
         self._remove(key)
-        return Applied(None, [(RecordKind.ACK, payload)], [Change(rev, ChangeKind.ACK, key, None)])
+        changes = [Change(rev, ChangeKind.ACK, key, None, writer)]
+        self.history.add(changes, now)
+        return Applied(None, [(RecordKind.ACK, payload)], changes)
 
     def release(
         self, key: str, token: int, *, writer: str, now: float, delay: float | None = None
@@ -438,8 +438,9 @@ class Engine:
         payload = rec.encode_release(rev, writer, now, key, not_before)
         self.revision = rev
         self._book.give_back(key, entry, not_before)
-        change = Change(rev, ChangeKind.RELEASE, key, entry)
-        return Applied(None, [(RecordKind.RELEASE, payload)], [change])
+        changes = [Change(rev, ChangeKind.RELEASE, key, entry, writer)]
+        self.history.add(changes, now)
+        return Applied(None, [(RecordKind.RELEASE, payload)], changes)
 
     def extend(self, key: str, token: int, lease: float, *, now: float) -> Applied[float]:
         """Renew the claim on ``key`` for ``lease`` seconds from ``now``; the new deadline."""
@@ -479,6 +480,7 @@ class Engine:
             entry = self._entries[key]
             self._book.give_back(key, entry, None)
             changes.append(Change(rev, ChangeKind.RELEASE, key, entry))
+        self.history.add(changes, now)
         return [(RecordKind.RETURNED, payload)], changes
 
     def claim_of(self, key: str) -> tuple[Claim | None, int]:
@@ -585,10 +587,11 @@ class Engine:
         for key, staged_write in writes:
             if staged_write is None:
                 self._remove(key)
-                changes.append(Change(rev, ChangeKind.DELETE, key, None))
+                changes.append(Change(rev, ChangeKind.DELETE, key, None, writer))
             else:
                 self._store(key, staged_write[1])
-                changes.append(Change(rev, ChangeKind.PUT, key, staged_write[1]))
+                changes.append(Change(rev, ChangeKind.PUT, key, staged_write[1], writer))
+        self.history.add(changes, now)
         return Applied(TxnResult(True, rev, results), [(RecordKind.TXN, payload)], changes)
 
     def _stage(
@@ -644,6 +647,7 @@ class Engine:
                 if self._entries or self.revision:
                     raise ReplayError("a snapshot must come first in the log")
                 self.revision = revision
+                self.history.reset(revision + 1)
             elif kind == RecordKind.SNAPSHOT_ENTRIES:
                 self._load_snapshot_entries(fields)
             elif kind == RecordKind.SNAPSHOT_EXPIRING:
@@ -656,6 +660,9 @@ class Engine:
                     self._book.extend(key, lease)
             elif kind == RecordKind.SNAPSHOT_CLAIMS:
                 self._load_snapshot_claims(fields)
+            elif kind == RecordKind.SNAPSHOT_HISTORY:
+                first, batches = fields
+                self.history.load(first, [decode_batch(b) for b in batches])
             elif kind in (RecordKind.SNAPSHOT_CACHES, RecordKind.CACHE):
                 changes = fields if kind == RecordKind.SNAPSHOT_CACHES else dict([fields])
                 for prefix, seconds in changes.items():
@@ -690,46 +697,66 @@ class Engine:
             writer, time = fields[1], fields[2]
         if not is_integer(rev) or rev <= self.revision:
             raise ReplayError(f"revision {rev!r} does not follow {self.revision}")
+        put, gone = ChangeKind.PUT, ChangeKind.DELETE
+        changes: list[Change]
         if kind == RecordKind.PUT:
             _, _, _, key, create_rev, version, value = fields
-            self._replay_put(key, value, create_rev, rev, version, writer, time, None)
+            entry = self._replay_put(key, value, create_rev, rev, version, writer, time, None)
+            changes = [Change(rev, put, key, entry, writer)]
         elif kind == RecordKind.PUT_TTL:
             _, _, _, key, create_rev, version, expires, value = fields
-            self._replay_put(key, value, create_rev, rev, version, writer, time, expires)
-        elif kind == RecordKind.DELETE:
-            self._remove(fields[3])
+            entry = self._replay_put(key, value, create_rev, rev, version, writer, time, expires)
+            changes = [Change(rev, put, key, entry, writer)]
+        elif kind in (RecordKind.DELETE, RecordKind.ACK):
+            key = fields[3]
+            self._remove(key)
+            change_kind = gone if kind == RecordKind.DELETE else ChangeKind.ACK
+            changes = [Change(rev, change_kind, key, None, writer)]
         elif kind == RecordKind.EXPIRE:
             for key in fields[2]:
                 self._remove(key)
+            changes = [Change(rev, ChangeKind.EXPIRE, key, None) for key in fields[2]]
         elif kind == RecordKind.CLAIM:
             _, holder, _, key, token, lease, deliveries, bound = fields
             self._book.take(key, self._entries[key], Claim(holder, token, lease, bound))
             self._book.deliveries[key] = deliveries
-        elif kind == RecordKind.ACK:
-            self._remove(fields[3])
+            changes = [Change(rev, ChangeKind.CLAIM, key, self._entries[key], holder)]
         elif kind == RecordKind.RELEASE:
             key, not_before = fields[3], fields[4]
             self._book.give_back(key, self._entries[key], not_before)
+            changes = [Change(rev, ChangeKind.RELEASE, key, self._entries[key], writer)]
         elif kind == RecordKind.RETURNED:
+            changes = []
             for key in fields[2]:
                 self._book.give_back(key, self._entries[key], None)
+                changes.append(Change(rev, ChangeKind.RELEASE, key, self._entries[key]))
         elif kind == RecordKind.TXN:
+            changes = []
             for op in fields[3]:
                 if op[0] == rec.TXN_PUT:
                     _, key, create_rev, version, value = op
-                    self._replay_put(key, value, create_rev, rev, version, writer, time, None)
+                    entry = self._replay_put(
+                        key, value, create_rev, rev, version, writer, time, None
+                    )
                 elif op[0] == rec.TXN_PUT_TTL:
                     _, key, create_rev, version, expires, value = op
-                    self._replay_put(key, value, create_rev, rev, version, writer, time, expires)
+                    entry = self._replay_put(
+                        key, value, create_rev, rev, version, writer, time, expires
+                    )
                 elif op[0] == rec.TXN_DELETE:
-                    self._remove(op[1])
+                    key = op[1]
+                    self._remove(key)
+                    changes.append(Change(rev, gone, key, None, writer))
+                    continue
                 else:
                     raise ReplayError(f"unknown transaction operation {op[0]!r}")
+                changes.append(Change(rev, put, key, entry, writer))
         else:
             raise ReplayError(
                 f"record kind {kind} is unknown; was this database written by a newer ProntoDB?"
             )
         self.revision = rev
+        self.history.add(changes, time)
 
     def _replay_put(
         self,
@@ -741,9 +768,11 @@ class Engine:
         writer: str,
         time: float,
         expires: float | None,
-    ) -> None:
+    ) -> Entry:
         size = len(rec.pack(value))
-        self._store(key, Entry(value, create_rev, rev, version, writer, time, size, expires))
+        entry = Entry(value, create_rev, rev, version, writer, time, size, expires)
+        self._store(key, entry)
+        return entry
 
     def snapshot(self) -> Iterator[Record]:
         """The live state as records, frozen now; safe to encode later while the engine moves on."""
@@ -759,7 +788,15 @@ class Engine:
                 [[k, n] for k, n in book.deliveries.items()],
                 [[k, t] for k, t in book.delayed.items()],
             ]
-        return rec.encode_snapshot(self.revision, pairs, len(keys), dict(self._caches), claims)
+        history = self.history
+        return rec.encode_snapshot(
+            self.revision,
+            pairs,
+            len(keys),
+            dict(self._caches),
+            claims,
+            (history.first, history.batches()),
+        )
 
     def _load_snapshot_claims(self, fields: list[Any]) -> None:
         fence, claims, deliveries, delayed = fields
@@ -777,7 +814,14 @@ class Engine:
             "keys": len(self._entries),
             "expiring": self._expiring,
             "live_bytes": self.live_bytes,
+            "history_first": self.history.first,
+            "history_bytes": self.history.bytes,
         }
+
+    @property
+    def snapshot_bytes(self) -> int:
+        """Estimate of what a snapshot takes on disk: the live keys and the history window."""
+        return self.live_bytes + self.history.bytes
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from typing import Any
 import msgpack
 
 from ._entry import Entry
+from ._history import Batch, encode_batch
 
 Record = tuple[int, bytes]
 """A record as storage takes it: (kind, payload)."""
@@ -37,6 +38,7 @@ class RecordKind(enum.IntEnum):
     SNAPSHOT_EXPIRING = 18  # [[key, expires], ...]: deadlines of keys in the entries before it
     SNAPSHOT_CACHES = 19  # {prefix: seconds}
     SNAPSHOT_CLAIMS = 20  # [fence, [[key, holder, token, lease, bound]], [[key, n]], [[key, t]]]
+    SNAPSHOT_HISTORY = 21  # [first, [[rev, time, [[kind, key, by, entry fields or nil]]], ...]]
 
 
 TXN_PUT = 1
@@ -159,6 +161,7 @@ def encode_snapshot(
     count: int,
     caches: dict[str, float] | None = None,
     claims: list[Any] | None = None,
+    history: tuple[int, list[Batch]] | None = None,
 ) -> Iterator[Record]:
     """The records of a snapshot: a META record, the entries in chunks, then the deadlines of
     the keys that have one and the caches (sections of their own, so that the entries, which
@@ -184,6 +187,22 @@ def encode_snapshot(
         yield RecordKind.SNAPSHOT_CACHES, _pack(caches)
     if claims:
         yield RecordKind.SNAPSHOT_CLAIMS, _pack(claims)
+    if history is not None and history[1]:
+        first, batches = history
+        chunk, size = [], 0
+        for batch in batches:
+            item = _pack(encode_batch(batch))
+            chunk.append(item)
+            size += len(item)
+            if len(chunk) >= SNAPSHOT_CHUNK_ENTRIES or size >= SNAPSHOT_CHUNK_BYTES:
+                yield RecordKind.SNAPSHOT_HISTORY, _history_chunk(first, chunk)
+                chunk, size = [], 0
+        if chunk:
+            yield RecordKind.SNAPSHOT_HISTORY, _history_chunk(first, chunk)
+
+
+def _history_chunk(first: int, batches: list[bytes]) -> bytes:
+    return b"".join((_array_header(2), _pack(first), _array_header(len(batches)), *batches))
 
 
 def decode(payload: bytes) -> Any:

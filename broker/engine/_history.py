@@ -1,0 +1,187 @@
+"""The recent changes of one database, kept so that a watcher can start from a past revision.
+
+A bounded window of batches, one per revision, oldest first. It lives in the engine because it is
+part of the database's state: replay rebuilds it from the log, and a snapshot carries it, so
+compaction does not shorten it (docs/FORMAT.md, "History").
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from ._entry import Entry
+
+# What one change costs beyond its key and value: the Change object, its slot in the batch and
+# the batch's share (an estimate, used only to bound the window).
+_CHANGE_OVERHEAD = 120
+# The list drops its pruned head in one go once that many batches are dead (an O(n) move made
+# rarely, instead of a deque that cannot be searched by revision).
+_TRIM_AT = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One key's change at one revision; ``entry`` is the new state (None when the key went),
+    ``by`` the user who made the change ("" for the broker's own: expiry, a lease running out)."""
+
+    revision: int
+    kind: str  # a ChangeKind
+    key: str
+    entry: Entry | None
+    by: str = ""
+
+
+class Batch(NamedTuple):
+    """Every change of one revision, in the order they were made, and the revision's time."""
+
+    revision: int
+    time: float
+    changes: tuple[Change, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryLimits:
+    """How much history a database keeps: the last ``revisions`` revisions, at most ``bytes`` of
+    keys and values, and (if ``seconds`` is set) nothing older than that. The first bound reached
+    wins."""
+
+    revisions: int = 100_000
+    bytes: int = 64 << 20
+    seconds: float | None = None
+
+
+class History:
+    """The window of recent batches; :attr:`first` is the oldest revision it still holds whole
+    (every revision from there on is kept, so a watcher may start anywhere at or after it)."""
+
+    def __init__(self, limits: HistoryLimits | None = None) -> None:
+        self.limits = limits or HistoryLimits()
+        self.first = 1
+        self.bytes = 0
+        self._batches: list[Batch] = []
+        self._start = 0  # batches before this index are pruned
+
+    def __len__(self) -> int:
+        return len(self._batches) - self._start
+
+    def reset(self, first: int) -> None:
+        """Forget everything; the next change kept will be at ``first`` or later."""
+        self._batches = []
+        self._start = 0
+        self.bytes = 0
+        self.first = first
+
+    def add(self, changes: Sequence[Change], time: float) -> None:
+        """Keep ``changes`` (one operation's, in revision order) made at ``time``."""
+        if not changes:
+            return
+        start = 0
+        for i in range(1, len(changes) + 1):
+            if i == len(changes) or changes[i].revision != changes[start].revision:
+                self._append(Batch(changes[start].revision, time, tuple(changes[start:i])))
+                start = i
+        self._prune(time)
+
+    def load(self, first: int, batches: Iterable[Batch]) -> None:
+        """Take batches a snapshot kept (oldest first), ahead of anything added later."""
+        if not self:
+            self.first = first
+        for batch in batches:
+            self._append(batch)
+        if self:
+            self._prune(self._batches[-1].time)
+
+    def batches(self) -> list[Batch]:
+        """Every batch kept, oldest first (a copy: safe to read while the engine moves on)."""
+        return self._batches[self._start :]
+
+    def read(
+        self, revision: int, through: int, prefix: str, *, max_bytes: int, max_batches: int
+    ) -> tuple[list[Batch], int]:
+        """The batches from ``revision`` to ``through`` with their changes at or under
+        ``prefix`` (batches with none are left out), and the revision to read from next.
+
+        Stops after about ``max_bytes`` of matching changes (at least one batch) or after looking
+        at ``max_batches`` batches, so that one call never holds the caller up for long. The
+        caller checks ``revision >= first`` first: older revisions are gone.
+        """
+        batches = self._batches
+        index = bisect.bisect_left(batches, revision, lo=self._start, key=_revision)
+        found: list[Batch] = []
+        size = scanned = 0
+        below = prefix + "." if prefix else ""
+        while index < len(batches):
+            batch = batches[index]
+            if batch.revision > through:
+                break
+            index += 1
+            scanned += 1
+            if prefix:
+                matching = tuple(
+                    c for c in batch.changes if c.key == prefix or c.key.startswith(below)
+                )
+                if len(matching) != len(batch.changes):
+                    batch = batch._replace(changes=matching)
+            if batch.changes:
+                found.append(batch)
+                size += sum(_cost(c) for c in batch.changes)
+            if size >= max_bytes or scanned >= max_batches:
+                return found, batch.revision + 1
+        return found, max(revision, through + 1)
+
+    def _append(self, batch: Batch) -> None:
+        self._batches.append(batch)
+        self.bytes += sum(_cost(c) for c in batch.changes)
+
+    def _prune(self, now: float) -> None:
+        limits = self.limits
+        oldest = None if limits.seconds is None else now - limits.seconds
+        batches = self._batches
+        while self._start < len(batches):
+            batch = batches[self._start]
+            if (
+                len(batches) - self._start <= limits.revisions
+                and self.bytes <= limits.bytes
+                and (oldest is None or batch.time >= oldest)
+            ):
+                break
+            self.bytes -= sum(_cost(c) for c in batch.changes)
+            self.first = batch.revision + 1
+            self._start += 1
+        if self._start >= _TRIM_AT and self._start * 2 >= len(batches):
+            del batches[: self._start]
+            self._start = 0
+
+
+def _revision(batch: Batch) -> int:
+    return batch.revision
+
+
+def _cost(change: Change) -> int:
+    entry = change.entry
+    return len(change.key) + _CHANGE_OVERHEAD + (0 if entry is None else entry.size)
+
+
+def encode_batch(batch: Batch) -> list[Any]:
+    """A batch as a snapshot keeps it: ``[rev, time, [[kind, key, by, entry or nil], ...]]``."""
+    return [
+        batch.revision,
+        batch.time,
+        [[c.kind, c.key, c.by, None if c.entry is None else list(c.entry)] for c in batch.changes],
+    ]
+
+
+def decode_batch(fields: list[Any]) -> Batch:
+    """The inverse of :func:`encode_batch`."""
+    revision, time, changes = fields
+    return Batch(
+        revision,
+        time,
+        tuple(
+            Change(revision, kind, key, None if entry is None else Entry(*entry), by)
+            for kind, key, by, entry in changes
+        ),
+    )
