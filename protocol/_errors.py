@@ -30,6 +30,7 @@ class ErrorCode(enum.StrEnum):
     DENIED = "denied"
     UNAUTHENTICATED = "unauthenticated"
     COMPACTED = "compacted"
+    OVERFLOW = "overflow"
     UNKNOWN_OP = "unknown_op"
     PROTOCOL = "protocol"
     UNAVAILABLE = "unavailable"
@@ -83,6 +84,11 @@ ERROR_TABLE: dict[ErrorCode, ErrorInfo] = {
     ErrorCode.COMPACTED: ErrorInfo(
         "That revision is no longer kept; re-read the current state and resume from the oldest "
         "revision still available.",
+        1,
+    ),
+    ErrorCode.OVERFLOW: ErrorInfo(
+        "The watcher fell too far behind and its stream was cut off; resume from the revision "
+        "it was given (next_rev), and read faster or watch a narrower prefix.",
         1,
     ),
     ErrorCode.UNKNOWN_OP: ErrorInfo(

@@ -9,51 +9,21 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from inprocess import FakeClock, Running, running_broker
 from wire import Wire
 
-from prontodb.broker.server import AlreadyServing, Broker, BrokerInfo, ServerConfig
+from prontodb.broker.engine import HistoryLimits
+from prontodb.broker.server import AlreadyServing, Broker, ServerConfig
 from prontodb.broker.server import _ops as ops
 from prontodb.broker.storage import StorageOptions
 from prontodb.protocol import ConnectionClosed, ErrorCode, Goodbye, Hello, Response
 
 
-class Running:
-    def __init__(self, broker: Broker, info: BrokerInfo, stopped: trio.Event) -> None:
-        self.broker = broker
-        self.info = info
-        self.stopped = stopped
-        self.wires: list[Wire] = []
-
-    @property
-    def socket(self) -> str:
-        assert self.info.socket is not None
-        return str(self.info.socket)
-
-    async def wire(self, user: str = "tester") -> Wire:
-        wire = await Wire.open(self.socket, user)
-        self.wires.append(wire)
-        return wire
-
-
 @pytest.fixture
 async def server(short_dir: Path) -> AsyncIterator[Running]:
     config = ServerConfig(data_dir=short_dir / "data", socket_path=short_dir / "s.sock")
-    broker = Broker(config)
-    stopped = trio.Event()
-
-    async def run(task_status: trio.TaskStatus[BrokerInfo]) -> None:
-        try:
-            await broker.serve(task_status=task_status)
-        finally:
-            stopped.set()
-
-    async with trio.open_nursery() as nursery:
-        info = await nursery.start(run)
-        running = Running(broker, info, stopped)
+    async with running_broker(config) as running:
         yield running
-        broker.request_stop()
-        for wire in running.wires:
-            await wire.aclose()
 
 
 async def test_round_trip_of_every_kv_op(server: Running) -> None:
@@ -239,7 +209,11 @@ async def test_a_second_broker_on_the_same_data_dir_is_refused(
 
 
 async def test_compaction_runs_beside_the_writes(short_dir: Path) -> None:
-    config = ServerConfig(data_dir=short_dir / "data", socket_path=short_dir / "s.sock")
+    config = ServerConfig(
+        data_dir=short_dir / "data",
+        socket_path=short_dir / "s.sock",
+        history=HistoryLimits(revisions=10),  # else the watch history keeps it all live
+    )
     broker = Broker(config)
     broker.databases.options = StorageOptions(compact_min_bytes=4096, compact_garbage_ratio=0.5)
     async with trio.open_nursery() as nursery:
@@ -265,16 +239,6 @@ async def test_compaction_runs_beside_the_writes(short_dir: Path) -> None:
         assert await wire.result("get", key="k.i7") == 39
         await wire.aclose()
         broker.request_stop()
-
-
-class FakeClock:
-    """The broker's wall clock in tests: trio's (mock) clock plus a jump the test controls."""
-
-    def __init__(self) -> None:
-        self.jump = 0.0
-
-    def __call__(self) -> float:
-        return 1_000_000.0 + trio.current_time() + self.jump
 
 
 async def test_expired_keys_vanish_for_readers_before_any_sweep(
@@ -356,15 +320,8 @@ async def clocked(short_dir: Path) -> AsyncIterator[tuple[Running, FakeClock]]:
     leases pass without real time passing."""
     clock = FakeClock()
     config = ServerConfig(data_dir=short_dir / "data", socket_path=short_dir / "s.sock")
-    broker = Broker(config)
-    broker.clock = clock
-    async with trio.open_nursery() as nursery:
-        info = await nursery.start(lambda task_status: broker.serve(task_status=task_status))
-        running = Running(broker, info, trio.Event())
+    async with running_broker(config, clock) as running:
         yield running, clock
-        broker.request_stop()
-        for wire in running.wires:
-            await wire.aclose()
 
 
 async def test_claims_hand_out_items_once_each_in_order(

@@ -55,7 +55,9 @@ class EngineLimits:
     # Largest record the engine hands to storage; must not exceed storage's max_record_size, so
     # that a change the engine has applied can always be written.
     max_record_size: int = 16 << 20
-    history: HistoryLimits = field(default_factory=HistoryLimits)  # what watchers starting in the past can have
+    history: HistoryLimits = field(
+        default_factory=HistoryLimits
+    )  # what watchers starting in the past can have
 
 
 class ChangeKind(enum.StrEnum):

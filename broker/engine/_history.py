@@ -63,6 +63,7 @@ class History:
         self.bytes = 0
         self._batches: list[Batch] = []
         self._start = 0  # batches before this index are pruned
+        self._reset = False  # reset() ran and no snapshot chunk has come since
 
     def __len__(self) -> int:
         return len(self._batches) - self._start
@@ -73,6 +74,7 @@ class History:
         self._start = 0
         self.bytes = 0
         self.first = first
+        self._reset = True
 
     def add(self, changes: Sequence[Change], time: float) -> None:
         """Keep ``changes`` (one operation's, in revision order) made at ``time``."""
@@ -87,8 +89,9 @@ class History:
 
     def load(self, first: int, batches: Iterable[Batch]) -> None:
         """Take batches a snapshot kept (oldest first), ahead of anything added later."""
-        if not self:
+        if self._reset:  # the snapshot's first chunk (a later one may find everything pruned)
             self.first = first
+            self._reset = False
         for batch in batches:
             self._append(batch)
         if self:

@@ -23,6 +23,7 @@ import trio
 
 from prontodb.protocol import ErrorCode, ProntoError
 
+from ..engine import EngineLimits
 from ..storage import StorageOptions
 from ._config import ServerConfig
 from ._databases import Databases, OpenDatabase
@@ -58,7 +59,8 @@ class Broker:
         # The time every change records and every deadline is measured against: seconds since
         # the epoch. Tests put a clock driven by trio's in its place.
         self.clock: Callable[[], float] = time.time
-        self.databases = Databases(config.data_dir, options, lambda: self.clock())
+        limits = EngineLimits(history=config.history)
+        self.databases = Databases(config.data_dir, options, limits, lambda: self.clock())
         self.started = time.time()
         self.info = BrokerInfo(os.getpid(), None, None)
         self._sessions: set[Session] = set()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from prontodb.protocol import Limits
 
+from ..engine import HistoryLimits
 from ..storage import FsyncPolicy
 
 
@@ -23,6 +24,9 @@ class ServerConfig:
     max_write_backlog: int = 64 << 20
     # Seconds a stopping broker gives in-flight requests before it fails them.
     shutdown_grace: float = 10.0
+    # How much of each database's recent changes watchers may start from (docs/FORMAT.md); a
+    # watcher that falls out of this window is cut off with ``overflow``.
+    history: HistoryLimits = field(default_factory=HistoryLimits)
 
 
 def parse_tcp(text: str) -> tuple[str, int]:

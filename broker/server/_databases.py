@@ -12,6 +12,7 @@ import logging
 import math
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import trio
 from prontodb.protocol import ErrorCode, ProntoError
 
 from ..database import Database
-from ..engine import Applied, Engine
+from ..engine import Applied, Engine, EngineLimits
 from ..storage import StorageError, StorageOptions
 from ._claim_waiters import ClaimWaiters
 
@@ -57,6 +58,10 @@ class OpenDatabase:
         self.directory = directory
         self._durable = 0
         self._waiters: list[tuple[int, int, trio.Event]] = []
+        # Watchers see a change once it is durable: the revision each pending ticket makes so.
+        self.durable_rev = 0
+        self._pending_revs: deque[tuple[int, int]] = deque()  # (ticket, revision), in order
+        self._revision_moved = trio.Event()
         self._order = itertools.count()
         self._has_pending = trio.Event()
         self._flusher = trio.CancelScope()
@@ -68,9 +73,12 @@ class OpenDatabase:
         self.compaction_done: trio.Event | None = None  # set once the latest compaction ended
         self.database: Database  # set by open(), before any request can see this object
 
-    def open(self, options: StorageOptions) -> None:
+    def open(self, options: StorageOptions, limits: EngineLimits) -> None:
         """Open the files (blocking: run it in a thread)."""
-        self.database = Database.open(self.directory, options=options, threaded_writer=False)
+        self.database = Database.open(
+            self.directory, options=options, limits=limits, threaded_writer=False
+        )
+        self.durable_rev = self.engine.revision
 
     @property
     def engine(self) -> Engine:
@@ -81,6 +89,8 @@ class OpenDatabase:
         ticket = self.database.submit(applied)
         if applied.records:
             self._has_pending.set()
+        if applied.changes:
+            self._pending_revs.append((ticket, applied.changes[-1].revision))
         return ticket
 
     def expire_due(self, now: float) -> None:
@@ -184,6 +194,20 @@ class OpenDatabase:
         waiters = self._waiters
         while waiters and waiters[0][0] <= self._durable:
             heapq.heappop(waiters)[2].set()
+        pending = self._pending_revs
+        if pending and pending[0][0] <= self._durable:
+            while pending and pending[0][0] <= self._durable:
+                self.durable_rev = pending.popleft()[1]
+            self._wake_watchers()
+
+    def _wake_watchers(self) -> None:
+        self._revision_moved.set()
+        self._revision_moved = trio.Event()
+
+    async def wait_past(self, revision: int) -> None:
+        """Return once a change after ``revision`` is durable (or the writer failed)."""
+        while self.durable_rev <= revision and self.failure is None:
+            await self._revision_moved.wait()
 
     def _fail(self, error: StorageError) -> None:
         logger.error("database %s: writes failed (%s); it will be reopened", self.name, error)
@@ -191,6 +215,7 @@ class OpenDatabase:
         for _, _, event in self._waiters:
             event.set()
         self._waiters.clear()
+        self._wake_watchers()
 
     def is_durable(self, ticket: int) -> bool:
         return ticket <= self._durable
@@ -212,9 +237,16 @@ class OpenDatabase:
 class Databases:
     """Every database of the data directory that a request has named, opened once each."""
 
-    def __init__(self, data_dir: Path, options: StorageOptions, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        options: StorageOptions,
+        limits: EngineLimits,
+        clock: Callable[[], float],
+    ) -> None:
         self.data_dir = data_dir
         self.options = options
+        self.limits = limits
         self.clock = clock  # the broker's: what deadlines are measured against
         self._open: dict[str, OpenDatabase] = {}
         self._opening: dict[str, trio.Event] = {}
@@ -267,7 +299,7 @@ class Databases:
             assert self.flushers is not None, "the broker sets Databases.flushers first"
             db = OpenDatabase(name, self.directory(name))
             try:
-                await trio.to_thread.run_sync(db.open, self.options)
+                await trio.to_thread.run_sync(db.open, self.options, self.limits)
             except Exception as exc:
                 logger.exception("could not open the database %s", name)
                 raise ProntoError(

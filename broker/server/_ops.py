@@ -97,7 +97,7 @@ def _flag(args: Mapping[str, Any], name: str) -> bool:
     return value
 
 
-def _uint(args: Mapping[str, Any], name: str, default: int | None = None) -> int | None:
+def uint_arg(args: Mapping[str, Any], name: str, default: int | None = None) -> int | None:
     value = args.get(name, default)
     if value is None:
         return None
@@ -121,7 +121,7 @@ def _list(args: Mapping[str, Any], name: str) -> list[Any]:
 
 
 def _page_limit(args: Mapping[str, Any]) -> int:
-    limit = _uint(args, "limit", PAGE_LIMIT)
+    limit = uint_arg(args, "limit", PAGE_LIMIT)
     assert limit is not None
     return min(limit, PAGE_LIMIT)
 
@@ -157,7 +157,7 @@ def op_set(engine: Engine, call: Call) -> Outcome:
         writer=call.user,
         now=call.now,
         if_absent=_flag(args, "if_absent"),
-        if_rev=_uint(args, "if_rev"),
+        if_rev=uint_arg(args, "if_rev"),
         if_value=args.get("if_value", MISSING),
         ttl=args.get("ttl"),
     )
@@ -203,7 +203,7 @@ def op_del(engine: Engine, call: Call) -> Outcome:
         _required(args, "key"),
         writer=call.user,
         now=call.now,
-        if_rev=_uint(args, "if_rev"),
+        if_rev=uint_arg(args, "if_rev"),
         if_value=args.get("if_value", MISSING),
     )
     return applied.result, applied
@@ -274,7 +274,7 @@ def op_txn(engine: Engine, call: Call) -> Outcome:
 
 
 def _token(args: Mapping[str, Any]) -> int:
-    token = _uint(args, "token")
+    token = uint_arg(args, "token")
     if token is None:
         raise _bad("The request needs the claim's 'token'.")
     return token
@@ -296,7 +296,7 @@ def claim_args(args: Mapping[str, Any]) -> tuple[str, float, bool, int | None]:
     lease = args.get("lease", DEFAULT_LEASE)
     if isinstance(lease, bool) or not isinstance(lease, int | float) or not 0 < lease < 1e9:
         raise _bad("'lease' must be a number of seconds above 0.")
-    max_deliveries = _uint(args, "max_deliveries")
+    max_deliveries = uint_arg(args, "max_deliveries")
     if max_deliveries == 0:
         raise _bad("'max_deliveries' must be 1 or more.")
     return prefix, float(lease), _flag(args, "bind"), max_deliveries

@@ -25,6 +25,7 @@ from prontodb.protocol import (
     LocalProtocolError,
     Message,
     ProntoError,
+    Push,
     RemoteProtocolError,
     Request,
     Response,
@@ -35,7 +36,8 @@ from prontodb.protocol import (
 from ..storage import StorageError
 from ._claim_waiters import Waiter
 from ._databases import DEFAULT_NAME, EMPTY, OpenDatabase, validate_name
-from ._ops import KV_OPS, Call, KvOp, claim_args, claim_wait, claimed_map
+from ._ops import KV_OPS, Call, KvOp, claim_args, claim_wait, claimed_map, uint_arg
+from ._watches import start_revision, stream, watch_args
 
 if TYPE_CHECKING:
     from ._broker import Broker
@@ -80,6 +82,8 @@ class Session:
         self._send_lock = trio.Lock()
         self._send: trio.MemorySendChannel[_Out]
         self._waits: trio.Nursery
+        self._watches: dict[int, trio.CancelScope] = {}  # request id -> its running watch
+        self._torn = False  # a write was cut short: the stream holds half a frame
 
     def stop_reading(self) -> None:
         """Take no more requests; answer the ones already read, then say Goodbye."""
@@ -197,6 +201,10 @@ class Session:
         try:
             if request.op == "claim":
                 return await self._claim(request)
+            if request.op == "watch":
+                return await self._watch(request)
+            if request.op == "unwatch":
+                return _Out(Response(request.id, None, self._unwatch(request)))
             op = KV_OPS.get(request.op)
             if op is not None:
                 return await self._run_kv(op, request)
@@ -298,6 +306,47 @@ class Session:
                 # rather than leave it held, unseen, until its lease ends.
                 db.give_back(waiter.result.key, waiter.result.token, self.user, self.broker.clock())
 
+    async def _watch(self, request: Request) -> _Out | None:
+        """``watch``: check the start, then stream from a task of its own; the Response comes
+        last, when the stream ends (unwatch, overflow, a failed database)."""
+        args = request.args
+        name = validate_name(args.get("cursor", DEFAULT_NAME))
+        prefix, from_rev = watch_args(args)
+        # A watch may come before the first write, so it creates the database it waits on.
+        db = await self.broker.databases.get(name, create=True)
+        assert db is not None
+        start = start_revision(db, from_rev)
+        scope = self._watches[request.id] = trio.CancelScope()
+        self._waits.start_soon(self._run_watch, request.id, db, prefix, start, scope)
+        return None
+
+    async def _run_watch(
+        self, request_id: int, db: OpenDatabase, prefix: str, start: int, scope: trio.CancelScope
+    ) -> None:
+        resume = start
+
+        async def push(event: dict[str, Any]) -> None:
+            nonlocal resume
+            await self._write(self.conn.send(Push(request_id, event)))
+            resume = event["next_rev"]
+
+        try:
+            with scope:
+                await stream(db, prefix, start, push)
+            answer = Response(request_id, None, {"next_rev": resume})  # unwatched
+        except ProntoError as err:
+            answer = Response.fail(request_id, err)
+        finally:
+            del self._watches[request_id]
+        await self._write(self.conn.send(answer))
+
+    def _unwatch(self, request: Request) -> bool:
+        """``unwatch``: end the watch opened by request ``stream``; False if none is running."""
+        scope = self._watches.get(uint_arg(request.args, "stream") or 0)
+        if scope is not None:
+            scope.cancel()
+        return scope is not None
+
     # -- sending -----------------------------------------------------------------------------
 
     async def _send_loop(
@@ -320,7 +369,15 @@ class Session:
 
     async def _write(self, data: bytes | bytearray) -> None:
         async with self._send_lock:
-            await self.stream.send_all(data)
+            if self._torn:
+                raise trio.BrokenResourceError("an earlier write was cut short")
+            written = False
+            try:
+                await self.stream.send_all(data)
+                written = True
+            finally:
+                # Cancelled or failed inside a frame: nothing more may follow it.
+                self._torn = not written
 
     async def _send_batch(self, batch: list[_Out]) -> bool:
         """Send ``batch`` in order, each once durable; True once a Goodbye went out."""

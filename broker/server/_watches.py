@@ -1,0 +1,147 @@
+"""``watch``: a stream of every durable change under a prefix, from a past revision or from now.
+
+A watcher keeps no queue of its own. It reads the database's history (the engine's bounded window
+of recent batches) from its next revision up to the durable revision, sends that, and sleeps until
+the durable revision moves. So the history window is every watcher's backlog, shared and bounded:
+a slow reader costs no memory, it only falls behind, and once the window has moved past it, it is
+told ``overflow`` with the revision to resume from, and its stream ends. Nobody waits for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any
+
+import trio
+
+from prontodb.protocol import ErrorCode, ProntoError
+
+from ..engine import Batch, Change, validate_prefix
+from ._databases import OpenDatabase
+from ._ops import MAX_KEY_LEN, uint_arg
+
+# A push closes at this many bytes of events (about) or events, whichever comes first: well inside
+# the frame limit even with a 1 MiB value in it, and small enough to interleave with answers.
+PUSH_BYTES = 256 * 1024
+PUSH_EVENTS = 1000
+# Batches one history read looks at before the watcher lets other tasks run.
+READ_BATCHES = 4096
+# A watcher whose prefix sees no change is told how far it has read this often (in revisions),
+# so that a reconnect resumes near the head instead of far back in (or before) the window.
+PROGRESS_EVERY = 1000
+
+Push = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def watch_args(args: Mapping[str, Any]) -> tuple[str, int | None]:
+    """The prefix (segment-aware; "" for every key) and the revision to start from (None: now)."""
+    prefix = validate_prefix(args.get("prefix", ""), MAX_KEY_LEN)
+    from_rev = uint_arg(args, "from_rev")
+    return prefix, from_rev or None
+
+
+def start_revision(db: OpenDatabase, from_rev: int | None) -> int:
+    """Where a new watcher starts; ``compacted`` if the history no longer reaches back to it."""
+    if from_rev is None:
+        return db.engine.revision + 1
+    first = db.engine.history.first
+    if from_rev < first:
+        raise ProntoError(
+            ErrorCode.COMPACTED,
+            f"Revision {from_rev} is no longer kept; the oldest still available is {first}. "
+            "Re-read the current state (scan) and watch from there.",
+            {"oldest_rev": first},
+        )
+    return from_rev
+
+
+async def stream(db: OpenDatabase, prefix: str, next_rev: int, push: Push) -> None:
+    """Send ``db``'s changes under ``prefix`` from ``next_rev`` on, as they become durable, until
+    cancelled (returns nothing then) or cut off (raises ``overflow`` or ``unavailable``).
+
+    The first push, with no events, says the watch is in place and where it starts."""
+    await push({"events": [], "next_rev": next_rev})
+    told = next_rev  # the resume point the watcher last heard of
+    while True:
+        if db.failure is not None:
+            raise _lost(db, next_rev)
+        durable = db.durable_rev
+        if next_rev > durable:
+            if next_rev - told >= PROGRESS_EVERY:
+                await push({"events": [], "next_rev": next_rev})
+                told = next_rev
+            await db.wait_past(next_rev - 1)
+            continue
+        history = db.engine.history
+        if next_rev < history.first:
+            raise ProntoError(
+                ErrorCode.OVERFLOW,
+                f"The watcher fell behind the history the broker keeps (it is at revision "
+                f"{next_rev}, the oldest kept is {history.first}) and was cut off. Re-read the "
+                "state (scan), watch from there, and read faster or watch a narrower prefix.",
+                {"next_rev": next_rev, "oldest_rev": history.first},
+            )
+        batches, next_rev = history.read(
+            next_rev, durable, prefix, max_bytes=PUSH_BYTES, max_batches=READ_BATCHES
+        )
+        for message in pushes(batches, next_rev):
+            await push(message)
+            told = message["next_rev"]
+        await trio.lowlevel.checkpoint()  # a long replay must not hold up the other tasks
+
+
+def pushes(batches: list[Batch], next_rev: int) -> Iterator[dict[str, Any]]:
+    """The events of ``batches`` as pushes of bounded size. Each names the revision to resume
+    from if the stream ends after it: ``next_rev`` once a revision is whole, else the revision
+    itself with ``"more": true`` (the client then skips the events of it it already has)."""
+    events: list[dict[str, Any]] = []
+    size = 0
+    for index, batch in enumerate(batches):
+        last = len(batch.changes) - 1
+        for position, change in enumerate(batch.changes):
+            events.append(event_map(change, batch.time))
+            size += _size(change)
+            if size < PUSH_BYTES and len(events) < PUSH_EVENTS:
+                continue
+            if position < last:
+                yield {"events": events, "next_rev": batch.revision, "more": True}
+            elif index < len(batches) - 1:
+                yield {"events": events, "next_rev": batch.revision + 1}
+            else:
+                yield {"events": events, "next_rev": next_rev}
+            events, size = [], 0
+    if events:
+        yield {"events": events, "next_rev": next_rev}
+
+
+def event_map(change: Change, time: float) -> dict[str, Any]:
+    """One change as a watcher receives it (docs/PROTOCOL.md, ``watch``)."""
+    event: dict[str, Any] = {
+        "rev": change.revision,
+        "type": str(change.kind),
+        "key": change.key,
+        "by": change.by,
+        "time": time,
+    }
+    entry = change.entry
+    if entry is not None:
+        event["value"] = entry.value
+        event["create_rev"] = entry.create_rev
+        event["mod_rev"] = entry.mod_rev
+        event["version"] = entry.version
+        if entry.expires is not None:
+            event["expires"] = entry.expires
+    return event
+
+
+def _size(change: Change) -> int:
+    return len(change.key) + 100 + (0 if change.entry is None else change.entry.size)
+
+
+def _lost(db: OpenDatabase, next_rev: int) -> ProntoError:
+    return ProntoError(
+        ErrorCode.UNAVAILABLE,
+        f"The database {db.name!r} failed to write and is being reopened; watch again from "
+        f"revision {next_rev}.",
+        {"next_rev": next_rev},
+    )
