@@ -110,7 +110,7 @@ async def test_unwatch_ends_the_stream_with_where_to_resume(short_dir: Path) -> 
         await events(w, request.id, 1)
         unwatch = w.request("unwatch", stream=request.id)
         await w.send(unwatch)
-        answers = {}
+        answers: dict[int, Any] = {}
         while len(answers) < 2:  # the stream's end and unwatch's own answer, in either order
             message = await w.next()
             assert isinstance(message, Response)
