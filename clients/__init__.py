@@ -20,11 +20,22 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ._async.client import AsyncClient
+    from ._async.watch import Watch as AsyncWatch
     from ._sync.client import Client
-    from ._types import MISSING, BrokerUnavailable, Claimed, ClaimInfo, KeyInfo, TxnResult
+    from ._sync.watch import Watch
+    from ._types import (
+        MISSING,
+        BrokerUnavailable,
+        Claimed,
+        ClaimInfo,
+        KeyInfo,
+        TxnResult,
+        WatchEvent,
+    )
 
 __all__ = [
     "AsyncClient",
+    "AsyncWatch",
     "BrokerUnavailable",
     "ClaimInfo",
     "Claimed",
@@ -34,9 +45,11 @@ __all__ = [
     "MISSING",
     "ProntoError",
     "TxnResult",
+    "Watch",
+    "WatchEvent",
 ]
 
-_LAZY = {
+_LAZY: dict[str, str | tuple[str, str]] = {
     "AsyncClient": "._async.client",
     "Client": "._sync.client",
     "BrokerUnavailable": "._types",
@@ -45,14 +58,18 @@ _LAZY = {
     "KeyInfo": "._types",
     "MISSING": "._types",
     "TxnResult": "._types",
+    "WatchEvent": "._types",
+    "Watch": "._sync.watch",
+    "AsyncWatch": ("._async.watch", "Watch"),
 }
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
+    where = _LAZY.get(name)
+    if where is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(module, __name__), name)
+    module, attribute = where if isinstance(where, tuple) else (where, name)
+    value = getattr(import_module(module, __name__), attribute)
     globals()[name] = value  # later lookups skip this function
     return value
 

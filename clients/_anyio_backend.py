@@ -16,6 +16,7 @@ import anyio.abc
 
 Lock = anyio.Lock
 Event = anyio.Event
+sleep = anyio.sleep
 
 
 class Mutex:

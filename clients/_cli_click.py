@@ -511,18 +511,33 @@ def stop_command(ctx: click.Context, as_json: bool) -> None:
     show_default=True,
     help="When a write counts as durable: after its fsync, within a second, or when the OS writes it.",
 )
+@click.option(
+    "--history-revisions",
+    type=click.IntRange(min=0),
+    default=100_000,
+    show_default=True,
+    help="Revisions of each database's recent changes kept for watchers starting in the past.",
+)
+@click.option(
+    "--history-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Also keep no change older than this for watchers (default: no age limit).",
+)
 @click.option("--ready-fd", type=int, hidden=True, help="Write one JSON line here once listening.")
 def serve(
     data_dir: str | None,
     socket_path: str | None,
     tcp: str | None,
     fsync: str,
+    history_revisions: int,
+    history_seconds: float | None,
     ready_fd: int | None,
 ) -> None:
     """Run the broker in the foreground until SIGTERM, SIGINT or `prontodb stop`."""
     import os
     from pathlib import Path
 
+    from prontodb.broker.engine import HistoryLimits
     from prontodb.broker.server import ServerConfig, parse_tcp, run
     from prontodb.broker.storage import FsyncPolicy
 
@@ -537,6 +552,7 @@ def serve(
         socket_path=Path(sock),
         tcp=tcp_address,
         fsync=FsyncPolicy(fsync),
+        history=HistoryLimits(revisions=history_revisions, seconds=history_seconds),
     )
     raise SystemExit(run(config, ready_fd=ready_fd))
 

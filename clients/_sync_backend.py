@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import _socket
 import threading
+import time
 from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
 
 Lock = threading.Lock
 Event = threading.Event
+sleep = time.sleep
 # Threads can interleave anywhere, so the state the callers share needs a real lock here.
 Mutex = threading.Lock
 

@@ -93,6 +93,28 @@ class Claimed(NamedTuple):
     deliveries: int
 
 
+class WatchEvent(NamedTuple):
+    """One change seen by a watch.
+
+    ``type`` is ``put``, ``delete``, ``expire``, ``claim``, ``ack`` or ``release``; ``rev`` the
+    revision of the change (the changes of one transaction share it); ``by`` the user who made it
+    ("" for an expiry or a lease that ran out); ``time`` when (seconds since the epoch). For the
+    types that leave the key in place (put, claim, release) ``value``, ``version``, ``create_rev``,
+    ``mod_rev`` and ``expires`` describe the key after the change; otherwise they are None.
+    """
+
+    rev: int
+    type: str
+    key: str
+    value: Any
+    by: str
+    time: float
+    version: int | None = None
+    create_rev: int | None = None
+    mod_rev: int | None = None
+    expires: float | None = None
+
+
 class ClaimInfo(NamedTuple):
     """A held claim as ``claims`` lists it; ``bound`` is the holding connection's session for a
     claim bound to it (None: held by its lease alone)."""

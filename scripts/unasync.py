@@ -24,6 +24,7 @@ TARGET_DIR = Path("clients/_sync")
 
 # Applied in order to the whole text, docstrings included (so that examples read right).
 SUBSTITUTIONS: list[tuple[str, str]] = [
+    (r"\bAwaitable\[AsyncClient\]", "AsyncClient"),
     (r"\basync def\b", "def"),
     (r"\basync with\b", "with"),
     (r"\basync for\b", "for"),
@@ -87,8 +88,10 @@ def _ruff(ruff: str, args: list[str], text: str, path: Path) -> str:
 def generate(source: Path, target: Path, ruff: str) -> str:
     """The generated text of ``target`` (paths relative to the repository root)."""
     text = HEADER.format(source=source.as_posix()) + unasync((ROOT / source).read_text())
-    # Renamed imports may sort differently; then the formatter has the last word.
-    text = _ruff(ruff, ["check", "--select", "I", "--fix", "--exit-zero", "--quiet"], text, target)
+    # Renamed imports may sort differently, and some (Awaitable) have no use left; then the
+    # formatter has the last word.
+    fixes = ["check", "--select", "I,F401", "--fix", "--exit-zero", "--quiet"]
+    text = _ruff(ruff, fixes, text, target)
     return _ruff(ruff, ["format", "--quiet"], text, target)
 
 

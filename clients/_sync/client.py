@@ -37,6 +37,7 @@ from .. import _sync_backend as backend
 from .._locations import default_url
 from .._types import MISSING, BrokerUnavailable, Claimed, ClaimInfo, KeyInfo, TxnResult
 from .._urls import Address, parse_url
+from .watch import Watch
 
 TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
 if TYPE_CHECKING:
@@ -122,6 +123,8 @@ class Client:
         self._reader: _Waiter | None = None  # the caller reading for everyone
         self._error: ProntoError | None = None  # why the connection is unusable
         self._closed = False
+        # How connect() was called, for the connections of watches: token, timeout, name.
+        self._again: tuple[str | None, float | None, str] = (None, 10.0, "prontodb-python")
 
     # -- opening and closing ---------------------------------------------------------------
 
@@ -172,7 +175,9 @@ class Client:
         except BaseException:
             stream.close()
             raise
-        return cls(stream, conn, welcome, url=url, user=user, cursor=cursor)
+        client = cls(stream, conn, welcome, url=url, user=user, cursor=cursor)
+        client._again = (token, timeout, name)
+        return client
 
     def close(self) -> None:
         """Say Goodbye and close the connection; closing twice does nothing.
@@ -465,6 +470,39 @@ class Client:
             revision=result["revision"],
             results=list(result.get("results") or []),
             failed=list(result.get("failed") or []),
+        )
+
+    def watch(
+        self,
+        prefix: str = "",
+        *,
+        from_rev: int | None = None,
+        cursor: str | None = None,
+        reconnect: float = 30.0,
+    ) -> Watch:
+        """Every change under ``prefix`` (segment-aware; "" for all) from revision ``from_rev``
+        (None: from now), as :class:`WatchEvent`::
+
+            with client.watch("jobs") as watch:
+                for event in watch:
+                    print(event.rev, event.type, event.key, event.value)
+
+        The watch runs on a connection of its own, opened with this client's URL, user and
+        token. If that connection is lost, it connects again (for up to ``reconnect`` seconds)
+        and resumes where it was, so no event is lost or repeated across a broker restart.
+        """
+        return Watch(
+            self._connect_again,
+            prefix,
+            from_rev=from_rev,
+            cursor=self.cursor if cursor is None else cursor,
+            reconnect=reconnect,
+        )
+
+    def _connect_again(self) -> Client:
+        token, timeout, name = self._again
+        return Client.connect(
+            self.url, user=self.user, token=token, cursor=self.cursor, timeout=timeout, name=name
         )
 
     def ping(self) -> None:
