@@ -455,6 +455,53 @@ def extend_command(ctx: click.Context, key: str, token: int, lease: float, as_js
     _finish(commands.extend(_globals(ctx, as_json), key, token, lease))
 
 
+@cli.command("watch", cls=_Command)
+@click.argument("prefix", type=str, callback=_text, default="")
+@click.option(
+    "--from-rev",
+    type=str,
+    callback=_integer(minimum=1),
+    metavar="N",
+    help="First replay every change since revision N, then go on live (no gap, no repeat).",
+)
+@click.option(
+    "--count",
+    type=str,
+    callback=_integer(minimum=1),
+    metavar="N",
+    help="Exit after N events.",
+)
+@click.option(
+    "--timeout",
+    type=str,
+    callback=_seconds(),
+    metavar="SECONDS",
+    help="Exit after this long; exit 4 if no event came by then.",
+)
+@_json_option
+@click.pass_context
+def watch_command(
+    ctx: click.Context,
+    prefix: str,
+    from_rev: int | None,
+    count: int | None,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Print every change under PREFIX as it happens: REV TYPE KEY=VALUE, one per line.
+
+    TYPE is put, delete, expire, claim, ack or release (delete, expire and ack print no value).
+    Lines are flushed one by one, so `prontodb watch jobs | while read ...` works. A watch that
+    falls behind the broker's history (it keeps the last 100 000 revisions) is cut off: exit 1,
+    with the revision to resume from in the message.
+    """
+    _finish(
+        commands.watch(
+            _globals(ctx, as_json), prefix, from_rev=from_rev, count=count, timeout=timeout
+        )
+    )
+
+
 @cli.command("claims", cls=_Command)
 @click.argument("prefix", type=str, callback=_text, default="")
 @_json_option

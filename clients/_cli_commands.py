@@ -556,6 +556,46 @@ def claim(
     return run(options, body)
 
 
+def watch(
+    options: Globals,
+    prefix: str = "",
+    *,
+    from_rev: int | None = None,
+    count: int | None = None,
+    timeout: float | None = None,
+) -> int:
+    """``watch [PREFIX]``: one line per change, flushed as it comes (``REV TYPE KEY=VALUE``, or
+    ``REV TYPE KEY`` when the key went; with --json one object per line). Ends after ``count``
+    events, or when ``timeout`` seconds have passed (exit 4 if no event came by then)."""
+    import time
+
+    from prontodb.protocol import ERROR_TABLE, ErrorCode
+
+    def body(client: Client) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen = 0
+        with client.watch(prefix, from_rev=from_rev) as events:
+            while count is None or seen < count:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                event = events.next_event(remaining) if remaining is None or remaining > 0 else None
+                if event is None:
+                    break
+                seen += 1
+                if options.json:
+                    document = {k: v for k, v in event._asdict().items() if v is not None}
+                    write_json(document)
+                elif event.type in ("put", "claim", "release"):
+                    head = f"{event.rev} {event.type} {event.key}=".encode()
+                    write(head + render(event.value) + b"\n")
+                else:
+                    write(f"{event.rev} {event.type} {event.key}\n".encode())
+        if seen == 0 and timeout is not None:
+            return ERROR_TABLE[ErrorCode.TIMED_OUT].exit_status
+        return 0
+
+    return run(options, body)
+
+
 def ack(options: Globals, key: str, token: int) -> int:
     """``ack KEY --token T``: silent; a claim no longer held exits 5."""
 

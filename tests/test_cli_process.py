@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from brokers import running_broker
 from cli_support import (
     PRONTODB_VARIABLES,
     serve_processes,
@@ -367,3 +368,75 @@ def test_a_task_of_a_killed_worker_comes_back_after_its_lease(home: Home) -> Non
     assert (document["key"], document["deliveries"]) == ("queue.task_1", 2)
     home.run("--cursor", "tasks", "ack", "queue.task_1", "--token", str(document["token"]))
     assert home.run("--cursor", "tasks", "claim", "queue", check=False).returncode == 4
+
+
+def test_eight_processes_incr_one_counter_exactly(home: Home) -> None:
+    start_home_broker(home)
+    env = {**home.env, "PATH": f"{Path(PRONTODB).parent}:{home.env.get('PATH', '/usr/bin:/bin')}"}
+    loop = "for i in $(seq 500); do prontodb incr metrics.done >/dev/null || exit 1; done"
+    counters = [subprocess.Popen(["bash", "-c", loop], env=env) for _ in range(8)]
+    try:
+        for counter in counters:
+            assert counter.wait(timeout=600) == 0
+    finally:
+        for counter in counters:
+            if counter.poll() is None:
+                counter.kill()
+                counter.wait()
+    assert home.run("get", "metrics.done").stdout == "4000\n"
+
+
+def test_watch_prints_each_change_as_it_happens(home: Home) -> None:
+    home.run("set", "jobs.a", "one")
+    watcher = subprocess.Popen(
+        [PRONTODB, "watch", "jobs", "--from-rev", "1"],
+        env=home.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watcher.stdout is not None
+        assert watcher.stdout.readline() == "1 put jobs.a=one\n"  # replayed
+        # Each line arrives before the next change is made: flushed per event.
+        home.run("set", "jobs.b", "two")
+        assert watcher.stdout.readline() == "2 put jobs.b=two\n"
+        home.run("del", "jobs.a")
+        assert watcher.stdout.readline() == "3 delete jobs.a\n"
+    finally:
+        watcher.terminate()
+        watcher.communicate(timeout=RUN_TIMEOUT)
+
+
+def test_watch_in_a_shell_loop_with_count_and_timeout(home: Home) -> None:
+    for i in range(3):
+        home.run("set", f"jobs.j{i}", f"v{i}")
+    env = {**home.env, "PATH": f"{Path(PRONTODB).parent}:{home.env.get('PATH', '/usr/bin:/bin')}"}
+    script = (
+        "prontodb watch jobs --from-rev 2 --count 2 | while read -r rev type kv; do "
+        'echo "$type ${kv%%=*}"; done'
+    )
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (0, "put jobs.j1\nput jobs.j2\n")
+    quiet = home.run("watch", "nothing.here", "--timeout", "0.2", check=False)
+    assert (quiet.returncode, quiet.stdout) == (4, "")
+    lines = home.run("--json", "watch", "--from-rev", "3", "--count", "1").stdout.splitlines()
+    event = json.loads(lines[0])
+    assert (event["rev"], event["type"], event["key"], event["value"]) == (
+        3,
+        "put",
+        "jobs.j2",
+        "v2",
+    )
+
+
+def test_watch_from_a_revision_no_longer_kept_says_where_to_resume() -> None:
+    with short_tmpdir() as root:
+        home = make_home(root, PRONTODB_SOCKET=str(root / "s.sock"))
+        extra = ["--history-revisions", "2"]
+        with running_broker(home.data_dir, root / "s.sock", extra=extra):
+            for i in range(5):
+                home.run("set", "k", str(i))
+            refused = home.run("watch", "--from-rev", "1", check=False)
+        assert refused.returncode == 1
+        assert "Revision 1 is no longer kept; the oldest still available is 4" in refused.stderr
