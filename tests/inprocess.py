@@ -9,6 +9,7 @@ import trio
 from wire import Wire
 
 from prontodb.broker.server import Broker, BrokerInfo, ServerConfig
+from prontodb.broker.storage import StorageOptions
 
 
 class Running:
@@ -41,12 +42,17 @@ class FakeClock:
 
 @asynccontextmanager
 async def running_broker(
-    config: ServerConfig, clock: Callable[[], float] | None = None
+    config: ServerConfig,
+    clock: Callable[[], float] | None = None,
+    options: StorageOptions | None = None,
 ) -> AsyncIterator[Running]:
-    """Serve ``config`` until the block ends, then stop and close the test's connections."""
+    """Serve ``config`` until the block ends, then stop and close the test's connections;
+    ``clock`` and storage ``options`` replace the broker's own."""
     broker = Broker(config)
     if clock is not None:
         broker.clock = clock
+    if options is not None:
+        broker.databases.options = options
     stopped = trio.Event()
 
     async def run(task_status: trio.TaskStatus[BrokerInfo]) -> None:

@@ -14,6 +14,7 @@ from wire import Wire
 from prontodb.broker.engine import Batch, Change, HistoryLimits
 from prontodb.broker.server import ServerConfig
 from prontodb.broker.server import _watches as watches
+from prontodb.broker.storage import StorageOptions
 from prontodb.protocol import ErrorCode, Push, Request, Response
 
 
@@ -151,15 +152,23 @@ async def test_expiry_and_claim_events_reach_watchers(
         ]
 
 
-async def test_a_slow_watcher_is_cut_off_and_nobody_waits_for_it(short_dir: Path) -> None:
+async def test_a_slow_watcher_is_cut_off_while_50_clients_carry_on(short_dir: Path) -> None:
     async with running_broker(config(short_dir, history=HistoryLimits(revisions=50))) as server:
         slow = await server.wire()
         request, _ = await open_watch(slow)
-        writer = await server.wire()
         value = "x" * 4000  # the slow watcher's socket fills after a few dozen of these
-        for i in range(400):
-            await writer.result("set", key=f"k.{i % 7}", value=value)
-        assert await writer.result("get", key="k.0") == value
+
+        async def client(n: int) -> None:
+            w = await server.wire(f"c{n}")
+            for _ in range(8):
+                await w.result("set", key=f"k.{n}", value=value)
+                assert await w.result("get", key=f"k.{n}") == value
+
+        # 50 clients write and read while the watcher reads nothing: none of them waits for it.
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for n in range(50):
+                    nursery.start_soon(client, n)
         # Now it reads: what was sent already, then the end of its stream.
         seen: list[int] = []
         while True:
@@ -198,6 +207,28 @@ async def test_watchers_resume_across_a_restart(short_dir: Path) -> None:
             (5, "put", "k", 4),
             (6, "delete", "k", None),
         ]
+
+
+async def test_the_history_outlives_compaction_and_restart(short_dir: Path) -> None:
+    cfg = config(short_dir, history=HistoryLimits(revisions=100))
+    options = StorageOptions(compact_min_bytes=4096, compact_garbage_ratio=0.5)
+    async with running_broker(cfg, options=options) as server:
+        w = await server.wire()
+        for i in range(600):  # five keys over and over: mostly garbage, so it compacts
+            await w.result("set", key=f"k.{i % 5}", value=i)
+        with trio.fail_after(30):
+            while not list((short_dir / "data" / "default.db").glob("snap-*")):
+                await w.result("set", key="k.0", value="nudge")  # each write may start one
+        head = await w.result("set", key="k.0", value="last")
+    async with running_broker(cfg) as server:  # the snapshot, then the log after it
+        w = await server.wire()
+        request, _ = await open_watch(w, from_rev=head - 99)
+        found = await events(w, request.id, 100)
+        assert [e["rev"] for e in found] == list(range(head - 99, head + 1))
+        assert found[-1]["value"] == "last"
+        refused = await w.call("watch", from_rev=head - 100)
+        assert refused.error is not None
+        assert refused.error["oldest_rev"] == head - 99
 
 
 @pytest.mark.parametrize("args", [{"prefix": "bad key"}, {"from_rev": -1}, {"cursor": "a/b"}])
