@@ -285,6 +285,9 @@ def _database_status(db: OpenDatabase) -> dict[str, Any]:
         "fsyncs": writer.fsyncs,
         # Every prefix claimed from since the open: ready, claimed, delayed and dead items.
         "queues": db.engine.queues(),
+        # Watches open on it now, and the oldest revision one may start from.
+        "watchers": db.watchers,
+        "history_first": stats["history_first"],
     }
 
 

@@ -60,6 +60,7 @@ class OpenDatabase:
         self._waiters: list[tuple[int, int, trio.Event]] = []
         # Watchers see a change once it is durable: the revision each pending ticket makes so.
         self.durable_rev = 0
+        self.watchers = 0  # watches streaming from this database now
         self._pending_revs: deque[tuple[int, int]] = deque()  # (ticket, revision), in order
         self._revision_moved = trio.Event()
         self._order = itertools.count()

@@ -330,6 +330,7 @@ class Session:
             await self._write(self.conn.send(Push(request_id, event)))
             resume = event["next_rev"]
 
+        db.watchers += 1
         try:
             with scope:
                 await stream(db, prefix, start, push)
@@ -337,6 +338,7 @@ class Session:
         except ProntoError as err:
             answer = Response.fail(request_id, err)
         finally:
+            db.watchers -= 1
             del self._watches[request_id]
         await self._write(self.conn.send(answer))
 
