@@ -31,4 +31,7 @@ def test_python_quickstart_runs(short_dir: Path) -> None:
         "['queue.task_1', 'queue.task_2', 'queue.task_3']",
         "queue.task_1",
         "3",
+        "1 put workflow.completed 1",
+        "2 put workflow.completed 2",
+        "3 put workflow.completed 3",
     ]
