@@ -455,6 +455,67 @@ def extend_command(ctx: click.Context, key: str, token: int, lease: float, as_js
     _finish(commands.extend(_globals(ctx, as_json), key, token, lease))
 
 
+@cli.group("cursor")
+def cursor_group() -> None:
+    """Name databases: bind a cursor to a directory, list, show and forget bindings.
+
+    A cursor NAME with no binding is the database DATA_DIR/NAME.db. With --user given on the
+    command line, set and delete act on that user's own cursor, which shadows a global one of
+    that name for that user only.
+    """
+
+
+def _mine(ctx: click.Context) -> bool:
+    """Whether --user was given on the command line: then the cursor is that user's own."""
+    root = ctx.find_root()
+    return root.params.get("user") is not None
+
+
+@cursor_group.command("set", cls=_Command)
+@click.argument("name", type=str, callback=_text)
+@click.argument("path", type=str, callback=_text)
+@_json_option
+@click.pass_context
+def cursor_set_command(ctx: click.Context, name: str, path: str, as_json: bool) -> None:
+    """Bind cursor NAME to the database directory PATH (made on its first write).
+
+    A relative PATH is taken from the current directory: `cursor set dev ./dev.db`.
+    """
+    _finish(commands.cursor_set(_globals(ctx, as_json), name, path, mine=_mine(ctx)))
+
+
+@cursor_group.command("list", cls=_Command)
+@_json_option
+@click.pass_context
+def cursor_list_command(ctx: click.Context, as_json: bool) -> None:
+    """List cursors: NAME PATH OWNER (global, user:U, or default for an unbound database)."""
+    _finish(commands.cursor_list(_globals(ctx, as_json)))
+
+
+@cursor_group.command("show", cls=_Command)
+@click.argument("name", type=str, callback=_text)
+@_json_option
+@click.pass_context
+def cursor_show_command(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Show what cursor NAME means for you: its path, owner, and whether it is defined."""
+    _finish(commands.cursor_show(_globals(ctx, as_json), name))
+
+
+@cursor_group.command("delete", cls=_Command)
+@click.argument("name", type=str, callback=_text)
+@click.option("--purge", is_flag=True, help="Also delete the database's files (needs --yes).")
+@click.option("--yes", is_flag=True, help="Confirm --purge.")
+@_json_option
+@click.pass_context
+def cursor_delete_command(
+    ctx: click.Context, name: str, purge: bool, yes: bool, as_json: bool
+) -> None:
+    """Forget cursor NAME's binding; its data stays where it is unless --purge --yes."""
+    if purge and not yes:
+        raise click.UsageError("--purge deletes the data: add --yes to confirm.")
+    _finish(commands.cursor_delete(_globals(ctx, as_json), name, mine=_mine(ctx), purge=purge))
+
+
 @cli.command("watch", cls=_Command)
 @click.argument("prefix", type=str, callback=_text, default="")
 @click.option(

@@ -596,6 +596,80 @@ def watch(
     return run(options, body)
 
 
+def cursor_set(options: Globals, name: str, path: str, *, mine: bool = False) -> int:
+    """``cursor set NAME PATH``: silent; a relative PATH is made absolute against the working
+    directory here, since the broker resolves nothing against its own."""
+    absolute = os.path.abspath(path)
+
+    def body(client: Client) -> int:
+        bound = client.cursor_set(name, absolute, mine=mine)
+        if options.json:
+            write_json(bound)
+        return 0
+
+    return run(options, body)
+
+
+def cursor_delete(options: Globals, name: str, *, mine: bool = False, purge: bool = False) -> int:
+    """``cursor delete NAME [--purge]``: silent; a name with no definition is a note, not an
+    error (its data, in the default place, stays unless --purge)."""
+
+    def body(client: Client) -> int:
+        done = client.cursor_delete(name, mine=mine, purge=purge)
+        if options.json:
+            write_json(done)
+        elif not done["forgotten"]:
+            say(f"cursor {name} has no definition; its database is {done['path']}")
+        return 0
+
+    return run(options, body)
+
+
+def cursor_list(options: Globals) -> int:
+    """``cursor list``: ``NAME PATH OWNER`` lines (OWNER ``global``, ``user:U`` or ``default``
+    for a database in the data directory that no definition names), ``shadows-global`` last
+    where a user's cursor hides a global one."""
+
+    def body(client: Client) -> int:
+        cursors = client.cursors()
+        if options.json:
+            write_json(cursors)
+            return 0
+        lines = []
+        for c in cursors:
+            owner = "default" if not c["defined"] else c["owner"] and f"user:{c['owner']}"
+            line = f"{c['name']} {c['path']} {owner or 'global'}"
+            lines.append(line + (" shadows-global" if c["shadows"] else ""))
+        write("".join(line + "\n" for line in lines).encode())
+        return 0
+
+    return run(options, body)
+
+
+def cursor_show(options: Globals, name: str) -> int:
+    """``cursor show NAME``: ``key=value`` lines (name, path, owner, shadows, defined, exists)."""
+
+    def body(client: Client) -> int:
+        shown = client.cursor_show(name)
+        if options.json:
+            write_json(shown)
+            return 0
+        fields = ("name", "path", "owner", "shadows", "defined", "exists", "by")
+        lines = [f"{k}={_plain(shown.get(k))}" for k in fields]
+        write("".join(line + "\n" for line in lines).encode())
+        return 0
+
+    return run(options, body)
+
+
+def _plain(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def ack(options: Globals, key: str, token: int) -> int:
     """``ack KEY --token T``: silent; a claim no longer held exits 5."""
 

@@ -25,6 +25,7 @@ from prontodb.protocol import ErrorCode, ProntoError
 
 from ..engine import EngineLimits
 from ..storage import StorageOptions
+from ._catalog import Catalog
 from ._config import ServerConfig
 from ._databases import Databases, OpenDatabase
 from ._lockfile import AlreadyServing, DataDirLock
@@ -70,6 +71,7 @@ class Broker:
         self._background: trio.Nursery | None = None
         self._sessions_scope = trio.CancelScope()  # replaced by the sessions nursery's
         self._socket_inode: tuple[int, int] | None = None  # of our socket file, to remove it
+        self.catalog_lock = trio.Lock()  # one catalog change (and save) at a time
 
     def request_stop(self) -> None:
         """Begin a clean shutdown (idempotent)."""
@@ -90,6 +92,7 @@ class Broker:
         lock.acquire(self._lock_record(None))
         socket_inode: tuple[int, int] | None = None
         try:
+            self.databases.catalog = Catalog.load(config.data_dir)
             listeners: list[trio.SocketListener] = []
             if config.socket_path is not None:
                 unix, socket_inode = await _open_unix_listener(config.socket_path)
@@ -277,6 +280,7 @@ def _database_status(db: OpenDatabase) -> dict[str, Any]:
     writer = db.database.writer.statistics()
     return {
         "name": db.name,
+        "path": str(db.directory),
         "revision": stats["revision"],
         "keys": stats["keys"],
         "files_bytes": db.database.storage.stats().total_bytes,

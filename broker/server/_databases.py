@@ -6,10 +6,12 @@ wakes the requests whose records are then durable.
 
 from __future__ import annotations
 
+import fcntl
 import heapq
 import itertools
 import logging
 import math
+import os
 import re
 import time
 from collections import deque
@@ -24,6 +26,7 @@ from prontodb.protocol import ErrorCode, ProntoError
 from ..database import Database
 from ..engine import Applied, Engine, EngineLimits
 from ..storage import StorageError, StorageOptions
+from ._catalog import CATALOG_FILE, Catalog
 from ._claim_waiters import ClaimWaiters
 
 logger = logging.getLogger("prontodb.server")
@@ -73,13 +76,26 @@ class OpenDatabase:
         self.failure: StorageError | None = None
         self.compaction_done: trio.Event | None = None  # set once the latest compaction ended
         self.database: Database  # set by open(), before any request can see this object
+        self._lock = -1  # the fd holding the directory's flock
 
     def open(self, options: StorageOptions, limits: EngineLimits) -> None:
-        """Open the files (blocking: run it in a thread)."""
-        self.database = Database.open(
-            self.directory, options=options, limits=limits, threaded_writer=False
-        )
+        """Lock the directory and open the files (blocking: run it in a thread)."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._lock = _lock_directory(self.directory)
+        try:
+            self.database = Database.open(
+                self.directory, options=options, limits=limits, threaded_writer=False
+            )
+        except BaseException:
+            os.close(self._lock)
+            raise
         self.durable_rev = self.engine.revision
+
+    def unlock(self) -> None:
+        """Let another broker open the directory (after the files are closed)."""
+        if self._lock >= 0:
+            os.close(self._lock)
+            self._lock = -1
 
     @property
     def engine(self) -> Engine:
@@ -246,11 +262,12 @@ class Databases:
         clock: Callable[[], float],
     ) -> None:
         self.data_dir = data_dir
+        self.catalog = Catalog(data_dir / CATALOG_FILE)  # the broker loads the real one
         self.options = options
         self.limits = limits
         self.clock = clock  # the broker's: what deadlines are measured against
-        self._open: dict[str, OpenDatabase] = {}
-        self._opening: dict[str, trio.Event] = {}
+        self._open: dict[Path, OpenDatabase] = {}  # by directory
+        self._opening: dict[Path, trio.Event] = {}
         # Where the databases' flush loops run; the broker sets it before it serves.
         self.flushers: trio.Nursery | None = None
 
@@ -267,38 +284,54 @@ class Databases:
                     logger.exception("database %s: returning session %d's claims", db.name, session)
 
     def directory(self, name: str) -> Path:
+        """Where the database of an undefined cursor ``name`` lives."""
         return self.data_dir / f"{name}.db"
+
+    def locate(self, name: str, user: str) -> Path:
+        """The directory cursor ``name`` means for ``user``: its definition's, else the default."""
+        cursor = self.catalog.lookup(user, name)
+        return self.directory(name) if cursor is None else Path(cursor.path)
 
     def opened(self) -> list[OpenDatabase]:
         return list(self._open.values())
 
-    async def get(self, name: str, *, create: bool) -> OpenDatabase | None:
-        """The open database ``name``, opening it if needed; None if it does not exist and
-        ``create`` is false."""
+    def open_at(self, directory: Path) -> OpenDatabase | None:
+        """The database open at ``directory``, if one is."""
+        return self._open.get(directory)
+
+    async def get(self, name: str, *, create: bool, user: str = "") -> OpenDatabase | None:
+        """The database cursor ``name`` means for ``user``, opening it if needed; None if it
+        does not exist and ``create`` is false. Two cursors bound to one directory share it."""
         while True:
-            db = self._open.get(name)
+            directory = self.locate(name, user)
+            db = self._open.get(directory)
             if db is not None and db.failure is None:
                 return db
             if db is not None:  # its writer failed: drop it, reopen from what is durable
-                del self._open[name]
-                db.stop_flushing()
-                if db.compaction_done is not None:  # never two storages on one directory
-                    await db.compaction_done.wait()
-                await trio.to_thread.run_sync(_close_quietly, db)
+                await self.close(db)
                 continue
-            opening = self._opening.get(name)
+            opening = self._opening.get(directory)
             if opening is not None:
                 await opening.wait()
                 continue
-            if not create and not self.directory(name).exists():
+            if not create and not directory.exists():
                 return None
-            return await self._open_new(name)
+            return await self._open_new(name, directory)
 
-    async def _open_new(self, name: str) -> OpenDatabase:
-        done = self._opening[name] = trio.Event()
+    async def close(self, db: OpenDatabase) -> None:
+        """Stop serving ``db`` and close its files (what is queued is written first)."""
+        if self._open.get(db.directory) is db:
+            del self._open[db.directory]
+        db.stop_flushing()
+        if db.compaction_done is not None:  # never two storages on one directory
+            await db.compaction_done.wait()
+        await trio.to_thread.run_sync(_close_quietly, db)
+
+    async def _open_new(self, name: str, directory: Path) -> OpenDatabase:
+        done = self._opening[directory] = trio.Event()
         try:
             assert self.flushers is not None, "the broker sets Databases.flushers first"
-            db = OpenDatabase(name, self.directory(name))
+            db = OpenDatabase(name, directory)
             try:
                 await trio.to_thread.run_sync(db.open, self.options, self.limits)
             except Exception as exc:
@@ -314,10 +347,10 @@ class Databases:
             returned = db.engine.return_bound(self.clock())
             if returned.records:
                 db.submit(returned)
-            self._open[name] = db
+            self._open[directory] = db
             return db
         finally:
-            del self._opening[name]
+            del self._opening[directory]
             done.set()
 
     def flush_now(self) -> None:
@@ -338,3 +371,20 @@ def _close_quietly(db: OpenDatabase) -> None:
         db.database.close()
     except Exception:
         logger.exception("closing the database %s failed", db.name)
+    finally:
+        db.unlock()
+
+
+LOCK_FILE = "LOCK"
+
+
+def _lock_directory(directory: Path) -> int:
+    """An fd holding an exclusive flock on ``directory/LOCK``: a database directory that a cursor
+    binds outside the data directory could otherwise be opened by two brokers at once."""
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OSError(f"{directory} is open in another broker") from None
+    return fd

@@ -10,6 +10,7 @@ import sys
 import trio
 
 from ._broker import Broker, BrokerInfo
+from ._catalog import CatalogError
 from ._config import ServerConfig
 from ._lockfile import AlreadyServing
 
@@ -50,7 +51,7 @@ def run(config: ServerConfig, *, ready_fd: int | None = None) -> int:
     # trio may hand these back inside an exception group (a nursery's), hence except*.
     try:
         trio.run(main)
-    except* AlreadyServing as refused:
+    except* (AlreadyServing, CatalogError) as refused:
         for exc in refused.exceptions:
             logger.error("%s", exc)
         status = 1

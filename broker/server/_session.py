@@ -35,6 +35,7 @@ from prontodb.protocol import (
 
 from ..storage import StorageError
 from ._claim_waiters import Waiter
+from ._cursors import CURSOR_OPS
 from ._databases import DEFAULT_NAME, EMPTY, OpenDatabase, validate_name
 from ._ops import KV_OPS, Call, KvOp, claim_args, claim_wait, claimed_map, uint_arg
 from ._watches import start_revision, stream, watch_args
@@ -205,6 +206,10 @@ class Session:
                 return await self._watch(request)
             if request.op == "unwatch":
                 return _Out(Response(request.id, None, self._unwatch(request)))
+            cursor_op = CURSOR_OPS.get(request.op)
+            if cursor_op is not None:
+                result = await cursor_op(self.broker, self.user, request.args)
+                return _Out(Response(request.id, None, result))
             op = KV_OPS.get(request.op)
             if op is not None:
                 return await self._run_kv(op, request)
@@ -225,7 +230,7 @@ class Session:
 
     async def _run_kv(self, op: KvOp, request: Request) -> _Out:
         name = validate_name(request.args.get("cursor", DEFAULT_NAME))
-        db = await self.broker.databases.get(name, create=op.creates)
+        db = await self.broker.databases.get(name, create=op.creates, user=self.user)
         call = Call(request.args, self.user, self.broker.clock())
         if db is None:  # nobody has written this database yet: it reads as empty
             result, applied = op.run(EMPTY, call)
@@ -260,7 +265,7 @@ class Session:
         args = request.args
         name = validate_name(args.get("cursor", DEFAULT_NAME))
         wait = claim_wait(args)
-        db = await self.broker.databases.get(name, create=wait > 0)
+        db = await self.broker.databases.get(name, create=wait > 0, user=self.user)
         call = Call(args, self.user, self.broker.clock())
         prefix, lease, bind, max_deliveries = claim_args(args)
         if db is None:
@@ -313,7 +318,7 @@ class Session:
         name = validate_name(args.get("cursor", DEFAULT_NAME))
         prefix, from_rev = watch_args(args)
         # A watch may come before the first write, so it creates the database it waits on.
-        db = await self.broker.databases.get(name, create=True)
+        db = await self.broker.databases.get(name, create=True, user=self.user)
         assert db is not None
         start = start_revision(db, from_rev)
         scope = self._watches[request.id] = trio.CancelScope()

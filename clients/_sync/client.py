@@ -505,6 +505,33 @@ class Client:
             self.url, user=self.user, token=token, cursor=self.cursor, timeout=timeout, name=name
         )
 
+    def cursor_set(self, name: str, path: str, *, mine: bool = False) -> dict[str, Any]:
+        """Bind cursor ``name`` to the database directory ``path`` (absolute, on the broker's
+        machine; made by the first write). ``mine``: for this client's user only, shadowing a
+        global cursor of that name. The answer describes the binding (as :meth:`cursor_show`)."""
+        args = {"name": name, "path": path, "mine": mine}
+        result: dict[str, Any] = self._call("cursor_set", args)
+        return result
+
+    def cursor_delete(
+        self, name: str, *, mine: bool = False, purge: bool = False
+    ) -> dict[str, Any]:
+        """Forget cursor ``name``'s binding (the data stays); ``purge`` deletes the database's
+        files too. The answer says what was ``forgotten`` and ``purged``, and the ``path``."""
+        args = {"name": name, "mine": mine, "purge": purge}
+        result: dict[str, Any] = self._call("cursor_delete", args)
+        return result
+
+    def cursors(self) -> list[dict[str, Any]]:
+        """Every cursor this user sees: name, path, owner (None: global), shadows, defined."""
+        result: list[dict[str, Any]] = self._call("cursor_list", {})
+        return result
+
+    def cursor_show(self, name: str) -> dict[str, Any]:
+        """What cursor ``name`` means for this user: its definition or the default directory."""
+        result: dict[str, Any] = self._call("cursor_show", {"name": name})
+        return result
+
     def ping(self) -> None:
         """Ask the broker to answer; raises if it cannot."""
         self._call("ping", self._args(None))

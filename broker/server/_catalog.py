@@ -1,0 +1,145 @@
+"""The broker's catalog: cursor definitions, kept in ``DATA_DIR/catalog.json``.
+
+A cursor NAME names a database. Without a definition it is ``DATA_DIR/NAME.db``; ``cursor set NAME
+PATH`` binds it to a directory anywhere, for everyone (a global cursor) or for one user (a user's
+cursor, which shadows the global one of that name for that user only). The catalog is small and
+changes rarely, so it is one JSON document, replaced atomically (write, fsync, rename, fsync the
+directory) on every change: an operator can read it, and a crash leaves the old or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prontodb.protocol import ErrorCode, ProntoError
+
+CATALOG_FILE = "catalog.json"
+FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class CursorDef:
+    """A cursor definition: ``owner`` is None for a global cursor, else the user it belongs to."""
+
+    name: str
+    path: str
+    owner: str | None
+    by: str
+    time: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": self.path,
+            "owner": self.owner,
+            "by": self.by,
+            "time": self.time,
+        }
+
+
+class CatalogError(Exception):
+    """The catalog file cannot be read; the broker refuses to start rather than guess."""
+
+
+class Catalog:
+    """The cursor definitions in memory; :meth:`document` is what :func:`save` writes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._global: dict[str, CursorDef] = {}
+        self._users: dict[str, dict[str, CursorDef]] = {}
+
+    @classmethod
+    def load(cls, data_dir: Path) -> Catalog:
+        """The catalog of ``data_dir`` (empty if it has none yet)."""
+        catalog = cls(data_dir / CATALOG_FILE)
+        try:
+            document = json.loads(catalog.path.read_text())
+        except FileNotFoundError:
+            return catalog
+        except (OSError, ValueError) as exc:
+            raise CatalogError(
+                f"cannot read {catalog.path} ({exc}); restore it from a backup or move it away "
+                "(the cursors it defines are then forgotten, their data stays where it is)"
+            ) from exc
+        try:
+            if document.get("format") != FORMAT:
+                raise ValueError(f"format {document.get('format')!r} is not {FORMAT}")
+            for fields in document["cursors"]:
+                catalog._put(CursorDef(**fields))
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise CatalogError(f"{catalog.path} is not a ProntoDB catalog: {exc}") from exc
+        return catalog
+
+    def lookup(self, user: str, name: str) -> CursorDef | None:
+        """The definition ``name`` means for ``user``: theirs, else the global one, else None."""
+        mine = self._users.get(user, {}).get(name)
+        return mine if mine is not None else self._global.get(name)
+
+    def get(self, owner: str | None, name: str) -> CursorDef | None:
+        """The definition of exactly this owner (None: the global one)."""
+        if owner is None:
+            return self._global.get(name)
+        return self._users.get(owner, {}).get(name)
+
+    def define(self, cursor: CursorDef) -> None:
+        self._put(cursor)
+
+    def forget(self, owner: str | None, name: str) -> CursorDef | None:
+        """Drop the definition; the one it was, or None."""
+        if owner is None:
+            return self._global.pop(name, None)
+        mine = self._users.get(owner, {})
+        gone = mine.pop(name, None)
+        if not mine:
+            self._users.pop(owner, None)
+        return gone
+
+    def visible(self, user: str) -> list[tuple[CursorDef, bool]]:
+        """The definitions ``user`` sees, by name, each with whether it shadows a global one
+        (the user's own come first where both exist)."""
+        mine = self._users.get(user, {})
+        found = [(c, c.name in self._global) for c in mine.values()]
+        found += [(c, False) for c in self._global.values()]
+        return sorted(found, key=lambda item: (item[0].name, item[0].owner is None))
+
+    def everything(self) -> list[CursorDef]:
+        every = list(self._global.values())
+        for mine in self._users.values():
+            every += mine.values()
+        return every
+
+    def document(self) -> dict[str, Any]:
+        return {"format": FORMAT, "cursors": [c.as_dict() for c in self.everything()]}
+
+    def _put(self, cursor: CursorDef) -> None:
+        if cursor.owner is None:
+            self._global[cursor.name] = cursor
+        else:
+            self._users.setdefault(cursor.owner, {})[cursor.name] = cursor
+
+
+def save(path: Path, document: dict[str, Any]) -> None:
+    """Replace ``path`` with ``document`` atomically (blocking: run it in a thread)."""
+    tmp = path.with_name(path.name + ".tmp")
+    data = json.dumps(document, indent=1, sort_keys=True).encode() + b"\n"
+    try:
+        with open(tmp, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError as exc:
+        raise ProntoError(
+            ErrorCode.UNAVAILABLE,
+            f"The broker could not write its catalog {path} ({exc.strerror}); nothing changed.",
+        ) from exc

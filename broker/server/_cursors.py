@@ -1,0 +1,185 @@
+"""The cursor operations: bind a name to a database directory, list, show and forget bindings.
+
+Paths are the broker's: absolute, on the broker's machine (the CLI resolves a relative path against
+the caller's working directory before it asks).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from prontodb.protocol import ErrorCode, ProntoError
+
+from ..storage._layout import parse_segment_name, parse_snapshot_name
+from ._catalog import CursorDef, save
+from ._databases import LOCK_FILE, validate_name
+
+if TYPE_CHECKING:
+    from ._broker import Broker
+
+CursorOp = Callable[["Broker", str, Mapping[str, Any]], Awaitable[Any]]
+
+
+def _owner(args: Mapping[str, Any], user: str) -> str | None:
+    mine = args.get("mine", False)
+    if not isinstance(mine, bool):
+        raise ProntoError(ErrorCode.BAD_REQUEST, "'mine' must be true or false.")
+    return user if mine else None
+
+
+def _path(args: Mapping[str, Any]) -> Path:
+    path = args.get("path")
+    if not isinstance(path, str) or not os.path.isabs(path):
+        raise ProntoError(
+            ErrorCode.BAD_REQUEST,
+            f"The path must be absolute, not {path!r} (the CLI makes a relative path absolute "
+            "against your working directory).",
+        )
+    return Path(os.path.normpath(path))
+
+
+def describe(broker: Broker, cursor: CursorDef, shadows: bool) -> dict[str, Any]:
+    return {
+        **cursor.as_dict(),
+        "shadows": shadows,
+        "defined": True,
+        "exists": Path(cursor.path).exists(),
+    }
+
+
+async def cursor_set(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
+    """Bind ``name`` to the database directory ``path`` (made by the first write there)."""
+    name = validate_name(args.get("name"))
+    path = _path(args)
+    owner = _owner(args, user)
+    if path.exists() and not path.is_dir():
+        raise ProntoError(
+            ErrorCode.BAD_REQUEST,
+            f"{path} is a file, not a database directory; name a directory (it is made on the "
+            "first write), or a backup file to restore from.",
+        )
+    cursor = CursorDef(name, str(path), owner, user, broker.clock())
+    await _change(broker, lambda: broker.databases.catalog.define(cursor))
+    return describe(broker, cursor, owner is not None and _global(broker, name) is not None)
+
+
+async def cursor_delete(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
+    """Forget ``name``'s binding; with ``purge``, delete its database's files too."""
+    name = validate_name(args.get("name"))
+    owner = _owner(args, user)
+    purge = args.get("purge", False)
+    catalog = broker.databases.catalog
+    cursor = catalog.get(owner, name)
+    directory = Path(cursor.path) if cursor else broker.databases.directory(name)
+    purge = purge is True and directory.exists()
+    if purge:  # refuse before anything changes
+        await trio.to_thread.run_sync(_check_removable, directory)
+    if cursor is not None:
+        await _change(broker, lambda: catalog.forget(owner, name))
+    if purge:
+        db = broker.databases.open_at(directory)
+        if db is not None:
+            await broker.databases.close(db)
+        await trio.to_thread.run_sync(shutil.rmtree, directory)
+    return {"name": name, "forgotten": cursor is not None, "purged": purge, "path": str(directory)}
+
+
+async def cursor_list(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
+    """Every cursor ``user`` sees: the defined ones, then the data directory's databases that
+    no definition names (``defined`` false)."""
+    databases = broker.databases
+    found = [describe(broker, c, shadows) for c, shadows in databases.catalog.visible(user)]
+    named = {item["name"] for item in found}
+    data_dir = databases.data_dir
+    implicit = sorted(p.name[:-3] for p in data_dir.glob("*.db") if p.is_dir())
+    for name in implicit:
+        if name not in named:
+            path = str(databases.directory(name))
+            found.append(
+                {
+                    "name": name,
+                    "path": path,
+                    "owner": None,
+                    "by": None,
+                    "time": None,
+                    "shadows": False,
+                    "defined": False,
+                    "exists": True,
+                }
+            )
+    return found
+
+
+async def cursor_show(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
+    """What ``name`` means for ``user``: its definition, or the default directory."""
+    name = validate_name(args.get("name"))
+    cursor = broker.databases.catalog.lookup(user, name)
+    if cursor is not None:
+        shadows = cursor.owner is not None and _global(broker, name) is not None
+        return describe(broker, cursor, shadows)
+    path = broker.databases.directory(name)
+    return {
+        "name": name,
+        "path": str(path),
+        "owner": None,
+        "by": None,
+        "time": None,
+        "shadows": False,
+        "defined": False,
+        "exists": path.exists(),
+    }
+
+
+CURSOR_OPS: dict[str, CursorOp] = {
+    "cursor_set": cursor_set,
+    "cursor_delete": cursor_delete,
+    "cursor_list": cursor_list,
+    "cursor_show": cursor_show,
+}
+
+
+def _global(broker: Broker, name: str) -> CursorDef | None:
+    return broker.databases.catalog.get(None, name)
+
+
+async def _change(broker: Broker, change: Callable[[], object]) -> None:
+    """Apply ``change`` to the catalog and save it; if saving fails, undo it."""
+    catalog = broker.databases.catalog
+    async with broker.catalog_lock:
+        before = catalog.everything()
+        change()
+        try:
+            await trio.to_thread.run_sync(save, catalog.path, catalog.document())
+        except BaseException:
+            for cursor in catalog.everything():
+                catalog.forget(cursor.owner, cursor.name)
+            for cursor in before:
+                catalog.define(cursor)
+            raise
+
+
+def _check_removable(directory: Path) -> None:
+    """Refuse to delete a directory that holds anything but a database's files."""
+    names = os.listdir(directory)
+    strangers = [n for n in names if not _is_database_file(n)]
+    if strangers:
+        raise ProntoError(
+            ErrorCode.BAD_REQUEST,
+            f"{directory} holds files that are not a database's ({', '.join(strangers[:3])}); "
+            "nothing was deleted. Remove it by hand if you mean it.",
+        )
+
+
+def _is_database_file(name: str) -> bool:
+    base = name.removesuffix(".tmp")
+    return (
+        base in ("MANIFEST", LOCK_FILE)
+        or parse_segment_name(base) is not None
+        or parse_snapshot_name(base) is not None
+    )
