@@ -516,6 +516,51 @@ def cursor_delete_command(
     _finish(commands.cursor_delete(_globals(ctx, as_json), name, mine=_mine(ctx), purge=purge))
 
 
+@cli.command("backup", cls=_Command)
+@click.option(
+    "--output", metavar="PATH", help="Write a backup to PATH.db (or into PATH, a directory)."
+)
+@click.option("--restore", metavar="FILE", help="Put back the databases the backup FILE holds.")
+@click.option(
+    "--list", "list_path", metavar="PATH", help="Show what a backup file (or directory) holds."
+)
+@click.option("--cursor", "only", metavar="NAME", help="Only this cursor's database.")
+@_json_option
+@click.pass_context
+def backup_command(
+    ctx: click.Context,
+    output: str | None,
+    restore: str | None,
+    list_path: str | None,
+    only: str | None,
+    as_json: bool,
+) -> None:
+    """Back up every database to one self-checking file, restore, or list backups.
+
+    `backup --output ./backups/pre-deployment-20261125` writes
+    ./backups/pre-deployment-20261125.db (a consistent copy taken while writers run) and prints
+    its path; `backup --restore FILE` puts back each database the file holds, atomically (a
+    damaged file changes nothing); `backup --list ./backups` shows what each file holds. With
+    --cursor (or the global --cursor given on the command line), only that cursor's database.
+    """
+    chosen = [
+        flag
+        for flag, value in (("--output", output), ("--restore", restore), ("--list", list_path))
+        if value is not None
+    ]
+    if len(chosen) != 1:
+        raise click.UsageError("Give exactly one of --output, --restore and --list.")
+    options = _globals(ctx, as_json)
+    cursor = only if only is not None else ctx.find_root().params.get("cursor")
+    if output is not None:
+        _finish(commands.backup(options, output, cursor))
+    elif restore is not None:
+        _finish(commands.restore(options, restore, cursor))
+    else:
+        assert list_path is not None
+        _finish(commands.backup_list(options, list_path))
+
+
 @cli.command("watch", cls=_Command)
 @click.argument("prefix", type=str, callback=_text, default="")
 @click.option(

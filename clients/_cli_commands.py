@@ -662,6 +662,64 @@ def cursor_show(options: Globals, name: str) -> int:
     return run(options, body)
 
 
+def backup(options: Globals, output: str, cursor: str | None = None) -> int:
+    """``backup --output PATH``: the path of the file written."""
+    absolute = os.path.abspath(output)
+
+    def body(client: Client) -> int:
+        done = client.backup(absolute, cursor=cursor)
+        if options.json:
+            write_json(done)
+        else:
+            write(done["path"].encode() + b"\n")
+        return 0
+
+    return run(options, body)
+
+
+def restore(options: Globals, path: str, cursor: str | None = None) -> int:
+    """``backup --restore FILE``: ``NAME revision=R path=DIR`` per database put back."""
+    absolute = os.path.abspath(path)
+
+    def body(client: Client) -> int:
+        done = client.restore(absolute, cursor=cursor)
+        if options.json:
+            write_json(done)
+        else:
+            lines = [
+                f"{d['name']} revision={d['revision']} path={d['path']}" for d in done["databases"]
+            ]
+            write("".join(line + "\n" for line in lines).encode())
+        return 0
+
+    return run(options, body)
+
+
+def backup_list(options: Globals, path: str) -> int:
+    """``backup --list PATH``: ``FILE created=TIME NAME@REV(KEYS keys) ...`` per backup file;
+    a damaged one says why, and makes the exit status 1."""
+    absolute = os.path.abspath(path)
+
+    def body(client: Client) -> int:
+        found = client.backup_list(absolute)
+        if options.json:
+            write_json(found)
+        else:
+            lines = []
+            for item in found:
+                if "error" in item:
+                    lines.append(f"{item['path']} damaged: {item['error']}")
+                    continue
+                held = " ".join(
+                    f"{d['name']}@{d['revision']}({d['keys']} keys)" for d in item["databases"]
+                )
+                lines.append(f"{item['path']} created={iso_time(item['created'])} {held}")
+            write("".join(line + "\n" for line in lines).encode())
+        return 1 if any("error" in item for item in found) else 0
+
+    return run(options, body)
+
+
 def _plain(value: object) -> str:
     if value is None:
         return ""

@@ -12,6 +12,7 @@ import pytest
 from cli_support import serve_processes, stop_brokers
 
 SEED_SCRIPT = Path(__file__).parent / "seed" / "sections.sh"
+SEED_11_12 = Path(__file__).parent / "seed" / "sections_11_12.sh"
 
 
 class Shell:
@@ -29,9 +30,9 @@ class Shell:
             XDG_RUNTIME_DIR=str(runtime),
         )
 
-    def run(self, *argv: str) -> subprocess.CompletedProcess[str]:
+    def run(self, *argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            argv, env=self.env, capture_output=True, text=True, timeout=300, check=False
+            argv, env=self.env, capture_output=True, text=True, timeout=300, check=False, cwd=cwd
         )
 
     def get(self, cursor: str, key: str) -> str:
@@ -102,3 +103,29 @@ def test_sections_1_to_10_work_as_written(shell: Shell) -> None:
         "logs.db",
         "default.db",
     }
+
+
+def test_sections_11_and_12_work_as_written(shell: Shell, tmp_path: Path) -> None:
+    work = tmp_path / "project"
+    work.mkdir()
+    result = shell.run("bash", str(SEED_11_12), cwd=work)
+    assert result.returncode == 0, result.stderr
+    # 11: each environment is a database in the working directory, made by its first write
+    assert {p.name for p in work.glob("*.db")} == {"dev.db", "staging.db", "prod.db"}
+    assert shell.get("dev", "config.debug_mode") == "true"
+    assert shell.get("dev", "workflow.status") == "testing"
+    assert shell.get("prod", "workflow.status") == "production"
+    # 12: the backups are files ending in .db that find(1) rotates
+    backups = sorted(p.name for p in (work / "backups").iterdir())
+    stamp = subprocess.run(["date", "+%Y%m%d"], capture_output=True, text=True).stdout.strip()
+    assert backups == ["last-known-good.db", "main-backup.db", f"pre-deployment-{stamp}.db"]
+    # the emergency recovery put back what last-known-good held
+    assert shell.get("prod", "config.debug_mode") == "false"
+    # main is now a database restored from main-backup.db, in the data directory
+    shown = shell.run("prontodb", "cursor", "show", "main").stdout.splitlines()
+    path = Path(next(line[5:] for line in shown if line.startswith("path=")))
+    assert path.parent == shell.data_dir / "restored"
+    assert path.name.startswith("main-")
+    assert shell.get("main", "workflow.status") == "running"
+    # cursor delete of a name that was never bound said so and changed nothing
+    assert "corrupted_db has no definition" in result.stderr

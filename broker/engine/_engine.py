@@ -809,6 +809,12 @@ class Engine:
         book.deliveries.update((k, n) for k, n in deliveries)
         book.delayed.update((k, t) for k, t in delayed)
 
+    def rebase(self, revision: int) -> None:
+        """Go on from ``revision`` (if above the current one) with no history before it: what a
+        database restored from a backup does, so that no old resume point reads as valid."""
+        self.revision = max(self.revision, revision)
+        self.history.reset(self.revision + 1)
+
     def statistics(self) -> dict[str, int]:
         """Revision, key count and the live-bytes estimate (for compaction and ``status``)."""
         return {

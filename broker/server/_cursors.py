@@ -26,25 +26,28 @@ if TYPE_CHECKING:
 CursorOp = Callable[["Broker", str, Mapping[str, Any]], Awaitable[Any]]
 
 
-def _owner(args: Mapping[str, Any], user: str) -> str | None:
+def owner_arg(args: Mapping[str, Any], user: str) -> str | None:
+    """The owner a cursor operation acts for: this user with ``mine``, else None (global)."""
     mine = args.get("mine", False)
     if not isinstance(mine, bool):
         raise ProntoError(ErrorCode.BAD_REQUEST, "'mine' must be true or false.")
     return user if mine else None
 
 
-def _path(args: Mapping[str, Any]) -> Path:
-    path = args.get("path")
+def absolute_path(args: Mapping[str, Any], key: str = "path") -> Path:
+    """The argument ``key`` as an absolute, normalised path; bad_request for anything else."""
+    path = args.get(key)
     if not isinstance(path, str) or not os.path.isabs(path):
         raise ProntoError(
             ErrorCode.BAD_REQUEST,
-            f"The path must be absolute, not {path!r} (the CLI makes a relative path absolute "
+            f"{key!r} must be an absolute path, not {path!r} (the CLI makes a relative path absolute "
             "against your working directory).",
         )
     return Path(os.path.normpath(path))
 
 
-def describe(broker: Broker, cursor: CursorDef, shadows: bool) -> dict[str, Any]:
+def describe(cursor: CursorDef, shadows: bool) -> dict[str, Any]:
+    """A definition as the cursor operations answer it."""
     return {
         **cursor.as_dict(),
         "shadows": shadows,
@@ -56,23 +59,23 @@ def describe(broker: Broker, cursor: CursorDef, shadows: bool) -> dict[str, Any]
 async def cursor_set(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
     """Bind ``name`` to the database directory ``path`` (made by the first write there)."""
     name = validate_name(args.get("name"))
-    path = _path(args)
-    owner = _owner(args, user)
+    path = absolute_path(args)
+    owner = owner_arg(args, user)
     if path.exists() and not path.is_dir():
         raise ProntoError(
             ErrorCode.BAD_REQUEST,
-            f"{path} is a file, not a database directory; name a directory (it is made on the "
-            "first write), or a backup file to restore from.",
+            f"{path} is not a directory; name a database directory (it is made on the first "
+            "write), or a backup file to restore from.",
         )
     cursor = CursorDef(name, str(path), owner, user, broker.clock())
-    await _change(broker, lambda: broker.databases.catalog.define(cursor))
-    return describe(broker, cursor, owner is not None and _global(broker, name) is not None)
+    await change_catalog(broker, lambda: broker.databases.catalog.define(cursor))
+    return describe(cursor, owner is not None and _global(broker, name) is not None)
 
 
 async def cursor_delete(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
     """Forget ``name``'s binding; with ``purge``, delete its database's files too."""
     name = validate_name(args.get("name"))
-    owner = _owner(args, user)
+    owner = owner_arg(args, user)
     purge = args.get("purge", False)
     catalog = broker.databases.catalog
     cursor = catalog.get(owner, name)
@@ -81,7 +84,7 @@ async def cursor_delete(broker: Broker, user: str, args: Mapping[str, Any]) -> A
     if purge:  # refuse before anything changes
         await trio.to_thread.run_sync(_check_removable, directory)
     if cursor is not None:
-        await _change(broker, lambda: catalog.forget(owner, name))
+        await change_catalog(broker, lambda: catalog.forget(owner, name))
     if purge:
         db = broker.databases.open_at(directory)
         if db is not None:
@@ -94,7 +97,7 @@ async def cursor_list(broker: Broker, user: str, args: Mapping[str, Any]) -> Any
     """Every cursor ``user`` sees: the defined ones, then the data directory's databases that
     no definition names (``defined`` false)."""
     databases = broker.databases
-    found = [describe(broker, c, shadows) for c, shadows in databases.catalog.visible(user)]
+    found = [describe(c, shadows) for c, shadows in databases.catalog.visible(user)]
     named = {item["name"] for item in found}
     data_dir = databases.data_dir
     implicit = sorted(p.name[:-3] for p in data_dir.glob("*.db") if p.is_dir())
@@ -122,7 +125,7 @@ async def cursor_show(broker: Broker, user: str, args: Mapping[str, Any]) -> Any
     cursor = broker.databases.catalog.lookup(user, name)
     if cursor is not None:
         shadows = cursor.owner is not None and _global(broker, name) is not None
-        return describe(broker, cursor, shadows)
+        return describe(cursor, shadows)
     path = broker.databases.directory(name)
     return {
         "name": name,
@@ -136,19 +139,11 @@ async def cursor_show(broker: Broker, user: str, args: Mapping[str, Any]) -> Any
     }
 
 
-CURSOR_OPS: dict[str, CursorOp] = {
-    "cursor_set": cursor_set,
-    "cursor_delete": cursor_delete,
-    "cursor_list": cursor_list,
-    "cursor_show": cursor_show,
-}
-
-
 def _global(broker: Broker, name: str) -> CursorDef | None:
     return broker.databases.catalog.get(None, name)
 
 
-async def _change(broker: Broker, change: Callable[[], object]) -> None:
+async def change_catalog(broker: Broker, change: Callable[[], object]) -> None:
     """Apply ``change`` to the catalog and save it; if saving fails, undo it."""
     catalog = broker.databases.catalog
     async with broker.catalog_lock:

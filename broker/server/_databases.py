@@ -64,6 +64,7 @@ class OpenDatabase:
         # Watchers see a change once it is durable: the revision each pending ticket makes so.
         self.durable_rev = 0
         self.watchers = 0  # watches streaming from this database now
+        self.replaced_at: int | None = None  # restored from a backup: the new revision
         self._pending_revs: deque[tuple[int, int]] = deque()  # (ticket, revision), in order
         self._revision_moved = trio.Event()
         self._order = itertools.count()
@@ -217,13 +218,19 @@ class OpenDatabase:
                 self.durable_rev = pending.popleft()[1]
             self._wake_watchers()
 
+    def replaced(self, revision: int) -> None:
+        """This object's database was restored from a backup (and reopened as a new object):
+        its watchers must re-read, from ``revision``."""
+        self.replaced_at = revision
+        self._wake_watchers()
+
     def _wake_watchers(self) -> None:
         self._revision_moved.set()
         self._revision_moved = trio.Event()
 
     async def wait_past(self, revision: int) -> None:
         """Return once a change after ``revision`` is durable (or the writer failed)."""
-        while self.durable_rev <= revision and self.failure is None:
+        while self.durable_rev <= revision and self.failure is None and self.replaced_at is None:
             await self._revision_moved.wait()
 
     def _fail(self, error: StorageError) -> None:
@@ -302,8 +309,11 @@ class Databases:
     async def get(self, name: str, *, create: bool, user: str = "") -> OpenDatabase | None:
         """The database cursor ``name`` means for ``user``, opening it if needed; None if it
         does not exist and ``create`` is false. Two cursors bound to one directory share it."""
+        return await self.at(name, self.locate(name, user), create=create)
+
+    async def at(self, name: str, directory: Path, *, create: bool) -> OpenDatabase | None:
+        """The database in ``directory`` (called ``name`` in logs), as :meth:`get` has it."""
         while True:
-            directory = self.locate(name, user)
             db = self._open.get(directory)
             if db is not None and db.failure is None:
                 return db
@@ -314,7 +324,8 @@ class Databases:
             if opening is not None:
                 await opening.wait()
                 continue
-            if not create and not directory.exists():
+            # One stat of a local directory: cheaper than a hop to a thread.
+            if not create and not directory.exists():  # noqa: ASYNC240
                 return None
             return await self._open_new(name, directory)
 
@@ -326,6 +337,33 @@ class Databases:
         if db.compaction_done is not None:  # never two storages on one directory
             await db.compaction_done.wait()
         await trio.to_thread.run_sync(_close_quietly, db)
+
+    async def replace(self, name: str, directory: Path, build: Callable[[int], int]) -> int:
+        """Swap the database in ``directory`` for what ``build(above)`` writes there (in a
+        thread; ``above`` is the old revision, 0 if none was open). Requests for it wait
+        meanwhile; its watchers are told. Returns the new revision."""
+        while (opening := self._opening.get(directory)) is not None:
+            await opening.wait()
+        done = self._opening[directory] = trio.Event()
+        try:
+            old = self._open.get(directory)
+            above = 0
+            if old is not None:
+                above = old.engine.revision
+                await self.close(old)
+            try:
+                revision = await trio.to_thread.run_sync(build, above)
+            except BaseException:
+                if old is not None:  # its state stands; its watchers resume on the reopened one
+                    old._fail(StorageError("closed for a restore that failed"))
+                raise
+            logger.info("database %s at %s restored, now at revision %d", name, directory, revision)
+            if old is not None:
+                old.replaced(revision)
+            return revision
+        finally:
+            del self._opening[directory]
+            done.set()
 
     async def _open_new(self, name: str, directory: Path) -> OpenDatabase:
         done = self._opening[directory] = trio.Event()

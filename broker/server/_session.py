@@ -34,8 +34,8 @@ from prontodb.protocol import (
 )
 
 from ..storage import StorageError
+from ._admin_ops import ADMIN_OPS
 from ._claim_waiters import Waiter
-from ._cursors import CURSOR_OPS
 from ._databases import DEFAULT_NAME, EMPTY, OpenDatabase, validate_name
 from ._ops import KV_OPS, Call, KvOp, claim_args, claim_wait, claimed_map, uint_arg
 from ._watches import start_revision, stream, watch_args
@@ -206,7 +206,7 @@ class Session:
                 return await self._watch(request)
             if request.op == "unwatch":
                 return _Out(Response(request.id, None, self._unwatch(request)))
-            cursor_op = CURSOR_OPS.get(request.op)
+            cursor_op = ADMIN_OPS.get(request.op)
             if cursor_op is not None:
                 result = await cursor_op(self.broker, self.user, request.args)
                 return _Out(Response(request.id, None, result))

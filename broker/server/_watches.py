@@ -63,6 +63,14 @@ async def stream(db: OpenDatabase, prefix: str, next_rev: int, push: Push) -> No
     await push({"events": [], "next_rev": next_rev})
     told = next_rev  # the resume point the watcher last heard of
     while True:
+        if db.replaced_at is not None:
+            raise ProntoError(
+                ErrorCode.COMPACTED,
+                f"The database was restored from a backup and is now at revision "
+                f"{db.replaced_at}; re-read it (scan) and watch from revision "
+                f"{db.replaced_at + 1}.",
+                {"oldest_rev": db.replaced_at + 1, "restored": True},
+            )
         if db.failure is not None:
             raise _lost(db, next_rev)
         durable = db.durable_rev

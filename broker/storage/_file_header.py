@@ -26,6 +26,7 @@ class FileKind(enum.IntEnum):
 
     SEGMENT = 1
     SNAPSHOT = 2
+    BACKUP = 3
 
 
 @dataclass(frozen=True, slots=True)

@@ -532,6 +532,32 @@ class AsyncClient:
         result: dict[str, Any] = await self._call("cursor_show", {"name": name})
         return result
 
+    async def backup(self, output: str, *, cursor: str | None = None) -> dict[str, Any]:
+        """Write a backup of every database (or only ``cursor``'s) to a new file: ``output``
+        itself if it ends in ``.db``, ``output.db``, or a timestamped file inside ``output`` if it
+        is a directory (an absolute path on the broker's machine). The answer has the ``path``
+        written, its ``bytes`` and the ``databases`` it holds (name, owner, revision, keys)."""
+        args: dict[str, Any] = {"output": output}
+        if cursor is not None:
+            args["cursor"] = cursor
+        result: dict[str, Any] = await self._call("backup", args)
+        return result
+
+    async def restore(self, path: str, *, cursor: str | None = None) -> dict[str, Any]:
+        """Put back every database the backup file ``path`` holds (or only ``cursor``'s, into
+        that cursor), each atomically; a damaged or foreign file changes nothing."""
+        args: dict[str, Any] = {"path": path}
+        if cursor is not None:
+            args["cursor"] = cursor
+        result: dict[str, Any] = await self._call("backup_restore", args)
+        return result
+
+    async def backup_list(self, path: str) -> list[dict[str, Any]]:
+        """What the backup file ``path`` holds, or each backup file directly inside a
+        directory: path, created, bytes and databases, or the error that makes it unusable."""
+        result: list[dict[str, Any]] = await self._call("backup_list", {"path": path})
+        return result
+
     async def ping(self) -> None:
         """Ask the broker to answer; raises if it cannot."""
         await self._call("ping", self._args(None))

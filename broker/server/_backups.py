@@ -1,0 +1,206 @@
+"""``backup``, ``backup_restore``, ``backup_list``, and ``cursor_set`` on a backup file.
+
+A backup is a consistent point-in-time copy: every database it takes is frozen in one pass of the
+event loop (no change can come between two of them), then written in a thread while writers go
+on. Restoring checks the whole file first, then swaps each database's state atomically (see
+:func:`prontodb.broker.backup.restore_into`); the database's watchers are told to re-read.
+Paths are the broker's own, absolute (the CLI resolves relative ones).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from prontodb.protocol import ErrorCode, ProntoError
+
+from .. import backup
+from ..storage import CorruptionError
+from ._catalog import CursorDef
+from ._cursors import absolute_path, change_catalog, describe, owner_arg
+from ._databases import OpenDatabase, validate_name
+
+if TYPE_CHECKING:
+    from ._broker import Broker
+
+RESTORED_DIR = "restored"  # where `cursor set NAME FILE` puts the database it restores
+
+
+async def backup_op(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
+    """Write every database (or ``cursor``'s) to a new backup file under ``output``."""
+    output = absolute_path(args, "output")
+    databases = broker.databases
+    targets = _targets(broker, user, args.get("cursor"))
+    opened: list[tuple[str, str | None, OpenDatabase]] = []
+    for name, owner, directory in targets:
+        db = await databases.at(name, directory, create=False)
+        if db is not None:
+            opened.append((name, owner, db))
+    if args.get("cursor") is not None and not opened:
+        raise ProntoError(
+            ErrorCode.NOT_FOUND, f"The cursor {args['cursor']!r} has no database yet."
+        )
+    # One instant for all of them: nothing awaits between these snapshots.
+    now = broker.clock()
+    frozen: list[tuple[backup.Section, Any]] = []
+    tickets: list[tuple[OpenDatabase, int]] = []
+    for name, owner, db in opened:
+        db.expire_due(now)
+        engine = db.engine
+        section = backup.Section(name, owner, engine.revision, engine.statistics()["keys"])
+        frozen.append((section, engine.snapshot()))
+        tickets.append((db, db.database.last_ticket))
+    for db, ticket in tickets:  # a backup holds nothing a crash could take back
+        await db.wait_durable(ticket)
+    path = backup.target_path(output, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)))
+    try:
+        size = await trio.to_thread.run_sync(backup.write, path, now, frozen)
+    except FileExistsError:
+        raise ProntoError(
+            ErrorCode.EXISTS, f"{path} exists already; a backup never replaces a file."
+        ) from None
+    except OSError as exc:
+        raise ProntoError(
+            ErrorCode.UNAVAILABLE, f"The backup could not be written to {path} ({exc})."
+        ) from exc
+    return {"path": str(path), "bytes": size, "databases": [s.as_dict() for s, _ in frozen]}
+
+
+async def restore_op(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
+    """Put back every database of the backup file ``path`` (or only ``cursor``'s)."""
+    path = absolute_path(args, "path")
+    contents = await _read(path)
+    cursor = args.get("cursor")
+    databases = broker.databases
+    if cursor is not None:
+        name = validate_name(cursor)
+        section = _pick(contents, name)
+        plan = [(section, name, databases.locate(name, user))]
+    else:
+        plan = [(s, s.name, _home(broker, s)) for s in contents.sections]
+    restored = []
+    for section, name, directory in plan:
+        revision = await databases.replace(
+            name, directory, _builder(broker, path, section, directory)
+        )
+        restored.append(
+            {
+                **section.as_dict(),
+                "path": str(directory),
+                "revision": revision,
+                "name": name,
+                "from": section.name,
+            }
+        )
+    return {"path": str(path), "databases": restored}
+
+
+async def list_op(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
+    """What the backup file ``path`` holds, or every backup file directly inside a directory."""
+    path = absolute_path(args, "path")
+    return await trio.to_thread.run_sync(_list, path)
+
+
+async def cursor_from_backup(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
+    """``cursor_set`` with a backup file as the path: restore it into a new database under
+    ``DATA_DIR/restored/`` and bind the cursor to that."""
+    name = validate_name(args.get("name"))
+    path = absolute_path(args, "path")
+    owner = owner_arg(args, user)
+    contents = await _read(path)
+    section = contents.sections[0] if len(contents.sections) == 1 else _pick(contents, name)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(broker.clock()))
+    directory = broker.databases.data_dir / RESTORED_DIR / f"{name}-{stamp}.db"
+    if directory.exists():
+        raise ProntoError(ErrorCode.EXISTS, f"{directory} exists already; try again in a second.")
+    await broker.databases.replace(name, directory, _builder(broker, path, section, directory))
+    cursor = CursorDef(name, str(directory), owner, user, broker.clock())
+    await change_catalog(broker, lambda: broker.databases.catalog.define(cursor))
+    shadows = owner is not None and broker.databases.catalog.get(None, name) is not None
+    return {**describe(cursor, shadows), "restored_from": str(path), "section": section.name}
+
+
+def is_backup_file(args: Mapping[str, Any]) -> bool:
+    """Whether a ``cursor_set`` names an existing file (a backup) rather than a directory."""
+    return absolute_path(args, "path").is_file()
+
+
+def _targets(broker: Broker, user: str, cursor: Any) -> list[tuple[str, str | None, Path]]:
+    """(name, owner, directory) of each database to back up, each directory once."""
+    databases = broker.databases
+    if cursor is not None:
+        name = validate_name(cursor)
+        bound = databases.catalog.lookup(user, name)
+        return [(name, bound.owner if bound else None, databases.locate(name, user))]
+    found: dict[Path, tuple[str, str | None, Path]] = {}
+    for defined in databases.catalog.everything():
+        found.setdefault(Path(defined.path), (defined.name, defined.owner, Path(defined.path)))
+    for directory in sorted(databases.data_dir.glob("*.db")):
+        if directory.is_dir():
+            found.setdefault(directory, (directory.name[:-3], None, directory))
+    return list(found.values())
+
+
+def _home(broker: Broker, section: backup.Section) -> Path:
+    """Where a section goes back to: its cursor's directory if still defined, else the default."""
+    databases = broker.databases
+    bound = databases.catalog.get(section.owner, section.name)
+    return Path(bound.path) if bound is not None else databases.directory(section.name)
+
+
+def _pick(contents: backup.Contents, name: str) -> backup.Section:
+    for section in contents.sections:
+        if section.name == name:
+            return section
+    held = ", ".join(s.name for s in contents.sections) or "none"
+    raise ProntoError(
+        ErrorCode.NOT_FOUND,
+        f"{contents.path} holds no database {name!r} (it holds: {held}); nothing was restored.",
+    )
+
+
+def _builder(broker: Broker, path: Path, section: backup.Section, directory: Path) -> Any:
+    databases = broker.databases
+
+    def build(above: int) -> int:
+        records: Any = backup.records_of(path, section.name, section.owner)
+        return backup.restore_into(
+            directory, records, options=databases.options, limits=databases.limits, above=above
+        )
+
+    return build
+
+
+async def _read(path: Path) -> backup.Contents:
+    try:
+        return await trio.to_thread.run_sync(backup.read, path)
+    except CorruptionError as exc:
+        raise ProntoError(ErrorCode.BAD_REQUEST, f"Not a usable backup: {exc}") from None
+
+
+def _list(path: Path) -> list[dict[str, Any]]:
+    files = (
+        sorted(p for p in path.glob(f"*{backup.SUFFIX}") if p.is_file())
+        if path.is_dir()
+        else [path]
+    )
+    found: list[dict[str, Any]] = []
+    for file in files:
+        try:
+            contents = backup.read(file)
+        except CorruptionError as exc:
+            found.append({"path": str(file), "error": str(exc)})
+            continue
+        found.append(
+            {
+                "path": str(file),
+                "created": contents.created,
+                "bytes": contents.size,
+                "databases": [s.as_dict() for s in contents.sections],
+            }
+        )
+    return found
