@@ -8,6 +8,7 @@ as ``b""``.
 
 from __future__ import annotations
 
+import ssl
 from contextlib import AbstractContextManager
 from types import TracebackType
 
@@ -43,7 +44,7 @@ class Mutex:
 class Stream:
     """A connected socket: whole-frame writes, chunked reads, a deadline for the handshake."""
 
-    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
         self._stream = stream
 
     async def send_all(self, data: bytes) -> None:
@@ -82,10 +83,22 @@ async def connect_unix(path: str, timeout: float | None) -> Stream:  # noqa: ASY
         return Stream(await anyio.connect_unix(path))
 
 
-async def connect_tcp(host: str, port: int, timeout: float | None) -> Stream:  # noqa: ASYNC109
-    """Connect over TCP (no Nagle delay); OSError if refused, TimeoutError after ``timeout``."""
+async def connect_tcp(
+    host: str,
+    port: int,
+    timeout: float | None,  # noqa: ASYNC109
+    tls: ssl.SSLContext | None = None,
+) -> Stream:
+    """Connect over TCP (no Nagle delay), with TLS if given a context; OSError if refused or the
+    TLS handshake fails, TimeoutError after ``timeout``."""
     with anyio.fail_after(timeout):
-        return Stream(await anyio.connect_tcp(host, port))
+        if tls is None:
+            return Stream(await anyio.connect_tcp(host, port))
+        try:
+            stream = await anyio.connect_tcp(host, port, ssl_context=tls, tls_hostname=host)
+        except anyio.BrokenResourceError as exc:  # the handshake failed
+            raise OSError(f"TLS handshake failed: {exc.__cause__ or exc}") from exc
+        return Stream(stream)
 
 
 def shielded() -> AbstractContextManager[object]:

@@ -561,6 +561,102 @@ def backup_command(
         _finish(commands.backup_list(options, list_path))
 
 
+@cli.group("user")
+def user_group() -> None:
+    """Users: add one (its token is printed once), list, remove, or give one a new token.
+
+    Tokens matter where the broker wants them: always on TCP (unless serve --insecure on
+    loopback), and on the Unix socket with serve --require-auth. A client gives its token in
+    PRONTODB_TOKEN. A new data directory gets the user admin, with admin on everything; its
+    token is in DATA_DIR/admin.token.
+    """
+
+
+@user_group.command("add", cls=_Command)
+@click.argument("name", type=str, callback=_text)
+@_json_option
+@click.pass_context
+def user_add_command(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Make user NAME and print its token (shown this once)."""
+    _finish(commands.user_command(_globals(ctx, as_json), "add", name))
+
+
+@user_group.command("token", cls=_Command)
+@click.argument("name", type=str, callback=_text)
+@_json_option
+@click.pass_context
+def user_token_command(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Give NAME a new token and print it; the old one stops working."""
+    _finish(commands.user_command(_globals(ctx, as_json), "token", name))
+
+
+@user_group.command("remove", cls=_Command)
+@click.argument("name", type=str, callback=_text)
+@click.pass_context
+def user_remove_command(ctx: click.Context, name: str) -> None:
+    """Remove user NAME and its grants."""
+    _finish(commands.user_command(_globals(ctx, False), "remove", name))
+
+
+@user_group.command("list", cls=_Command)
+@_json_option
+@click.pass_context
+def user_list_command(ctx: click.Context, as_json: bool) -> None:
+    """List users: NAME created=TIME by=USER grants=N."""
+    _finish(commands.user_command(_globals(ctx, as_json), "list"))
+
+
+_LEVEL = click.Choice(["read", "write", "admin"])
+
+
+def _grant_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option(
+        "--prefix",
+        default="",
+        metavar="P",
+        help="Only at and below this key prefix (default: every key).",
+    )(command)
+    return click.option(
+        "--cursor", "target", metavar="C", help="Only this cursor's database (default: every one)."
+    )(command)
+
+
+@cli.command("grant", cls=_Command)
+@click.argument("user", type=str, callback=_text)
+@click.argument("level", type=_LEVEL)
+@_grant_options
+@_json_option
+@click.pass_context
+def grant_command(
+    ctx: click.Context, user: str, level: str, target: str | None, prefix: str, as_json: bool
+) -> None:
+    """Give USER the permission LEVEL: read < write < admin (each includes the ones before)."""
+    options = _globals(ctx, as_json)
+    _finish(commands.grant_command(options, "grant", user, level, cursor=target, prefix=prefix))
+
+
+@cli.command("revoke", cls=_Command)
+@click.argument("user", type=str, callback=_text)
+@click.argument("level", type=_LEVEL)
+@_grant_options
+@click.pass_context
+def revoke_command(
+    ctx: click.Context, user: str, level: str, target: str | None, prefix: str
+) -> None:
+    """Take back the grant made with the same USER, LEVEL, --cursor and --prefix."""
+    options = _globals(ctx, False)
+    _finish(commands.grant_command(options, "revoke", user, level, cursor=target, prefix=prefix))
+
+
+@cli.command("grants", cls=_Command)
+@click.argument("user", type=str, callback=_text, required=False)
+@_json_option
+@click.pass_context
+def grants_command(ctx: click.Context, user: str | None, as_json: bool) -> None:
+    """List grants (of USER, or everyone's): USER LEVEL cursor=C prefix=P (* for all)."""
+    _finish(commands.grant_command(_globals(ctx, as_json), "list", user))
+
+
 @cli.command("watch", cls=_Command)
 @click.argument("prefix", type=str, callback=_text, default="")
 @click.option(
@@ -676,6 +772,26 @@ def stop_command(ctx: click.Context, as_json: bool) -> None:
     type=click.FloatRange(min=0, min_open=True),
     help="Also keep no change older than this for watchers (default: no age limit).",
 )
+@click.option(
+    "--require-auth",
+    is_flag=True,
+    help="Want a token on the Unix socket too (there, by default, its file mode is the boundary).",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Let TCP connections in without a token (a loopback --tcp address only).",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True),
+    help="TLS on TCP: the certificate chain (PEM).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, exists=True),
+    help="TLS on TCP: the private key (PEM).",
+)
 @click.option("--ready-fd", type=int, hidden=True, help="Write one JSON line here once listening.")
 def serve(
     data_dir: str | None,
@@ -684,6 +800,10 @@ def serve(
     fsync: str,
     history_revisions: int,
     history_seconds: float | None,
+    require_auth: bool,
+    insecure: bool,
+    tls_cert: str | None,
+    tls_key: str | None,
     ready_fd: int | None,
 ) -> None:
     """Run the broker in the foreground until SIGTERM, SIGINT or `prontodb stop`."""
@@ -700,12 +820,24 @@ def serve(
         tcp_address = parse_tcp(tcp) if tcp else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--tcp") from None
+    if insecure and (
+        tcp_address is None or tcp_address[0] not in ("127.0.0.1", "::1", "localhost")
+    ):
+        raise click.BadParameter(
+            "only with a loopback --tcp address (127.0.0.1, ::1): elsewhere TCP needs tokens",
+            param_hint="--insecure",
+        )
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("TLS needs both --tls-cert and --tls-key.")
     config = ServerConfig(
         data_dir=Path(data),
         socket_path=Path(sock),
         tcp=tcp_address,
         fsync=FsyncPolicy(fsync),
         history=HistoryLimits(revisions=history_revisions, seconds=history_seconds),
+        require_auth=require_auth,
+        insecure=insecure,
+        tls=None if tls_cert is None or tls_key is None else (Path(tls_cert), Path(tls_key)),
     )
     raise SystemExit(run(config, ready_fd=ready_fd))
 

@@ -720,6 +720,75 @@ def backup_list(options: Globals, path: str) -> int:
     return run(options, body)
 
 
+def user_command(options: Globals, action: str, name: str | None = None) -> int:
+    """``user add|token NAME`` print the new token (shown once); ``user remove NAME`` is silent;
+    ``user list`` prints ``NAME created=TIME by=U grants=N`` lines."""
+
+    def body(client: Client) -> int:
+        if action == "list":
+            found = client.users()
+            if options.json:
+                write_json(found)
+            else:
+                lines = [
+                    f"{u['name']} created={iso_time(u['created'])} by={u['by']} grants={u['grants']}"
+                    for u in found
+                ]
+                write("".join(line + "\n" for line in lines).encode())
+            return 0
+        assert name is not None
+        if action == "remove":
+            client.user_remove(name)
+            return 0
+        token = client.user_add(name) if action == "add" else client.user_token(name)
+        if options.json:
+            write_json({"name": name, "token": token})
+        else:
+            write(token.encode() + b"\n")
+            say(f"the token of {name} is shown this once; give it as PRONTODB_TOKEN")
+        return 0
+
+    return run(options, body)
+
+
+def grant_command(
+    options: Globals,
+    action: str,
+    user: str | None,
+    level: str | None = None,
+    *,
+    cursor: str | None = None,
+    prefix: str = "",
+) -> int:
+    """``grant``/``revoke USER LEVEL [--cursor C] [--prefix P]`` are silent (revoke notes a
+    grant that was not there); ``grants [USER]`` prints ``USER LEVEL cursor=C prefix=P`` lines
+    (``*``: every cursor, every key)."""
+
+    def body(client: Client) -> int:
+        if action == "list":
+            found = client.grants(user)
+            if options.json:
+                write_json(found)
+            else:
+                lines = [
+                    f"{g['user']} {g['level']} cursor={g['cursor'] or '*'} prefix={g['prefix'] or '*'}"
+                    for g in found
+                ]
+                write("".join(line + "\n" for line in lines).encode())
+            return 0
+        assert user is not None
+        assert level is not None
+        if action == "grant":
+            given = client.grant(user, level, cursor=cursor, prefix=prefix)
+            if options.json:
+                write_json(given)
+        elif not client.revoke(user, level, cursor=cursor, prefix=prefix):
+            say(f"{user} had no such grant; nothing changed")
+        return 0
+
+    return run(options, body)
+
+
 def _plain(value: object) -> str:
     if value is None:
         return ""

@@ -14,6 +14,10 @@ import time
 from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
 
+TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
+if TYPE_CHECKING:
+    from typing import Any
+
 Lock = threading.Lock
 Event = threading.Event
 sleep = time.sleep
@@ -83,15 +87,18 @@ def connect_unix(path: str, timeout: float | None) -> Stream:
     return Stream(sock)
 
 
-def connect_tcp(host: str, port: int, timeout: float | None) -> Stream:
-    """Connect over TCP (no Nagle delay); OSError if refused, TimeoutError after ``timeout``."""
+def connect_tcp(host: str, port: int, timeout: float | None, tls: Any = None) -> Stream:
+    """Connect over TCP (no Nagle delay), with TLS if given a context; OSError if refused or the
+    TLS handshake fails, TimeoutError after ``timeout``."""
     import socket  # for create_connection, which walks getaddrinfo's answers: TCP pays for it
 
     sock = socket.create_connection((host, port), timeout)
     try:
-        sock.settimeout(None)
         # Requests are small frames that want an answer at once: do not hold them back.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            sock = tls.wrap_socket(sock, server_hostname=host)  # handshakes within the timeout
+        sock.settimeout(None)
     except BaseException:
         sock.close()
         raise

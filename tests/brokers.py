@@ -79,8 +79,8 @@ def start_broker(
     log = data_dir.parent / f"{data_dir.name}.log"
     read_fd, write_fd = os.pipe()
     args = ["--data-dir", str(data_dir), "--socket", str(socket), "--ready-fd", str(write_fd)]
-    if tcp:
-        args += ["--tcp", "127.0.0.1:0"]
+    if tcp:  # for the transport, not for tokens: tests of authentication start without this
+        args += ["--tcp", "127.0.0.1:0", *([] if "--tls-cert" in extra else ["--insecure"])]
     with log.open("ab") as log_file:
         process = subprocess.Popen(
             serve_command(*args, *extra),

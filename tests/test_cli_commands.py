@@ -338,7 +338,7 @@ def test_an_explicit_url_with_no_broker_is_an_error_and_starts_nothing() -> None
 
 def test_a_bad_url_is_an_error() -> None:
     line = error_line(invoke(["--url", "http://example.com", "get", "k"]), 1)
-    assert "unix:///absolute/path/to/socket or tcp://host:port" in line
+    assert "unix:///absolute/path/to/socket, tcp://host:port or tcps://host:port" in line
 
 
 def test_a_bad_key_is_one_line_on_stderr(broker: BrokerProcess, cursor: str) -> None:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _backups as backups
 from . import _cursors as cursors
+from ._users import USER_OPS
 
 if TYPE_CHECKING:
     from ._broker import Broker
@@ -28,4 +29,5 @@ ADMIN_OPS: dict[str, cursors.CursorOp] = {
     "backup": backups.backup_op,
     "backup_restore": backups.restore_op,
     "backup_list": backups.list_op,
+    **USER_OPS,
 }

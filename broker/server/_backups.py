@@ -20,8 +20,8 @@ from prontodb.protocol import ErrorCode, ProntoError
 
 from .. import backup
 from ..storage import CorruptionError
-from ._catalog import CursorDef
-from ._cursors import absolute_path, change_catalog, describe, owner_arg
+from ._catalog import CursorDef, change_catalog
+from ._cursors import absolute_path, describe, owner_arg
 from ._databases import OpenDatabase, validate_name
 
 if TYPE_CHECKING:

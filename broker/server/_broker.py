@@ -12,9 +12,11 @@ import logging
 import os
 import signal
 import socket as stdlib_socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from ._config import ServerConfig
 from ._databases import Databases, OpenDatabase
 from ._lockfile import AlreadyServing, DataDirLock
 from ._session import Session
+from ._users import bootstrap
 
 logger = logging.getLogger("prontodb.server")
 
@@ -93,24 +96,29 @@ class Broker:
         socket_inode: tuple[int, int] | None = None
         try:
             self.databases.catalog = Catalog.load(config.data_dir)
-            listeners: list[trio.SocketListener] = []
+            await bootstrap(self)
+            listeners: list[Listening] = []
             if config.socket_path is not None:
                 unix, socket_inode = await _open_unix_listener(config.socket_path)
                 self._socket_inode = socket_inode
-                listeners.append(unix)
+                # The socket's file mode is the trust boundary, unless told to want tokens.
+                listeners.append(Listening(unix, config.require_auth))
             tcp_name = None
             if config.tcp is not None:
                 host, port = config.tcp
-                if host not in ("127.0.0.1", "::1", "localhost"):
-                    # Tokens and TLS come with users and permissions; until then, say it.
+                if config.tls is None and host not in LOOPBACK:
                     logger.warning(
-                        "listening on TCP %s without authentication: anyone who can reach it "
-                        "can read and write every database",
+                        "listening on TCP %s without TLS: tokens and data cross the network in "
+                        "clear; give --tls-cert and --tls-key",
                         host,
                     )
                 tcp_listeners = await trio.open_tcp_listeners(port, host=host)
-                listeners.extend(tcp_listeners)
                 bound = tcp_listeners[0].socket.getsockname()
+                wrapped: list[trio.abc.Listener[Any]] = list(tcp_listeners)
+                if config.tls is not None:
+                    context = _server_tls(*config.tls)
+                    wrapped = [trio.SSLListener(t, context) for t in tcp_listeners]
+                listeners.extend(Listening(t, not config.insecure) for t in wrapped)
                 tcp_name = (
                     f"[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"{bound[0]}:{bound[1]}"
                 )
@@ -136,7 +144,7 @@ class Broker:
 
     async def _run(
         self,
-        listeners: list[trio.SocketListener],
+        listeners: list[Listening],
         handle_signals: bool,
         task_status: trio.TaskStatus[BrokerInfo],
     ) -> None:
@@ -158,7 +166,7 @@ class Broker:
             signals.cancel()
 
     async def _serve_sessions(
-        self, listeners: list[trio.SocketListener], task_status: trio.TaskStatus[BrokerInfo]
+        self, listeners: list[Listening], task_status: trio.TaskStatus[BrokerInfo]
     ) -> None:
         async with trio.open_nursery() as sessions:
             self._sessions_scope = sessions.cancel_scope
@@ -178,24 +186,33 @@ class Broker:
                 logger.warning("%d connections did not finish in time", len(self._sessions))
             sessions.cancel_scope.cancel()
 
-    async def _stop_listening(self, listeners: list[trio.SocketListener]) -> None:
+    async def _stop_listening(self, listeners: list[Listening]) -> None:
         """Close the listeners and remove the socket file now, not at exit: a client arriving
         during the grace period is refused at once (and a CLI waits for the data directory's
         lock, then starts the next broker) instead of being left in the listen queue."""
-        for listener in listeners:
-            await listener.aclose()
+        for listening in listeners:
+            await listening.listener.aclose()
         if self.config.socket_path is not None and self._socket_inode is not None:
             _remove_socket(self.config.socket_path, self._socket_inode)
 
-    async def _accept(self, listeners: list[trio.SocketListener], sessions: trio.Nursery) -> None:
-        async def handle(stream: trio.SocketStream) -> None:
-            await self._session(stream)
+    async def _accept(self, listeners: list[Listening], sessions: trio.Nursery) -> None:
+        async with trio.open_nursery() as accepting:
+            for authenticate in (False, True):
+                group = [item.listener for item in listeners if item.authenticate == authenticate]
+                if group:
 
-        await trio.serve_listeners(handle, listeners, handler_nursery=sessions)
+                    async def handle(
+                        stream: trio.abc.Stream, authenticate: bool = authenticate
+                    ) -> None:
+                        await self._session(stream, authenticate)
 
-    async def _session(self, stream: trio.SocketStream) -> None:
+                    accepting.start_soon(
+                        partial(trio.serve_listeners, handle, group, handler_nursery=sessions)
+                    )
+
+    async def _session(self, stream: trio.abc.Stream, authenticate: bool) -> None:
         self._session_numbers += 1
-        session = Session(self, stream, self._session_numbers)
+        session = Session(self, stream, self._session_numbers, authenticate)
         self._sessions.add(session)
         try:
             await session.run()
@@ -273,6 +290,23 @@ class Broker:
     def _lock_record(self, tcp: str | None) -> dict[str, Any]:
         socket = None if self.config.socket_path is None else str(self.config.socket_path)
         return {"pid": os.getpid(), "socket": socket, "tcp": tcp, "started": self.started}
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+@dataclass(frozen=True, slots=True)
+class Listening:
+    """A listener, and whether its connections must authenticate (then permissions apply)."""
+
+    listener: trio.abc.Listener[Any]
+    authenticate: bool
+
+
+def _server_tls(cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
 
 
 def _database_status(db: OpenDatabase) -> dict[str, Any]:

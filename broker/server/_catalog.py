@@ -1,4 +1,4 @@
-"""The broker's catalog: cursor definitions, kept in ``DATA_DIR/catalog.json``.
+"""The broker's catalog: cursor definitions, users and grants, kept in ``DATA_DIR/catalog.json``.
 
 A cursor NAME names a database. Without a definition it is ``DATA_DIR/NAME.db``; ``cursor set NAME
 PATH`` binds it to a directory anywhere, for everyone (a global cursor) or for one user (a user's
@@ -13,9 +13,18 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import trio
 
 from prontodb.protocol import ErrorCode, ProntoError
+
+from ._access import Grant, Level
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._broker import Broker
 
 CATALOG_FILE = "catalog.json"
 FORMAT = 1
@@ -41,6 +50,26 @@ class CursorDef:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class User:
+    """A user the broker knows: what it keeps of the token (a salted hash), and who made it."""
+
+    name: str
+    salt: str
+    hash: str
+    created: float
+    by: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "salt": self.salt,
+            "hash": self.hash,
+            "created": self.created,
+            "by": self.by,
+        }
+
+
 class CatalogError(Exception):
     """The catalog file cannot be read; the broker refuses to start rather than guess."""
 
@@ -52,6 +81,9 @@ class Catalog:
         self.path = path
         self._global: dict[str, CursorDef] = {}
         self._users: dict[str, dict[str, CursorDef]] = {}
+        self.users: dict[str, User] = {}
+        self.grants: list[Grant] = []
+        self.bootstrapped = False  # the first user was made (once per data directory)
 
     @classmethod
     def load(cls, data_dir: Path) -> Catalog:
@@ -69,8 +101,7 @@ class Catalog:
         try:
             if document.get("format") != FORMAT:
                 raise ValueError(f"format {document.get('format')!r} is not {FORMAT}")
-            for fields in document["cursors"]:
-                catalog._put(CursorDef(**fields))
+            catalog.restore({"users": [], "grants": [], **document})
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise CatalogError(f"{catalog.path} is not a ProntoDB catalog: {exc}") from exc
         return catalog
@@ -114,7 +145,33 @@ class Catalog:
         return every
 
     def document(self) -> dict[str, Any]:
-        return {"format": FORMAT, "cursors": [c.as_dict() for c in self.everything()]}
+        return {
+            "format": FORMAT,
+            "cursors": [c.as_dict() for c in self.everything()],
+            "users": [u.as_dict() for u in self.users.values()],
+            "grants": [g.as_dict() for g in self.grants],
+            "bootstrapped": self.bootstrapped,
+        }
+
+    def restore(self, document: dict[str, Any]) -> None:
+        """Go back to ``document`` (what :meth:`document` gave before a change that failed)."""
+        again = Catalog(self.path)
+        for fields in document["cursors"]:
+            again._put(CursorDef(**fields))
+        for fields in document["users"]:
+            again.users[fields["name"]] = User(**fields)
+        for fields in document["grants"]:
+            again.grants.append(
+                Grant(
+                    level=Level[fields["level"].upper()],
+                    user=fields["user"],
+                    cursor=fields["cursor"],
+                    prefix=fields["prefix"],
+                )
+            )
+        self._global, self._users = again._global, again._users
+        self.users, self.grants = again.users, again.grants
+        self.bootstrapped = bool(document.get("bootstrapped", False))
 
     def _put(self, cursor: CursorDef) -> None:
         if cursor.owner is None:
@@ -143,3 +200,16 @@ def save(path: Path, document: dict[str, Any]) -> None:
             ErrorCode.UNAVAILABLE,
             f"The broker could not write its catalog {path} ({exc.strerror}); nothing changed.",
         ) from exc
+
+
+async def change_catalog(broker: Broker, change: Callable[[], object]) -> None:
+    """Apply ``change`` to the broker's catalog and save it; if saving fails, undo it."""
+    catalog = broker.databases.catalog
+    async with broker.catalog_lock:
+        before = catalog.document()
+        change()
+        try:
+            await trio.to_thread.run_sync(save, catalog.path, catalog.document())
+        except BaseException:
+            catalog.restore(before)
+            raise

@@ -24,6 +24,12 @@ class ServerConfig:
     max_write_backlog: int = 64 << 20
     # Seconds a stopping broker gives in-flight requests before it fails them.
     shutdown_grace: float = 10.0
+    # Unix socket connections must authenticate too (its file mode is the boundary otherwise).
+    require_auth: bool = False
+    # TCP connections need no token (allowed on a loopback address only).
+    insecure: bool = False
+    # TLS on TCP: the certificate chain and key files.
+    tls: tuple[Path, Path] | None = None
     # How much of each database's recent changes watchers may start from (docs/FORMAT.md); a
     # watcher that falls out of this window is cut off with ``overflow``.
     history: HistoryLimits = field(default_factory=HistoryLimits)

@@ -17,7 +17,7 @@ import trio
 from prontodb.protocol import ErrorCode, ProntoError
 
 from ..storage._layout import parse_segment_name, parse_snapshot_name
-from ._catalog import CursorDef, save
+from ._catalog import CursorDef, change_catalog
 from ._databases import LOCK_FILE, validate_name
 
 if TYPE_CHECKING:
@@ -141,22 +141,6 @@ async def cursor_show(broker: Broker, user: str, args: Mapping[str, Any]) -> Any
 
 def _global(broker: Broker, name: str) -> CursorDef | None:
     return broker.databases.catalog.get(None, name)
-
-
-async def change_catalog(broker: Broker, change: Callable[[], object]) -> None:
-    """Apply ``change`` to the catalog and save it; if saving fails, undo it."""
-    catalog = broker.databases.catalog
-    async with broker.catalog_lock:
-        before = catalog.everything()
-        change()
-        try:
-            await trio.to_thread.run_sync(save, catalog.path, catalog.document())
-        except BaseException:
-            for cursor in catalog.everything():
-                catalog.forget(cursor.owner, cursor.name)
-            for cursor in before:
-                catalog.define(cursor)
-            raise
 
 
 def _check_removable(directory: Path) -> None:

@@ -34,6 +34,7 @@ from prontodb.protocol import (
 )
 
 from ..storage import StorageError
+from ._access import check, needs, token_matches
 from ._admin_ops import ADMIN_OPS
 from ._claim_waiters import Waiter
 from ._databases import DEFAULT_NAME, EMPTY, OpenDatabase, validate_name
@@ -70,11 +71,16 @@ class _Out:
 class Session:
     """The broker's side of one connection."""
 
-    def __init__(self, broker: Broker, stream: trio.abc.Stream, number: int) -> None:
+    def __init__(
+        self, broker: Broker, stream: trio.abc.Stream, number: int, authenticate: bool = False
+    ) -> None:
         self.broker = broker
         self.stream = stream
         self.number = number
         self.user = ""
+        # Whether this connection must prove its user with a token; then its requests are
+        # checked against the user's grants.
+        self.authenticate = authenticate
         self.conn = Connection(Role.SERVER, broker.config.limits)
         self._receive_scope = trio.CancelScope()
         self._stopping = False
@@ -194,12 +200,31 @@ class Session:
             )
         if not hello.user:
             return _Out(Goodbye(ErrorCode.UNAUTHENTICATED, "Say who you are: Hello needs a user."))
+        if self.authenticate:
+            known = self.broker.databases.catalog.users.get(hello.user)
+            if (
+                hello.token is None
+                or known is None
+                or not token_matches(hello.token, known.salt, known.hash)
+            ):
+                logger.info("session %d: %r failed to authenticate", self.number, hello.user)
+                return _Out(
+                    Goodbye(
+                        ErrorCode.UNAUTHENTICATED,
+                        f"This broker needs a valid token for {hello.user!r} here: set "
+                        "PRONTODB_TOKEN (an admin makes one with `prontodb user add` or `user "
+                        "token`).",
+                    )
+                )
         self.user = hello.user
         limits = self.conn.limits.as_dict()
         return _Out(Welcome(self.broker.server_name, self.number, limits))
 
     async def _execute(self, request: Request) -> _Out | None:
         try:
+            if self.authenticate:
+                grants = self.broker.databases.catalog.grants
+                check(grants, self.user, needs(request.op, request.args, self.user))
             if request.op == "claim":
                 return await self._claim(request)
             if request.op == "watch":

@@ -34,7 +34,7 @@ from prontodb.protocol import (
 from .. import _anyio_backend as backend
 from .._locations import default_url
 from .._types import MISSING, BrokerUnavailable, Claimed, ClaimInfo, KeyInfo, TxnResult
-from .._urls import Address, parse_url
+from .._urls import Address, parse_url, tls_context
 from .watch import Watch
 
 TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
@@ -122,7 +122,12 @@ class AsyncClient:
         self._error: ProntoError | None = None  # why the connection is unusable
         self._closed = False
         # How connect() was called, for the connections of watches: token, timeout, name.
-        self._again: tuple[str | None, float | None, str] = (None, 10.0, "prontodb-python")
+        self._again: tuple[str | None, float | None, str, str | None] = (
+            None,
+            10.0,
+            "prontodb-python",
+            None,
+        )
 
     # -- opening and closing ---------------------------------------------------------------
 
@@ -136,15 +141,18 @@ class AsyncClient:
         cursor: str = "default",
         timeout: float | None = 10.0,  # noqa: ASYNC109
         name: str = "prontodb-python",
+        ca_file: str | None = None,
     ) -> AsyncClient:
         """Connect to the broker at ``url`` and greet it.
 
-        ``url`` is ``unix:///path/to/socket`` or ``tcp://host:port`` (None: ``$PRONTODB_URL``,
-        else the default socket). ``user`` defaults to ``$PRONTODB_USER``, else the login name;
-        ``token`` is the user's secret, if the broker wants one. ``cursor`` is the database the
-        client's operations act on by default. ``timeout`` bounds the connection and the greeting
-        in seconds (None: wait as long as it takes). ``name`` tells the broker which program this
-        is.
+        ``url`` is ``unix:///path/to/socket``, ``tcp://host:port`` or ``tcps://host:port`` (TLS)
+        (None: ``$PRONTODB_URL``, else the default socket). ``user`` defaults to
+        ``$PRONTODB_USER``, else the login name; ``token`` is the user's secret, if the broker
+        wants one (None: ``$PRONTODB_TOKEN``). ``cursor`` is the database the client's
+        operations act on by default. ``timeout`` bounds the connection and the greeting in
+        seconds (None: wait as long as it takes). ``name`` tells the broker which program this
+        is. ``ca_file`` (None: ``$PRONTODB_CA_FILE``, else the system's CAs) is what a
+        ``tcps://`` broker's certificate is checked against.
 
         Raises :class:`BrokerUnavailable` when nothing answers at ``url``, and ProntoError when
         the broker refuses the greeting (``unauthenticated``, ``protocol``) or hangs up.
@@ -154,7 +162,12 @@ class AsyncClient:
         address = parse_url(url)
         if user is None:
             user = os.environ.get("PRONTODB_USER") or _login_name()
-        stream = await _open(address, url, timeout)
+        if token is None:
+            token = os.environ.get("PRONTODB_TOKEN") or None
+        tls = None
+        if address.scheme == "tcps":
+            tls = tls_context(ca_file or os.environ.get("PRONTODB_CA_FILE") or None)
+        stream = await _open(address, url, timeout, tls)
         conn = Connection(Role.CLIENT)
         try:
             try:
@@ -174,7 +187,7 @@ class AsyncClient:
             await stream.aclose()
             raise
         client = cls(stream, conn, welcome, url=url, user=user, cursor=cursor)
-        client._again = (token, timeout, name)
+        client._again = (token, timeout, name, ca_file)
         return client
 
     async def aclose(self) -> None:
@@ -500,9 +513,15 @@ class AsyncClient:
         )
 
     async def _connect_again(self) -> AsyncClient:
-        token, timeout, name = self._again
+        token, timeout, name, ca_file = self._again
         return await AsyncClient.connect(
-            self.url, user=self.user, token=token, cursor=self.cursor, timeout=timeout, name=name
+            self.url,
+            user=self.user,
+            token=token,
+            cursor=self.cursor,
+            timeout=timeout,
+            name=name,
+            ca_file=ca_file,
         )
 
     async def cursor_set(self, name: str, path: str, *, mine: bool = False) -> dict[str, Any]:
@@ -556,6 +575,46 @@ class AsyncClient:
         """What the backup file ``path`` holds, or each backup file directly inside a
         directory: path, created, bytes and databases, or the error that makes it unusable."""
         result: list[dict[str, Any]] = await self._call("backup_list", {"path": path})
+        return result
+
+    async def user_add(self, name: str) -> str:
+        """Make user ``name``; its token, which the broker shows this once (it keeps a hash)."""
+        made: dict[str, Any] = await self._call("user_add", {"name": name})
+        return str(made["token"])
+
+    async def user_token(self, name: str) -> str:
+        """Give user ``name`` a new token (the old one stops working); the new token."""
+        made: dict[str, Any] = await self._call("user_token", {"name": name})
+        return str(made["token"])
+
+    async def user_remove(self, name: str) -> None:
+        """Remove user ``name`` and its grants."""
+        await self._call("user_remove", {"name": name})
+
+    async def users(self) -> list[dict[str, Any]]:
+        """Every user: name, created, by (who made it), grants (how many)."""
+        result: list[dict[str, Any]] = await self._call("user_list", {})
+        return result
+
+    async def grant(
+        self, user: str, level: str, *, cursor: str | None = None, prefix: str = ""
+    ) -> dict[str, Any]:
+        """Give ``user`` ``level`` (read, write or admin) on ``cursor`` (None: every cursor) at
+        and below ``prefix`` ("": every key)."""
+        args = {"user": user, "level": level, "cursor": cursor, "prefix": prefix}
+        result: dict[str, Any] = await self._call("grant", args)
+        return result
+
+    async def revoke(
+        self, user: str, level: str, *, cursor: str | None = None, prefix: str = ""
+    ) -> bool:
+        """Take back the grant made with the same arguments; whether there was one."""
+        args = {"user": user, "level": level, "cursor": cursor, "prefix": prefix}
+        return bool(await self._call("revoke", args))
+
+    async def grants(self, user: str | None = None) -> list[dict[str, Any]]:
+        """The grants of ``user`` (None: of everyone): user, level, cursor, prefix."""
+        result: list[dict[str, Any]] = await self._call("grants", {"user": user})
         return result
 
     async def ping(self) -> None:
@@ -850,12 +909,18 @@ def _login_name() -> str:
     return getpass.getuser()
 
 
-async def _open(address: Address, url: str, timeout: float | None) -> backend.Stream:  # noqa: ASYNC109
-    """Connect to ``address``; BrokerUnavailable when nothing answers there."""
+async def _open(
+    address: Address,
+    url: str,
+    timeout: float | None,  # noqa: ASYNC109
+    tls: Any = None,
+) -> backend.Stream:
+    """Connect to ``address`` (with TLS if given a context); BrokerUnavailable when nothing
+    answers there."""
     try:
         if address.scheme == "unix":
             return await backend.connect_unix(address.path, timeout)
-        return await backend.connect_tcp(address.host, address.port, timeout)
+        return await backend.connect_tcp(address.host, address.port, timeout, tls)
     except TimeoutError:
         raise BrokerUnavailable(url, f"no connection within {timeout:g} s") from None
     except FileNotFoundError:
@@ -868,6 +933,12 @@ async def _open(address: Address, url: str, timeout: float | None) -> backend.St
             f"Cannot connect to {url} ({exc.strerror}); check the permissions of the socket.",
         ) from None
     except OSError as exc:
+        if tls is not None and not isinstance(exc, ConnectionError):
+            raise ProntoError(
+                ErrorCode.UNAVAILABLE,
+                f"The TLS handshake with {url} failed ({exc}); check that the broker serves TLS "
+                "there and that your CA file (PRONTODB_CA_FILE) signed its certificate.",
+            ) from None
         raise BrokerUnavailable(url, exc.strerror or str(exc) or type(exc).__name__) from None
 
 

@@ -36,7 +36,7 @@ from prontodb.protocol import (
 from .. import _sync_backend as backend
 from .._locations import default_url
 from .._types import MISSING, BrokerUnavailable, Claimed, ClaimInfo, KeyInfo, TxnResult
-from .._urls import Address, parse_url
+from .._urls import Address, parse_url, tls_context
 from .watch import Watch
 
 TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
@@ -124,7 +124,12 @@ class Client:
         self._error: ProntoError | None = None  # why the connection is unusable
         self._closed = False
         # How connect() was called, for the connections of watches: token, timeout, name.
-        self._again: tuple[str | None, float | None, str] = (None, 10.0, "prontodb-python")
+        self._again: tuple[str | None, float | None, str, str | None] = (
+            None,
+            10.0,
+            "prontodb-python",
+            None,
+        )
 
     # -- opening and closing ---------------------------------------------------------------
 
@@ -138,15 +143,18 @@ class Client:
         cursor: str = "default",
         timeout: float | None = 10.0,
         name: str = "prontodb-python",
+        ca_file: str | None = None,
     ) -> Client:
         """Connect to the broker at ``url`` and greet it.
 
-        ``url`` is ``unix:///path/to/socket`` or ``tcp://host:port`` (None: ``$PRONTODB_URL``,
-        else the default socket). ``user`` defaults to ``$PRONTODB_USER``, else the login name;
-        ``token`` is the user's secret, if the broker wants one. ``cursor`` is the database the
-        client's operations act on by default. ``timeout`` bounds the connection and the greeting
-        in seconds (None: wait as long as it takes). ``name`` tells the broker which program this
-        is.
+        ``url`` is ``unix:///path/to/socket``, ``tcp://host:port`` or ``tcps://host:port`` (TLS)
+        (None: ``$PRONTODB_URL``, else the default socket). ``user`` defaults to
+        ``$PRONTODB_USER``, else the login name; ``token`` is the user's secret, if the broker
+        wants one (None: ``$PRONTODB_TOKEN``). ``cursor`` is the database the client's
+        operations act on by default. ``timeout`` bounds the connection and the greeting in
+        seconds (None: wait as long as it takes). ``name`` tells the broker which program this
+        is. ``ca_file`` (None: ``$PRONTODB_CA_FILE``, else the system's CAs) is what a
+        ``tcps://`` broker's certificate is checked against.
 
         Raises :class:`BrokerUnavailable` when nothing answers at ``url``, and ProntoError when
         the broker refuses the greeting (``unauthenticated``, ``protocol``) or hangs up.
@@ -156,7 +164,12 @@ class Client:
         address = parse_url(url)
         if user is None:
             user = os.environ.get("PRONTODB_USER") or _login_name()
-        stream = _open(address, url, timeout)
+        if token is None:
+            token = os.environ.get("PRONTODB_TOKEN") or None
+        tls = None
+        if address.scheme == "tcps":
+            tls = tls_context(ca_file or os.environ.get("PRONTODB_CA_FILE") or None)
+        stream = _open(address, url, timeout, tls)
         conn = Connection(Role.CLIENT)
         try:
             try:
@@ -176,7 +189,7 @@ class Client:
             stream.close()
             raise
         client = cls(stream, conn, welcome, url=url, user=user, cursor=cursor)
-        client._again = (token, timeout, name)
+        client._again = (token, timeout, name, ca_file)
         return client
 
     def close(self) -> None:
@@ -500,9 +513,15 @@ class Client:
         )
 
     def _connect_again(self) -> Client:
-        token, timeout, name = self._again
+        token, timeout, name, ca_file = self._again
         return Client.connect(
-            self.url, user=self.user, token=token, cursor=self.cursor, timeout=timeout, name=name
+            self.url,
+            user=self.user,
+            token=token,
+            cursor=self.cursor,
+            timeout=timeout,
+            name=name,
+            ca_file=ca_file,
         )
 
     def cursor_set(self, name: str, path: str, *, mine: bool = False) -> dict[str, Any]:
@@ -556,6 +575,44 @@ class Client:
         """What the backup file ``path`` holds, or each backup file directly inside a
         directory: path, created, bytes and databases, or the error that makes it unusable."""
         result: list[dict[str, Any]] = self._call("backup_list", {"path": path})
+        return result
+
+    def user_add(self, name: str) -> str:
+        """Make user ``name``; its token, which the broker shows this once (it keeps a hash)."""
+        made: dict[str, Any] = self._call("user_add", {"name": name})
+        return str(made["token"])
+
+    def user_token(self, name: str) -> str:
+        """Give user ``name`` a new token (the old one stops working); the new token."""
+        made: dict[str, Any] = self._call("user_token", {"name": name})
+        return str(made["token"])
+
+    def user_remove(self, name: str) -> None:
+        """Remove user ``name`` and its grants."""
+        self._call("user_remove", {"name": name})
+
+    def users(self) -> list[dict[str, Any]]:
+        """Every user: name, created, by (who made it), grants (how many)."""
+        result: list[dict[str, Any]] = self._call("user_list", {})
+        return result
+
+    def grant(
+        self, user: str, level: str, *, cursor: str | None = None, prefix: str = ""
+    ) -> dict[str, Any]:
+        """Give ``user`` ``level`` (read, write or admin) on ``cursor`` (None: every cursor) at
+        and below ``prefix`` ("": every key)."""
+        args = {"user": user, "level": level, "cursor": cursor, "prefix": prefix}
+        result: dict[str, Any] = self._call("grant", args)
+        return result
+
+    def revoke(self, user: str, level: str, *, cursor: str | None = None, prefix: str = "") -> bool:
+        """Take back the grant made with the same arguments; whether there was one."""
+        args = {"user": user, "level": level, "cursor": cursor, "prefix": prefix}
+        return bool(self._call("revoke", args))
+
+    def grants(self, user: str | None = None) -> list[dict[str, Any]]:
+        """The grants of ``user`` (None: of everyone): user, level, cursor, prefix."""
+        result: list[dict[str, Any]] = self._call("grants", {"user": user})
         return result
 
     def ping(self) -> None:
@@ -850,12 +907,18 @@ def _login_name() -> str:
     return getpass.getuser()
 
 
-def _open(address: Address, url: str, timeout: float | None) -> backend.Stream:
-    """Connect to ``address``; BrokerUnavailable when nothing answers there."""
+def _open(
+    address: Address,
+    url: str,
+    timeout: float | None,
+    tls: Any = None,
+) -> backend.Stream:
+    """Connect to ``address`` (with TLS if given a context); BrokerUnavailable when nothing
+    answers there."""
     try:
         if address.scheme == "unix":
             return backend.connect_unix(address.path, timeout)
-        return backend.connect_tcp(address.host, address.port, timeout)
+        return backend.connect_tcp(address.host, address.port, timeout, tls)
     except TimeoutError:
         raise BrokerUnavailable(url, f"no connection within {timeout:g} s") from None
     except FileNotFoundError:
@@ -868,6 +931,12 @@ def _open(address: Address, url: str, timeout: float | None) -> backend.Stream:
             f"Cannot connect to {url} ({exc.strerror}); check the permissions of the socket.",
         ) from None
     except OSError as exc:
+        if tls is not None and not isinstance(exc, ConnectionError):
+            raise ProntoError(
+                ErrorCode.UNAVAILABLE,
+                f"The TLS handshake with {url} failed ({exc}); check that the broker serves TLS "
+                "there and that your CA file (PRONTODB_CA_FILE) signed its certificate.",
+            ) from None
         raise BrokerUnavailable(url, exc.strerror or str(exc) or type(exc).__name__) from None
 
 

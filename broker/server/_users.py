@@ -1,0 +1,171 @@
+"""Users and grants: ``user_add``, ``user_remove``, ``user_token``, ``user_list``, ``grant``,
+``revoke``, ``grants``. A token is shown once, when made; the catalog keeps a salted hash."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prontodb.protocol import ErrorCode, ProntoError
+
+from ..engine import validate_prefix
+from ._access import Grant, Level, new_token, parse_level, token_hash
+from ._catalog import Catalog, User, change_catalog
+from ._databases import validate_name
+from ._ops import MAX_KEY_LEN
+
+if TYPE_CHECKING:
+    from ._broker import Broker
+
+_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+FIRST_USER = "admin"
+FIRST_TOKEN_FILE = "admin.token"
+
+
+def validate_user(name: Any) -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ProntoError(
+            ErrorCode.BAD_REQUEST,
+            f"{name!r} is not a user name; use 1 to 64 letters, digits, '_', '.', '@' or '-'.",
+        )
+    return name
+
+
+def make_user(catalog: Catalog, name: str, by: str, now: float) -> str:
+    """Add (or re-key) user ``name``; the new token."""
+    token = new_token()
+    salt = secrets.token_hex(8)
+    catalog.users[name] = User(name, salt, token_hash(token, salt), now, by)
+    return token
+
+
+async def user_add(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
+    name = validate_user(args.get("name"))
+    catalog = broker.databases.catalog
+    if name in catalog.users:
+        raise ProntoError(
+            ErrorCode.EXISTS, f"The user {name} exists; `user token {name}` gives a new token."
+        )
+    token = ""
+
+    def add() -> None:
+        nonlocal token
+        token = make_user(catalog, name, user, broker.clock())
+
+    await change_catalog(broker, add)
+    return {"name": name, "token": token}
+
+
+async def user_token(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
+    name = _known(broker, args.get("name"))
+    token = ""
+
+    def rekey() -> None:
+        nonlocal token
+        token = make_user(broker.databases.catalog, name, user, broker.clock())
+
+    await change_catalog(broker, rekey)
+    return {"name": name, "token": token}
+
+
+async def user_remove(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
+    name = _known(broker, args.get("name"))
+    catalog = broker.databases.catalog
+
+    def remove() -> None:
+        del catalog.users[name]
+        catalog.grants = [g for g in catalog.grants if g.user != name]
+
+    await change_catalog(broker, remove)
+    return True
+
+
+async def user_list(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
+    catalog = broker.databases.catalog
+    return [
+        {
+            "name": u.name,
+            "created": u.created,
+            "by": u.by,
+            "grants": sum(1 for g in catalog.grants if g.user == u.name),
+        }
+        for u in sorted(catalog.users.values(), key=lambda u: u.name)
+    ]
+
+
+async def grant(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
+    given = _grant(broker, args)
+    catalog = broker.databases.catalog
+    if given not in catalog.grants:
+        await change_catalog(broker, lambda: catalog.grants.append(given))
+    return given.as_dict()
+
+
+async def revoke(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
+    taken = _grant(broker, args)
+    catalog = broker.databases.catalog
+    if taken not in catalog.grants:
+        return False
+    await change_catalog(broker, lambda: catalog.grants.remove(taken))
+    return True
+
+
+async def grants(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
+    of = args.get("user")
+    return [g.as_dict() for g in broker.databases.catalog.grants if of is None or g.user == of]
+
+
+async def bootstrap(broker: Broker) -> None:
+    """On a data directory whose catalog has never had a user: make ``admin``, with admin on
+    everything, and put its token in ``DATA_DIR/admin.token`` (mode 0600) for the operator."""
+    catalog = broker.databases.catalog
+    if catalog.bootstrapped:
+        return
+    path = broker.config.data_dir / FIRST_TOKEN_FILE
+    token = ""
+
+    def first() -> None:
+        nonlocal token
+        token = make_user(catalog, FIRST_USER, "prontodb", broker.clock())
+        catalog.grants.append(Grant(FIRST_USER, Level.ADMIN))
+        catalog.bootstrapped = True
+
+    await change_catalog(broker, first)
+    _write_secret(path, token)
+
+
+def _write_secret(path: Path, token: str) -> None:
+    import os
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(token + "\n")
+
+
+def _known(broker: Broker, value: Any) -> str:
+    name = validate_user(value)
+    if name not in broker.databases.catalog.users:
+        raise ProntoError(ErrorCode.NOT_FOUND, f"There is no user {name}; `user add {name}` first.")
+    return name
+
+
+def _grant(broker: Broker, args: Mapping[str, Any]) -> Grant:
+    name = _known(broker, args.get("user"))
+    level = parse_level(args.get("level"))
+    cursor = args.get("cursor")
+    prefix = validate_prefix(args.get("prefix") or "", MAX_KEY_LEN)
+    return Grant(name, level, None if cursor is None else validate_name(cursor), prefix)
+
+
+USER_OPS = {
+    "user_add": user_add,
+    "user_remove": user_remove,
+    "user_token": user_token,
+    "user_list": user_list,
+    "grant": grant,
+    "revoke": revoke,
+    "grants": grants,
+}
