@@ -505,7 +505,8 @@ def measure(
     """The watcher processes open their watches; the writer makes ``schedule``'s writes, one at a
     time, each once every watcher has seen the last."""
     pronto = servers[PRONTODB]
-    etcd_port = servers[ETCD].port if isinstance(servers.get(ETCD), Etcd) else 0  # type: ignore[attr-defined]
+    etcd = servers.get(ETCD)
+    etcd_port = etcd.port if isinstance(etcd, Etcd) else 0
     processes = max(1, min(args.processes, args.watchers))
     shares = [args.watchers // processes + (i < args.watchers % processes) for i in range(processes)]
     results = {kind: Fanout(kind) for kind in servers}
@@ -536,8 +537,8 @@ def measure(
         for pipe in pipes:
             pipe.send("go")
         client_cpu = [0.0] * len(pipes)  # each process's CPU time at its last report
-        server_cpu = {kind: cpu_seconds(server.pid) for kind, server in servers.items()}
         time.sleep(args.gap)
+        server_cpu = {kind: cpu_seconds(server.pid) for kind, server in servers.items()}
         window_start = time.perf_counter()
         for index, kind in enumerate(schedule):
             value = round_value(index, args.value_size)
@@ -550,10 +551,10 @@ def measure(
             answered = time.perf_counter()
             reports = [expect(pipe, "round", ROUND_TIMEOUT) for pipe in pipes]
             time.sleep(args.gap)  # every watcher is back in its read; the servers' too
-            # The round's window: from its write to the next write (the gap included), so that
-            # whatever a server does after the last watcher has the event is counted too.
-            window_end = time.perf_counter()
+            # The round's window runs from its write to the next write (the gap included), so
+            # that whatever a server does after the last watcher has the event counts too.
             cpu_now = {k: cpu_seconds(server.pid) for k, server in servers.items()}
+            window_end = time.perf_counter()
             result = results[kind]
             measured = index >= len(servers) * args.warmup
             if measured:
@@ -569,8 +570,7 @@ def measure(
             for n, report_ in enumerate(reports):
                 assert report_[0] == index, (report_[0], index)
                 client_cpu[n] = report_[3]
-            server_cpu = cpu_now
-            window_start = time.perf_counter()
+            server_cpu, window_start = cpu_now, window_end
         for pipe in pipes:
             expect(pipe, "done", WORKER_TIMEOUT)
     for result in results.values():

@@ -667,7 +667,8 @@ def backup(options: Globals, output: str, cursor: str | None = None) -> int:
     absolute = os.path.abspath(output)
 
     def body(client: Client) -> int:
-        done = client.backup(absolute, cursor=cursor)
+        with progress("backing up"):
+            done = client.backup(absolute, cursor=cursor)
         if options.json:
             write_json(done)
         else:
@@ -682,7 +683,8 @@ def restore(options: Globals, path: str, cursor: str | None = None) -> int:
     absolute = os.path.abspath(path)
 
     def body(client: Client) -> int:
-        done = client.restore(absolute, cursor=cursor)
+        with progress("restoring"):
+            done = client.restore(absolute, cursor=cursor)
         if options.json:
             write_json(done)
         else:
@@ -787,6 +789,46 @@ def grant_command(
         return 0
 
     return run(options, body)
+
+
+class progress:
+    """On a terminal, a line on stderr that shows a long operation is alive (``label``, a
+    spinner, the seconds so far), from half a second on; nothing when stderr is not a TTY."""
+
+    DELAY = 0.5
+    TICK = 0.2
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        import threading
+
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> None:
+        if sys.stderr.isatty():
+            self._thread.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        import time
+
+        start = time.monotonic()
+        if self._done.wait(self.DELAY):
+            return
+        frames = "|/-\\"
+        tick = 0
+        while not self._done.wait(self.TICK):
+            tick += 1
+            elapsed = time.monotonic() - start
+            sys.stderr.write(f"\r{self.label} {frames[tick % 4]} {elapsed:.1f} s")
+            sys.stderr.flush()
+        sys.stderr.write("\r\x1b[K")  # clear the line
+        sys.stderr.flush()
 
 
 def _plain(value: object) -> str:
