@@ -12,6 +12,8 @@ Blocking file I/O, no clock and no trio: the broker runs these in threads.
 from __future__ import annotations
 
 import os
+import secrets
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ import msgpack
 
 from .database import Database
 from .engine import Engine, EngineLimits, Record
-from .storage import CorruptionError, StorageOptions
+from .storage import CorruptionError, StorageError, StorageOptions
 from .storage._file_header import HEADER_SIZE, FileKind, check_header, encode_header, new_salt
 from .storage._layout import fsync_directory, write_all
 from .storage._records import RecordReader, encode_records
@@ -85,9 +87,10 @@ def write(
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         raise FileExistsError(path)
-    tmp = path.with_name(path.name + ".tmp")
+    # A name of its own: two backups to one target must not share a temporary file.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     salt = new_salt()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         size = _write_all(fd, salt, created, sections)
         os.fsync(fd)
@@ -147,13 +150,17 @@ def read(path: Path) -> Contents:
     return Contents(path, created, sections, path.stat().st_size)
 
 
-def records_of(path: Path, name: str, owner: str | None) -> Iterator[Record]:
-    """The snapshot records of one database in a checked file (call :func:`read` first)."""
-    for kind, section, records in _sections(path):
-        if kind == BEGIN and section.name == name and section.owner == owner:
-            yield from records
-            return
-    raise KeyError(name)
+def records_of(path: Path, index: int) -> Iterator[Record]:
+    """The snapshot records of the file's database number ``index`` (from 0, in the order
+    :func:`read` lists them; call it first, to check the file)."""
+    number = -1
+    for kind, _section, records in _sections(path):
+        if kind == BEGIN:
+            number += 1
+            if number == index:
+                yield from records
+                return
+    raise IndexError(index)
 
 
 def restore_into(
@@ -170,7 +177,13 @@ def restore_into(
     ``above`` (the old database's), so a watcher's old resume point reads as compacted. Returns
     the new revision."""
     engine = Engine.restore(records, limits)
-    database = Database.open(directory, options=options, limits=limits)
+    try:
+        database = Database.open(directory, options=options, limits=limits)
+    except StorageError:
+        # Damaged past opening: exactly when a restore is wanted. Keep it aside, start afresh.
+        aside = directory.with_name(f"{directory.name}.damaged-{secrets.token_hex(4)}")
+        os.rename(directory, aside)
+        database = Database.open(directory, options=options, limits=limits)
     try:
         engine.rebase(max(engine.revision, database.engine.revision, above) + 1)
         database.engine = engine
@@ -184,10 +197,13 @@ def _sections(path: Path) -> Iterator[tuple[int, Any, Iterator[Record]]]:
     """(INFO, info, empty) then (BEGIN, Section, its records) per database, checking every
     record and the structure as it goes; a section's records must be read before the next."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        # Non-blocking, so that a FIFO cannot hold the reading thread; then regular files only.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         raise CorruptionError(path, None, f"cannot be read ({exc.strerror})", _ADVICE) from exc
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CorruptionError(path, None, "not a regular file", _ADVICE)
         head = os.pread(fd, HEADER_SIZE, 0)
         if head[:8] != b"PRONTODB"[: len(head)] or len(head) < 8:
             raise CorruptionError(path, 0, "not a ProntoDB backup", _ADVICE)

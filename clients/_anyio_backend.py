@@ -96,11 +96,15 @@ async def connect_tcp(
             return Stream(await anyio.connect_tcp(host, port))
         try:
             stream = await anyio.connect_tcp(host, port, ssl_context=tls, tls_hostname=host)
-        except anyio.BrokenResourceError as exc:  # the handshake failed
-            raise OSError(f"TLS handshake failed: {exc.__cause__ or exc}") from exc
+        except anyio.BrokenResourceError as exc:  # the handshake failed: say why, as ssl does
+            cause = exc.__cause__
+            if isinstance(cause, ssl.SSLError):
+                raise cause from None
+            raise ssl.SSLError(f"TLS handshake failed: {cause or exc}") from exc
         return Stream(stream)
 
 
 def shielded() -> AbstractContextManager[object]:
-    """A block that a cancellation does not interrupt (the give-back of a failed claim)."""
+    """A block that an anyio cancellation does not interrupt (the give-back of a failed claim).
+    Under asyncio a native ``Task.cancel()`` still can: anyio cannot shield from those."""
     return anyio.CancelScope(shield=True)

@@ -762,7 +762,7 @@ def stop_command(ctx: click.Context, as_json: bool) -> None:
 )
 @click.option(
     "--history-revisions",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=1),
     default=100_000,
     show_default=True,
     help="Revisions of each database's recent changes kept for watchers starting in the past.",

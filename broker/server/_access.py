@@ -138,8 +138,8 @@ def needs(op: str, args: Mapping[str, Any], user: str) -> list[Need]:
         return found
     if op == "grants" and args.get("user") == user:
         return []  # one's own grants
-    if op in ("cursor_set", "cursor_delete"):
-        return [Need(Level.ADMIN, _text(args.get("name")) or None)]
+    # Binding a cursor to a path reaches any directory the broker can: an admin's of everything,
+    # not of the cursor alone (else a cursor admin could bind it to another database's files).
     if op in ("backup", "backup_restore"):
         only = args.get("cursor")
         return [Need(Level.ADMIN, only if isinstance(only, str) else None)]

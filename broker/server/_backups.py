@@ -23,6 +23,7 @@ from ..storage import CorruptionError
 from ._catalog import CursorDef, change_catalog
 from ._cursors import absolute_path, describe, owner_arg
 from ._databases import OpenDatabase, validate_name
+from ._users import validate_user
 
 if TYPE_CHECKING:
     from ._broker import Broker
@@ -78,15 +79,14 @@ async def restore_op(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
     databases = broker.databases
     if cursor is not None:
         name = validate_name(cursor)
-        section = _pick(contents, name)
-        plan = [(section, name, databases.locate(name, user))]
+        plan = [(_pick(contents, name), name, databases.locate(name, user))]
     else:
-        plan = [(s, s.name, _home(broker, s)) for s in contents.sections]
+        plan = [(i, s.name, _home(broker, s)) for i, s in enumerate(contents.sections)]
     restored = []
-    for section, name, directory in plan:
-        revision = await databases.replace(
-            name, directory, _builder(broker, path, section, directory)
-        )
+    for index, name, directory in plan:
+        section = contents.sections[index]
+        build = _builder(broker, path, index, directory)
+        revision = await databases.replace(name, directory, build)
         restored.append(
             {
                 **section.as_dict(),
@@ -112,12 +112,13 @@ async def cursor_from_backup(broker: Broker, user: str, args: Mapping[str, Any])
     path = absolute_path(args, "path")
     owner = owner_arg(args, user)
     contents = await _read(path)
-    section = contents.sections[0] if len(contents.sections) == 1 else _pick(contents, name)
+    index = 0 if len(contents.sections) == 1 else _pick(contents, name)
+    section = contents.sections[index]
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(broker.clock()))
     directory = broker.databases.data_dir / RESTORED_DIR / f"{name}-{stamp}.db"
     if directory.exists():
         raise ProntoError(ErrorCode.EXISTS, f"{directory} exists already; try again in a second.")
-    await broker.databases.replace(name, directory, _builder(broker, path, section, directory))
+    await broker.databases.replace(name, directory, _builder(broker, path, index, directory))
     cursor = CursorDef(name, str(directory), owner, user, broker.clock())
     await change_catalog(broker, lambda: broker.databases.catalog.define(cursor))
     shadows = owner is not None and broker.databases.catalog.get(None, name) is not None
@@ -137,10 +138,14 @@ def _targets(broker: Broker, user: str, cursor: Any) -> list[tuple[str, str | No
         bound = databases.catalog.lookup(user, name)
         return [(name, bound.owner if bound else None, databases.locate(name, user))]
     found: dict[Path, tuple[str, str | None, Path]] = {}
-    for defined in databases.catalog.everything():
+    everything = databases.catalog.everything()
+    for defined in everything:
         found.setdefault(Path(defined.path), (defined.name, defined.owner, Path(defined.path)))
+    # A database of the data directory whose name a global cursor binds elsewhere is reached
+    # by no cursor; it is left out rather than saved under a name that means another database.
+    elsewhere = {c.name for c in everything if c.owner is None}
     for directory in sorted(databases.data_dir.glob("*.db")):
-        if directory.is_dir():
+        if directory.is_dir() and directory.name[:-3] not in elsewhere:
             found.setdefault(directory, (directory.name[:-3], None, directory))
     return list(found.values())
 
@@ -152,10 +157,12 @@ def _home(broker: Broker, section: backup.Section) -> Path:
     return Path(bound.path) if bound is not None else databases.directory(section.name)
 
 
-def _pick(contents: backup.Contents, name: str) -> backup.Section:
-    for section in contents.sections:
+def _pick(contents: backup.Contents, name: str) -> int:
+    """The index of the file's database called ``name`` (a global one first)."""
+    ranked = sorted(enumerate(contents.sections), key=lambda item: item[1].owner is not None)
+    for index, section in ranked:
         if section.name == name:
-            return section
+            return index
     held = ", ".join(s.name for s in contents.sections) or "none"
     raise ProntoError(
         ErrorCode.NOT_FOUND,
@@ -163,11 +170,11 @@ def _pick(contents: backup.Contents, name: str) -> backup.Section:
     )
 
 
-def _builder(broker: Broker, path: Path, section: backup.Section, directory: Path) -> Any:
+def _builder(broker: Broker, path: Path, index: int, directory: Path) -> Any:
     databases = broker.databases
 
     def build(above: int) -> int:
-        records: Any = backup.records_of(path, section.name, section.owner)
+        records: Any = backup.records_of(path, index)
         return backup.restore_into(
             directory, records, options=databases.options, limits=databases.limits, above=above
         )
@@ -177,9 +184,21 @@ def _builder(broker: Broker, path: Path, section: backup.Section, directory: Pat
 
 async def _read(path: Path) -> backup.Contents:
     try:
-        return await trio.to_thread.run_sync(backup.read, path)
+        contents = await trio.to_thread.run_sync(backup.read, path)
     except CorruptionError as exc:
         raise ProntoError(ErrorCode.BAD_REQUEST, f"Not a usable backup: {exc}") from None
+    for section in contents.sections:  # names become paths: refuse what no cursor could be
+        try:
+            validate_name(section.name)
+            if section.owner is not None:
+                validate_user(section.owner)
+        except ProntoError:
+            raise ProntoError(
+                ErrorCode.BAD_REQUEST,
+                f"Not a usable backup: {path} names a database {section.name!r} (owner "
+                f"{section.owner!r}) that no cursor could have; nothing was restored.",
+            ) from None
+    return contents
 
 
 def _list(path: Path) -> list[dict[str, Any]]:

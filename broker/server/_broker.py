@@ -23,7 +23,7 @@ from typing import Any
 
 import trio
 
-from prontodb.protocol import ErrorCode, ProntoError
+from prontodb.protocol import ErrorCode, Goodbye, ProntoError
 
 from ..engine import EngineLimits
 from ..storage import StorageOptions
@@ -251,6 +251,20 @@ class Broker:
             ErrorCode.UNKNOWN_OP,
             f"The broker does not know the operation {op!r}; upgrade the broker or the client.",
         )
+
+    def end_sessions_of(self, user: str, reason: str) -> None:
+        """End the authenticated connections of ``user`` (removed, or given a new token)."""
+        farewell = Goodbye(
+            ErrorCode.UNAUTHENTICATED, f"The broker ended this connection: {reason}."
+        )
+        for session in list(self._sessions):
+            if session.authenticate and session.user == user:
+                session.stop_reading(farewell)
+
+    def recheck_watches(self) -> None:
+        """A grant was taken back: end the watches it allowed."""
+        for session in list(self._sessions):
+            session.recheck_watches()
 
     def status(self) -> dict[str, Any]:
         """What ``prontodb status`` shows."""

@@ -60,6 +60,12 @@ class ClaimWaiters:
     def add(self, waiter: Waiter) -> None:
         self._queues.setdefault(waiter.prefix, deque()).append(waiter)
 
+    def wake_all(self) -> None:
+        """Wake every waiter with nothing (the database is going away)."""
+        for queue in self._queues.values():
+            for waiter in queue:
+                waiter.event.set()
+
     def remove(self, waiter: Waiter) -> None:
         queue = self._queues.get(waiter.prefix)
         if queue is not None and waiter in queue:

@@ -7,7 +7,6 @@ the caller's working directory before it asks).
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,10 +85,7 @@ async def cursor_delete(broker: Broker, user: str, args: Mapping[str, Any]) -> A
     if cursor is not None:
         await change_catalog(broker, lambda: catalog.forget(owner, name))
     if purge:
-        db = broker.databases.open_at(directory)
-        if db is not None:
-            await broker.databases.close(db)
-        await trio.to_thread.run_sync(shutil.rmtree, directory)
+        await broker.databases.remove(directory, _check_removable)
     return {"name": name, "forgotten": cursor is not None, "purged": purge, "path": str(directory)}
 
 

@@ -13,9 +13,11 @@ import logging
 import math
 import os
 import re
+import shutil
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,9 @@ class OpenDatabase:
         self.durable_rev = 0
         self.watchers = 0  # watches streaming from this database now
         self.replaced_at: int | None = None  # restored from a backup: the new revision
+        self.retired = False  # closed: a new object serves the directory from now on
+        # Set while a restore replaces it: its watchers wait to hear how that ended.
+        self.replacing: trio.Event | None = None
         self._pending_revs: deque[tuple[int, int]] = deque()  # (ticket, revision), in order
         self._revision_moved = trio.Event()
         self._order = itertools.count()
@@ -219,9 +224,23 @@ class OpenDatabase:
             self._wake_watchers()
 
     def replaced(self, revision: int) -> None:
-        """This object's database was restored from a backup (and reopened as a new object):
-        its watchers must re-read, from ``revision``."""
+        """This object's database was replaced (restored from a backup, or deleted) and will
+        be reopened as a new object: its watchers must re-read, from ``revision``."""
         self.replaced_at = revision
+        self._wake_watchers()
+
+    def retire(self, closed_cleanly: bool) -> None:
+        """This object serves no more (its files are closed): settle everyone waiting on it.
+
+        A clean close wrote everything submitted, so every ticket is durable; otherwise the
+        waiting answers fail with ``unavailable``. Waiting claimers wake with nothing, and go
+        wait on the database's next object; watchers end (and resume on it, or re-read)."""
+        self.retired = True
+        if closed_cleanly and self.failure is None:
+            self._advance(self.database.last_ticket)
+        elif self.failure is None:
+            self._fail(StorageError("the database was closed before its writes were durable"))
+        self.waiters.wake_all()
         self._wake_watchers()
 
     def _wake_watchers(self) -> None:
@@ -230,7 +249,7 @@ class OpenDatabase:
 
     async def wait_past(self, revision: int) -> None:
         """Return once a change after ``revision`` is durable (or the writer failed)."""
-        while self.durable_rev <= revision and self.failure is None and self.replaced_at is None:
+        while self.durable_rev <= revision and not self.retired and self.failure is None:
             await self._revision_moved.wait()
 
     def _fail(self, error: StorageError) -> None:
@@ -330,37 +349,56 @@ class Databases:
             return await self._open_new(name, directory)
 
     async def close(self, db: OpenDatabase) -> None:
-        """Stop serving ``db`` and close its files (what is queued is written first)."""
+        """Stop serving ``db``, close its files (what is queued is written first) and settle
+        whatever waits on it (:meth:`OpenDatabase.retire`)."""
         if self._open.get(db.directory) is db:
             del self._open[db.directory]
         db.stop_flushing()
         if db.compaction_done is not None:  # never two storages on one directory
             await db.compaction_done.wait()
-        await trio.to_thread.run_sync(_close_quietly, db)
+        closed_cleanly = await trio.to_thread.run_sync(_close_quietly, db)
+        db.retire(closed_cleanly)
 
     async def replace(self, name: str, directory: Path, build: Callable[[int], int]) -> int:
         """Swap the database in ``directory`` for what ``build(above)`` writes there (in a
-        thread; ``above`` is the old revision, 0 if none was open). Requests for it wait
-        meanwhile; its watchers are told. Returns the new revision."""
-        while (opening := self._opening.get(directory)) is not None:
-            await opening.wait()
-        done = self._opening[directory] = trio.Event()
-        try:
+        thread, holding the directory's lock; ``above`` is the old revision, 0 if none was
+        open). Requests for it wait meanwhile; its watchers are told. The new revision."""
+        async with self._exclusive(directory):
             old = self._open.get(directory)
             above = 0
             if old is not None:
                 above = old.engine.revision
+                old.replacing = trio.Event()
                 await self.close(old)
             try:
-                revision = await trio.to_thread.run_sync(build, above)
-            except BaseException:
-                if old is not None:  # its state stands; its watchers resume on the reopened one
-                    old._fail(StorageError("closed for a restore that failed"))
-                raise
-            logger.info("database %s at %s restored, now at revision %d", name, directory, revision)
+                revision = await trio.to_thread.run_sync(_locked, directory, build, above)
+                logger.info("database %s at %s restored: revision %d", name, directory, revision)
+                if old is not None:
+                    old.replaced(revision)
+                return revision
+            finally:
+                if old is not None and old.replacing is not None:
+                    old.replacing.set()
+
+    async def remove(self, directory: Path, check: Callable[[Path], None]) -> None:
+        """Delete the database in ``directory`` once ``check(directory)`` (in a thread) has not
+        refused; requests for it wait meanwhile, and its watchers are told to re-read."""
+        async with self._exclusive(directory):
+            await trio.to_thread.run_sync(check, directory)
+            old = self._open.get(directory)
             if old is not None:
-                old.replaced(revision)
-            return revision
+                await self.close(old)
+                old.replaced(0)
+            await trio.to_thread.run_sync(shutil.rmtree, directory)
+
+    @asynccontextmanager
+    async def _exclusive(self, directory: Path) -> AsyncIterator[None]:
+        """Keep every request for ``directory`` waiting (as an opening does) for the block."""
+        while (opening := self._opening.get(directory)) is not None:
+            await opening.wait()
+        done = self._opening[directory] = trio.Event()
+        try:
+            yield
         finally:
             del self._opening[directory]
             done.set()
@@ -398,19 +436,30 @@ class Databases:
 
     async def close_all(self) -> None:
         """Make every write durable and close the files."""
-        databases, self._open = list(self._open.values()), {}
-        for db in databases:
-            db.stop_flushing()
-            await trio.to_thread.run_sync(_close_quietly, db)
+        for db in list(self._open.values()):
+            await self.close(db)
 
 
-def _close_quietly(db: OpenDatabase) -> None:
+def _close_quietly(db: OpenDatabase) -> bool:
+    """Close ``db``'s files; whether everything submitted was written."""
     try:
         db.database.close()
     except Exception:
         logger.exception("closing the database %s failed", db.name)
+        return False
     finally:
         db.unlock()
+    return True
+
+
+def _locked(directory: Path, build: Callable[[int], int], above: int) -> int:
+    """``build(above)`` while holding ``directory``'s lock (made first if need be)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = _lock_directory(directory)
+    try:
+        return build(above)
+    finally:
+        os.close(fd)
 
 
 LOCK_FILE = "LOCK"

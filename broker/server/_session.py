@@ -25,6 +25,7 @@ from prontodb.protocol import (
     LocalProtocolError,
     Message,
     ProntoError,
+    ProtocolError,
     Push,
     RemoteProtocolError,
     Request,
@@ -89,13 +90,31 @@ class Session:
         self._send_lock = trio.Lock()
         self._send: trio.MemorySendChannel[_Out]
         self._waits: trio.Nursery
-        self._watches: dict[int, trio.CancelScope] = {}  # request id -> its running watch
+        # request id -> its running watch: the scope that ends it and the request's args
+        self._watches: dict[int, tuple[trio.CancelScope, dict[str, Any]]] = {}
+        self._refused: dict[int, ProntoError] = {}  # watches ended by a revoked grant
         self._torn = False  # a write was cut short: the stream holds half a frame
+        self._farewell = Goodbye(ErrorCode.UNAVAILABLE, "The broker is stopping.")
 
-    def stop_reading(self) -> None:
-        """Take no more requests; answer the ones already read, then say Goodbye."""
+    def stop_reading(self, farewell: Goodbye | None = None) -> None:
+        """Take no more requests; answer the ones already read, then say Goodbye (``farewell``,
+        else that the broker is stopping)."""
+        if farewell is not None:
+            self._farewell = farewell
         self._stopping = True
         self._receive_scope.cancel()
+
+    def recheck_watches(self) -> None:
+        """End the running watches this user's grants no longer allow (after a revoke)."""
+        if not self.authenticate:
+            return
+        grants = self.broker.databases.catalog.grants
+        for request_id, (scope, args) in list(self._watches.items()):
+            try:
+                check(grants, self.user, needs("watch", args, self.user))
+            except ProntoError as err:
+                self._refused[request_id] = err
+                scope.cancel()
 
     async def run(self) -> None:
         capacity = self.conn.limits.max_in_flight + 4  # the protocol bounds what is in flight
@@ -111,8 +130,7 @@ class Session:
                             await self._read_loop(send)
                             waits.cancel_scope.cancel()  # blocked claims end with the reading
                         if self._stopping:
-                            goodbye = Goodbye(ErrorCode.UNAVAILABLE, "The broker is stopping.")
-                            await self._flush([_Out(goodbye)], send)
+                            await self._flush([_Out(self._farewell)], send)
                     except* trio.BrokenResourceError:
                         pass  # the peer is gone (the waits nursery may wrap it in a group)
         finally:
@@ -313,16 +331,30 @@ class Session:
                 return _Out(Response(request.id, None, claimed_map(applied.result)), db, ticket)
         waiter = Waiter(prefix, self.user, lease, bound, max_deliveries)
         db.waiters.add(waiter)
-        self._waits.start_soon(self._wait_for_claim, request.id, db, waiter, wait)
+        self._waits.start_soon(self._wait_for_claim, request.id, db, waiter, wait, name)
         return None
 
     async def _wait_for_claim(
-        self, request_id: int, db: OpenDatabase, waiter: Waiter, wait: float
+        self, request_id: int, db: OpenDatabase, waiter: Waiter, wait: float, name: str
     ) -> None:
         answered = False
+        deadline = trio.current_time() + wait
         try:
-            with trio.move_on_after(wait):
-                await waiter.event.wait()
+            while True:
+                with trio.move_on_at(deadline):
+                    await waiter.event.wait()
+                if waiter.result is not None or not db.retired:
+                    break
+                if trio.current_time() >= deadline:
+                    break
+                # The database was closed (restored, reopened): wait on its next object.
+                db.waiters.remove(waiter)
+                reopened = await self.broker.databases.get(name, create=True, user=self.user)
+                assert reopened is not None
+                db = reopened
+                waiter.event = trio.Event()
+                db.waiters.add(waiter)
+                db.serve_waiters(self.broker.clock())
             # Served even as the wait ran out: the item is this claimer's, answer with it.
             ticket = waiter.ticket if waiter.result is not None else db.database.last_ticket
             out = _Out(Response(request_id, None, claimed_map(waiter.result)), db, ticket)
@@ -346,7 +378,8 @@ class Session:
         db = await self.broker.databases.get(name, create=True, user=self.user)
         assert db is not None
         start = start_revision(db, from_rev)
-        scope = self._watches[request.id] = trio.CancelScope()
+        scope = trio.CancelScope()
+        self._watches[request.id] = (scope, dict(args))
         self._waits.start_soon(self._run_watch, request.id, db, prefix, start, scope)
         return None
 
@@ -365,19 +398,24 @@ class Session:
             with scope:
                 await stream(db, prefix, start, push)
             answer = Response(request_id, None, {"next_rev": resume})  # unwatched
+            refused = self._refused.pop(request_id, None)
+            if refused is not None:
+                answer = Response.fail(request_id, refused)
+            await self._write(self.conn.send(answer))
         except ProntoError as err:
-            answer = Response.fail(request_id, err)
+            await self._write(self.conn.send(Response.fail(request_id, err)))
+        except ProtocolError:
+            pass  # the peer broke the protocol: the connection is ending, with no more to say
         finally:
             db.watchers -= 1
             del self._watches[request_id]
-        await self._write(self.conn.send(answer))
 
     def _unwatch(self, request: Request) -> bool:
         """``unwatch``: end the watch opened by request ``stream``; False if none is running."""
-        scope = self._watches.get(uint_arg(request.args, "stream") or 0)
-        if scope is not None:
-            scope.cancel()
-        return scope is not None
+        running = self._watches.get(uint_arg(request.args, "stream") or 0)
+        if running is not None:
+            running[0].cancel()
+        return running is not None
 
     # -- sending -----------------------------------------------------------------------------
 

@@ -42,17 +42,21 @@ def make_user(catalog: Catalog, name: str, by: str, now: float) -> str:
     return token
 
 
+# Each change checks what it depends on inside change_catalog, under the catalog's lock, so
+# that two concurrent calls cannot both pass a check and both apply.
+
+
 async def user_add(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
     name = validate_user(args.get("name"))
     catalog = broker.databases.catalog
-    if name in catalog.users:
-        raise ProntoError(
-            ErrorCode.EXISTS, f"The user {name} exists; `user token {name}` gives a new token."
-        )
     token = ""
 
     def add() -> None:
         nonlocal token
+        if name in catalog.users:
+            raise ProntoError(
+                ErrorCode.EXISTS, f"The user {name} exists; `user token {name}` gives a new token."
+            )
         token = make_user(catalog, name, user, broker.clock())
 
     await change_catalog(broker, add)
@@ -60,26 +64,30 @@ async def user_add(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
 
 
 async def user_token(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
-    name = _known(broker, args.get("name"))
+    name = validate_user(args.get("name"))
     token = ""
 
     def rekey() -> None:
         nonlocal token
+        _known(broker, name)
         token = make_user(broker.databases.catalog, name, user, broker.clock())
 
     await change_catalog(broker, rekey)
+    broker.end_sessions_of(name, "its token was replaced")
     return {"name": name, "token": token}
 
 
 async def user_remove(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
-    name = _known(broker, args.get("name"))
+    name = validate_user(args.get("name"))
     catalog = broker.databases.catalog
 
     def remove() -> None:
+        _known(broker, name)
         del catalog.users[name]
         catalog.grants = [g for g in catalog.grants if g.user != name]
 
     await change_catalog(broker, remove)
+    broker.end_sessions_of(name, "the user was removed")
     return True
 
 
@@ -97,20 +105,32 @@ async def user_list(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
 
 
 async def grant(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
-    given = _grant(broker, args)
+    given = _grant(args)
     catalog = broker.databases.catalog
-    if given not in catalog.grants:
-        await change_catalog(broker, lambda: catalog.grants.append(given))
+
+    def add() -> None:
+        _known(broker, given.user)
+        if given not in catalog.grants:
+            catalog.grants.append(given)
+
+    await change_catalog(broker, add)
     return given.as_dict()
 
 
 async def revoke(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
-    taken = _grant(broker, args)
+    taken = _grant(args)
     catalog = broker.databases.catalog
-    if taken not in catalog.grants:
-        return False
-    await change_catalog(broker, lambda: catalog.grants.remove(taken))
-    return True
+    found = False
+
+    def remove() -> None:
+        nonlocal found
+        _known(broker, taken.user)
+        found = taken in catalog.grants
+        catalog.grants = [g for g in catalog.grants if g != taken]
+
+    await change_catalog(broker, remove)
+    broker.recheck_watches()
+    return found
 
 
 async def grants(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
@@ -152,8 +172,8 @@ def _known(broker: Broker, value: Any) -> str:
     return name
 
 
-def _grant(broker: Broker, args: Mapping[str, Any]) -> Grant:
-    name = _known(broker, args.get("user"))
+def _grant(args: Mapping[str, Any]) -> Grant:
+    name = validate_user(args.get("user"))
     level = parse_level(args.get("level"))
     cursor = args.get("cursor")
     prefix = validate_prefix(args.get("prefix") or "", MAX_KEY_LEN)

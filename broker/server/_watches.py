@@ -41,9 +41,12 @@ def watch_args(args: Mapping[str, Any]) -> tuple[str, int | None]:
 
 
 def start_revision(db: OpenDatabase, from_rev: int | None) -> int:
-    """Where a new watcher starts; ``compacted`` if the history no longer reaches back to it."""
+    """Where a new watcher starts; ``compacted`` if the history no longer reaches back to it.
+
+    "From now" is from the last durable revision on: a change applied but not yet durable
+    could still be lost, and its revision number then given to another change."""
     if from_rev is None:
-        return db.engine.revision + 1
+        return db.durable_rev + 1
     first = db.engine.history.first
     if from_rev < first:
         raise ProntoError(
@@ -66,12 +69,15 @@ async def stream(db: OpenDatabase, prefix: str, next_rev: int, push: Push) -> No
         if db.replaced_at is not None:
             raise ProntoError(
                 ErrorCode.COMPACTED,
-                f"The database was restored from a backup and is now at revision "
-                f"{db.replaced_at}; re-read it (scan) and watch from revision "
+                f"The database was replaced (restored from a backup, or deleted) and is now at "
+                f"revision {db.replaced_at}; re-read it (scan) and watch from revision "
                 f"{db.replaced_at + 1}.",
                 {"oldest_rev": db.replaced_at + 1, "restored": True},
             )
-        if db.failure is not None:
+        if db.retired and db.replacing is not None and not db.replacing.is_set():
+            await db.replacing.wait()  # a restore: say it replaced the data, if it did
+            continue
+        if db.failure is not None or db.retired:
             raise _lost(db, next_rev)
         durable = db.durable_rev
         if next_rev > durable:
@@ -149,7 +155,7 @@ def _size(change: Change) -> int:
 def _lost(db: OpenDatabase, next_rev: int) -> ProntoError:
     return ProntoError(
         ErrorCode.UNAVAILABLE,
-        f"The database {db.name!r} failed to write and is being reopened; watch again from "
-        f"revision {next_rev}.",
+        f"The database {db.name!r} was closed (a write failed, or it is being replaced); watch "
+        f"again from revision {next_rev}.",
         {"next_rev": next_rev},
     )

@@ -387,7 +387,12 @@ class AsyncClient:
         cursor: str | None = None,
     ) -> AsyncIterator[Claimed]:
         """Claim an item for the ``with`` block: acked when the block ends normally, released
-        when it raises. Nothing to claim in time raises ``timed_out``."""
+        when it raises. Nothing to claim in time raises ``timed_out``.
+
+        The release is shielded from cancellation, but under asyncio a second native
+        ``Task.cancel()`` can still cut it short (anyio's shield does not hold against those):
+        the item then stays claimed until its lease ends, unless ``bind`` is true, which makes the
+        broker give it back as soon as the connection closes."""
         task = await self.claim(
             prefix, wait=wait, lease=lease, bind=bind, max_deliveries=max_deliveries, cursor=cursor
         )
@@ -872,6 +877,13 @@ class AsyncClient:
             _wake(waiter)
 
 
+def _tls_failure(exc: OSError) -> bool:
+    """Whether ``exc`` is the TLS handshake's failure (a certificate, a protocol mismatch)."""
+    import ssl  # imported already by whoever made a TLS context
+
+    return isinstance(exc, ssl.SSLError)
+
+
 def _claim_info(key: str, claim: Any) -> ClaimInfo | None:
     if claim is None:
         return None
@@ -933,7 +945,7 @@ async def _open(
             f"Cannot connect to {url} ({exc.strerror}); check the permissions of the socket.",
         ) from None
     except OSError as exc:
-        if tls is not None and not isinstance(exc, ConnectionError):
+        if tls is not None and _tls_failure(exc):
             raise ProntoError(
                 ErrorCode.UNAVAILABLE,
                 f"The TLS handshake with {url} failed ({exc}); check that the broker serves TLS "
