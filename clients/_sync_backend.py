@@ -60,8 +60,10 @@ class Stream:
         """Up to ``max_bytes`` bytes, at least one; ``b""`` once the peer has closed its side."""
         return self._sock.recv(max_bytes)
 
-    def deadline(self, seconds: float | None) -> _Deadline:
+    def deadline(self, seconds: float | None) -> AbstractContextManager[object]:
         """A ``with`` block whose socket calls raise TimeoutError after ``seconds`` (None: none)."""
+        if seconds is None:
+            return nullcontext()  # the socket blocks without a timeout already
         return _Deadline(self._sock, seconds)
 
     def close(self) -> None:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import enum
 
+import msgpack
+
 from ._codec import WireError, pack, unpack
 from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from ._framing import FrameReader, frame
 from ._limits import Limits
 from ._messages import (
+    PUSH,
+    UINT64_MAX,
     ConnectionClosed,
     Event,
     Goodbye,
@@ -24,7 +28,10 @@ from ._named_tuple import NamedTuple
 
 TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
 if TYPE_CHECKING:
-    from typing import Final, NoReturn
+    from typing import Any, Final, NoReturn
+
+# A Push is the msgpack array [PUSH, stream, event]: its header and kind, packed once.
+_PUSH_HEAD: Final = bytes((0x93, PUSH))
 
 
 class Role(enum.Enum):
@@ -206,6 +213,31 @@ class Connection:
         except WireError as exc:
             raise LocalProtocolError(exc.code, exc.message) from None
         self._commit_send(message)
+        self._sent += 1
+        return data
+
+    def pack_event(self, event: dict[str, Any]) -> bytes:
+        """Check and encode a Push's event once, for :meth:`send_push` to send to many streams
+        (a watch fan-out sends the same event to every watcher). WireError-free: raises
+        LocalProtocolError as :meth:`send` does."""
+        if not isinstance(event, dict):
+            raise LocalProtocolError(ErrorCode.PROTOCOL, "a Push event must be a map")
+        try:
+            return pack(event, self.limits)
+        except WireError as exc:
+            raise LocalProtocolError(exc.code, exc.message) from None
+
+    def send_push(self, stream: int, packed_event: bytes) -> bytes:
+        """The frame of ``Push(stream, event)`` for an event :meth:`pack_event` encoded: the same
+        bytes :meth:`send` makes, without checking and encoding the event again."""
+        try:
+            self._check_send(Push(stream, {}))
+            if not isinstance(stream, int) or not 0 <= stream <= UINT64_MAX:
+                raise WireError(f"Push stream must be an unsigned 64-bit integer, not {stream!r}")
+            head = _PUSH_HEAD + msgpack.packb(stream)
+            data = frame(head + packed_event, self.limits.max_frame_size)
+        except WireError as exc:
+            raise LocalProtocolError(exc.code, exc.message) from None
         self._sent += 1
         return data
 

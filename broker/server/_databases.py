@@ -7,6 +7,7 @@ wakes the requests whose records are then durable.
 from __future__ import annotations
 
 import fcntl
+import gc
 import heapq
 import itertools
 import logging
@@ -49,6 +50,17 @@ def validate_name(name: Any) -> str:
     return name
 
 
+class FanOutCache:
+    """Watch pushes already encoded, by (prefix, start revision), valid while the durable
+    revision is ``durable``: the watchers of one fan-out share them (see _watches.encoded)."""
+
+    __slots__ = ("durable", "entries")
+
+    def __init__(self) -> None:
+        self.durable = -1
+        self.entries: dict[tuple[str, int], tuple[list[tuple[bytes, int]], int]] = {}
+
+
 class OpenDatabase:
     """One open database, driven from the trio thread, with the requests waiting on its disk.
 
@@ -66,6 +78,7 @@ class OpenDatabase:
         # Watchers see a change once it is durable: the revision each pending ticket makes so.
         self.durable_rev = 0
         self.watchers = 0  # watches streaming from this database now
+        self.fanout = FanOutCache()
         self.replaced_at: int | None = None  # restored from a backup: the new revision
         self.retired = False  # closed: a new object serves the directory from now on
         # Set while a restore replaces it: its watchers wait to hear how that ended.
@@ -417,6 +430,9 @@ class Databases:
                     f"The database {name!r} could not be opened ({exc}); see the broker's log.",
                 ) from exc
             logger.info("opened database %s at revision %d", name, db.engine.revision)
+            # What was just loaded lives as long as the database: keep it out of the collector's
+            # full passes, which otherwise scan every entry (15 ms pauses at 100k objects).
+            gc.freeze()
             self.flushers.start_soon(db.flush_loop)
             self.flushers.start_soon(db.sweep_loop, self.clock)
             # Claims bound to a connection end with it, and none of those outlived the last broker.

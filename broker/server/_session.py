@@ -26,7 +26,6 @@ from prontodb.protocol import (
     Message,
     ProntoError,
     ProtocolError,
-    Push,
     RemoteProtocolError,
     Request,
     Response,
@@ -388,15 +387,15 @@ class Session:
     ) -> None:
         resume = start
 
-        async def push(event: dict[str, Any]) -> None:
+        async def send(packed: bytes, next_rev: int) -> None:
             nonlocal resume
-            await self._write(self.conn.send(Push(request_id, event)))
-            resume = event["next_rev"]
+            await self._write(self.conn.send_push(request_id, packed))
+            resume = next_rev
 
         db.watchers += 1
         try:
             with scope:
-                await stream(db, prefix, start, push)
+                await stream(db, prefix, start, send, self.conn.pack_event)
             answer = Response(request_id, None, {"next_rev": resume})  # unwatched
             refused = self._refused.pop(request_id, None)
             if refused is not None:
@@ -438,7 +437,12 @@ class Session:
             session_scope.cancel()  # the peer is gone: stop reading for it too
 
     async def _write(self, data: bytes | bytearray) -> None:
-        async with self._send_lock:
+        lock = self._send_lock
+        if lock.locked():
+            await lock.acquire()
+        else:
+            lock.acquire_nowait()  # no yield when nobody else is writing: send_all yields anyway
+        try:
             if self._torn:
                 raise trio.BrokenResourceError("an earlier write was cut short")
             written = False
@@ -448,6 +452,8 @@ class Session:
             finally:
                 # Cancelled or failed inside a frame: nothing more may follow it.
                 self._torn = not written
+        finally:
+            lock.release()
 
     async def _send_batch(self, batch: list[_Out]) -> bool:
         """Send ``batch`` in order, each once durable; True once a Goodbye went out."""

@@ -30,7 +30,11 @@ READ_BATCHES = 4096
 # so that a reconnect resumes near the head instead of far back in (or before) the window.
 PROGRESS_EVERY = 1000
 
-Push = Callable[[dict[str, Any]], Awaitable[None]]
+# Sends one push (encoded by Connection.pack_event) that resumes at the given revision.
+Send = Callable[[bytes, int], Awaitable[None]]
+Pack = Callable[[dict[str, Any]], bytes]
+# One revision range's pushes, encoded, each with its resume revision; and where the range ends.
+Encoded = tuple[list[tuple[bytes, int]], int]
 
 
 def watch_args(args: Mapping[str, Any]) -> tuple[str, int | None]:
@@ -58,12 +62,14 @@ def start_revision(db: OpenDatabase, from_rev: int | None) -> int:
     return from_rev
 
 
-async def stream(db: OpenDatabase, prefix: str, next_rev: int, push: Push) -> None:
+async def stream(db: OpenDatabase, prefix: str, next_rev: int, send: Send, pack: Pack) -> None:
     """Send ``db``'s changes under ``prefix`` from ``next_rev`` on, as they become durable, until
     cancelled (returns nothing then) or cut off (raises ``overflow`` or ``unavailable``).
 
-    The first push, with no events, says the watch is in place and where it starts."""
-    await push({"events": [], "next_rev": next_rev})
+    The first push, with no events, says the watch is in place and where it starts. Watchers
+    at the same revision with the same prefix share one reading and encoding of their pushes
+    (:func:`encoded`): a fan-out to many watchers does that work once."""
+    await send(pack({"events": [], "next_rev": next_rev}), next_rev)
     told = next_rev  # the resume point the watcher last heard of
     while True:
         if db.replaced_at is not None:
@@ -82,7 +88,7 @@ async def stream(db: OpenDatabase, prefix: str, next_rev: int, push: Push) -> No
         durable = db.durable_rev
         if next_rev > durable:
             if next_rev - told >= PROGRESS_EVERY:
-                await push({"events": [], "next_rev": next_rev})
+                await send(pack({"events": [], "next_rev": next_rev}), next_rev)
                 told = next_rev
             await db.wait_past(next_rev - 1)
             continue
@@ -95,13 +101,29 @@ async def stream(db: OpenDatabase, prefix: str, next_rev: int, push: Push) -> No
                 "state (scan), watch from there, and read faster or watch a narrower prefix.",
                 {"next_rev": next_rev, "oldest_rev": history.first},
             )
-        batches, next_rev = history.read(
-            next_rev, durable, prefix, max_bytes=PUSH_BYTES, max_batches=READ_BATCHES
-        )
-        for message in pushes(batches, next_rev):
-            await push(message)
-            told = message["next_rev"]
+        messages, next_rev = encoded(db, prefix, next_rev, durable, pack)
+        for packed, resume in messages:
+            await send(packed, resume)
+            told = resume
         await trio.lowlevel.checkpoint()  # a long replay must not hold up the other tasks
+
+
+def encoded(db: OpenDatabase, prefix: str, start: int, durable: int, pack: Pack) -> Encoded:
+    """The pushes for the changes under ``prefix`` from ``start`` up to ``durable``, read and
+    encoded once per durable revision for all the watchers that ask the same."""
+    cache = db.fanout
+    if cache.durable != durable:
+        cache.durable = durable
+        cache.entries.clear()
+    key = (prefix, start)
+    found = cache.entries.get(key)
+    if found is None:
+        batches, next_rev = db.engine.history.read(
+            start, durable, prefix, max_bytes=PUSH_BYTES, max_batches=READ_BATCHES
+        )
+        messages = [(pack(m), m["next_rev"]) for m in pushes(batches, next_rev)]
+        found = cache.entries[key] = (messages, next_rev)
+    return found
 
 
 def pushes(batches: list[Batch], next_rev: int) -> Iterator[dict[str, Any]]:
