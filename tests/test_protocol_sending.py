@@ -232,3 +232,21 @@ def test_receive_data_after_eof_is_local_misuse() -> None:
     conn.receive_data(b"")
     with pytest.raises(LocalProtocolError):
         conn.receive_data(b"\x00")
+
+
+def test_a_push_packed_once_is_the_frame_send_makes() -> None:
+    event = {"events": [{"rev": 7, "type": "put", "key": "k", "value": b"\x00v"}], "next_rev": 8}
+    early = server_got_hello()
+    with pytest.raises(LocalProtocolError):  # the order rules hold for the fast path too
+        early.send_push(3, early.pack_event(event))
+    server = server_welcomed()
+    packed = server.pack_event(event)
+    assert server.send_push(3, packed) == server.send(Push(3, event))
+    assert server.send_push(2**64 - 1, packed)  # the largest stream id
+    with pytest.raises(LocalProtocolError):
+        server.send_push(-1, packed)
+    with pytest.raises(LocalProtocolError):
+        server.pack_event({"bad": object()})
+    server.send(Goodbye(None, "done"))
+    with pytest.raises(LocalProtocolError):
+        server.send_push(3, packed)
