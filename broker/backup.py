@@ -99,8 +99,10 @@ def write(
         tmp.unlink(missing_ok=True)
         raise
     os.close(fd)
-    os.link(tmp, path)  # fails, rather than replaces, if the name was taken meanwhile
-    tmp.unlink()
+    try:
+        os.link(tmp, path)  # fails, rather than replaces, if the name was taken meanwhile
+    finally:
+        tmp.unlink()
     fsync_directory(path.parent)
     return size
 

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -33,6 +33,7 @@ from ._catalog import CATALOG_FILE, Catalog
 from ._claim_waiters import ClaimWaiters
 
 logger = logging.getLogger("prontodb.server")
+T = TypeVar("T")
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 DEFAULT_NAME = "default"
@@ -402,7 +403,7 @@ class Databases:
             if old is not None:
                 await self.close(old)
                 old.replaced(0)
-            await trio.to_thread.run_sync(shutil.rmtree, directory)
+            await trio.to_thread.run_sync(_locked, directory, lambda _: shutil.rmtree(directory), 0)
 
     @asynccontextmanager
     async def _exclusive(self, directory: Path) -> AsyncIterator[None]:
@@ -468,10 +469,16 @@ def _close_quietly(db: OpenDatabase) -> bool:
     return True
 
 
-def _locked(directory: Path, build: Callable[[int], int], above: int) -> int:
-    """``build(above)`` while holding ``directory``'s lock (made first if need be)."""
+def _locked(directory: Path, build: Callable[[int], T], above: int) -> T:
+    """``build(above)`` while holding ``directory``'s lock (made first if need be);
+    ``unavailable`` if another broker holds it."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = _lock_directory(directory)
+    try:
+        fd = _lock_directory(directory)
+    except OSError as exc:
+        raise ProntoError(
+            ErrorCode.UNAVAILABLE, f"{exc}; nothing was changed. Stop that broker first."
+        ) from None
     try:
         return build(above)
     finally:
