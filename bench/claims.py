@@ -63,7 +63,7 @@ from .loadgen import (
     run_handoff_consumer,
     run_handoff_producer,
 )
-from .report import update_section
+from .report import run_and_report
 from .servers import Server, running, start_prontodb, start_redis
 from .throughput import expect, machine_info
 
@@ -575,16 +575,9 @@ def main() -> None:
     parser.add_argument("--no-report", action="store_true", help="do not touch docs/BENCHMARKS.md")
     args = parser.parse_args()
     info = machine_info(args.tmp_dir)
-    if info["tmpfs"] == "yes":
-        print(f"warning: {args.tmp_dir} is on tmpfs, fsync costs nothing there", file=sys.stderr)
-    began = time.monotonic()
-    findings = run_all(args)
-    text = report(findings, args, info)
-    print()
-    print(text)
-    print(f"\n(total {time.monotonic() - began:.0f} s)")
-    if not args.no_report:
-        update_section("claims", text)
+    run_and_report(
+        "claims", info, args.tmp_dir, args.no_report, lambda: report(run_all(args), args, info)
+    )
 
 
 if __name__ == "__main__":

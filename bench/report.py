@@ -6,6 +6,7 @@ import platform
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
@@ -33,3 +34,20 @@ def update_section(name: str, body: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     BENCHMARKS_MD.write_text(text)
+
+
+def run_and_report(
+    section: str, info: dict[str, str], tmp_dir: str, no_report: bool, produce: Callable[[], str]
+) -> None:
+    """Run a benchmark (``produce`` returns its report), print the report and the time it took,
+    and write it into its section of docs/BENCHMARKS.md unless ``no_report``; warns first when
+    ``tmp_dir`` is on tmpfs (``info`` says), where fsync costs nothing."""
+    if info["tmpfs"] == "yes":
+        print(f"warning: {tmp_dir} is on tmpfs, fsync costs nothing there", file=sys.stderr)
+    began = time.monotonic()
+    text = produce()
+    print()
+    print(text)
+    print(f"\n(total {time.monotonic() - began:.0f} s)")
+    if not no_report:
+        update_section(section, text)

@@ -40,7 +40,7 @@ import trio
 from prontodb.clients import Client
 
 from .loadgen import CURSOR, PRONTODB, REDIS, Job, Outcome, Window, fill, run_worker
-from .report import update_section
+from .report import run_and_report
 from .servers import Server, running, start_prontodb, start_redis
 
 NAMES = {PRONTODB: "ProntoDB", REDIS: "Redis"}
@@ -470,17 +470,14 @@ def main() -> None:
     parser.add_argument("--no-report", action="store_true", help="do not touch docs/BENCHMARKS.md")
     args = parser.parse_args()
     info = machine_info(args.tmp_dir)
-    if info["tmpfs"] == "yes":
-        print(f"warning: {args.tmp_dir} is on tmpfs, fsync costs nothing there", file=sys.stderr)
     cases = [("set", 1), ("set", args.clients), ("get", 1), ("get", args.clients)]
-    began = time.monotonic()
-    findings = run_all(args, cases)
-    text = report(findings, args, info)
-    print()
-    print(text)
-    print(f"\n(total {time.monotonic() - began:.0f} s)")
-    if not args.no_report:
-        update_section("throughput", text)
+    run_and_report(
+        "throughput",
+        info,
+        args.tmp_dir,
+        args.no_report,
+        lambda: report(run_all(args, cases), args, info),
+    )
 
 
 if __name__ == "__main__":

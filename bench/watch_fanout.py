@@ -53,7 +53,7 @@ from prontodb.clients import AsyncClient, AsyncWatch, Client
 
 from .claims import Processes, percentile_ms
 from .loadgen import CURSOR, PRONTODB
-from .report import update_section
+from .report import run_and_report
 from .servers import START_TIMEOUT, Server, running, start_prontodb
 from .throughput import expect, machine_info
 
@@ -775,16 +775,13 @@ def main() -> None:
         # A warm-up write too: the first write's CPU window also holds the watchers' start-up.
         parser.error("--watchers, --writes and --warmup must be at least 1")
     info = machine_info(args.tmp_dir)
-    if info["tmpfs"] == "yes":
-        print(f"warning: {args.tmp_dir} is on tmpfs, fsync costs nothing there", file=sys.stderr)
-    began = time.monotonic()
-    findings = run_all(args)
-    text = report(findings, args, info)
-    print()
-    print(text)
-    print(f"\n(total {time.monotonic() - began:.0f} s)")
-    if not args.no_report:
-        update_section("watch_fanout", text)
+    run_and_report(
+        "watch_fanout",
+        info,
+        args.tmp_dir,
+        args.no_report,
+        lambda: report(run_all(args), args, info),
+    )
 
 
 if __name__ == "__main__":
