@@ -16,7 +16,7 @@ from ._engine import (
     ReplayError,
 )
 from ._entry import Entry
-from ._history import Batch, Change, HistoryLimits
+from ._history import Batch, Change, HistoryLimits, change_cost
 from ._keys import validate_key, validate_prefix
 from ._records import Record, RecordKind
 
@@ -38,6 +38,7 @@ __all__ = [
     "Record",
     "RecordKind",
     "ReplayError",
+    "change_cost",
     "Target",
     "TxnOp",
     "TxnResult",

@@ -130,14 +130,14 @@ class History:
                     batch = batch._replace(changes=matching)
             if batch.changes:
                 found.append(batch)
-                size += sum(_cost(c) for c in batch.changes)
+                size += sum(change_cost(c) for c in batch.changes)
             if size >= max_bytes or scanned >= max_batches:
                 return found, batch.revision + 1
         return found, max(revision, through + 1)
 
     def _append(self, batch: Batch) -> None:
         self._batches.append(batch)
-        self.bytes += sum(_cost(c) for c in batch.changes)
+        self.bytes += sum(change_cost(c) for c in batch.changes)
 
     def _prune(self, now: float) -> None:
         limits = self.limits
@@ -151,7 +151,7 @@ class History:
                 and (oldest is None or batch.time >= oldest)
             ):
                 break
-            self.bytes -= sum(_cost(c) for c in batch.changes)
+            self.bytes -= sum(change_cost(c) for c in batch.changes)
             self.first = batch.revision + 1
             self._start += 1
         if self._start >= _TRIM_AT and self._start * 2 >= len(batches):
@@ -163,7 +163,9 @@ def _revision(batch: Batch) -> int:
     return batch.revision
 
 
-def _cost(change: Change) -> int:
+def change_cost(change: Change) -> int:
+    """What keeping (or sending) ``change`` costs, estimated in bytes: its key, its value and
+    a fixed overhead."""
     entry = change.entry
     return len(change.key) + _CHANGE_OVERHEAD + (0 if entry is None else entry.size)
 

@@ -97,21 +97,7 @@ async def cursor_list(broker: Broker, user: str, args: Mapping[str, Any]) -> Any
     named = {item["name"] for item in found}
     data_dir = databases.data_dir
     implicit = sorted(p.name[:-3] for p in data_dir.glob("*.db") if p.is_dir())
-    for name in implicit:
-        if name not in named:
-            path = str(databases.directory(name))
-            found.append(
-                {
-                    "name": name,
-                    "path": path,
-                    "owner": None,
-                    "by": None,
-                    "time": None,
-                    "shadows": False,
-                    "defined": False,
-                    "exists": True,
-                }
-            )
+    found += [_undefined(broker, name, exists=True) for name in implicit if name not in named]
     return found
 
 
@@ -122,16 +108,21 @@ async def cursor_show(broker: Broker, user: str, args: Mapping[str, Any]) -> Any
     if cursor is not None:
         shadows = cursor.owner is not None and _global(broker, name) is not None
         return describe(cursor, shadows)
-    path = broker.databases.directory(name)
+    return _undefined(broker, name, exists=broker.databases.directory(name).exists())
+
+
+def _undefined(broker: Broker, name: str, *, exists: bool) -> dict[str, Any]:
+    """A cursor no definition names, as the cursor operations answer it: its default place."""
+    path = str(broker.databases.directory(name))
     return {
         "name": name,
-        "path": str(path),
+        "path": path,
         "owner": None,
         "by": None,
         "time": None,
         "shadows": False,
         "defined": False,
-        "exists": path.exists(),
+        "exists": exists,
     }
 
 

@@ -16,7 +16,7 @@ import trio
 
 from prontodb.protocol import ErrorCode, ProntoError
 
-from ..engine import Batch, Change, validate_prefix
+from ..engine import Batch, Change, change_cost, validate_prefix
 from ._databases import OpenDatabase
 from ._ops import MAX_KEY_LEN, uint_arg
 
@@ -136,7 +136,7 @@ def pushes(batches: list[Batch], next_rev: int) -> Iterator[dict[str, Any]]:
         last = len(batch.changes) - 1
         for position, change in enumerate(batch.changes):
             events.append(event_map(change, batch.time))
-            size += _size(change)
+            size += change_cost(change)
             if size < PUSH_BYTES and len(events) < PUSH_EVENTS:
                 continue
             if position < last:
@@ -168,10 +168,6 @@ def event_map(change: Change, time: float) -> dict[str, Any]:
         if entry.expires is not None:
             event["expires"] = entry.expires
     return event
-
-
-def _size(change: Change) -> int:
-    return len(change.key) + 100 + (0 if change.entry is None else change.entry.size)
 
 
 def _lost(db: OpenDatabase, next_rev: int) -> ProntoError:
