@@ -8,14 +8,22 @@ as ``b""``.
 
 from __future__ import annotations
 
+import socket
 import ssl
 from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
 
 import anyio
 import anyio.abc
+import anyio.streams.tls
 
-Lock = anyio.Lock
+
+def Lock() -> anyio.Lock:  # named as the sync backend's threading.Lock
+    """A lock whose uncontended acquire does not pass through the event loop (a request takes
+    it once to send)."""
+    return anyio.Lock(fast_acquire=True)
+
+
 Event = anyio.Event
 sleep = anyio.sleep
 
@@ -46,10 +54,29 @@ class Stream:
 
     def __init__(self, stream: anyio.abc.ByteStream) -> None:
         self._stream = stream
+        # A plain socket (no TLS) is written and read directly while that need not wait: each
+        # anyio stream call would otherwise add a pass through the event loop to every request.
+        # (Not under TLS, nor where asyncio's transports own the socket: there the raw socket is
+        # a TransportSocket, which cannot send.)
+        self._sock: socket.socket | None = None
+        if not isinstance(stream, anyio.streams.tls.TLSStream):
+            raw = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+            if isinstance(raw, socket.socket):
+                self._sock = raw
 
     async def send_all(self, data: bytes) -> None:
         """Write all of ``data``. Shielded from cancellation: a frame is written whole or the
         connection is broken, never left half-sent by a caller that gave up."""
+        if self._sock is not None:
+            try:
+                sent = self._sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                raise OSError(f"cannot write to the broker: {exc!r}") from exc
+            if sent == len(data):
+                return
+            data = data[sent:]  # the socket's buffer is full: wait as the stream does
         try:
             with anyio.CancelScope(shield=True):
                 await self._stream.send(data)
@@ -61,6 +88,19 @@ class Stream:
 
         A cancelled read consumes nothing, so no received byte is ever lost.
         """
+        sock = self._sock
+        if sock is not None:
+            while True:
+                try:
+                    return sock.recv(max_bytes)  # b"" at the end of the stream
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    raise OSError(f"cannot read from the broker: {exc!r}") from exc
+                try:
+                    await anyio.wait_readable(sock)
+                except anyio.ClosedResourceError as exc:  # closed by another task
+                    raise OSError(f"cannot read from the broker: {exc!r}") from exc
         try:
             return await self._stream.receive(max_bytes)
         except anyio.EndOfStream:
