@@ -31,6 +31,7 @@ from ._catalog import Catalog
 from ._config import ServerConfig
 from ._databases import Databases, OpenDatabase
 from ._lockfile import AlreadyServing, DataDirLock
+from ._pending_input import PendingInput
 from ._session import Session
 from ._users import bootstrap
 
@@ -68,6 +69,7 @@ class Broker:
         self.started = time.time()
         self.info = BrokerInfo(os.getpid(), None, None)
         self._sessions: set[Session] = set()
+        self.pending_input = PendingInput()  # the sessions' sockets: see flush_if_alone
         self._session_numbers = 0
         self._sessions_changed = trio.Event()
         self._stop = trio.Event()
@@ -140,6 +142,7 @@ class Broker:
             if config.socket_path is not None and socket_inode is not None:
                 _remove_socket(config.socket_path, socket_inode)
             lock.release()
+            self.pending_input.close()
             logger.info("broker %d stopped", self.info.pid)
 
     async def _run(

@@ -2,7 +2,7 @@
 
 A ``claim`` that finds nothing and may wait leaves a :class:`Waiter` here. Whenever a change may
 have made an item claimable, :meth:`ClaimWaiters.serve` claims on behalf of the waiters in arrival
-order, so no later claimer overtakes an earlier one, and wakes each one it served.
+order, so no later claimer overtakes an earlier one, and tells each one it served.
 """
 
 from __future__ import annotations
@@ -17,7 +17,12 @@ from ..engine import Applied, Claimed, Engine
 
 
 class Waiter:
-    """One blocked claim: what it asks for, and what it got (set before ``event``)."""
+    """One blocked claim: what it asks for, and what it got.
+
+    Once served (``result`` and ``ticket`` set), ``served(waiter)`` is called at once, from the
+    write that made the item claimable, so the answer can go out with that write's fsync; without
+    one, ``event`` is set. ``event`` is also how the database going away wakes its task.
+    """
 
     __slots__ = (
         "bound",
@@ -27,17 +32,25 @@ class Waiter:
         "max_deliveries",
         "prefix",
         "result",
+        "served",
         "ticket",
     )
 
     def __init__(
-        self, prefix: str, holder: str, lease: float, bound: int | None, max_deliveries: int | None
+        self,
+        prefix: str,
+        holder: str,
+        lease: float,
+        bound: int | None,
+        max_deliveries: int | None,
+        served: Callable[[Waiter], None] | None = None,
     ) -> None:
         self.prefix = prefix
         self.holder = holder
         self.lease = lease
         self.bound = bound
         self.max_deliveries = max_deliveries
+        self.served = served
         self.event = trio.Event()
         self.result: Claimed | None = None
         self.ticket = 0
@@ -92,6 +105,9 @@ class ClaimWaiters:
                     break
                 queue.popleft()
                 waiter.result, waiter.ticket = applied.result, ticket
-                waiter.event.set()
+                if waiter.served is not None:
+                    waiter.served(waiter)
+                else:
+                    waiter.event.set()
             if not queue:
                 del self._queues[prefix]

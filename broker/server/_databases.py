@@ -37,6 +37,7 @@ T = TypeVar("T")
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 DEFAULT_NAME = "default"
+_PATHS_KEPT = 4096  # directory Paths cached by their text (a bound: names are the clients')
 # Reads of a database that does not exist yet see this empty engine and create nothing.
 EMPTY = Engine()
 
@@ -75,7 +76,9 @@ class OpenDatabase:
         self.name = name
         self.directory = directory
         self._durable = 0
-        self._waiters: list[tuple[int, int, trio.Event]] = []
+        # (ticket, order, callback): called, in ticket order, once the ticket is durable or the
+        # writer failed. The answers waiting on the disk, sent from the flush that made them so.
+        self._on_durable: list[tuple[int, int, Callable[[], None]]] = []
         # Watchers see a change once it is durable: the revision each pending ticket makes so.
         self.durable_rev = 0
         self.watchers = 0  # watches streaming from this database now
@@ -133,6 +136,9 @@ class OpenDatabase:
     def expire_due(self, now: float) -> None:
         """Remove the keys past their deadline at ``now`` and return the claims whose lease ran
         out (logged changes, queued for the flush); serve waiting claimers if work came back."""
+        due = self.engine.next_timer()
+        if due is None or due > now:
+            return  # the common case, checked first: every request of the database comes here
         self.submit(self.engine.expire_due(now))
         returned = self.engine.claims_due(now)
         self.submit(returned)
@@ -199,17 +205,33 @@ class OpenDatabase:
         with self._flusher:
             while True:
                 due = writer.sync_due_at()
-                with trio.move_on_after(math.inf if due is None else due - time.monotonic()):
+                if due is None:  # no timer to keep (fsync always): no cancel scope to pay for
                     await self._has_pending.wait()
+                else:
+                    with trio.move_on_after(due - time.monotonic()):
+                        await self._has_pending.wait()
                 self._has_pending = trio.Event()
-                # Let every task that is ready run first, so its writes join this batch.
-                await trio.lowlevel.checkpoint()
+                if trio.lowlevel.current_statistics().tasks_runnable:
+                    # Let every task that is ready run first, so its writes join this batch.
+                    await trio.lowlevel.checkpoint()
                 try:
                     durable = writer.write_pending()
                 except StorageError as exc:
                     self._fail(exc)
                     return
                 self._advance(durable)
+
+    def flush_if_alone(self, input_waiting: Callable[[], bool]) -> None:
+        """Write what is queued now if nothing could join the batch: no task but the flush loop
+        (woken by the submit) is ready to run, and no client has sent bytes not yet read
+        (``input_waiting``, see _pending_input). The flush loop's pass through the event loop
+        would then only delay the answers."""
+        if (
+            self._has_pending.is_set()
+            and trio.lowlevel.current_statistics().tasks_runnable <= 1
+            and not input_waiting()
+        ):
+            self.flush_now()
 
     def flush_now(self) -> None:
         """Write what is queued now, from the event loop (at shutdown, before the loop stops)."""
@@ -228,9 +250,9 @@ class OpenDatabase:
 
     def _advance(self, ticket: int) -> None:
         self._durable = max(self._durable, ticket)
-        waiters = self._waiters
-        while waiters and waiters[0][0] <= self._durable:
-            heapq.heappop(waiters)[2].set()
+        callbacks = self._on_durable
+        while callbacks and callbacks[0][0] <= self._durable:
+            self._call(heapq.heappop(callbacks)[2])
         pending = self._pending_revs
         if pending and pending[0][0] <= self._durable:
             while pending and pending[0][0] <= self._durable:
@@ -269,26 +291,48 @@ class OpenDatabase:
     def _fail(self, error: StorageError) -> None:
         logger.error("database %s: writes failed (%s); it will be reopened", self.name, error)
         self.failure = error
-        for _, _, event in self._waiters:
-            event.set()
-        self._waiters.clear()
+        callbacks, self._on_durable = self._on_durable, []
+        for _, _, callback in sorted(callbacks):
+            self._call(callback)
         self._wake_watchers()
+
+    def _call(self, callback: Callable[[], None]) -> None:
+        try:
+            callback()
+        except Exception:  # one answer's failure must not keep the others from going out
+            logger.exception("database %s: a durability callback failed", self.name)
 
     def is_durable(self, ticket: int) -> bool:
         return ticket <= self._durable
 
+    def settled(self, ticket: int) -> bool:
+        """Whether an answer waiting for ``ticket`` can go: it is durable, or never will be."""
+        return ticket <= self._durable or self.failure is not None
+
+    def when_durable(self, ticket: int, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` (from the event loop, no await) once :meth:`settled`: now if it
+        already is, else from the flush that makes ``ticket`` durable or from the failure."""
+        if self.settled(ticket):
+            self._call(callback)
+        else:
+            heapq.heappush(self._on_durable, (ticket, next(self._order), callback))
+
+    def unavailable(self) -> ProntoError:
+        """The answer to a request whose change the failed writer could not make durable."""
+        return ProntoError(
+            ErrorCode.UNAVAILABLE,
+            f"The broker could not write to the database {self.name!r} (see its log); the "
+            "change may not have been kept. Retry: the database is reopened from what is on disk.",
+        )
+
     async def wait_durable(self, ticket: int) -> None:
         """Return once ``ticket`` is durable; raise ``unavailable`` if the writer failed."""
-        if ticket > self._durable and self.failure is None:
+        if not self.settled(ticket):
             event = trio.Event()
-            heapq.heappush(self._waiters, (ticket, next(self._order), event))
+            self.when_durable(ticket, event.set)
             await event.wait()
         if ticket > self._durable:
-            raise ProntoError(
-                ErrorCode.UNAVAILABLE,
-                f"The broker could not write to the database {self.name!r} (see its log); the "
-                "change may not have been kept. Retry: the database is reopened from what is on disk.",
-            )
+            raise self.unavailable()
 
 
 class Databases:
@@ -307,6 +351,9 @@ class Databases:
         self.limits = limits
         self.clock = clock  # the broker's: what deadlines are measured against
         self._open: dict[Path, OpenDatabase] = {}  # by directory
+        # Every request names its database's directory: building and hashing a fresh Path for
+        # it each time cost more than the rest of a small request's lookup.
+        self._paths: dict[str, Path] = {}
         self._opening: dict[Path, trio.Event] = {}
         # Where the databases' flush loops run; the broker sets it before it serves.
         self.flushers: trio.Nursery | None = None
@@ -325,12 +372,20 @@ class Databases:
 
     def directory(self, name: str) -> Path:
         """Where the database of an undefined cursor ``name`` lives."""
-        return self.data_dir / f"{name}.db"
+        return self._path(f"{self.data_dir}/{name}.db")
 
     def locate(self, name: str, user: str) -> Path:
         """The directory cursor ``name`` means for ``user``: its definition's, else the default."""
         cursor = self.catalog.lookup(user, name)
-        return self.directory(name) if cursor is None else Path(cursor.path)
+        return self.directory(name) if cursor is None else self._path(cursor.path)
+
+    def _path(self, text: str) -> Path:
+        path = self._paths.get(text)
+        if path is None:
+            if len(self._paths) >= _PATHS_KEPT:
+                self._paths.clear()
+            path = self._paths[text] = Path(text)
+        return path
 
     def opened(self) -> list[OpenDatabase]:
         return list(self._open.values())

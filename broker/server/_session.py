@@ -1,14 +1,19 @@
-"""One client connection: a reader that applies requests in order, a sender that answers them.
+"""One client connection: a reader that applies requests in order, and their answers.
 
-The reader decodes and applies each request at once (the engine never waits), then queues the
-response with the ticket its records must reach before it may go out. The sender waits for those
-tickets in order and writes every response that is ready in one ``send_all``, so pipelined
-requests and concurrent writers cost one fsync, not one each.
+The reader decodes and applies each request at once (the engine never waits). An answer whose
+changes are durable already is written at once; the others queue, in request order, each with
+the ticket its records must reach. The flush that makes a ticket durable sends what it freed,
+straight from the event loop when the socket takes it (no task wakes for it, as Redis writes its
+replies right after its fsync); what the socket does not take, a writer task sends. Pipelined
+requests and concurrent writers so cost one fsync, not one each.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +38,7 @@ from prontodb.protocol import (
     Welcome,
 )
 
+from ..engine import Claimed
 from ..storage import StorageError
 from ._access import check, needs, token_matches
 from ._admin_ops import ADMIN_OPS
@@ -48,7 +54,6 @@ logger = logging.getLogger("prontodb.server")
 
 # Below malloc's mmap threshold: a bigger buffer costs a page-faulting mmap on every read.
 RECEIVE_SIZE = 64 * 1024
-MAX_BATCH = 512  # responses joined into one send_all
 # Encoded answers held before a send_all: bounds a connection's output buffer (1024 pipelined
 # reads of a 1 MiB value must not become one 1 GiB write), and it is where a client that does
 # not read holds us back.
@@ -62,10 +67,13 @@ class _Out:
     message: Message
     db: OpenDatabase | None = None
     ticket: int = 0
+    waiting: bool = False  # a callback waits for its ticket (registered once)
+    claim: Claimed | None = None  # the claim it answers: given back if it never goes out
 
     @property
-    def ready(self) -> bool:
-        return self.db is None or self.db.is_durable(self.ticket)
+    def settled(self) -> bool:
+        """Whether it may go: durable, or the database failed (it then goes as an error)."""
+        return self.db is None or self.db.settled(self.ticket)
 
 
 class Session:
@@ -84,10 +92,17 @@ class Session:
         self.conn = Connection(Role.SERVER, broker.config.limits)
         self._receive_scope = trio.CancelScope()
         self._stopping = False
-        self._unsent = 0  # messages handed to the sender and not yet written
-        # The reader and the sender both write (a blocked claim's answer can come at any time).
+        self._reading = True
+        self._queue: deque[_Out] = deque()  # answers not yet encoded, in the order they go
+        self._outbox = bytearray()  # encoded, waiting for the writer task (the socket was full)
+        self._outbox_changed = trio.Event()  # wakes the writer task
+        self._said_goodbye = False  # nothing may follow a Goodbye
+        # A plain socket's fd, for writing answers from the flush without waking a task; -1 for
+        # TLS (and once the stream is closed: the number may be reused).
+        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+        self._socket_fd = _socket_fd(stream)  # the socket under TLS too, for pending_input
+        # The reader, the writer and the watches all write (a claim's answer comes any time).
         self._send_lock = trio.Lock()
-        self._send: trio.MemorySendChannel[_Out]
         self._waits: trio.Nursery
         # request id -> its running watch: the scope that ends it and the request's args
         self._watches: dict[int, tuple[trio.CancelScope, dict[str, Any]]] = {}
@@ -116,25 +131,34 @@ class Session:
                 scope.cancel()
 
     async def run(self) -> None:
-        capacity = self.conn.limits.max_in_flight + 4  # the protocol bounds what is in flight
-        send, receive = trio.open_memory_channel[_Out](capacity)
-        self._send = send
+        if self._socket_fd >= 0:
+            self.broker.pending_input.add(self._socket_fd)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._send_loop, receive, nursery.cancel_scope)
-                async with send:
-                    try:
-                        async with trio.open_nursery() as waits:
-                            self._waits = waits
-                            await self._read_loop(send)
-                            waits.cancel_scope.cancel()  # blocked claims end with the reading
-                        if self._stopping:
-                            await self._flush([_Out(self._farewell)], send)
-                    except* trio.BrokenResourceError:
-                        pass  # the peer is gone (the waits nursery may wrap it in a group)
+                nursery.start_soon(self._writer, nursery.cancel_scope)
+                try:
+                    async with trio.open_nursery() as waits:
+                        self._waits = waits
+                        await self._read_loop()
+                        waits.cancel_scope.cancel()  # blocked claims end with the reading
+                    if self._stopping:
+                        await self._flush([_Out(self._farewell)])
+                except* trio.BrokenResourceError:
+                    pass  # the peer is gone (the waits nursery may wrap it in a group)
+                finally:
+                    self._reading = False  # the writer ends once every answer is out
+                    self._outbox_changed.set()
         finally:
+            self._fd = -1  # answers still waiting on the disk must not write to a reused fd
+            if self._socket_fd >= 0:
+                self.broker.pending_input.remove(self._socket_fd)
+            now = self.broker.clock()
+            for out in self._queue:  # items served to this connection that it never heard of
+                if out.claim is not None and out.db is not None:
+                    out.db.give_back(out.claim.key, out.claim.token, self.user, now)
+            self._queue.clear()
             # Claims bound to this connection go back to their queues now.
-            self.broker.databases.return_session(self.number, self.broker.clock())
+            self.broker.databases.return_session(self.number, now)
             with trio.CancelScope(shield=True):
                 await self.stream.aclose()
 
@@ -147,13 +171,30 @@ class Session:
             return None
         scope = self._receive_scope = trio.CancelScope()
         with scope:
-            try:
-                return await self.stream.receive_some(RECEIVE_SIZE)
-            except trio.BrokenResourceError:
-                return b""  # reset by peer: the same as EOF for us
+            fd = self._fd
+            if fd < 0:
+                try:
+                    return await self.stream.receive_some(RECEIVE_SIZE)
+                except trio.BrokenResourceError:
+                    return b""  # reset by peer: the same as EOF for us
+            # A plain socket is read directly: trio's receive_some passes through the event loop
+            # once more after each read, even one that had to wait for its data.
+            waited = False
+            while True:
+                try:
+                    data = os.read(fd, RECEIVE_SIZE)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(fd)
+                    waited = True
+                    continue
+                except OSError:
+                    return b""  # reset by peer: the same as EOF for us
+                if not waited:  # a client that never lets us wait must not starve the others
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                return data
         return None
 
-    async def _read_loop(self, send: trio.MemorySendChannel[_Out]) -> None:
+    async def _read_loop(self) -> None:
         conn = self.conn
         while True:
             data = await self._receive()
@@ -182,29 +223,63 @@ class Session:
                     done = isinstance(outs[-1].message, Goodbye)
                 elif isinstance(event, ConnectionClosed | Goodbye):
                     done = True
-            await self._flush(outs, send)
+            await self._flush(outs)
             if done:
                 return
 
-    async def _flush(self, outs: list[_Out], send: trio.MemorySendChannel[_Out]) -> None:
-        """Send ``outs`` now if they are ready and nothing is queued before them (one task hop
-        less on the common path); else queue them for the sender, which waits for the disk."""
-        if not outs:
-            return
-        if not self._unsent and all(o.ready for o in outs):
-            data = bytearray()
-            for item in outs:
-                data += self._encode(item.message)
-                if len(data) >= SEND_CHUNK:  # a client that does not read stops us here
-                    await self._write(data)
-                    data = bytearray()
-            if data:
-                await self._write(data)
-            return
-        self._unsent += len(outs)
-        for out in outs:
-            # The protocol bounds what is in flight below the capacity, so this never blocks.
-            send.send_nowait(out)
+    async def _flush(self, outs: list[_Out]) -> None:
+        """Answer ``outs`` in order: what may go now is written, the rest goes out from the
+        flush that makes it durable. Returns once the socket took what could go now, so a client
+        that does not read its answers is not read from either."""
+        # Unencoded answers are requests in flight: the protocol's limit bounds the queue.
+        self._queue.extend(outs)
+        self._pump()
+        if self._queue and self._queue[0].db is not None:
+            # Its answer goes out from this flush, if nothing else could join it.
+            self._queue[0].db.flush_if_alone(self.broker.pending_input.waiting)
+        if self._outbox:
+            await self._write(b"")
+
+    def _pump(self) -> None:
+        """Encode the answers at the head of the queue that may go, and write them; for the
+        first that may not yet, ask its database to call again once it may. No await: this
+        runs from the flush loop too."""
+        queue = self._queue
+        data = bytearray()
+        while queue:
+            out = queue[0]
+            if not out.settled:
+                if not out.waiting:
+                    out.waiting = True
+                    assert out.db is not None
+                    out.db.when_durable(out.ticket, self._pump)
+                break
+            queue.popleft()
+            data += self._encode_out(out)
+            if len(data) >= SEND_CHUNK:  # bounds the output buffer: 1 MiB pieces
+                self._emit(data)
+                data = bytearray()
+                if self._outbox:
+                    break  # the socket is full: the writer pumps again once it wrote
+        if data:
+            self._emit(data)
+        if not queue and not self._reading:
+            self._outbox_changed.set()  # the writer may end
+
+    def _emit(self, data: bytearray) -> None:
+        """Write ``data`` now if the socket takes it and nothing else is being written; the
+        rest goes to the writer task. Nothing is lost either way: a failed write is the writer's
+        to find (its send fails the same way and ends the session)."""
+        if self._fd >= 0 and not self._outbox and not self._send_lock.locked() and not self._torn:
+            try:
+                sent = os.write(self._fd, data)
+            except OSError:  # full (BlockingIOError), or the peer is gone
+                sent = 0
+            if sent == len(data):
+                return
+            del data[:sent]
+        self._outbox += data
+        self._outbox_changed.set()
 
     def _welcome(self, hello: Hello) -> _Out:
         if hello.version != PROTOCOL_VERSION:
@@ -329,14 +404,26 @@ class Session:
             if applied.result is not None or wait <= 0:
                 return _Out(Response(request.id, None, claimed_map(applied.result)), db, ticket)
         waiter = Waiter(prefix, self.user, lease, bound, max_deliveries)
+        waiter.served = self._answer_when_served(request.id, db)
         db.waiters.add(waiter)
         self._waits.start_soon(self._wait_for_claim, request.id, db, waiter, wait, name)
         return None
 
+    def _answer_when_served(self, request_id: int, db: OpenDatabase) -> Callable[[Waiter], None]:
+        """What a waiter does when served: queue its answer behind the write that served it (it
+        goes out from that write's flush), then wake its task, which has nothing left to do."""
+
+        def served(waiter: Waiter) -> None:
+            answer = Response(request_id, None, claimed_map(waiter.result))
+            self._queue.append(_Out(answer, db, waiter.ticket, claim=waiter.result))
+            self._pump()
+            db.when_durable(waiter.ticket, waiter.event.set)
+
+        return served
+
     async def _wait_for_claim(
         self, request_id: int, db: OpenDatabase, waiter: Waiter, wait: float, name: str
     ) -> None:
-        answered = False
         deadline = trio.current_time() + wait
         try:
             while True:
@@ -352,20 +439,15 @@ class Session:
                 assert reopened is not None
                 db = reopened
                 waiter.event = trio.Event()
+                waiter.served = self._answer_when_served(request_id, db)
                 db.waiters.add(waiter)
                 db.serve_waiters(self.broker.clock())
-            # Served even as the wait ran out: the item is this claimer's, answer with it.
-            ticket = waiter.ticket if waiter.result is not None else db.database.last_ticket
-            out = _Out(Response(request_id, None, claimed_map(waiter.result)), db, ticket)
-            self._unsent += 1
-            self._send.send_nowait(out)
-            answered = True
+            if waiter.result is None:  # the wait ran out (a served waiter is answered already)
+                answer = Response(request_id, None, None)
+                self._queue.append(_Out(answer, db, db.database.last_ticket))
+                self._pump()
         finally:
             db.waiters.remove(waiter)
-            if waiter.result is not None and not answered:
-                # Served, but the connection is going before the answer could: give it back
-                # rather than leave it held, unseen, until its lease ends.
-                db.give_back(waiter.result.key, waiter.result.token, self.user, self.broker.clock())
 
     async def _watch(self, request: Request) -> _Out | None:
         """``watch``: check the start, then stream from a task of its own; the Response comes
@@ -418,66 +500,63 @@ class Session:
 
     # -- sending -----------------------------------------------------------------------------
 
-    async def _send_loop(
-        self, receive: trio.MemoryReceiveChannel[_Out], session_scope: trio.CancelScope
-    ) -> None:
+    async def _writer(self, session_scope: trio.CancelScope) -> None:
+        """Write what the socket did not take at once, until the reading is over and every
+        answer is out; a lost peer ends the session."""
         try:
-            async with receive:
-                async for first in receive:
-                    batch = [first]
-                    while len(batch) < MAX_BATCH:
-                        try:
-                            batch.append(receive.receive_nowait())
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
-                    if await self._send_batch(batch):
-                        return
-                    self._unsent -= len(batch)
+            while True:
+                if self._outbox:
+                    await self._write(b"")
+                    continue
+                if not self._reading and not self._queue:
+                    return
+                await self._outbox_changed.wait()
+                self._outbox_changed = trio.Event()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             session_scope.cancel()  # the peer is gone: stop reading for it too
 
     async def _write(self, data: bytes | bytearray) -> None:
+        """Write the outbox (it goes first, with every answer that may go after it), then
+        ``data``, holding the send lock."""
         lock = self._send_lock
         if lock.locked():
             await lock.acquire()
         else:
             lock.acquire_nowait()  # no yield when nobody else is writing: send_all yields anyway
         try:
-            if self._torn:
-                raise trio.BrokenResourceError("an earlier write was cut short")
-            written = False
-            try:
-                await self.stream.send_all(data)
-                written = True
-            finally:
-                # Cancelled or failed inside a frame: nothing more may follow it.
-                self._torn = not written
+            while self._outbox:
+                queued, self._outbox = self._outbox, bytearray()
+                await self._send_all(queued)
+                if not self._outbox:
+                    self._pump()  # encoding paused at SEND_CHUNK: the next piece (into the outbox)
+            if data:
+                await self._send_all(data)
         finally:
             lock.release()
 
-    async def _send_batch(self, batch: list[_Out]) -> bool:
-        """Send ``batch`` in order, each once durable; True once a Goodbye went out."""
-        out = bytearray()
-        for item in batch:
-            message: Any = item.message
-            if item.db is not None and not item.db.is_durable(item.ticket):
-                if out:  # what is ready need not wait for the disk
-                    await self._write(out)
-                    out = bytearray()
-                try:
-                    await item.db.wait_durable(item.ticket)
-                except ProntoError as err:
-                    message = Response.fail(message.id, err)
-            out += self._encode(message)
-            if isinstance(message, Goodbye):
-                await self._write(out)
-                return True
-            if len(out) >= SEND_CHUNK:
-                await self._write(out)
-                out = bytearray()
-        if out:
-            await self._write(out)
-        return False
+    async def _send_all(self, data: bytes | bytearray) -> None:
+        if self._torn:
+            raise trio.BrokenResourceError("an earlier write was cut short")
+        written = False
+        try:
+            await self.stream.send_all(data)
+            written = True
+        finally:
+            # Cancelled or failed inside a frame: nothing more may follow it.
+            self._torn = not written
+
+    def _encode_out(self, out: _Out) -> bytes:
+        """``out``'s message as bytes (its database failed: ``unavailable`` instead); nothing
+        once a Goodbye went."""
+        if self._said_goodbye:
+            return b""
+        message = out.message
+        if out.db is not None and not out.db.is_durable(out.ticket):
+            assert isinstance(message, Response)
+            message = Response.fail(message.id, out.db.unavailable())
+        if isinstance(message, Goodbye):
+            self._said_goodbye = True
+        return self._encode(message)
 
     def _encode(self, message: Message) -> bytes:
         try:
@@ -492,3 +571,10 @@ class Session:
                 "(a smaller limit or a narrower prefix).",
             )
             return self.conn.send(Response.fail(message.id, err))
+
+
+def _socket_fd(stream: trio.abc.Stream) -> int:
+    """The fd of the socket under ``stream`` (plain or TLS), or -1."""
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    return stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1

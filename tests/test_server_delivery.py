@@ -1,0 +1,99 @@
+"""How the broker's answers leave it: straight from the flush that made them durable, in request
+order, and with a bounded buffer for a client that does not read."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+from inprocess import Running, running_broker
+
+from prontodb.broker.server import ServerConfig
+from prontodb.broker.server._pending_input import PendingInput
+from prontodb.broker.server._session import SEND_CHUNK
+from prontodb.protocol import Response
+
+
+@pytest.fixture
+async def server(short_dir: Path) -> AsyncIterator[Running]:
+    config = ServerConfig(data_dir=short_dir / "data", socket_path=short_dir / "s.sock")
+    async with running_broker(config) as running:
+        yield running
+
+
+def test_pending_input_sees_bytes_not_yet_read() -> None:
+    pending = PendingInput()
+    a, b = socket.socketpair()
+    try:
+        pending.add(a.fileno())
+        assert not pending.waiting()
+        b.send(b"x")
+        assert pending.waiting()
+        a.recv(1)
+        assert not pending.waiting()
+        pending.remove(a.fileno())
+        b.send(b"y")
+        assert not pending.waiting()  # no longer watched
+        pending.remove(a.fileno())  # twice is harmless
+    finally:
+        pending.close()
+        a.close()
+        b.close()
+    assert pending.waiting()  # closed: it knows nothing, so input may be waiting
+
+
+async def test_a_client_that_does_not_read_holds_back_only_itself(server: Running) -> None:
+    value = "v" * (512 * 1024)
+    reader = await server.wire("reader")
+    assert (await reader.call("set", key="big", value=value)).error is None
+    # 64 answers of half a MiB each, 32 MiB in all: far more than the socket holds.
+    requests = [reader.request("get", key="big") for _ in range(64)]
+    await reader.send(*requests)
+    await trio.testing.wait_all_tasks_blocked()
+
+    other = await server.wire("other")
+    for i in range(20):  # everyone else is served meanwhile
+        assert (await other.call("set", key=f"k{i}", value=i)).error is None
+        assert (await other.call("get", key=f"k{i}")).result == i
+    # The broker encoded one piece of about SEND_CHUNK (two answers) for the reader and stopped:
+    # the rest waits as requests in flight (which the protocol bounds), not as 32 MiB of bytes.
+    (session,) = [s for s in server.broker._sessions if s.user == "reader"]
+    assert len(session._queue) >= len(requests) - 2 * SEND_CHUNK // len(value)
+
+    answers = [await reader.next() for _ in requests]
+    assert [a.id for a in answers if isinstance(a, Response)] == [r.id for r in requests]
+    assert all(isinstance(a, Response) and a.result == value for a in answers)
+
+
+async def test_answers_to_writes_and_reads_keep_request_order_across_flushes(
+    server: Running,
+) -> None:
+    w = await server.wire()
+    waiter = await server.wire("waiter")
+    claim = waiter.request("claim", prefix="q", wait=30)
+    await waiter.send(claim)
+    await trio.testing.wait_all_tasks_blocked()
+    # Writes (each durable only after a flush), reads of what they wrote, and a write that
+    # serves the blocked claimer, pipelined in one send.
+    requests = []
+    for i in range(50):
+        requests.append(w.request("set", key=f"k{i}", value=i))
+        requests.append(w.request("get", key=f"k{i}"))
+    requests.append(w.request("set", key="q.item", value="job"))
+    requests.append(w.request("ping"))
+    await w.send(*requests)
+    answers = [await w.next() for _ in requests]
+    assert [a.id for a in answers if isinstance(a, Response)] == [r.id for r in requests]
+    gets = [a.result for a in answers[1:100:2] if isinstance(a, Response)]
+    assert gets == list(range(50))
+    served = await waiter.next()
+    assert isinstance(served, Response)
+    assert served.id == claim.id
+    assert served.result["key"] == "q.item"
+    # The claim's answer went out only once the claim was durable.
+    db = server.broker.databases.opened()[0]
+    assert db.is_durable(db.database.last_ticket)
