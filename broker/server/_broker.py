@@ -40,6 +40,7 @@ logger = logging.getLogger("prontodb.server")
 # sun_path is 108 bytes on Linux, the terminating NUL included.
 _MAX_SOCKET_PATH = 107
 _LISTEN_BACKLOG = 1024
+COMPACTION_CHECK_EVERY = 16  # writes between two looks at whether a database should compact
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,7 +285,12 @@ class Broker:
         }
 
     def maybe_compact(self, db: OpenDatabase) -> None:
-        """Start a compaction in a thread if the database wants one."""
+        """Start a compaction in a thread if the database wants one (asked every
+        ``COMPACTION_CHECK_EVERY`` writes: the question costs more than a small write)."""
+        db.writes_unchecked += 1
+        if db.writes_unchecked < COMPACTION_CHECK_EVERY:
+            return
+        db.writes_unchecked = 0
         database = db.database
         if self._background is None or not database.wants_compaction:
             return

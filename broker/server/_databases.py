@@ -76,12 +76,13 @@ class OpenDatabase:
         self.name = name
         self.directory = directory
         self._durable = 0
-        # (ticket, order, callback): called, in ticket order, once the ticket is durable or the
-        # writer failed. The answers waiting on the disk, sent from the flush that made them so.
+        # (ticket, order, callback): called once the ticket is durable or the writer failed. The
+        # answers waiting on the disk, sent from the flush that made them so.
         self._on_durable: list[tuple[int, int, Callable[[], None]]] = []
         # Watchers see a change once it is durable: the revision each pending ticket makes so.
         self.durable_rev = 0
         self.watchers = 0  # watches streaming from this database now
+        self.writes_unchecked = 0  # writes since the broker last asked about compaction
         self.fanout = FanOutCache()
         self.replaced_at: int | None = None  # restored from a backup: the new revision
         self.retired = False  # closed: a new object serves the directory from now on
@@ -251,8 +252,14 @@ class OpenDatabase:
     def _advance(self, ticket: int) -> None:
         self._durable = max(self._durable, ticket)
         callbacks = self._on_durable
+        due = []
         while callbacks and callbacks[0][0] <= self._durable:
-            self._call(heapq.heappop(callbacks)[2])
+            due.append(heapq.heappop(callbacks))
+        # What one flush frees goes out in the order it was queued, not by ticket: a blocked
+        # claim, queued when the write that serves it ran, is answered before that write.
+        due.sort(key=lambda entry: entry[1])
+        for _, _, callback in due:
+            self._call(callback)
         pending = self._pending_revs
         if pending and pending[0][0] <= self._durable:
             while pending and pending[0][0] <= self._durable:
