@@ -678,14 +678,18 @@ class Client:
     def _call(self, op: str, args: dict[str, Any]) -> Any:
         waiter = _Waiter(blocking=op == "claim" and bool(args.get("wait")))
         try:
-            self._wait(waiter, lambda: self._take_slot(waiter))
+            with self._mutex:  # the common case: a free slot and nothing abandoned to read first
+                ready = self._error is None and not self._abandoned and self._take_slot(waiter)
+            if not ready:
+                self._wait(waiter, lambda: self._take_slot(waiter))
             # Answers to abandoned (cancelled) calls are read before anything more is sent: if
             # nobody read them, a large one could fill the socket, the broker would stop
             # reading, and a large request would then block this send for good. A waiting
             # claim's answer is not waited for: it may be the whole of its wait away. (Its item,
             # if one comes, is dropped here and held until its lease ends; bind=True gives it
             # back when the connection closes.)
-            self._wait(waiter, lambda: not self._abandoned)
+            if not ready:
+                self._wait(waiter, lambda: not self._abandoned)
             self._send(waiter, op, args)
             self._wait(waiter, lambda: waiter.response is not None)
         finally:
