@@ -266,10 +266,11 @@ class Session:
         if not queue and not self._reading:
             self._outbox_changed.set()  # the writer may end
 
-    def _emit(self, data: bytearray) -> None:
+    def _emit(self, data: bytes | bytearray) -> None:
         """Write ``data`` now if the socket takes it and nothing else is being written; the
         rest goes to the writer task. Nothing is lost either way: a failed write is the writer's
         to find (its send fails the same way and ends the session)."""
+        sent = 0
         if self._fd >= 0 and not self._outbox and not self._send_lock.locked() and not self._torn:
             try:
                 sent = os.write(self._fd, data)
@@ -277,8 +278,7 @@ class Session:
                 sent = 0
             if sent == len(data):
                 return
-            del data[:sent]
-        self._outbox += data
+        self._outbox += memoryview(data)[sent:]
         self._outbox_changed.set()
 
     def _welcome(self, hello: Hello) -> _Out:
@@ -471,25 +471,30 @@ class Session:
 
         async def send(packed: bytes, next_rev: int) -> None:
             nonlocal resume
-            await self._write(self.conn.send_push(request_id, packed))
+            self._emit(self.conn.send_push(request_id, packed))
+            if self._outbox:  # the socket is full: the watcher's reading sets the pace
+                await self._write(b"")
             resume = next_rev
 
         db.watchers += 1
         try:
-            with scope:
-                await stream(db, prefix, start, send, self.conn.pack_event)
-            answer = Response(request_id, None, {"next_rev": resume})  # unwatched
-            refused = self._refused.pop(request_id, None)
-            if refused is not None:
-                answer = Response.fail(request_id, refused)
+            try:
+                with scope:
+                    await stream(db, prefix, start, send, self.conn.pack_event)
+                answer = Response(request_id, None, {"next_rev": resume})  # unwatched
+                refused = self._refused.pop(request_id, None)
+                if refused is not None:
+                    answer = Response.fail(request_id, refused)
+            except ProntoError as err:
+                answer = Response.fail(request_id, err)
+            # Over before its last answer goes: a client that has it may ask about it again.
+            del self._watches[request_id]
             await self._write(self.conn.send(answer))
-        except ProntoError as err:
-            await self._write(self.conn.send(Response.fail(request_id, err)))
         except ProtocolError:
             pass  # the peer broke the protocol: the connection is ending, with no more to say
         finally:
             db.watchers -= 1
-            del self._watches[request_id]
+            self._watches.pop(request_id, None)
 
     def _unwatch(self, request: Request) -> bool:
         """``unwatch``: end the watch opened by request ``stream``; False if none is running."""
