@@ -7,7 +7,6 @@ than the rest of a ``prontodb get``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -77,13 +76,14 @@ def _seconds(allow_zero: bool = False) -> Callable[[click.Context, click.Paramet
         if value is None:
             return None
         text = str(value).removeprefix(_MARK)
+        seconds = commands.parse_seconds(text, allow_zero)
+        if seconds is not None:
+            return seconds
         try:
-            seconds = float(text)
+            float(text)
         except ValueError:
             raise click.BadParameter(f"{text!r} is not a number of seconds.", ctx, param) from None
-        if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
-            raise click.BadParameter(f"{text} is not a duration above 0.", ctx, param)
-        return seconds
+        raise click.BadParameter(f"{text} is not a duration above 0.", ctx, param)
 
     return convert
 

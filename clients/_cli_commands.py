@@ -14,6 +14,7 @@ functions that need them.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -79,6 +80,18 @@ def parse_int(text: str) -> int | None:
         return int(text)
     except ValueError:
         return None
+
+
+def parse_seconds(text: str, allow_zero: bool = False) -> float | None:
+    """A duration in seconds (fractions allowed): finite, above 0 (or 0 with ``allow_zero``);
+    None if it is not one."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
+        return None
+    return seconds
 
 
 def canonical_int(text: str) -> int | None:

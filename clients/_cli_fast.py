@@ -4,6 +4,8 @@ It recognises exactly::
 
     [--user U] [--cursor C] [--url URL] [--json]   (global options, any order, `--opt=value` too)
     get KEY | set KEY VALUE | del KEY | incr KEY [BY] | decr KEY [BY] | keys [PREFIX] | scan [PREFIX]
+    claim PREFIX [--wait S] [--lease S] [--max-deliveries N] | ack KEY --token T
+    release KEY --token T [--delay S]     (their options in any order, `--opt=value` too, --json)
 
 and calls the same ``_cli_commands`` function as the click command would. Anything else (help,
 command options, usage errors, other commands, an argument that starts with ``-`` and is not a
@@ -14,11 +16,76 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import _cli_commands as commands
 
+TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
+if TYPE_CHECKING:
+    from typing import Any
+
 _VALUE_OPTIONS = {"--user": "user", "--cursor": "cursor", "--url": "url"}
+
+
+def _seconds(text: str) -> float | None:
+    return commands.parse_seconds(text)
+
+
+def _seconds_or_zero(text: str) -> float | None:
+    return commands.parse_seconds(text, allow_zero=True)
+
+
+def _token(text: str) -> int | None:
+    number = commands.parse_int(text)
+    return number if number is not None and number >= 0 else None
+
+
+def _deliveries(text: str) -> int | None:
+    number = commands.parse_int(text)
+    return number if number is not None and number >= 1 else None
+
+
+# Each queue command's options: option -> (keyword, parser), the parsers as click's callbacks.
+_QUEUE_OPTIONS: dict[str, dict[str, tuple[str, Callable[[str], Any]]]] = {
+    "claim": {
+        "--wait": ("wait", _seconds_or_zero),
+        "--lease": ("lease", _seconds),
+        "--max-deliveries": ("max_deliveries", _deliveries),
+    },
+    "ack": {"--token": ("token", _token)},
+    "release": {"--token": ("token", _token), "--delay": ("delay", _seconds_or_zero)},
+}
+
+
+def _queue_options(
+    known: dict[str, tuple[str, Callable[[str], Any]]], args: Sequence[str]
+) -> tuple[list[str], dict[str, Any]] | None:
+    """Split a queue command's ``args`` into its positionals and its parsed options (``json``
+    for its own --json); None for anything click should see (an unknown option, a bad value)."""
+    positionals: list[str] = []
+    parsed: dict[str, Any] = {}
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        index += 1
+        if arg == "--json":
+            parsed["json"] = True
+            continue
+        name, equals, text = arg.partition("=")
+        if name not in known:
+            positionals.append(arg)  # checked by the caller: an option-like one goes to click
+            continue
+        if not equals:
+            if index == len(args):
+                return None
+            text = args[index]
+            index += 1
+        keyword, parse = known[name]
+        value = parse(text)
+        if value is None:
+            return None  # click says what is wrong with it
+        parsed[keyword] = value
+    return positionals, parsed
 
 
 def _positional(arg: str) -> bool:
@@ -49,11 +116,26 @@ def run(argv: Sequence[str]) -> int | None:
     else:
         return None
     command, args = argv[index], argv[index + 1 :]
+    queue_options: dict[str, Any] = {}
+    if command in _QUEUE_OPTIONS:  # a worker's loop: claim, then ack or release
+        parsed = _queue_options(_QUEUE_OPTIONS[command], args)
+        if parsed is None:
+            return None
+        args, queue_options = parsed
+        as_json = as_json or queue_options.pop("json", False)
     if not all(_positional(arg) for arg in args):
         return None
     options = commands.Globals(json=as_json, **values)
     count = len(args)
     try:
+        if command == "claim" and count == 1:
+            return commands.claim(options, args[0], **queue_options)
+        if command == "ack" and count == 1 and "token" in queue_options:
+            return commands.ack(options, args[0], queue_options["token"])
+        if command == "release" and count == 1 and "token" in queue_options:
+            return commands.release(
+                options, args[0], queue_options["token"], queue_options.get("delay")
+            )
         if command == "get" and count == 1:
             return commands.get(options, args[0])
         if command == "set" and count == 2:
