@@ -15,6 +15,7 @@ from types import TracebackType
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import anyio.streams.tls
 
 
@@ -90,17 +91,24 @@ class Stream:
         """
         sock = self._sock
         if sock is not None:
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            waited = False
             while True:
                 try:
-                    return sock.recv(max_bytes)  # b"" at the end of the stream
+                    data = sock.recv(max_bytes)  # b"" at the end of the stream
                 except BlockingIOError:
                     pass
                 except OSError as exc:
                     raise OSError(f"cannot read from the broker: {exc!r}") from exc
+                else:
+                    if not waited:  # a stream that never makes us wait must not starve others
+                        await anyio.lowlevel.cancel_shielded_checkpoint()
+                    return data
                 try:
                     await anyio.wait_readable(sock)
                 except anyio.ClosedResourceError as exc:  # closed by another task
                     raise OSError(f"cannot read from the broker: {exc!r}") from exc
+                waited = True
         try:
             return await self._stream.receive(max_bytes)
         except anyio.EndOfStream:
@@ -116,6 +124,10 @@ class Stream:
 
     async def aclose(self) -> None:
         """Close the socket; a task blocked reading it gets OSError."""
+        if self._sock is not None:
+            # Wake a task waiting in wait_readable on it (anyio's own close does not know of
+            # that wait), before the fd number can be reused.
+            anyio.notify_closing(self._sock)
         await self._stream.aclose()
 
 

@@ -368,6 +368,30 @@ def test_stopped_broker_fails_later_calls(backend: str, broker: BrokerProcess) -
     run(backend, body)
 
 
+def test_closing_the_client_ends_a_call_blocked_reading(
+    backend: str, broker: BrokerProcess
+) -> None:
+    async def body() -> None:
+        client = await AsyncClient.connect(broker.url)
+        ended = anyio.Event()
+
+        async def blocked() -> None:
+            await expect_error(ErrorCode.UNAVAILABLE, client.claim("nothing.here", wait=30))
+            ended.set()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(blocked)
+            await anyio.wait_all_tasks_blocked()  # the claim is sent; its caller waits to read
+            await client.aclose()
+            with anyio.fail_after(10):
+                await ended.wait()
+        # The closed socket's fd number may come back at once: a new client must work on it.
+        async with await AsyncClient.connect(broker.url) as again:
+            await again.ping()
+
+    run(backend, body)
+
+
 def test_closed_client_refuses_calls(backend: str, broker: BrokerProcess) -> None:
     async def body() -> None:
         client = await AsyncClient.connect(broker.url)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -15,7 +16,7 @@ from inprocess import Running, running_broker
 from prontodb.broker.server import ServerConfig
 from prontodb.broker.server._pending_input import PendingInput
 from prontodb.broker.server._session import SEND_CHUNK
-from prontodb.protocol import Response
+from prontodb.protocol import ConnectionClosed, Goodbye, Push, Response
 
 
 @pytest.fixture
@@ -97,3 +98,61 @@ async def test_answers_to_writes_and_reads_keep_request_order_across_flushes(
     # The claim's answer went out only once the claim was durable.
     db = server.broker.databases.opened()[0]
     assert db.is_durable(db.database.last_ticket)
+
+
+async def test_a_protocol_error_behind_a_pending_write_still_gets_its_goodbye(
+    server: Running,
+) -> None:
+    w = await server.wire()
+    request = w.request("set", key="a", value=1)
+    # The write and garbage in one read: the write's answer waits for the disk, the garbage
+    # breaks the protocol meanwhile. Only the Goodbye may go; then the connection closes.
+    await w.stream.send_all(w.conn.send(request) + b"\xff" * 16)
+    with trio.fail_after(10):
+        goodbye = await w.next()
+        assert isinstance(goodbye, Goodbye)
+        assert isinstance(await w.next(), ConnectionClosed)
+    await trio.testing.wait_all_tasks_blocked()
+    assert not server.broker._sessions  # the session ended, and nothing of it hangs
+
+
+async def test_answers_that_come_one_by_one_do_not_pile_up_for_a_client_that_does_not_read(
+    server: Running, autojump_clock: trio.testing.MockClock
+) -> None:
+    reader = await server.wire("reader")
+    value = "v" * (512 * 1024)
+    assert (await reader.call("set", key="big", value=value)).error is None
+    # Claims that run out one by one, each a new answer behind 100 MiB of gets nobody reads.
+    await reader.send(*[reader.request("claim", prefix=f"q{i}", wait=0.5) for i in range(100)])
+    await trio.testing.wait_all_tasks_blocked()
+    await reader.send(*[reader.request("get", key="big") for _ in range(200)])
+    await trio.sleep(1)  # every claim has run out (the mock clock jumps there)
+    (session,) = [s for s in server.broker._sessions if s.user == "reader"]
+    assert len(session._outbox) <= SEND_CHUNK + len(value) + 1024
+    await reader.aclose()
+    server.wires.remove(reader)
+
+
+async def test_an_unwatch_while_its_pushes_wait_for_a_full_socket_cuts_no_frame(
+    server: Running,
+) -> None:
+    w = await server.wire("watcher")
+    writer = await server.wire("writer")
+    watch = w.request("watch", prefix="p")
+    await w.send(watch)
+    assert isinstance(await w.next(), Push)
+    value = "v" * (200 * 1024)
+    for i in range(60):  # 12 MiB of pushes: far more than the socket holds
+        assert (await writer.call("set", key=f"p.{i}", value=value)).error is None
+    unwatch = w.request("unwatch", stream=watch.id)
+    await w.send(unwatch)
+    ends: dict[int, Any] = {}
+    with trio.fail_after(30):
+        while len(ends) < 2:  # every push whole, then both answers
+            message = await w.next()
+            if isinstance(message, Response):
+                ends[message.id] = message.raise_for_error()
+            else:
+                assert isinstance(message, Push)
+    assert ends[unwatch.id] is True
+    assert "next_rev" in ends[watch.id]

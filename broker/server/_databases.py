@@ -229,6 +229,8 @@ class OpenDatabase:
         would then only delay the answers."""
         if (
             self._has_pending.is_set()
+            and not self.retired
+            and self.failure is None
             and trio.lowlevel.current_statistics().tasks_runnable <= 1
             and not input_waiting()
         ):

@@ -96,6 +96,7 @@ class Session:
         self._queue: deque[_Out] = deque()  # answers not yet encoded, in the order they go
         self._outbox = bytearray()  # encoded, waiting for the writer task (the socket was full)
         self._outbox_changed = trio.Event()  # wakes the writer task
+        self._drained = trio.Event()  # set (and replaced) whenever the outbox empties
         self._said_goodbye = False  # nothing may follow a Goodbye
         # A plain socket's fd, for writing answers from the flush without waking a task; -1 for
         # TLS (and once the stream is closed: the number may be reused).
@@ -152,13 +153,11 @@ class Session:
             self._fd = -1  # answers still waiting on the disk must not write to a reused fd
             if self._socket_fd >= 0:
                 self.broker.pending_input.remove(self._socket_fd)
-            now = self.broker.clock()
             for out in self._queue:  # items served to this connection that it never heard of
-                if out.claim is not None and out.db is not None:
-                    out.db.give_back(out.claim.key, out.claim.token, self.user, now)
+                self._give_back(out)
             self._queue.clear()
             # Claims bound to this connection go back to their queues now.
-            self.broker.databases.return_session(self.number, now)
+            self.broker.databases.return_session(self.number, self.broker.clock())
             with trio.CancelScope(shield=True):
                 await self.stream.aclose()
 
@@ -245,6 +244,8 @@ class Session:
         first that may not yet, ask its database to call again once it may. No await: this
         runs from the flush loop too."""
         queue = self._queue
+        if self._outbox:
+            return  # the socket is full: whoever writes the outbox pumps again (see _write)
         data = bytearray()
         while queue:
             out = queue[0]
@@ -255,7 +256,10 @@ class Session:
                     out.db.when_durable(out.ticket, self._pump)
                 break
             queue.popleft()
-            data += self._encode_out(out)
+            try:
+                data += self._encode_out(out)
+            except Exception:  # a bug; the answers behind it must not be stuck
+                logger.exception("session %d: an answer could not be encoded", self.number)
             if len(data) >= SEND_CHUNK:  # bounds the output buffer: 1 MiB pieces
                 self._emit(data)
                 data = bytearray()
@@ -472,8 +476,10 @@ class Session:
         async def send(packed: bytes, next_rev: int) -> None:
             nonlocal resume
             self._emit(self.conn.send_push(request_id, packed))
-            if self._outbox:  # the socket is full: the watcher's reading sets the pace
-                await self._write(b"")
+            # The socket is full: the watcher's reading sets the pace. The writer task writes;
+            # this only waits, so an unwatch (a cancel) never cuts a frame in half.
+            while self._outbox:
+                await self._drained.wait()
             resume = next_rev
 
         db.watchers += 1
@@ -534,7 +540,9 @@ class Session:
                 await self._send_all(queued)
                 if not self._outbox:
                     self._pump()  # encoding paused at SEND_CHUNK: the next piece (into the outbox)
-            if data:
+            self._drained.set()
+            self._drained = trio.Event()
+            if data and not self._said_goodbye:  # nothing may follow a Goodbye
                 await self._send_all(data)
         finally:
             lock.release()
@@ -550,10 +558,25 @@ class Session:
             # Cancelled or failed inside a frame: nothing more may follow it.
             self._torn = not written
 
+    def _give_back(self, out: _Out) -> None:
+        """Return the item ``out`` hands out, if any: its answer will never reach the client."""
+        if out.claim is None or out.db is None:
+            return
+        db: OpenDatabase | None = out.db
+        if out.db.retired:  # restored or reopened meanwhile: the claim lives in the new one
+            db = self.broker.databases.open_at(out.db.directory)
+        if db is None or db.failure is not None:
+            return  # its lease returns it
+        try:
+            db.give_back(out.claim.key, out.claim.token, self.user, self.broker.clock())
+        except Exception:
+            logger.exception("session %d: giving back %s failed", self.number, out.claim.key)
+
     def _encode_out(self, out: _Out) -> bytes:
         """``out``'s message as bytes (its database failed: ``unavailable`` instead); nothing
         once a Goodbye went."""
         if self._said_goodbye:
+            self._give_back(out)
             return b""
         message = out.message
         if out.db is not None and not out.db.is_durable(out.ticket):
@@ -569,6 +592,9 @@ class Session:
         except LocalProtocolError as exc:
             if not isinstance(message, Response):
                 raise
+            if exc.code != ErrorCode.TOO_LARGE:
+                # The peer broke the protocol: only our Goodbye may go now, and it says why.
+                return b""
             # A result over the frame limit: say so instead of dropping the answer.
             err = ProntoError(
                 ErrorCode.TOO_LARGE,
