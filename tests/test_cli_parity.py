@@ -89,6 +89,7 @@ CASES: list[tuple[list[str], bool]] = [
     # Not fast forms: click runs them either way, and the outcome must not depend on the route.
     (["claim", "queue", "--lease", "0"], False),
     (["claim", "queue", "--wait", "x"], False),
+    (["claim", "queue", "--max-deliveries", "0"], False),
     (["claim", "queue", "--wait"], False),
     (["claim", "queue", "--frob", "1"], False),
     (["claim"], False),
