@@ -201,6 +201,15 @@ class Connection:
         limit) nothing changes and the connection stays usable. After a RemoteProtocolError only a
         Goodbye may still be sent; after our own Goodbye nothing may.
         """
+        data = self.encode(message)
+        self.commit(message)
+        return data
+
+    def encode(self, message: Message) -> bytes:
+        """The frame :meth:`send` would return for ``message``, checked the same way, but not
+        sent yet: nothing changes until :meth:`commit`. A server encodes an answer while it
+        waits for its fsync, so that only the write is left once the fsync returns.
+        """
         if not isinstance(message, _SENDS[self.role]):
             raise LocalProtocolError(
                 ErrorCode.PROTOCOL, f"a {self.role.value} cannot send {type(message).__name__}"
@@ -208,13 +217,19 @@ class Connection:
         try:
             wire = message.to_wire()
             decode(wire)  # the shape checks the peer will make; ids are now known to be ints
+            return frame(pack(wire, self.limits), self.limits.max_frame_size)
+        except WireError as exc:
+            raise LocalProtocolError(exc.code, exc.message) from None
+
+    def commit(self, message: Message) -> None:
+        """Record that ``message``, as :meth:`encode` made it, goes out now: the order rules
+        are checked here (LocalProtocolError, with nothing changed, if it may not go now)."""
+        try:
             self._check_send(message)
-            data = frame(pack(wire, self.limits), self.limits.max_frame_size)
         except WireError as exc:
             raise LocalProtocolError(exc.code, exc.message) from None
         self._commit_send(message)
         self._sent += 1
-        return data
 
     def pack_event(self, event: dict[str, Any]) -> bytes:
         """Check and encode a Push's event once, for :meth:`send_push` to send to many streams

@@ -250,3 +250,25 @@ def test_a_push_packed_once_is_the_frame_send_makes() -> None:
     server.send(Goodbye(None, "done"))
     with pytest.raises(LocalProtocolError):
         server.send_push(3, packed)
+
+
+def test_encode_changes_nothing_and_commit_checks_the_order_when_it_goes() -> None:
+    server = server_welcomed(1, 2)
+    answer = Response(1, None, {"key": "k"})
+    data = server.encode(answer)
+    assert server.statistics().in_flight == 2  # encoded, not sent: still awaiting its answer
+    server.commit(answer)
+    assert server.statistics().in_flight == 1
+    assert data == server_welcomed(1).send(answer)  # the same bytes send makes
+    with pytest.raises(LocalProtocolError):
+        server.commit(answer)  # answered already: nothing changes
+    assert server.statistics().messages_sent == 2  # Welcome and the one answer
+    # Bytes encoded ahead may no longer go once our Goodbye went.
+    late = server.encode(Response(2, None, None))
+    server.send(Goodbye(None, "bye"))
+    with pytest.raises(LocalProtocolError):
+        server.commit(Response(2, None, None))
+    assert late
+    with pytest.raises(LocalProtocolError) as info:  # content checks come with the bytes
+        server_welcomed(3).encode(Response(3, None, {"bad": object()}))
+    assert info.value.code is ErrorCode.PROTOCOL

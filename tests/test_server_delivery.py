@@ -3,6 +3,7 @@ order, and with a bounded buffer for a client that does not read."""
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -156,3 +157,34 @@ async def test_an_unwatch_while_its_pushes_wait_for_a_full_socket_cuts_no_frame(
                 assert isinstance(message, Push)
     assert ends[unwatch.id] is True
     assert "next_rev" in ends[watch.id]
+
+
+async def test_an_answer_encoded_ahead_goes_as_unavailable_when_its_write_fails(
+    server: Running,
+) -> None:
+    # The broker encodes an answer while its write waits for the disk; if the write then fails,
+    # the client must hear `unavailable`, not the success that was encoded, and a claimer
+    # served by that write must not get the item either.
+    w = await server.wire()
+    assert (await w.call("set", key="before", value=1)).error is None
+    waiter = await server.wire("waiter")
+    claim = waiter.request("claim", prefix="q", wait=30)
+    await waiter.send(claim)
+    await trio.testing.wait_all_tasks_blocked()
+    (db,) = server.broker.databases._open.values()
+    full = os.open("/dev/full", os.O_WRONLY)  # every write fails as on a full disk
+    try:
+        os.dup2(full, db.database.storage._fd)  # type: ignore[attr-defined]
+    finally:
+        os.close(full)
+    answer = await w.call("set", key="q.1", value="task")
+    assert answer.error is not None
+    assert answer.error["code"] == "unavailable"
+    served = await waiter.next()
+    assert isinstance(served, Response)
+    assert served.id == claim.id
+    assert served.error is not None
+    assert served.error["code"] == "unavailable"
+    # The database is reopened from what was durable: the failed write never happened.
+    assert (await w.call("get", key="q.1")).result is None
+    assert (await w.call("get", key="before")).result == 1

@@ -69,6 +69,7 @@ class _Out:
     ticket: int = 0
     waiting: bool = False  # a callback waits for its ticket (registered once)
     claim: Claimed | None = None  # the claim it answers: given back if it never goes out
+    data: bytes | None = None  # the message encoded while it waited (Connection.encode)
 
     @property
     def settled(self) -> bool:
@@ -90,10 +91,14 @@ class Session:
         # checked against the user's grants.
         self.authenticate = authenticate
         self.conn = Connection(Role.SERVER, broker.config.limits)
+        # One scope for the session's reading, which a stop cancels only while the reader waits
+        # for bytes (``_awaiting_input``): a request is never cut off halfway, and no wait pays
+        # for a scope of its own.
         self._receive_scope = trio.CancelScope()
+        self._awaiting_input = False
         self._stopping = False
         self._reading = True
-        self._queue: deque[_Out] = deque()  # answers not yet encoded, in the order they go
+        self._queue: deque[_Out] = deque()  # answers not yet sent, in the order they go
         self._outbox = bytearray()  # encoded, waiting for the writer task (the socket was full)
         self._outbox_changed = trio.Event()  # wakes the writer task
         self._drained = trio.Event()  # set (and replaced) whenever the outbox empties
@@ -117,7 +122,8 @@ class Session:
         if farewell is not None:
             self._farewell = farewell
         self._stopping = True
-        self._receive_scope.cancel()
+        if self._awaiting_input:
+            self._receive_scope.cancel()
 
     def recheck_watches(self) -> None:
         """End the running watches this user's grants no longer allow (after a revoke)."""
@@ -164,36 +170,46 @@ class Session:
     # -- reading -----------------------------------------------------------------------------
 
     async def _receive(self) -> bytes | bytearray | None:
-        """The next bytes (b"" at EOF), or None once the broker stops reading. Only this wait is
-        cancelled by a stop, so a response is never cut off in the middle of its frame."""
-        if self._stopping:
-            return None
-        scope = self._receive_scope = trio.CancelScope()
-        with scope:
-            fd = self._fd
+        """The next bytes (b"" at EOF), or None once the broker stops reading. Runs inside
+        ``_receive_scope``, which a stop cancels only while this waits for bytes."""
+        fd = self._fd
+        waited = False
+        while not self._stopping:
             if fd < 0:
+                self._awaiting_input = True
                 try:
-                    return await self.stream.receive_some(RECEIVE_SIZE)
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
                 except trio.BrokenResourceError:
-                    return b""  # reset by peer: the same as EOF for us
-            # A plain socket is read directly: trio's receive_some passes through the event loop
-            # once more after each read, even one that had to wait for its data.
-            waited = False
-            while True:
+                    data = b""  # reset by peer: the same as EOF for us
+                finally:
+                    self._awaiting_input = False
+            else:
+                # A plain socket is read directly: trio's receive_some passes through the event
+                # loop once more after each read, even one that had to wait for its data.
                 try:
                     data = os.read(fd, RECEIVE_SIZE)
                 except BlockingIOError:
-                    await trio.lowlevel.wait_readable(fd)
+                    self._awaiting_input = True
+                    try:
+                        await trio.lowlevel.wait_readable(fd)
+                    finally:
+                        self._awaiting_input = False
                     waited = True
                     continue
                 except OSError:
                     return b""  # reset by peer: the same as EOF for us
                 if not waited:  # a client that never lets us wait must not starve the others
                     await trio.lowlevel.cancel_shielded_checkpoint()
-                return data
+            # A stop that came after the wait ended (this task was woken, but had not run yet)
+            # cancelled nothing that follows: it shows here, and these bytes are not served.
+            return None if self._stopping else data
         return None
 
     async def _read_loop(self) -> None:
+        with self._receive_scope:
+            await self._read_requests()
+
+    async def _read_requests(self) -> None:
         conn = self.conn
         while True:
             data = await self._receive()
@@ -230,7 +246,8 @@ class Session:
         """Answer ``outs`` in order: what may go now is written, the rest goes out from the
         flush that makes it durable. Returns once the socket took what could go now, so a client
         that does not read its answers is not read from either."""
-        # Unencoded answers are requests in flight: the protocol's limit bounds the queue.
+        # Unsent answers are requests in flight (one encoded ahead commits only as it goes):
+        # the protocol's limit bounds the queue.
         self._queue.extend(outs)
         self._pump()
         if self._queue and self._queue[0].db is not None:
@@ -252,6 +269,10 @@ class Session:
             if not out.settled:
                 if not out.waiting:
                     out.waiting = True
+                    # Encoded now, so that only the write is left once the fsync returns:
+                    # code run right after the process slept in the fsync runs several times
+                    # slower than the same code run now (docs/BENCHMARKS.md).
+                    out.data = self._encode_ahead(out.message)
                     assert out.db is not None
                     out.db.when_durable(out.ticket, self._pump)
                 break
@@ -582,9 +603,24 @@ class Session:
         if out.db is not None and not out.db.is_durable(out.ticket):
             assert isinstance(message, Response)
             message = Response.fail(message.id, out.db.unavailable())
+            out.data = None
         if isinstance(message, Goodbye):
             self._said_goodbye = True
+        if out.data is not None:
+            try:
+                self.conn.commit(message)
+            except LocalProtocolError:
+                return b""  # the peer broke the protocol meanwhile: only our Goodbye may go
+            return out.data
         return self._encode(message)
+
+    def _encode_ahead(self, message: Message) -> bytes | None:
+        """``message``'s bytes before it may go (None if that fails: :meth:`_encode` then
+        deals with it when it may go)."""
+        try:
+            return self.conn.encode(message)
+        except LocalProtocolError:
+            return None
 
     def _encode(self, message: Message) -> bytes:
         try:
