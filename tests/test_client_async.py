@@ -746,3 +746,24 @@ def test_a_cancelled_waiting_claim_does_not_hold_up_the_next_calls(
                 assert await client.set("after", 1) > 0
 
     run(backend, body)
+
+
+def test_a_cancelled_waiting_claim_gives_up_its_place_at_the_broker(
+    backend: str, broker: BrokerProcess
+) -> None:
+    async def body() -> None:
+        async with await AsyncClient.connect(broker.url, cursor="cancels") as client:
+            async with anyio.create_task_group() as group:
+                group.start_soon(partial(client.claim, "jobs", wait=300))
+                while client.statistics()["in_flight"] < 1:  # until its request is sent
+                    await anyio.lowlevel.checkpoint()
+                group.cancel_scope.cancel()
+            # The cancel went out as the claim was given up, before this set on the same
+            # connection: the broker no longer waits for that claim, so nothing is claimed for it
+            # (else the item would be held for its 60 s lease, and this claim would time out).
+            await client.set("jobs.a", 1)
+            got = await client.claim("jobs", wait=30)
+            assert got is not None
+            assert (got.key, got.deliveries) == ("jobs.a", 1)
+
+    run(backend, body)

@@ -110,7 +110,7 @@ _READ_KEY = {"get", "ttl"}
 _READ_PREFIX = {"keys", "scan", "count", "claims", "watch"}
 _WRITE_KEY = {"set", "del", "incr", "decr", "expire", "persist", "ack", "release", "extend"}
 _WRITE_PREFIX = {"claim", "create_cache", "drop_cache"}
-_OPEN = {"ping", "status", "unwatch", "cursor_list", "cursor_show", "whoami"}
+_OPEN = {"ping", "status", "unwatch", "cancel", "cursor_list", "cursor_show", "whoami"}
 
 
 def needs(op: str, args: Mapping[str, Any], user: str) -> list[Need]:

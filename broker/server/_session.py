@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -58,6 +59,10 @@ RECEIVE_SIZE = 64 * 1024
 # reads of a 1 MiB value must not become one 1 GiB write), and it is where a client that does
 # not read holds us back.
 SEND_CHUNK = 1 << 20
+# Claims whose answers went out, by request id, remembered for a `cancel` that crosses its answer
+# on the wire (the client gave up before reading it): the item is then given back. The oldest are
+# forgotten first; an item whose answer is forgotten waits for its lease, as without `cancel`.
+ANSWERED_CLAIMS = 64
 
 
 @dataclass(slots=True)
@@ -110,6 +115,10 @@ class Session:
         # The reader, the writer and the watches all write (a claim's answer comes any time).
         self._send_lock = trio.Lock()
         self._waits: trio.Nursery
+        # request id -> its blocked claim's waiter and database (see _cancel)
+        self._claim_waits: dict[int, tuple[Waiter, OpenDatabase]] = {}
+        # request id -> the database directory and claim of a claim answer that went out
+        self._answered_claims: OrderedDict[int, tuple[Path, Claimed]] = OrderedDict()
         # request id -> its running watch: the scope that ends it and the request's args
         self._watches: dict[int, tuple[trio.CancelScope, dict[str, Any]]] = {}
         self._refused: dict[int, ProntoError] = {}  # watches ended by a revoked grant
@@ -348,6 +357,8 @@ class Session:
                 return await self._watch(request)
             if request.op == "unwatch":
                 return _Out(Response(request.id, None, self._unwatch(request)))
+            if request.op == "cancel":
+                return self._cancel(request)
             cursor_op = ADMIN_OPS.get(request.op)
             if cursor_op is not None:
                 result = await cursor_op(self.broker, self.user, request.args)
@@ -427,10 +438,12 @@ class Session:
             if applied.records:
                 db.deadlines_changed()
             if applied.result is not None or wait <= 0:
-                return _Out(Response(request.id, None, claimed_map(applied.result)), db, ticket)
+                answer = Response(request.id, None, claimed_map(applied.result))
+                return _Out(answer, db, ticket, claim=applied.result)
         waiter = Waiter(prefix, self.user, lease, bound, max_deliveries)
         waiter.served = self._answer_when_served(request.id, db)
         db.waiters.add(waiter)
+        self._claim_waits[request.id] = (waiter, db)
         self._waits.start_soon(self._wait_for_claim, request.id, db, waiter, wait, name)
         return None
 
@@ -463,9 +476,12 @@ class Session:
                 reopened = await self.broker.databases.get(name, create=True, user=self.user)
                 assert reopened is not None
                 db = reopened
+                if request_id not in self._claim_waits:
+                    break  # cancelled meanwhile (a cancel takes the entry)
                 waiter.event = trio.Event()
                 waiter.served = self._answer_when_served(request_id, db)
                 db.waiters.add(waiter)
+                self._claim_waits[request_id] = (waiter, db)
                 db.serve_waiters(self.broker.clock())
             if waiter.result is None:  # the wait ran out (a served waiter is answered already)
                 answer = Response(request_id, None, None)
@@ -473,6 +489,37 @@ class Session:
                 self._pump()
         finally:
             db.waiters.remove(waiter)
+            self._claim_waits.pop(request_id, None)
+
+    def _cancel(self, request: Request) -> _Out:
+        """``cancel``: the client gave up on its claim request ``id``. A claim still waiting
+        stops waiting (its answer: nil); an item already claimed for it is given back, its answer
+        turned into nil if it has not gone yet. True if there was something to undo."""
+        request_id = uint_arg(request.args, "id") or 0
+        waiting = self._claim_waits.get(request_id)
+        if waiting is not None and waiting[0].result is None:
+            waiter, db = self._claim_waits.pop(request_id)
+            db.waiters.remove(waiter)  # nothing more is claimed for it
+            waiter.event.set()  # its task answers nil
+            return _Out(Response(request.id, None, True))
+        for out in self._queue:  # claimed for it, the answer not gone yet
+            message = out.message
+            if isinstance(message, Response) and message.id == request_id and out.db is not None:
+                if out.claim is None:
+                    break  # answered nil, or an error: nothing to give back
+                directory, claim = out.db.directory, out.claim
+                out.message, out.data, out.claim = Response(request_id, None, None), None, None
+                return self._cancelled(request, self._give_back_claim(directory, claim))
+        answered = self._answered_claims.pop(request_id, None)
+        if answered is not None:  # its answer crossed the cancel on the wire
+            return self._cancelled(request, self._give_back_claim(*answered))
+        return _Out(Response(request.id, None, False))
+
+    def _cancelled(self, request: Request, db: OpenDatabase | None) -> _Out:
+        """The answer to a ``cancel`` that gave an item back to ``db`` (once that is durable)."""
+        if db is None:  # not open, or failed: nothing was given back
+            return _Out(Response(request.id, None, False))
+        return _Out(Response(request.id, None, True), db, db.database.last_ticket)
 
     async def _watch(self, request: Request) -> _Out | None:
         """``watch``: check the start, then stream from a task of its own; the Response comes
@@ -581,17 +628,22 @@ class Session:
 
     def _give_back(self, out: _Out) -> None:
         """Return the item ``out`` hands out, if any: its answer will never reach the client."""
-        if out.claim is None or out.db is None:
-            return
-        db: OpenDatabase | None = out.db
-        if out.db.retired:  # restored or reopened meanwhile: the claim lives in the new one
-            db = self.broker.databases.open_at(out.db.directory)
+        if out.claim is not None and out.db is not None:
+            self._give_back_claim(out.db.directory, out.claim)
+
+    def _give_back_claim(self, directory: Path, claim: Claimed) -> OpenDatabase | None:
+        """Return ``claim``'s item to its queue in the database open at ``directory`` (the
+        claim's, or the one that replaced it: a restore keeps claims): nobody will work on it
+        under this claim. The database, or None if none is open there that can write (the
+        item's lease returns it then)."""
+        db = self.broker.databases.open_at(directory)
         if db is None or db.failure is not None:
-            return  # its lease returns it
+            return None
         try:
-            db.give_back(out.claim.key, out.claim.token, self.user, self.broker.clock())
+            db.give_back(claim.key, claim.token, self.user, self.broker.clock())
         except Exception:
-            logger.exception("session %d: giving back %s failed", self.number, out.claim.key)
+            logger.exception("session %d: giving back %s failed", self.number, claim.key)
+        return db
 
     def _encode_out(self, out: _Out) -> bytes:
         """``out``'s message as bytes (its database failed: ``unavailable`` instead); nothing
@@ -606,6 +658,9 @@ class Session:
             out.data = None
         if isinstance(message, Goodbye):
             self._said_goodbye = True
+        if out.claim is not None and out.db is not None and message is out.message:
+            assert isinstance(message, Response)
+            self._remember_claim(message.id, out.db.directory, out.claim)
         if out.data is not None:
             try:
                 self.conn.commit(message)
@@ -613,6 +668,13 @@ class Session:
                 return b""  # the peer broke the protocol meanwhile: only our Goodbye may go
             return out.data
         return self._encode(message)
+
+    def _remember_claim(self, request_id: int, directory: Path, claim: Claimed) -> None:
+        answered = self._answered_claims
+        answered[request_id] = (directory, claim)
+        answered.move_to_end(request_id)
+        if len(answered) > ANSWERED_CLAIMS:
+            answered.popitem(last=False)
 
     def _encode_ahead(self, message: Message) -> bytes | None:
         """``message``'s bytes before it may go (None if that fails: :meth:`_encode` then

@@ -76,6 +76,8 @@ class AsyncClient:
     Any number of callers may use one client at once: their requests are pipelined on the one
     connection and each gets its own answer. A call cancelled while it waits leaves the
     connection usable; its answer is dropped when it arrives (the operation may have been applied).
+    A claim cancelled before its caller has the item tells the broker so (``cancel``): a waiting
+    claim stops waiting, and an item already claimed for it goes back to its queue.
 
     Errors are :class:`~prontodb.protocol.ProntoError` with the broker's code (``compare_failed``,
     ``wrong_type``, ...). When the connection ends, the calls waiting on it and every later call
@@ -679,6 +681,7 @@ class AsyncClient:
 
     async def _call(self, op: str, args: dict[str, Any]) -> Any:
         waiter = _Waiter(blocking=op == "claim" and bool(args.get("wait")))
+        answered = False
         try:
             with self._mutex:  # the common case: a free slot and nothing abandoned to read first
                 ready = self._error is None and not self._abandoned and self._take_slot(waiter)
@@ -694,11 +697,30 @@ class AsyncClient:
                 await self._wait(waiter, lambda: not self._abandoned)
             await self._send(waiter, op, args)
             await self._wait(waiter, lambda: waiter.response is not None)
+            answered = True  # nothing awaits from here on: the caller gets the answer
         finally:
             with self._mutex:
                 self._settle(waiter)
+            if op == "claim" and waiter.request_id and not answered:
+                await self._cancel_claim(waiter.request_id)
         assert waiter.response is not None
         return waiter.response.raise_for_error()
+
+    async def _cancel_claim(self, request_id: int) -> None:
+        """The caller of claim ``request_id`` gave up before it had the answer: tell the broker,
+        so that a waiting claim stops waiting and an item claimed for it is given back rather
+        than held until its lease ends. Best effort: it never waits for a slot, and its own
+        answer is dropped."""
+        waiter = _Waiter()
+        try:
+            with self._mutex:
+                ready = self._error is None and self._take_slot(waiter)
+            if ready:
+                with backend.shielded():
+                    await self._send(waiter, "cancel", {"id": request_id})
+        finally:
+            with self._mutex:
+                self._settle(waiter)
 
     async def _send(self, waiter: _Waiter, op: str, args: dict[str, Any]) -> None:
         async with self._send_lock:

@@ -78,6 +78,8 @@ class Client:
     Any number of callers may use one client at once: their requests are pipelined on the one
     connection and each gets its own answer. A call cancelled while it waits leaves the
     connection usable; its answer is dropped when it arrives (the operation may have been applied).
+    A claim cancelled before its caller has the item tells the broker so (``cancel``): a waiting
+    claim stops waiting, and an item already claimed for it goes back to its queue.
 
     Errors are :class:`~prontodb.protocol.ProntoError` with the broker's code (``compare_failed``,
     ``wrong_type``, ...). When the connection ends, the calls waiting on it and every later call
@@ -677,6 +679,7 @@ class Client:
 
     def _call(self, op: str, args: dict[str, Any]) -> Any:
         waiter = _Waiter(blocking=op == "claim" and bool(args.get("wait")))
+        answered = False
         try:
             with self._mutex:  # the common case: a free slot and nothing abandoned to read first
                 ready = self._error is None and not self._abandoned and self._take_slot(waiter)
@@ -692,11 +695,30 @@ class Client:
                 self._wait(waiter, lambda: not self._abandoned)
             self._send(waiter, op, args)
             self._wait(waiter, lambda: waiter.response is not None)
+            answered = True  # nothing awaits from here on: the caller gets the answer
         finally:
             with self._mutex:
                 self._settle(waiter)
+            if op == "claim" and waiter.request_id and not answered:
+                self._cancel_claim(waiter.request_id)
         assert waiter.response is not None
         return waiter.response.raise_for_error()
+
+    def _cancel_claim(self, request_id: int) -> None:
+        """The caller of claim ``request_id`` gave up before it had the answer: tell the broker,
+        so that a waiting claim stops waiting and an item claimed for it is given back rather
+        than held until its lease ends. Best effort: it never waits for a slot, and its own
+        answer is dropped."""
+        waiter = _Waiter()
+        try:
+            with self._mutex:
+                ready = self._error is None and self._take_slot(waiter)
+            if ready:
+                with backend.shielded():
+                    self._send(waiter, "cancel", {"id": request_id})
+        finally:
+            with self._mutex:
+                self._settle(waiter)
 
     def _send(self, waiter: _Waiter, op: str, args: dict[str, Any]) -> None:
         with self._send_lock:
