@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 PRONTODB = "prontodb"
 REDIS = "redis"
+FLOOR = "floor"  # bench/floor_server.py: RESP like Redis, so its clients are Redis's
 CURSOR = "bench"  # the ProntoDB database the benchmark writes
 
 # One client's operation on one key; returns False when a get found nothing.
@@ -350,24 +351,29 @@ async def fill_queue(server: str, path: str, items: int, value_size: int) -> Non
 
 @dataclass(frozen=True)
 class HandoffJob:
-    """The hand-off pair's rounds; the servers take turns, ProntoDB on even rounds."""
+    """The hand-off pair's rounds; the servers take turns (:func:`handoff_server`)."""
 
     pronto_socket: str
     redis_socket: str
+    floor_socket: str
     rounds: int  # warm-up rounds included
     gap: float  # seconds the producer waits after the consumer is blocked
     value_size: int
     wait: float  # a ProntoDB claim's wait: how long a lost item stalls the run
 
 
+HANDOFF_SERVERS = (PRONTODB, REDIS, FLOOR)
+
+
 def handoff_server(index: int) -> str:
     """Which server round ``index`` of the hand-off runs on."""
-    return PRONTODB if index % 2 == 0 else REDIS
+    return HANDOFF_SERVERS[index % len(HANDOFF_SERVERS)]
 
 
-async def _connect_both(
+async def _connect_all(
     job: HandoffJob, stack: AsyncExitStack
-) -> tuple[AsyncClient, RespQueueClient]:
+) -> tuple[AsyncClient, dict[str, RespQueueClient]]:
+    """ProntoDB's client, and a RESP client for each of Redis and the floor."""
     from prontodb.clients import AsyncClient
 
     client = await AsyncClient.connect(
@@ -378,8 +384,10 @@ async def _connect_both(
         name="prontodb-bench",
     )
     stack.push_async_callback(client.aclose)
-    resp = await RespQueueClient.connect(job.redis_socket)
-    stack.push_async_callback(resp.aclose)
+    resp = {}
+    for kind, path in ((REDIS, job.redis_socket), (FLOOR, job.floor_socket)):
+        resp[kind] = await RespQueueClient.connect(path)
+        stack.push_async_callback(resp[kind].aclose)
     return client, resp
 
 
@@ -395,14 +403,14 @@ async def _handoff_consumer(
 ) -> list[tuple[int, float, str, int, int]]:
     """Per round: block in a claim (or BLPOP), tell the producer, take the item, ack it.
 
-    Returns ``(round, returned_at, key, deliveries, token)``; Redis rounds have no key of their
+    Returns ``(round, returned_at, key, deliveries, token)``; RESP rounds have no key of their
     own (the value stands in), 1 delivery and token 0.
     """
     import trio.testing
 
     seen: list[tuple[int, float, str, int, int]] = []
     async with AsyncExitStack() as stack:
-        client, resp = await _connect_both(job, stack)
+        client, resp = await _connect_all(job, stack)
 
         async def take(index: int, got: list[tuple[float, str, int, int]]) -> None:
             if handoff_server(index) == PRONTODB:
@@ -412,7 +420,7 @@ async def _handoff_consumer(
                     raise RuntimeError(f"round {index}: nothing claimed in {job.wait:g} s")
                 got.append((returned, claimed.key, claimed.deliveries, claimed.token))
             else:
-                value = await resp.blpop(HANDOFF_LIST)
+                value = await resp[handoff_server(index)].blpop(HANDOFF_LIST)
                 got.append((time.perf_counter(), value.decode(), 1, 0))
 
         parent.send(("ready", None))
@@ -440,7 +448,7 @@ async def _handoff_producer(
     """
     done: list[tuple[int, float, float]] = []
     async with AsyncExitStack() as stack:
-        client, resp = await _connect_both(job, stack)
+        client, resp = await _connect_all(job, stack)
         parent.send(("ready", None))
         await _receive(parent)
         for index in range(job.rounds):
@@ -455,9 +463,9 @@ async def _handoff_producer(
                 before = time.perf_counter()
                 await client.set(key, value)
             else:
-                encoded = value.encode()
+                encoded, pusher = value.encode(), resp[handoff_server(index)]
                 before = time.perf_counter()
-                await resp.lpush(HANDOFF_LIST, encoded)
+                await pusher.lpush(HANDOFF_LIST, encoded)
             done.append((index, before, time.perf_counter()))
     return done
 

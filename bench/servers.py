@@ -77,24 +77,24 @@ def running(server: Server) -> Iterator[Server]:
 
 def start_prontodb(directory: Path, *, fsync: str = "always") -> Server:
     """``prontodb serve`` on ``directory/data``; waits for its ready line rather than polling."""
-    data_dir = directory / "data"
     sock = directory / "prontodb.sock"
-    log = directory / "prontodb.log"
+    argv = ["prontodb.clients.cli", "serve", "--data-dir", str(directory / "data")]
+    argv += ["--socket", str(sock), "--fsync", fsync]
+    return _start_python("prontodb", argv, directory)
+
+
+def start_floor(directory: Path) -> Server:
+    """bench/floor_server.py: the hand-off with no broker logic (its docstring says why)."""
+    argv = ["bench.floor_server", "--socket", str(directory / "floor.sock")]
+    argv += ["--log", str(directory / "floor.aof")]
+    return _start_python("floor", argv, directory)
+
+
+def _start_python(name: str, module_argv: list[str], directory: Path) -> Server:
+    """``python -m MODULE ARGS --ready-fd N``; waits for the JSON line with its socket on N."""
+    log = directory / f"{name}.log"
     read_fd, write_fd = os.pipe()
-    argv = [
-        sys.executable,
-        "-m",
-        "prontodb.clients.cli",
-        "serve",
-        "--data-dir",
-        str(data_dir),
-        "--socket",
-        str(sock),
-        "--fsync",
-        fsync,
-        "--ready-fd",
-        str(write_fd),
-    ]
+    argv = [sys.executable, "-m", *module_argv, "--ready-fd", str(write_fd)]
     # Warnings only: a log line per connection or request would be part of what is measured.
     env = {**os.environ, "PRONTODB_LOG_LEVEL": "WARNING"}
     with log.open("ab") as log_file:
@@ -107,7 +107,7 @@ def start_prontodb(directory: Path, *, fsync: str = "always") -> Server:
             env=env,
         )
     os.close(write_fd)
-    server = Server("prontodb", process, str(sock), directory, log)
+    server = Server(name, process, "", directory, log)
     try:
         ready, _, _ = select.select([read_fd], [], [], START_TIMEOUT)
         line = os.read(read_fd, 65536) if ready else b""
@@ -115,7 +115,7 @@ def start_prontodb(directory: Path, *, fsync: str = "always") -> Server:
         os.close(read_fd)
     if not line:
         server.stop()
-        raise RuntimeError(f"the ProntoDB broker did not start; its log:\n{server.log_text()}")
+        raise RuntimeError(f"{name} did not start; its log:\n{server.log_text()}")
     server.socket = json.loads(line)["socket"]
     return server
 
