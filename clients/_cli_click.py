@@ -99,7 +99,19 @@ def _finish(status: int) -> None:
         raise click.exceptions.Exit(status)
 
 
-@click.group("prontodb", context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """The command group, ending on Ctrl-C (SIGINT) with status 130 as shells report a command
+    stopped by SIGINT (128 + 2), where click would say 1, the status of an error."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo(f"\n{commands.INTERRUPTED}", err=True)
+            raise click.exceptions.Exit(commands.EXIT_INTERRUPTED) from None
+
+
+@click.group("prontodb", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="prontodb")
 @click.option(
     "--user",
@@ -126,7 +138,8 @@ def cli(
 
     Shares keys between cooperating programs (`prontodb set queue.task_1 pending`,
     `prontodb get queue.task_1`). With no --url, a broker is started in the background on first use.
-    Exit status: 0 ok, 1 error, 2 usage, 3 not found, 4 timed out, 5 compare failed.
+    Exit status: 0 ok, 1 error, 2 usage, 3 not found, 4 timed out, 5 compare failed,
+    130 interrupted (Ctrl-C).
     """
     ctx.obj = commands.Globals(user=user, cursor=cursor, url=url, json=as_json)
 

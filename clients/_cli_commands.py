@@ -31,6 +31,9 @@ CLIENT_NAME = "prontodb-cli"
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 STOP_TIMEOUT = 30.0  # seconds `stop` waits for the socket to go (the broker's grace is 10 s)
 STOP_POLL = 0.01
+# Ctrl-C: the status shells give a command stopped by SIGINT (128 + 2), and click's words.
+EXIT_INTERRUPTED = 130
+INTERRUPTED = "Aborted!"
 
 
 class Globals:

@@ -157,6 +157,6 @@ def run(argv: Sequence[str]) -> int | None:
         os.close(devnull)
         return 1
     except KeyboardInterrupt:
-        sys.stderr.write("\nAborted!\n")  # click's words for the same thing
-        return 1
+        sys.stderr.write(f"\n{commands.INTERRUPTED}\n")  # as the click group says it
+        return commands.EXIT_INTERRUPTED
     return None

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -335,6 +336,7 @@ def test_four_workers_drain_a_thousand_tasks_each_exactly_once(home: Home) -> No
 
 KILLED_WORKER = """
 import sys
+import time
 from prontodb.clients import Client
 with Client.connect(cursor="tasks", user="doomed") as client:
     task = client.claim("queue", lease=2)
@@ -440,3 +442,46 @@ def test_watch_from_a_revision_no_longer_kept_says_where_to_resume() -> None:
             refused = home.run("watch", "--from-rev", "1", check=False)
         assert refused.returncode == 1
         assert "Revision 1 is no longer kept; the oldest still available is 4" in refused.stderr
+
+
+def test_ctrl_c_ends_a_watch_and_a_waiting_claim_with_status_130(home: Home) -> None:
+    client = Client.connect("unix://" + start_home_broker(home), cursor="tasks")
+    with client:
+        home.run("--cursor", "tasks", "set", "jobs.a", "one")
+        watcher = subprocess.Popen(  # the click front end
+            [PRONTODB, "--cursor", "tasks", "watch", "jobs", "--from-rev", "1"],
+            env=home.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        claimer = subprocess.Popen(  # the fast path
+            [PRONTODB, "--cursor", "tasks", "claim", "queue", "--wait", "300"],
+            env=home.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert watcher.stdout is not None
+            assert watcher.stdout.readline() == "1 put jobs.a=one\n"  # watching
+            deadline = time.monotonic() + RUN_TIMEOUT
+            while client.status()["connections"] < 3:  # ours, the watch's, the claim's
+                assert time.monotonic() < deadline, "the claim never connected"
+            for process in (watcher, claimer):
+                process.send_signal(signal.SIGINT)
+                _, err = process.communicate(timeout=RUN_TIMEOUT)
+                assert process.returncode == 130, err
+                assert err.endswith("Aborted!\n"), err
+        finally:
+            for process in (watcher, claimer):
+                if process.poll() is None:
+                    process.kill()
+                    process.communicate()
+    # The interrupted claim holds nothing: the next item goes to the next claimer, first time.
+    home.run("--cursor", "tasks", "set", "queue.t1", "work")
+    taken = home.run("--cursor", "tasks", "--json", "claim", "queue", "--wait", "60")
+    assert (json.loads(taken.stdout)["key"], json.loads(taken.stdout)["deliveries"]) == (
+        "queue.t1",
+        1,
+    )
