@@ -767,3 +767,33 @@ def test_a_cancelled_waiting_claim_gives_up_its_place_at_the_broker(
             assert (got.key, got.deliveries) == ("jobs.a", 1)
 
     run(backend, body)
+
+
+def test_a_claim_cancelled_as_the_connection_fails_still_ends_as_cancelled(
+    backend: str, broker: BrokerProcess
+) -> None:
+    # The cancel is sent from the cancelled call's `finally`: if the connection fails while it
+    # waits to send, that failure must not replace the cancellation (a move_on block around
+    # the claim moves on).
+    async def body() -> None:
+        async with await AsyncClient.connect(broker.url, cursor="cancels") as client:
+            outcome: list[object] = []
+            scope = anyio.CancelScope()
+
+            async def claimer() -> None:
+                with scope:
+                    await client.claim("jobs", wait=300)
+                outcome.append("moved on")
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(claimer)
+                while client.statistics()["in_flight"] < 1:  # until its request is sent
+                    await anyio.lowlevel.checkpoint()
+                await client._send_lock.acquire()  # another caller is writing a frame ...
+                scope.cancel()
+                await anyio.wait_all_tasks_blocked()
+                client._fail(ProntoError(ErrorCode.UNAVAILABLE, "lost"))  # ... and finds it dead
+                client._send_lock.release()
+            assert outcome == ["moved on"]
+
+    run(backend, body)

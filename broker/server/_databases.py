@@ -160,14 +160,16 @@ class OpenDatabase:
             return
         self.deadlines_changed()  # the leases of the claims just made
 
-    def give_back(self, key: str, token: int, writer: str, now: float) -> None:
-        """Release a claim nobody will hear of (its claimer went), so the item is not stuck."""
+    def give_back(self, key: str, token: int, writer: str, now: float) -> bool:
+        """Release a claim nobody will work on (its claimer went, or gave up), so the item is
+        not stuck; False if that claim had ended already."""
         try:
             applied = self.engine.release(key, token, writer=writer, now=now)
         except ProntoError:
-            return  # the claim ended meanwhile (acked by no one, returned, or the item is gone)
+            return False  # acked, returned, its item gone, or its lease ran out and it moved on
         self.submit(applied)
         self.serve_waiters(now)
+        return True
 
     def deadlines_changed(self) -> None:
         """A write may have set an earlier deadline than the one the sweeper sleeps until."""

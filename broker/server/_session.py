@@ -10,6 +10,7 @@ requests and concurrent writers so cost one fsync, not one each.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections import OrderedDict, deque
@@ -104,6 +105,7 @@ class Session:
         self._stopping = False
         self._reading = True
         self._queue: deque[_Out] = deque()  # answers not yet sent, in the order they go
+        self._batch: list[_Out] = []  # answers of the requests being read, queued after them
         self._outbox = bytearray()  # encoded, waiting for the writer task (the socket was full)
         self._outbox_changed = trio.Event()  # wakes the writer task
         self._drained = trio.Event()  # set (and replaced) whenever the outbox empties
@@ -117,8 +119,8 @@ class Session:
         self._waits: trio.Nursery
         # request id -> its blocked claim's waiter and database (see _cancel)
         self._claim_waits: dict[int, tuple[Waiter, OpenDatabase]] = {}
-        # request id -> the database directory and claim of a claim answer that went out
-        self._answered_claims: OrderedDict[int, tuple[Path, Claimed]] = OrderedDict()
+        # request id -> the database directory, key and token of a claim answer that went out
+        self._answered_claims: OrderedDict[int, tuple[Path, str, int]] = OrderedDict()
         # request id -> its running watch: the scope that ends it and the request's args
         self._watches: dict[int, tuple[trio.CancelScope, dict[str, Any]]] = {}
         self._refused: dict[int, ProntoError] = {}  # watches ended by a revoked grant
@@ -168,9 +170,11 @@ class Session:
             self._fd = -1  # answers still waiting on the disk must not write to a reused fd
             if self._socket_fd >= 0:
                 self.broker.pending_input.remove(self._socket_fd)
-            for out in self._queue:  # items served to this connection that it never heard of
+            # Items served to this connection that it never heard of (a batch cut short too).
+            for out in itertools.chain(self._queue, self._batch):
                 self._give_back(out)
             self._queue.clear()
+            self._batch = []
             # Claims bound to this connection go back to their queues now.
             self.broker.databases.return_session(self.number, self.broker.clock())
             with trio.CancelScope(shield=True):
@@ -181,38 +185,46 @@ class Session:
     async def _receive(self) -> bytes | bytearray | None:
         """The next bytes (b"" at EOF), or None once the broker stops reading. Runs inside
         ``_receive_scope``, which a stop cancels only while this waits for bytes."""
+        if self._fd < 0:
+            return await self._receive_stream()
         fd = self._fd
         waited = False
-        while not self._stopping:
-            if fd < 0:
+        # A plain socket is read directly: trio's receive_some passes through the event loop
+        # once more after each read, even one that had to wait for its data.
+        while not self._stopping:  # a stop that came while this waited ends it here
+            try:
+                data = os.read(fd, RECEIVE_SIZE)
+            except BlockingIOError:
                 self._awaiting_input = True
                 try:
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
-                except trio.BrokenResourceError:
-                    data = b""  # reset by peer: the same as EOF for us
+                    await trio.lowlevel.wait_readable(fd)
                 finally:
                     self._awaiting_input = False
-            else:
-                # A plain socket is read directly: trio's receive_some passes through the event
-                # loop once more after each read, even one that had to wait for its data.
-                try:
-                    data = os.read(fd, RECEIVE_SIZE)
-                except BlockingIOError:
-                    self._awaiting_input = True
-                    try:
-                        await trio.lowlevel.wait_readable(fd)
-                    finally:
-                        self._awaiting_input = False
-                    waited = True
-                    continue
-                except OSError:
-                    return b""  # reset by peer: the same as EOF for us
-                if not waited:  # a client that never lets us wait must not starve the others
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-            # A stop that came after the wait ended (this task was woken, but had not run yet)
-            # cancelled nothing that follows: it shows here, and these bytes are not served.
-            return None if self._stopping else data
+                waited = True
+                continue
+            except OSError:
+                return b""  # reset by peer: the same as EOF for us
+            if not waited:  # a client that never lets us wait must not starve the others
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            # Read with no wait pending, so no stop cancelled the scope: these requests are
+            # served, and the next call sees the stop.
+            return data
         return None
+
+    async def _receive_stream(self) -> bytes | bytearray | None:
+        """:meth:`_receive` through the stream (TLS)."""
+        if self._stopping:
+            return None
+        self._awaiting_input = True
+        try:
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+        except trio.BrokenResourceError:
+            data = b""  # reset by peer: the same as EOF for us
+        finally:
+            self._awaiting_input = False
+        # A stop that came once the read was done (this task was woken, but had not run yet)
+        # cancelled the scope all the same: serving these bytes in it could cut an answer off.
+        return None if self._stopping else data
 
     async def _read_loop(self) -> None:
         with self._receive_scope:
@@ -227,6 +239,7 @@ class Session:
             conn.receive_data(data)
             # Apply every request the bytes hold, then answer them together.
             outs: list[_Out] = []
+            self._batch = outs  # a cancel in these bytes may undo an answer among them
             done = False
             while not done:
                 try:
@@ -239,6 +252,8 @@ class Session:
                 if event is NEED_DATA:
                     break
                 if isinstance(event, Request):
+                    # A reused id names this request from now on (a cancel of it means it).
+                    self._answered_claims.pop(event.id, None)
                     out = await self._execute(event)
                     if out is not None:  # None: a blocked claim, answered by its own task
                         outs.append(out)
@@ -247,6 +262,7 @@ class Session:
                     done = isinstance(outs[-1].message, Goodbye)
                 elif isinstance(event, ConnectionClosed | Goodbye):
                     done = True
+            self._batch = []  # queued by the flush: a cancel finds them there now
             await self._flush(outs)
             if done:
                 return
@@ -495,24 +511,28 @@ class Session:
         """``cancel``: the client gave up on its claim request ``id``. A claim still waiting
         stops waiting (its answer: nil); an item already claimed for it is given back, its answer
         turned into nil if it has not gone yet. True if there was something to undo."""
-        request_id = uint_arg(request.args, "id") or 0
+        request_id = uint_arg(request.args, "id")
+        if request_id is None:
+            raise ProntoError(ErrorCode.BAD_REQUEST, "cancel needs 'id': the claim's request id.")
         waiting = self._claim_waits.get(request_id)
         if waiting is not None and waiting[0].result is None:
             waiter, db = self._claim_waits.pop(request_id)
             db.waiters.remove(waiter)  # nothing more is claimed for it
             waiter.event.set()  # its task answers nil
             return _Out(Response(request.id, None, True))
-        for out in self._queue:  # claimed for it, the answer not gone yet
+        for out in itertools.chain(self._queue, self._batch):  # claimed, answer not gone
             message = out.message
-            if isinstance(message, Response) and message.id == request_id and out.db is not None:
-                if out.claim is None:
+            if isinstance(message, Response) and message.id == request_id:
+                if out.claim is None or out.db is None:
                     break  # answered nil, or an error: nothing to give back
                 directory, claim = out.db.directory, out.claim
                 out.message, out.data, out.claim = Response(request_id, None, None), None, None
-                return self._cancelled(request, self._give_back_claim(directory, claim))
-        answered = self._answered_claims.pop(request_id, None)
-        if answered is not None:  # its answer crossed the cancel on the wire
-            return self._cancelled(request, self._give_back_claim(*answered))
+                returned = self._give_back_claim(directory, claim.key, claim.token)
+                return self._cancelled(request, returned)
+        else:  # no answer to it waits here: it may have gone already
+            answered = self._answered_claims.pop(request_id, None)
+            if answered is not None:  # its answer crossed the cancel on the wire
+                return self._cancelled(request, self._give_back_claim(*answered))
         return _Out(Response(request.id, None, False))
 
     def _cancelled(self, request: Request, db: OpenDatabase | None) -> _Out:
@@ -629,21 +649,22 @@ class Session:
     def _give_back(self, out: _Out) -> None:
         """Return the item ``out`` hands out, if any: its answer will never reach the client."""
         if out.claim is not None and out.db is not None:
-            self._give_back_claim(out.db.directory, out.claim)
+            self._give_back_claim(out.db.directory, out.claim.key, out.claim.token)
 
-    def _give_back_claim(self, directory: Path, claim: Claimed) -> OpenDatabase | None:
-        """Return ``claim``'s item to its queue in the database open at ``directory`` (the
-        claim's, or the one that replaced it: a restore keeps claims): nobody will work on it
-        under this claim. The database, or None if none is open there that can write (the
-        item's lease returns it then)."""
+    def _give_back_claim(self, directory: Path, key: str, token: int) -> OpenDatabase | None:
+        """Return the item ``key`` claimed under ``token`` to its queue in the database open
+        at ``directory`` (the claim's, or the one that replaced it: a restore keeps claims):
+        nobody will work on it under this claim. The database if it went back; None if the
+        claim had ended, or no database that can write is open there (its lease returns it)."""
         db = self.broker.databases.open_at(directory)
         if db is None or db.failure is not None:
             return None
         try:
-            db.give_back(claim.key, claim.token, self.user, self.broker.clock())
+            returned = db.give_back(key, token, self.user, self.broker.clock())
         except Exception:
-            logger.exception("session %d: giving back %s failed", self.number, claim.key)
-        return db
+            logger.exception("session %d: giving back %s failed", self.number, key)
+            return None
+        return db if returned else None
 
     def _encode_out(self, out: _Out) -> bytes:
         """``out``'s message as bytes (its database failed: ``unavailable`` instead); nothing
@@ -658,21 +679,26 @@ class Session:
             out.data = None
         if isinstance(message, Goodbye):
             self._said_goodbye = True
-        if out.claim is not None and out.db is not None and message is out.message:
-            assert isinstance(message, Response)
-            self._remember_claim(message.id, out.db.directory, out.claim)
-        if out.data is not None:
+        if out.data is not None and message is out.message:
             try:
                 self.conn.commit(message)
-            except LocalProtocolError:
-                return b""  # the peer broke the protocol meanwhile: only our Goodbye may go
-            return out.data
-        return self._encode(message)
+                data, went = out.data, True
+            except LocalProtocolError:  # the peer broke the protocol: only our Goodbye may go
+                data, went = b"", False
+        else:
+            data, went = self._encode(message)
+        if out.claim is not None and out.db is not None:
+            if went and message is out.message:
+                self._remember_claim(message, out.db.directory, out.claim)
+            else:
+                self._give_back(out)  # the item's answer never goes
+        return data
 
-    def _remember_claim(self, request_id: int, directory: Path, claim: Claimed) -> None:
+    def _remember_claim(self, answer: Message, directory: Path, claim: Claimed) -> None:
+        assert isinstance(answer, Response)
         answered = self._answered_claims
-        answered[request_id] = (directory, claim)
-        answered.move_to_end(request_id)
+        answered[answer.id] = (directory, claim.key, claim.token)
+        answered.move_to_end(answer.id)
         if len(answered) > ANSWERED_CLAIMS:
             answered.popitem(last=False)
 
@@ -684,22 +710,27 @@ class Session:
         except LocalProtocolError:
             return None
 
-    def _encode(self, message: Message) -> bytes:
+    def _encode(self, message: Message) -> tuple[bytes, bool]:
+        """``message``'s bytes, and whether they are its own (not an error that stands in for
+        a Response too large to send, nor nothing once the peer broke the protocol)."""
         try:
-            return self.conn.send(message)
+            return self.conn.send(message), True
         except LocalProtocolError as exc:
             if not isinstance(message, Response):
                 raise
             if exc.code != ErrorCode.TOO_LARGE:
                 # The peer broke the protocol: only our Goodbye may go now, and it says why.
-                return b""
+                return b"", False
             # A result over the frame limit: say so instead of dropping the answer.
             err = ProntoError(
                 ErrorCode.TOO_LARGE,
                 f"The answer does not fit in one frame ({exc.message}); ask for less "
                 "(a smaller limit or a narrower prefix).",
             )
-            return self.conn.send(Response.fail(message.id, err))
+            try:
+                return self.conn.send(Response.fail(message.id, err)), False
+            except LocalProtocolError:  # and the peer broke the protocol meanwhile
+                return b"", False
 
 
 def _socket_fd(stream: trio.abc.Stream) -> int:

@@ -718,6 +718,8 @@ class AsyncClient:
             if ready:
                 with backend.shielded():
                     await self._send(waiter, "cancel", {"id": request_id})
+        except ProntoError:
+            pass  # the connection failed meanwhile: what the caller was stopped by stands
         finally:
             with self._mutex:
                 self._settle(waiter)

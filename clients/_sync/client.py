@@ -716,6 +716,8 @@ class Client:
             if ready:
                 with backend.shielded():
                     self._send(waiter, "cancel", {"id": request_id})
+        except ProntoError:
+            pass  # the connection failed meanwhile: what the caller was stopped by stands
         finally:
             with self._mutex:
                 self._settle(waiter)
