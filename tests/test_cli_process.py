@@ -61,6 +61,16 @@ class Home:
             assert result.returncode == 0, (args, result.stderr)
         return result
 
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        """``prontodb ARGS`` running in the background, its output piped as text."""
+        return subprocess.Popen(
+            [PRONTODB, *args],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
 
 def make_home(root: Path, **variables: str) -> Home:
     env = {k: v for k, v in os.environ.items() if k not in PRONTODB_VARIABLES}
@@ -390,13 +400,7 @@ def test_eight_processes_incr_one_counter_exactly(home: Home) -> None:
 
 def test_watch_prints_each_change_as_it_happens(home: Home) -> None:
     home.run("set", "jobs.a", "one")
-    watcher = subprocess.Popen(
-        [PRONTODB, "watch", "jobs", "--from-rev", "1"],
-        env=home.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    watcher = home.start("watch", "jobs", "--from-rev", "1")
     try:
         assert watcher.stdout is not None
         assert watcher.stdout.readline() == "1 put jobs.a=one\n"  # replayed
@@ -448,20 +452,8 @@ def test_ctrl_c_ends_a_watch_and_a_waiting_claim_with_status_130(home: Home) -> 
     client = Client.connect("unix://" + start_home_broker(home), cursor="tasks")
     with client:
         home.run("--cursor", "tasks", "set", "jobs.a", "one")
-        watcher = subprocess.Popen(  # the click front end
-            [PRONTODB, "--cursor", "tasks", "watch", "jobs", "--from-rev", "1"],
-            env=home.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        claimer = subprocess.Popen(  # the fast path
-            [PRONTODB, "--cursor", "tasks", "claim", "queue", "--wait", "300"],
-            env=home.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        watcher = home.start("--cursor", "tasks", "watch", "jobs", "--from-rev", "1")  # click
+        claimer = home.start("--cursor", "tasks", "claim", "queue", "--wait", "300")  # fast path
         try:
             assert watcher.stdout is not None
             assert watcher.stdout.readline() == "1 put jobs.a=one\n"  # watching

@@ -732,16 +732,21 @@ def test_claiming_acks_or_releases(backend: str, broker: BrokerProcess) -> None:
     run(backend, body)
 
 
+async def give_up_a_waiting_claim(client: AsyncClient) -> None:
+    """Start a claim that waits, and cancel its caller once its request is sent."""
+    async with anyio.create_task_group() as group:
+        group.start_soon(partial(client.claim, "jobs", wait=300))
+        while client.statistics()["in_flight"] < 1:
+            await anyio.lowlevel.checkpoint()
+        group.cancel_scope.cancel()
+
+
 def test_a_cancelled_waiting_claim_does_not_hold_up_the_next_calls(
     backend: str, broker: BrokerProcess
 ) -> None:
     async def body() -> None:
         async with await AsyncClient.connect(broker.url, cursor="waits") as client:
-            async with anyio.create_task_group() as group:
-                group.start_soon(partial(client.claim, "jobs", wait=300))
-                while client.statistics()["in_flight"] < 1:  # until its request is sent
-                    await anyio.lowlevel.checkpoint()
-                group.cancel_scope.cancel()
+            await give_up_a_waiting_claim(client)
             with anyio.fail_after(30):  # not the claim's 300 s
                 assert await client.set("after", 1) > 0
 
@@ -753,11 +758,7 @@ def test_a_cancelled_waiting_claim_gives_up_its_place_at_the_broker(
 ) -> None:
     async def body() -> None:
         async with await AsyncClient.connect(broker.url, cursor="cancels") as client:
-            async with anyio.create_task_group() as group:
-                group.start_soon(partial(client.claim, "jobs", wait=300))
-                while client.statistics()["in_flight"] < 1:  # until its request is sent
-                    await anyio.lowlevel.checkpoint()
-                group.cancel_scope.cancel()
+            await give_up_a_waiting_claim(client)
             # The cancel went out as the claim was given up, before this set on the same
             # connection: the broker no longer waits for that claim, so nothing is claimed for it
             # (else the item would be held for its 60 s lease, and this claim would time out).
