@@ -679,14 +679,7 @@ class Session:
             out.data = None
         if isinstance(message, Goodbye):
             self._said_goodbye = True
-        if out.data is not None and message is out.message:
-            try:
-                self.conn.commit(message)
-                data, went = out.data, True
-            except LocalProtocolError:  # the peer broke the protocol: only our Goodbye may go
-                data, went = b"", False
-        else:
-            data, went = self._encode(message)
+        data, went = self._encode(message, out.data)
         if out.claim is not None and out.db is not None:
             if went and message is out.message:
                 self._remember_claim(message, out.db.directory, out.claim)
@@ -710,11 +703,15 @@ class Session:
         except LocalProtocolError:
             return None
 
-    def _encode(self, message: Message) -> tuple[bytes, bool]:
+    def _encode(self, message: Message, ready: bytes | None = None) -> tuple[bytes, bool]:
         """``message``'s bytes, and whether they are its own (not an error that stands in for
-        a Response too large to send, nor nothing once the peer broke the protocol)."""
+        a Response too large to send, nor nothing once the peer broke the protocol). ``ready``:
+        its bytes from :meth:`_encode_ahead`, committed as they go rather than made again."""
         try:
-            return self.conn.send(message), True
+            if ready is None:
+                return self.conn.send(message), True
+            self.conn.commit(message)  # only the order rules can refuse it now
+            return ready, True
         except LocalProtocolError as exc:
             if not isinstance(message, Response):
                 raise
