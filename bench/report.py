@@ -23,17 +23,20 @@ def machine() -> str:
     return f"{platform.machine()}, {cores} cores, Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d')}"
 
 
-def update_section(name: str, body: str) -> None:
-    """Replace the section between the markers for ``name`` (appending it if it is new)."""
-    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+def update_section(
+    name: str, body: str, path: Path = BENCHMARKS_MD, header: str = HEADER, tag: str = "bench"
+) -> None:
+    """Replace the section between the markers for ``name`` in ``path`` (appending it if it is
+    new; a new file starts with ``header``)."""
+    start, end = f"<!-- {tag}:{name} -->", f"<!-- /{tag}:{name} -->"
     block = f"{start}\n{body.strip()}\n{end}"
-    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else HEADER
+    text = path.read_text() if path.exists() else header
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     if pattern.search(text):
         text = pattern.sub(lambda _: block, text)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    BENCHMARKS_MD.write_text(text)
+    path.write_text(text)
 
 
 def run_and_report(

@@ -1,7 +1,9 @@
-"""Shared test settings: hypothesis profiles sized for a 2-core CI machine, short temp dirs."""
+"""Shared test settings: hypothesis profiles sized for a 2-core CI machine, short temp dirs, and
+the reliability suite's marker, scale and figures."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+from reliability_kit import Figures, Scale
 
 settings.register_profile(
     "default",
@@ -18,6 +21,8 @@ settings.register_profile(
 )
 settings.register_profile("thorough", parent=settings.get_profile("default"), max_examples=1000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+_FIGURES: list[dict[str, object]] = []  # every reliability case's figures, in the order they ran
 
 
 @pytest.fixture
@@ -29,3 +34,40 @@ def short_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+# -- the reliability suite (tests/reliability/) ---------------------------------------------------
+
+RELIABILITY_DIR = Path(__file__).resolve().parent / "reliability"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test of tests/reliability/ ``reliability`` (``-m reliability`` runs the suite
+    alone, ``-m 'not reliability'`` everything else)."""
+    for item in items:
+        if RELIABILITY_DIR in item.path.parents:
+            item.add_marker(pytest.mark.reliability)
+
+
+@pytest.fixture(scope="session")
+def scale() -> Scale:
+    """How hard the reliability suite pushes: the quick counts in ./scripts/test.sh, the long
+    ones under ./scripts/torture.sh (PRONTODB_TORTURE=1)."""
+    return Scale(os.environ.get("PRONTODB_TORTURE", "") not in ("", "0"))
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Iterator[Figures]:
+    """What a reliability case checked, reported under its scenario. Kept for the session and
+    written as JSON to $PRONTODB_RELIABILITY_FIGURES if set (torture.sh turns it into
+    docs/RELIABILITY.md)."""
+    found = Figures(request.node.name)
+    yield found
+    if found.values:
+        _FIGURES.append(found.as_dict())
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    target = os.environ.get("PRONTODB_RELIABILITY_FIGURES")
+    if target and _FIGURES:
+        Path(target).write_text(json.dumps(_FIGURES, indent=1) + "\n")
