@@ -425,3 +425,22 @@ def test_reading_from_any_kept_revision_and_replay_agree(
     ]
     assert [(b.revision, list(b.changes)) for b in got] == [(r, cs) for r, cs in by_hand if cs]
     same_history(d.restored(), d.engine)
+
+
+def test_memory_follows_the_window_not_the_bytes_written() -> None:
+    """Overwriting one key with big values keeps the live value and the window's bytes, not every
+    value ever written (pruned batches used to stay referenced until thousands piled up)."""
+    import tracemalloc
+
+    engine = Engine(EngineLimits(history=HistoryLimits(bytes=2 << 20)))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(300):
+            engine.set("big", bytes([n % 256]) * (256 << 10), writer="w", now=T0 + n)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert engine.history.bytes <= 2 << 20
+    # The live value and the 2 MiB window, with room for bookkeeping: not 300 x 256 KiB = 75 MiB.
+    assert held < 8 << 20, f"{held / (1 << 20):.1f} MiB held after writing 75 MiB"

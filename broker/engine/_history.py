@@ -18,7 +18,8 @@ from ._entry import Entry
 # the batch's share (an estimate, used only to bound the window).
 _CHANGE_OVERHEAD = 120
 # The list drops its pruned head in one go once that many batches are dead (an O(n) move made
-# rarely, instead of a deque that cannot be searched by revision).
+# rarely, instead of a deque that cannot be searched by revision). A pruned batch is emptied at
+# once, so what waits for the trim is a few hundred bytes each, never the values it held.
 _TRIM_AT = 4096
 
 
@@ -153,10 +154,15 @@ class History:
                 break
             self.bytes -= sum(change_cost(c) for c in batch.changes)
             self.first = batch.revision + 1
+            batches[self._start] = _PRUNED
             self._start += 1
         if self._start >= _TRIM_AT and self._start * 2 >= len(batches):
             del batches[: self._start]
             self._start = 0
+
+
+# What a pruned slot holds until the trim: nothing a search below ``_start`` would look at.
+_PRUNED = Batch(0, 0.0, ())
 
 
 def _revision(batch: Batch) -> int:
