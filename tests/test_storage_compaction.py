@@ -103,6 +103,20 @@ def test_a_crash_after_any_step_leaves_the_old_set_or_the_new(
     assert reopen(tmp_path) == [*records, (3, b"next")]
 
 
+def test_a_roll_during_a_compaction_is_kept_in_the_manifest_it_installs(tmp_path: Path) -> None:
+    storage = with_history(tmp_path)  # segments 1-3 sealed, 4 active
+    steps = storage.compaction_steps(3, SNAPSHOT)
+    assert [next(steps) for _ in range(3)] == STEPS[:3]  # its manifest is written, not installed
+    storage.append([(2, b"in segment 4")])
+    storage.roll()  # segment 5: the roll records it, replacing the manifest under the compaction
+    assert list(steps) == STEPS[3:]
+    storage.close()
+    assert b'"first_segment":4,"last_segment":5' in (tmp_path / "MANIFEST").read_bytes()
+    (tmp_path / "seg-00000005.log").unlink()
+    with pytest.raises(CorruptionError, match="segment missing"):
+        SegmentStorage.open(tmp_path)
+
+
 def crashed_after_the_commit_point(path: Path) -> None:
     """Run a compaction of segments 1-3 up to ``manifest_installed``, then crash."""
     storage = with_history(path)

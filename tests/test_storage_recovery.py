@@ -388,7 +388,16 @@ def test_a_missing_manifest_is_an_error_when_segments_exist(tmp_path: Path) -> N
 
 @pytest.mark.parametrize(
     "damage",
-    ["flip", "truncate", "empty", "valid-crc-bad-json", "valid-crc-bad-fields", "newer-format"],
+    [
+        "flip",
+        "truncate",
+        "empty",
+        "valid-crc-bad-json",
+        "valid-crc-bad-fields",
+        "newer-format",
+        "format-2-without-last",
+        "last-before-first",
+    ],
 )
 def test_a_damaged_manifest_is_an_error(tmp_path: Path, damage: str) -> None:
     write_batches(tmp_path, FIRST)
@@ -408,7 +417,15 @@ def test_a_damaged_manifest_is_an_error(tmp_path: Path, damage: str) -> None:
                 b'{"format":1,"snapshot":null,"snapshot_bytes":0,"first_segment":2}'
             ),
             "newer-format": signed(
+                b'{"format":3,"snapshot":null,"snapshot_bytes":0,"first_segment":1,'
+                b'"last_segment":1}'
+            ),
+            "format-2-without-last": signed(
                 b'{"format":2,"snapshot":null,"snapshot_bytes":0,"first_segment":1}'
+            ),
+            "last-before-first": signed(
+                b'{"format":2,"snapshot":null,"snapshot_bytes":0,"first_segment":1,'
+                b'"last_segment":0}'
             ),
         }[damage]
     )
@@ -452,13 +469,65 @@ def test_orphans_of_an_interrupted_compaction_are_deleted(
 
 
 def test_a_database_whose_creation_was_interrupted_opens(tmp_path: Path) -> None:
+    # Creation writes segment 1 (its header), then the manifest: a crash in between leaves
+    # segment 1 alone, holding no record, with or without the manifest's temporary file.
     write_batches(tmp_path)
-    (tmp_path / SEG1).unlink()  # the manifest was written, the crash came before segment 1
+    (tmp_path / "MANIFEST").unlink()
     assert reopen(tmp_path) == []
-    (tmp_path / SEG1).unlink()
-    (tmp_path / "MANIFEST").rename(tmp_path / "MANIFEST.tmp")  # crash before the rename
+    (tmp_path / "MANIFEST").rename(tmp_path / "MANIFEST.tmp")
     assert reopen(tmp_path) == []
     assert sorted(os.listdir(tmp_path)) == ["MANIFEST", SEG1]
+    (tmp_path / "MANIFEST").unlink()
+    with (tmp_path / SEG1).open("r+b") as segment:
+        segment.truncate(20)  # the header itself cut short
+    assert reopen(tmp_path) == []
+    assert sorted(os.listdir(tmp_path)) == ["MANIFEST", SEG1]
+
+
+def test_a_missing_segment_1_is_an_error_not_a_new_database(tmp_path: Path) -> None:
+    # Most databases never leave segment 1: it is all their data, and once the manifest exists
+    # it was made before it. Serving an empty database instead would lose everything silently.
+    write_batches(tmp_path, FIRST)
+    (tmp_path / SEG1).unlink()
+    with pytest.raises(CorruptionError, match="segment missing") as caught:
+        SegmentStorage.open(tmp_path)
+    assert caught.value.path == tmp_path / SEG1
+    assert os.listdir(tmp_path) == ["MANIFEST"]  # nothing made in its place
+
+
+def test_a_segment_1_with_records_but_no_manifest_is_an_error(tmp_path: Path) -> None:
+    write_batches(tmp_path, FIRST)
+    (tmp_path / "MANIFEST").unlink()
+    with pytest.raises(CorruptionError, match="manifest is missing"):
+        SegmentStorage.open(tmp_path)
+
+
+def test_a_missing_last_segment_is_an_error(tmp_path: Path) -> None:
+    # Rolling records the new segment in the manifest once it exists: without that, losing the
+    # newest segment would make the sealed one before it look like the end of the log.
+    write_batches(tmp_path, FIRST, [LAST], roll_after=0)
+    (tmp_path / SEG2).unlink()
+    with pytest.raises(CorruptionError, match="segment missing") as caught:
+        SegmentStorage.open(tmp_path)
+    assert caught.value.path == tmp_path / SEG2
+
+
+def test_a_roll_cut_short_before_the_manifest_keeps_the_new_segment(tmp_path: Path) -> None:
+    write_batches(tmp_path, FIRST, roll_after=0)
+    manifest = (tmp_path / "MANIFEST").read_bytes()
+    write_batches(tmp_path, [LAST], roll_after=0)  # segment 3 made and recorded
+    (tmp_path / "MANIFEST").write_bytes(manifest)  # as if the crash came before the recording
+    assert reopen(tmp_path) == [*FIRST, LAST]
+    assert b'"last_segment":3' in (tmp_path / "MANIFEST").read_bytes()  # brought up to date
+
+
+def test_a_format_1_manifest_is_read_and_upgraded_at_the_next_roll(tmp_path: Path) -> None:
+    write_batches(tmp_path, FIRST)
+    body = b'{"format":1,"snapshot":null,"snapshot_bytes":0,"first_segment":1}'
+    (tmp_path / "MANIFEST").write_bytes(body + b"\ncrc32:%08x\n" % zlib.crc32(body))
+    write_batches(tmp_path, [LAST], roll_after=0)
+    assert reopen(tmp_path) == [*FIRST, LAST]
+    assert (tmp_path / "MANIFEST").read_bytes().startswith(b'{"format":2,')
 
 
 # -- random damage ------------------------------------------------------------------------------

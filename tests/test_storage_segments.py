@@ -37,7 +37,7 @@ def test_a_new_directory_gets_a_manifest_and_segment_1(tmp_path: Path) -> None:
     head = (path / "seg-00000001.log").read_bytes()
     assert len(head) == 32
     assert head[:12] == b"PRONTODB\x01\x00\x01\x00"
-    assert (path / "MANIFEST").read_bytes().startswith(b'{"format":1,"snapshot":null,')
+    assert (path / "MANIFEST").read_bytes().startswith(b'{"format":2,"snapshot":null,')
 
 
 @pytest.mark.parametrize("policy", list(FsyncPolicy))

@@ -56,7 +56,7 @@ def open_file_set(directory: Path) -> FileSet:
     anything else out of place. Records are not read here: replay does that.
     """
     listing = list_directory(directory)
-    if listing.empty:
+    if listing.empty or _creation_cut_short(directory, listing):
         _create(directory, listing)
     manifest = read_manifest(directory)
     if manifest is None:
@@ -73,18 +73,17 @@ def open_file_set(directory: Path) -> FileSet:
             "the manifest names this snapshot, but it is missing",
         )
     numbers = sorted(n for n in listing.segments if n >= first)
-    if not numbers:
-        if manifest.snapshot is not None:
-            raise CorruptionError(directory / segment_name(first), None, "segment missing")
-        # A new database whose creation stopped between the manifest and segment 1.
-        os.close(create_segment(directory, first, 0)[0])
-        numbers = [first]
-    for expected, number in enumerate(numbers, start=first):
-        if number != expected:
+    # Every segment the manifest vouches for exists: segment 1 is made before the manifest, and
+    # a roll makes the next segment before recording it. So a missing one held data, or may
+    # have: refuse rather than serve what is left.
+    for expected in range(first, max(manifest.last_segment, *numbers, first) + 1):
+        if expected not in listing.segments:
+            after = f"; the log jumps from segment {expected - 1}" if expected > first else ""
             raise CorruptionError(
                 directory / segment_name(expected),
                 None,
-                f"segment missing: the log jumps from segment {expected - 1} to {number}",
+                f"segment missing: the manifest counts segments {first} to at least "
+                f"{manifest.last_segment}{after}",
             )
 
     if manifest.snapshot is not None:
@@ -130,14 +129,25 @@ def open_file_set(directory: Path) -> FileSet:
 
 
 def _create(directory: Path, listing: Listing) -> None:
-    """Lay out a new database: manifest first, so a crash leaves a recognisable state."""
+    """Lay out a new database: segment 1 first, then the manifest that vouches for it, so that
+    once a manifest exists a missing segment is always damage, never an unfinished creation."""
     for name in listing.temporaries:
         unlink_quietly(directory / name)
-    write_manifest(directory, Manifest())
+    if 1 in listing.segments:  # a creation cut short after segment 1: it holds no records
+        unlink_quietly(directory / segment_name(1))
     os.close(create_segment(directory, 1, 0)[0])
+    write_manifest(directory, Manifest())
     listing.has_manifest = True
     listing.temporaries.clear()
     listing.segments[1] = segment_name(1)
+
+
+def _creation_cut_short(directory: Path, listing: Listing) -> bool:
+    """Whether the directory is what a crash during :func:`_create` leaves: no manifest, no
+    snapshot, and segment 1 alone, holding no record (at most its header)."""
+    if listing.has_manifest or listing.snapshots or set(listing.segments) != {1}:
+        return False
+    return (directory / segment_name(1)).stat().st_size <= HEADER_SIZE
 
 
 def create_segment(directory: Path, number: int, previous_size: int) -> tuple[int, int]:

@@ -1,6 +1,8 @@
 """The MANIFEST: which snapshot and which segments are live, with a checksum over its body.
 
 On disk it is two lines: a compact JSON body, then ``crc32:<8 hex digits>`` of the body's bytes.
+Format 2 adds ``last_segment``, rewritten on every roll, so that a missing newest segment is
+seen as missing; format 1 (without it) is still read.
 """
 
 from __future__ import annotations
@@ -14,18 +16,22 @@ from pathlib import Path
 from ._errors import CorruptionError
 from ._layout import MANIFEST_NAME, parse_snapshot_name, replace_file, snapshot_name
 
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2
 _MAX_MANIFEST_BYTES = 4096
-_KEYS = {"format", "snapshot", "snapshot_bytes", "first_segment"}
+_KEYS_V1 = {"format", "snapshot", "snapshot_bytes", "first_segment"}
+_KEYS = {*_KEYS_V1, "last_segment"}
 
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
-    """The live file set: ``snapshot`` (if any) plus every segment from ``first_segment`` on."""
+    """The live file set: ``snapshot`` (if any) plus every segment from ``first_segment`` on,
+    of which at least those up to ``last_segment`` exist (a roll creates the next segment
+    before it records it here, so more may exist, never fewer)."""
 
     snapshot: str | None = None
     snapshot_bytes: int = 0
     first_segment: int = 1
+    last_segment: int = 1
 
     def encode(self) -> bytes:
         """The file's bytes: JSON body line, then its crc32 line."""
@@ -35,6 +41,7 @@ class Manifest:
                 "snapshot": self.snapshot,
                 "snapshot_bytes": self.snapshot_bytes,
                 "first_segment": self.first_segment,
+                "last_segment": self.last_segment,
             },
             separators=(",", ":"),
         ).encode()
@@ -53,16 +60,23 @@ def decode_manifest(data: bytes, path: Path) -> Manifest:
         fields = json.loads(body)
     except ValueError:
         fields = None
-    if not isinstance(fields, dict) or set(fields) != _KEYS:
-        raise CorruptionError(path, 0, "the manifest body does not have the expected fields")
-    if fields["format"] != MANIFEST_FORMAT:
+    if not isinstance(fields, dict):
+        fields = {}
+    version = fields.get("format")
+    if type(version) is int and version > MANIFEST_FORMAT:
         raise CorruptionError(
             path,
             0,
-            f"manifest format {fields['format']!r}, but this build reads {MANIFEST_FORMAT}",
+            f"manifest format {version}, but this build reads formats 1 to {MANIFEST_FORMAT}",
             "Open it with the ProntoDB version that wrote it, or restore from a backup.",
         )
+    if version == 1 and set(fields) == _KEYS_V1:
+        # Format 1 promised the segments from first_segment on, and nothing about the last.
+        fields = {**fields, "last_segment": fields["first_segment"]}
+    elif version != MANIFEST_FORMAT or set(fields) != _KEYS:
+        raise CorruptionError(path, 0, "the manifest body does not have the expected fields")
     snapshot, size, first = fields["snapshot"], fields["snapshot_bytes"], fields["first_segment"]
+    last = fields["last_segment"]
     if snapshot is None:
         consistent = type(size) is int and size == 0 and type(first) is int and first == 1
     else:
@@ -74,9 +88,9 @@ def decode_manifest(data: bytes, path: Path) -> Manifest:
             and type(first) is int
             and first == through + 1
         )
-    if not consistent:
+    if not consistent or type(last) is not int or last < first:
         raise CorruptionError(path, 0, "the manifest names an inconsistent file set")
-    return Manifest(snapshot, size, first)
+    return Manifest(snapshot, size, first, last)
 
 
 def read_manifest(directory: Path) -> Manifest | None:
@@ -100,6 +114,9 @@ def write_manifest(directory: Path, manifest: Manifest) -> None:
     replace_file(directory, MANIFEST_NAME, manifest.encode())
 
 
-def snapshot_manifest(through_segment: int, snapshot_bytes: int) -> Manifest:
-    """The manifest after a compaction through ``through_segment``."""
-    return Manifest(snapshot_name(through_segment), snapshot_bytes, through_segment + 1)
+def snapshot_manifest(through_segment: int, snapshot_bytes: int, last_segment: int) -> Manifest:
+    """The manifest after a compaction through ``through_segment``, with ``last_segment`` the
+    active segment then."""
+    return Manifest(
+        snapshot_name(through_segment), snapshot_bytes, through_segment + 1, last_segment
+    )

@@ -25,7 +25,7 @@ from ._layout import (
     write_all,
     write_file_synced,
 )
-from ._manifest import snapshot_manifest
+from ._manifest import Manifest, snapshot_manifest, write_manifest
 from ._options import FsyncPolicy, StorageOptions, StorageStats
 from ._records import (
     RECORD_HEADER_SIZE,
@@ -122,6 +122,9 @@ class SegmentStorage:
                 self._cut_torn_tail(reader.damage)
             remove_orphans(self._directory, self._orphans)
             self._orphans = []
+            if self._manifest.last_segment < self._active:  # a roll cut short, or format 1
+                with self._lock:
+                    self._record_last_segment(self._active)
         except OSError as exc:
             raise StorageError(f"cannot read the database in {self._directory}: {exc}") from exc
         with self._lock:
@@ -313,6 +316,12 @@ class SegmentStorage:
         except OSError as exc:
             raise self._fail("create the next segment after", exc) from exc
         try:
+            # Recorded only once it exists: from now on its absence is damage.
+            self._record_last_segment(sealed + 1)
+        except OSError as exc:
+            os.close(fd)
+            raise self._fail("record the next segment in the manifest after", exc) from exc
+        try:
             os.close(self._fd)
         except OSError as exc:  # the data is already synced; a failing close loses nothing
             logger.warning("closing sealed segment %d: %s", sealed, exc)
@@ -322,6 +331,14 @@ class SegmentStorage:
         self._active = sealed + 1
         self._active_size = HEADER_SIZE
         return sealed
+
+    def _record_last_segment(self, last: int) -> None:
+        """Make the manifest vouch for every segment up to ``last`` (under the lock)."""
+        manifest = self._manifest
+        self._manifest = Manifest(
+            manifest.snapshot, manifest.snapshot_bytes, manifest.first_segment, last
+        )
+        write_manifest(self._directory, self._manifest)
 
     def _undo_partial_write(self, start: int) -> None:
         # Best effort: if the cut fails too, the next open treats the partial batch as a torn tail.
@@ -410,7 +427,8 @@ class SegmentStorage:
                 raise StorageError(f"compaction could not install {name}: {exc}") from exc
             yield "snapshot_renamed"
 
-            manifest = snapshot_manifest(through, size)
+            with self._lock:
+                manifest = snapshot_manifest(through, size, self._active)
             try:
                 write_file_synced(manifest_tmp, manifest.encode())
             except OSError as exc:
@@ -419,6 +437,10 @@ class SegmentStorage:
 
             with self._lock:
                 try:
+                    if manifest.last_segment != self._active:
+                        # A roll came in between (and its own manifest write used the tmp).
+                        manifest = snapshot_manifest(through, size, self._active)
+                        write_file_synced(manifest_tmp, manifest.encode())
                     os.replace(manifest_tmp, directory / MANIFEST_NAME)
                     fsync_directory(directory)
                 except OSError as exc:
