@@ -210,7 +210,7 @@ def _sections(path: Path) -> Iterator[tuple[int, Any, Iterator[Record]]]:
         if head[:8] != b"PRONTODB"[: len(head)] or len(head) < 8:
             raise CorruptionError(path, 0, "not a ProntoDB backup", _ADVICE)
         header = check_header(head, path, FileKind.BACKUP, 1)
-        reader = RecordReader(fd, HEADER_SIZE, os.fstat(fd).st_size, header.salt)
+        reader = RecordReader(fd, HEADER_SIZE, os.fstat(fd).st_size, header.salt, path)
         records = iter(reader)
         kind, payload = _next(records, reader, path)
         if kind != INFO or _unpack(payload, path).get("format") != FORMAT:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ from hypothesis import strategies as st
 
 from prontodb.broker.database import Database
 from prontodb.broker.engine import Engine, EngineLimits, HistoryLimits, OpKind, TxnOp
-from prontodb.broker.storage import FsyncPolicy, StorageOptions
+from prontodb.broker.storage import CorruptionError, FsyncPolicy, StorageOptions
 
 # Small segments so that the log rolls; compaction only when a test asks for it.
 SMALL = StorageOptions(segment_size=4096)
@@ -216,3 +218,38 @@ def test_compaction_does_not_repeat_while_the_log_holds_little_garbage(tmp_path:
         assert not db.wants_compaction
     finally:
         db.close()
+
+
+@pytest.mark.parametrize("where", ["segment", "snapshot"])
+def test_a_repeated_record_is_refused_naming_its_file_and_offset(
+    tmp_path: Path, where: str
+) -> None:
+    """A record whose bytes were copied within its file passes its checksum (same salt), but
+    cannot be replayed; the refusal says which file and where, not only what the engine saw."""
+    path = tmp_path / "db"
+    db = Database.open(path)
+    for n in range(3):
+        db.write(db.engine.set(f"k{n}", n, writer="w", now=1.0))
+    if where == "snapshot":
+        db.compact()
+        db.write(db.engine.set("after", 1, writer="w", now=1.0))
+    db.close()
+    name = "seg-00000001.log" if where == "segment" else "snap-00000001.snap"
+    damaged = path / name
+    data = damaged.read_bytes()
+    (length,) = struct.unpack_from("<I", data, 32 + 4)
+    first = data[32 : 32 + 9 + length]  # the first record, repeated right after itself
+    repeated = data[: 32 + len(first)] + first + data[32 + len(first) :]
+    damaged.write_bytes(repeated)
+    if where == "snapshot":  # the manifest records the snapshot's size: keep it consistent
+        manifest = (path / "MANIFEST").read_bytes().split(b"\n")[0]
+        body = manifest.replace(
+            b'"snapshot_bytes":%d' % len(data), b'"snapshot_bytes":%d' % len(repeated)
+        )
+        (path / "MANIFEST").write_bytes(body + b"\ncrc32:%08x\n" % zlib.crc32(body))
+    with pytest.raises(CorruptionError) as caught:
+        Database.open(path)
+    assert caught.value.path == damaged
+    assert caught.value.offset == 32 + len(first)
+    assert f"{damaged} at byte offset {32 + len(first)}" in str(caught.value)
+    assert "cannot be replayed" in str(caught.value)

@@ -629,8 +629,16 @@ class Engine:
         """Rebuild an engine from its records in log order (a snapshot's first, if any)."""
         engine = cls(limits)
         engine._loading = True
-        for kind, payload in records:
-            engine.apply_record(kind, payload)
+        try:
+            for kind, payload in records:
+                engine.apply_record(kind, payload)
+        except ReplayError as exc:
+            # A source that is a generator (storage's replay) is told which record failed, so
+            # that its error can say where that record lies (file and offset).
+            throw = getattr(records, "throw", None)
+            if throw is not None:
+                throw(exc)
+            raise
         engine._loading = False
         # One sort instead of a million inserts (and snapshots come in key order, so it is cheap).
         engine._index = SortedList(engine._entries)

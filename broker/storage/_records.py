@@ -13,6 +13,9 @@ import struct
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+
+from ._errors import CorruptionError
 
 RECORD_HEADER_SIZE = 9
 READ_CHUNK = 4 * 1024 * 1024
@@ -93,9 +96,14 @@ class RecordReader:
     record). Iteration stops at the first record that fails its checks; then :attr:`damage` says
     where and why. :attr:`good_end` is the offset just past the last good record once iteration
     has finished.
+
+    A consumer that cannot use a record (its checksum holds, yet it makes no sense where it is,
+    e.g. a record repeated) throws its exception into the iterator (``records.throw(exc)``); it
+    comes back as a CorruptionError naming ``path`` and the record's offset.
     """
 
-    def __init__(self, fd: int, start: int, end: int, salt: int) -> None:
+    def __init__(self, fd: int, start: int, end: int, salt: int, path: Path) -> None:
+        self._path = path
         self._fd = fd
         self._start = start
         self._end = end
@@ -145,7 +153,12 @@ class RecordReader:
                     self.good_end = base + pos
                     self.damage = Damage(base + pos, "record checksum mismatch")
                     return
-                yield kind, buf[pos + RECORD_HEADER_SIZE : stop]
+                try:
+                    yield kind, buf[pos + RECORD_HEADER_SIZE : stop]
+                except Exception as exc:  # thrown in by the consumer: say where the record is
+                    raise CorruptionError(
+                        self._path, base + pos, f"the record there cannot be replayed ({exc})"
+                    ) from exc
                 pos = stop
 
 

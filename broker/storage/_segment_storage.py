@@ -116,7 +116,8 @@ class SegmentStorage:
                 )
             for number in list(self._sealed):
                 yield from self._replay_sealed(segment_name(number), FileKind.SEGMENT, number)
-            reader = RecordReader(self._fd, HEADER_SIZE, self._active_size, self._salt)
+            active = self._directory / segment_name(self._active)
+            reader = RecordReader(self._fd, HEADER_SIZE, self._active_size, self._salt, active)
             yield from reader
             if reader.damage is not None:
                 self._cut_torn_tail(reader.damage)
@@ -138,7 +139,7 @@ class SegmentStorage:
             # Checked at open already; read again here for the salt, from this very descriptor.
             salt = check_header(os.pread(fd, HEADER_SIZE, 0), path, kind, number).salt
             size = os.fstat(fd).st_size
-            reader = RecordReader(fd, HEADER_SIZE, size, salt)
+            reader = RecordReader(fd, HEADER_SIZE, size, salt, path)
             yield from reader
         finally:
             os.close(fd)
