@@ -194,6 +194,11 @@ class Connection:
 
     # -- sending -----------------------------------------------------------------------------
 
+    @property
+    def peer_broke_protocol(self) -> bool:
+        """Whether a RemoteProtocolError was raised: from then on only a Goodbye may be sent."""
+        return self._error is not None
+
     def send(self, message: Message) -> bytes:
         """Encode ``message`` as one frame and return its bytes, for the caller to write.
 

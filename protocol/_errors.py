@@ -100,7 +100,8 @@ ERROR_TABLE: dict[ErrorCode, ErrorInfo] = {
         1,
     ),
     ErrorCode.UNAVAILABLE: ErrorInfo(
-        "The broker cannot serve this now (starting, stopping or overloaded); retry shortly.", 1
+        "The broker cannot serve this now (starting, stopping, overloaded, or a database it cannot write or open: the message says which); retry shortly.",
+        1,
     ),
     ErrorCode.INTERNAL: ErrorInfo(
         "The broker failed unexpectedly; the request may not have been applied. "

@@ -14,6 +14,8 @@ import pytest
 from hypothesis import HealthCheck, settings
 from reliability_kit import Figures, Scale
 
+from prontodb.broker.storage import FAULTS, FaultPoints
+
 settings.register_profile(
     "default",
     deadline=None,
@@ -23,6 +25,15 @@ settings.register_profile("thorough", parent=settings.get_profile("default"), ma
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 _FIGURES: list[dict[str, object]] = []  # every reliability case's figures, in the order they ran
+
+
+@pytest.fixture
+def faults() -> Iterator[FaultPoints]:
+    """Storage's fault-injection hooks, cleared again however the test ends."""
+    try:
+        yield FAULTS
+    finally:
+        FAULTS.fsync = None
 
 
 @pytest.fixture

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from prontodb.broker.storage import (
+    FaultPoints,
     FsyncPolicy,
     SegmentStorage,
     Storage,
@@ -17,7 +20,7 @@ from prontodb.broker.storage import (
 )
 from prontodb.broker.storage._records import encode_records, encoded_size
 
-from storage_files import Record, file_records, opened
+from storage_files import Record, file_records, opened, reopen
 
 
 def make_batches(seed: int, count: int) -> list[list[Record]]:
@@ -213,9 +216,9 @@ def test_a_failed_write_stops_all_later_writes(tmp_path: Path) -> None:
     read_only = os.open(tmp_path / "seg-00000001.log", os.O_RDONLY)
     os.dup2(read_only, storage._fd)
     os.close(read_only)
-    with pytest.raises(StorageError, match="refuses further writes"):
+    with pytest.raises(StorageError, match="could not write to"):
         storage.append([(1, b"lost")])
-    with pytest.raises(StorageError, match="refuses further writes"):
+    with pytest.raises(StorageError, match="could not write to"):
         storage.append([(1, b"also refused")])
     with pytest.raises(StorageError):
         storage.sync()
@@ -243,3 +246,51 @@ def test_segment_storage_is_a_storage(tmp_path: Path) -> None:
     storage: Storage = SegmentStorage.open(tmp_path)
     assert list(storage.replay()) == []
     storage.close()
+
+
+def failing_fsync(after: int) -> Callable[[Path], None]:
+    """An fsync hook that lets ``after`` fsyncs through, then fails as a dying disk does."""
+    calls = 0
+
+    def fsync(path: Path) -> None:
+        nonlocal calls
+        calls += 1
+        if calls > after:
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
+
+    return fsync
+
+
+def test_a_failed_fsync_is_never_retried_and_its_batch_is_cut(
+    tmp_path: Path, faults: FaultPoints
+) -> None:
+    storage, _ = opened(tmp_path)
+    storage.append([(1, b"durable")])
+    faults.fsync = failing_fsync(after=0)
+    with pytest.raises(StorageError, match=r"could not fsync .*seg-00000001.log: .*\(EIO\)"):
+        storage.append([(1, b"never acknowledged")])
+    faults.fsync = None  # the disk answers again: still no write, no sync, until a reopen
+    with pytest.raises(StorageError, match="could not fsync"):
+        storage.append([(1, b"refused")])
+    with pytest.raises(StorageError, match="could not fsync"):
+        storage.sync()
+    # The batch whose fsync failed is gone from the file, not only from the answers: the page
+    # cache may hold it although the disk does not, and a reopen must not read it back.
+    assert os.path.getsize(tmp_path / "seg-00000001.log") == 32 + 9 + len(b"durable")
+    storage.close()
+    assert reopen(tmp_path) == [(1, b"durable")]
+
+
+def test_a_failed_fsync_under_interval_keeps_what_was_acknowledged(
+    tmp_path: Path, faults: FaultPoints
+) -> None:
+    # Under `interval` an unsynced write was acknowledged already (the policy's promise covers a
+    # power cut, not this): it stays, and reads back if the kernel still has it.
+    storage, _ = opened(tmp_path, StorageOptions(fsync=FsyncPolicy.INTERVAL, fsync_interval=3600))
+    storage.append([(1, b"acknowledged")])
+    faults.fsync = failing_fsync(after=0)
+    with pytest.raises(StorageError, match="could not fsync"):
+        storage.sync()
+    storage.close()
+    faults.fsync = None
+    assert reopen(tmp_path) == [(1, b"acknowledged")]

@@ -32,6 +32,7 @@ from ._config import ServerConfig
 from ._databases import Databases, OpenDatabase
 from ._lockfile import AlreadyServing, DataDirLock
 from ._pending_input import PendingInput
+from ._quiet_log import QuietLog
 from ._session import Session
 from ._users import bootstrap
 
@@ -66,7 +67,11 @@ class Broker:
         # the epoch. Tests put a clock driven by trio's in its place.
         self.clock: Callable[[], float] = time.time
         limits = EngineLimits(history=config.history)
-        self.databases = Databases(config.data_dir, options, limits, lambda: self.clock())
+        # What comes from outside (a peer's fault, a refused database) is logged rate-limited.
+        self.quiet = QuietLog(logger)
+        self.databases = Databases(
+            config.data_dir, options, limits, lambda: self.clock(), self.quiet
+        )
         self.started = time.time()
         self.info = BrokerInfo(os.getpid(), None, None)
         self._sessions: set[Session] = set()

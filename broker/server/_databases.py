@@ -28,9 +28,10 @@ from prontodb.protocol import ErrorCode, ProntoError
 
 from ..database import Database
 from ..engine import Applied, Engine, EngineLimits
-from ..storage import StorageError, StorageOptions
+from ..storage import CorruptionError, StorageError, StorageOptions
 from ._catalog import CATALOG_FILE, Catalog
 from ._claim_waiters import ClaimWaiters
+from ._quiet_log import QuietLog
 
 logger = logging.getLogger("prontodb.server")
 T = TypeVar("T")
@@ -72,9 +73,10 @@ class OpenDatabase:
     thread hand-offs, which cost more than the fsync on the disks we measured.
     """
 
-    def __init__(self, name: str, directory: Path) -> None:
+    def __init__(self, name: str, directory: Path, quiet: QuietLog) -> None:
         self.name = name
         self.directory = directory
+        self.quiet = quiet
         self._durable = 0
         # (ticket, order, callback): called once the ticket is durable or the writer failed. The
         # answers waiting on the disk, sent from the flush that made them so.
@@ -300,7 +302,13 @@ class OpenDatabase:
             await self._revision_moved.wait()
 
     def _fail(self, error: StorageError) -> None:
-        logger.error("database %s: writes failed (%s); it will be reopened", self.name, error)
+        self.quiet.error(
+            f"failed:{self.directory}",
+            "database %s: writes failed (%s); its requests are answered unavailable, and the "
+            "next one reopens it from what is on disk",
+            self.name,
+            error,
+        )
         self.failure = error
         callbacks, self._on_durable = self._on_durable, []
         for _, _, callback in sorted(callbacks):
@@ -329,11 +337,14 @@ class OpenDatabase:
             heapq.heappush(self._on_durable, (ticket, next(self._order), callback))
 
     def unavailable(self) -> ProntoError:
-        """The answer to a request whose change the failed writer could not make durable."""
+        """The answer to a request whose change the failed writer could not make durable: the
+        cause itself (``no space left on device`` and the file), not a pointer to the log."""
+        cause = self.failure or "it was closed before the change was durable"
         return ProntoError(
             ErrorCode.UNAVAILABLE,
-            f"The broker could not write to the database {self.name!r} (see its log); the "
-            "change may not have been kept. Retry: the database is reopened from what is on disk.",
+            f"The broker could not write to the database {self.name!r} ({cause}); the change "
+            "may not have been kept. Retry once that is fixed: the database is reopened from "
+            "what is on disk.",
         )
 
     async def wait_durable(self, ticket: int) -> None:
@@ -355,8 +366,10 @@ class Databases:
         options: StorageOptions,
         limits: EngineLimits,
         clock: Callable[[], float],
+        quiet: QuietLog,
     ) -> None:
         self.data_dir = data_dir
+        self.quiet = quiet
         self.catalog = Catalog(data_dir / CATALOG_FILE)  # the broker loads the real one
         self.options = options
         self.limits = limits
@@ -366,6 +379,9 @@ class Databases:
         # it each time cost more than the rest of a small request's lookup.
         self._paths: dict[str, Path] = {}
         self._opening: dict[Path, trio.Event] = {}
+        # Databases refused as damaged, with what their directory looked like then: the same
+        # refusal is given again, without re-reading the log, until a file there changes.
+        self._refused: dict[Path, tuple[Fingerprint, str]] = {}
         # Where the databases' flush loops run; the broker sets it before it serves.
         self.flushers: trio.Nursery | None = None
 
@@ -426,6 +442,11 @@ class Databases:
             # One stat of a local directory: cheaper than a hop to a thread.
             if not create and not directory.exists():  # noqa: ASYNC240
                 return None
+            refused = self._refused.get(directory)
+            if refused is not None:
+                if refused[0] == fingerprint(directory):
+                    raise ProntoError(ErrorCode.UNAVAILABLE, refused[1])
+                del self._refused[directory]  # something changed there: try again
             return await self._open_new(name, directory)
 
     async def close(self, db: OpenDatabase) -> None:
@@ -487,11 +508,21 @@ class Databases:
         done = self._opening[directory] = trio.Event()
         try:
             assert self.flushers is not None, "the broker sets Databases.flushers first"
-            db = OpenDatabase(name, directory)
+            db = OpenDatabase(name, directory, self.quiet)
             try:
                 await trio.to_thread.run_sync(db.open, self.options, self.limits)
+            except (StorageError, OSError) as exc:
+                # Damage or a failing disk, which the message names: one line, not a traceback.
+                error = ProntoError(
+                    ErrorCode.UNAVAILABLE,
+                    f"The database {name!r} could not be opened: {exc}",
+                )
+                self.quiet.error(f"open:{directory}", "database %s refused: %s", name, exc)
+                if isinstance(exc, CorruptionError):
+                    self._refused[directory] = (fingerprint(directory), error.message)
+                raise error from exc
             except Exception as exc:
-                logger.exception("could not open the database %s", name)
+                logger.exception("could not open the database %s", name)  # a bug of ours
                 raise ProntoError(
                     ErrorCode.UNAVAILABLE,
                     f"The database {name!r} could not be opened ({exc}); see the broker's log.",
@@ -552,6 +583,26 @@ def _locked(directory: Path, build: Callable[[int], T], above: int) -> T:
 
 
 LOCK_FILE = "LOCK"
+
+# What a directory's files looked like: (name, size, mtime) of each, sorted.
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+def fingerprint(directory: Path) -> Fingerprint:
+    """The names, sizes and modification times of the files in ``directory`` (one listing,
+    cheap next to re-reading a log): any change to a file there changes it."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return ()
+    found = []
+    for entry in entries:
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        found.append((entry.name, st.st_size, st.st_mtime_ns))
+    return tuple(sorted(found))
 
 
 def _lock_directory(directory: Path) -> int:

@@ -244,8 +244,10 @@ class Session:
             while not done:
                 try:
                     event = conn.next_event()
-                except RemoteProtocolError as exc:
-                    logger.info("session %d: protocol error: %s", self.number, exc.message)
+                except RemoteProtocolError as exc:  # the peer's fault: one line, rate-limited
+                    self.broker.quiet.info(
+                        "protocol", "session %d: protocol error: %s", self.number, exc.message
+                    )
                     outs.append(_Out(Goodbye.from_error(exc)))
                     done = True
                     break
@@ -349,7 +351,9 @@ class Session:
                 or known is None
                 or not token_matches(hello.token, known.salt, known.hash)
             ):
-                logger.info("session %d: %r failed to authenticate", self.number, hello.user)
+                self.broker.quiet.info(
+                    "login", "session %d: %r failed to authenticate", self.number, hello.user
+                )
                 return _Out(
                     Goodbye(
                         ErrorCode.UNAUTHENTICATED,
@@ -387,10 +391,12 @@ class Session:
         except ProntoError as err:
             return _Out(Response.fail(request.id, err))
         except StorageError as exc:
-            logger.error("session %d: %s failed in storage: %s", self.number, request.op, exc)
+            self.broker.quiet.error(
+                "storage", "session %d: %s failed in storage: %s", self.number, request.op, exc
+            )
             unavailable = ProntoError(
                 ErrorCode.UNAVAILABLE,
-                "The broker could not write to the database (see its log); retry.",
+                f"The broker could not write to the database ({exc}); retry once that is fixed.",
             )
             return _Out(Response.fail(request.id, unavailable))
         except Exception:
@@ -713,11 +719,12 @@ class Session:
             self.conn.commit(message)  # only the order rules can refuse it now
             return ready, True
         except LocalProtocolError as exc:
-            if not isinstance(message, Response):
-                raise
-            if exc.code != ErrorCode.TOO_LARGE:
-                # The peer broke the protocol: only our Goodbye may go now, and it says why.
+            if self.conn.peer_broke_protocol and not isinstance(message, Goodbye):
+                # Only our Goodbye may go now, and it says why (a Welcome or an answer read in
+                # the same bytes as the fault is dropped: nothing to log, the peer's doing).
                 return b"", False
+            if not isinstance(message, Response) or exc.code != ErrorCode.TOO_LARGE:
+                raise  # a bug of ours: _pump logs it
             # A result over the frame limit: say so instead of dropping the answer.
             err = ProntoError(
                 ErrorCode.TOO_LARGE,

@@ -8,6 +8,7 @@ they share fsyncs. No async code here: plain files, ``os`` and one writer thread
 """
 
 from ._errors import CorruptionError, StorageError
+from ._faults import FAULTS, FaultPoints
 from ._group_commit import GroupCommitStatistics, GroupCommitWriter, RollTicket
 from ._interface import Storage
 from ._options import FsyncPolicy, StorageOptions, StorageStats
@@ -15,6 +16,8 @@ from ._segment_storage import SegmentStorage
 
 __all__ = [
     "CorruptionError",
+    "FAULTS",
+    "FaultPoints",
     "FsyncPolicy",
     "GroupCommitStatistics",
     "GroupCommitWriter",

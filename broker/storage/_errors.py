@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 RESTORE_ADVICE = (
@@ -33,3 +34,10 @@ class CorruptionError(StorageError):
         self.reason = reason
         where = f"{self.path}" if offset is None else f"{self.path} at byte offset {offset}"
         super().__init__(f"{where}: {reason}. {advice}")
+
+
+def os_reason(exc: OSError) -> str:
+    """An OSError as a user reads it: ``no space left on device (ENOSPC)``."""
+    name = errno.errorcode.get(exc.errno or 0)
+    text = (exc.strerror or str(exc)).lower()
+    return f"{text} ({name})" if name else text

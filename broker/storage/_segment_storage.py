@@ -11,7 +11,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from ._errors import CorruptionError, StorageError
+from ._errors import CorruptionError, StorageError, os_reason
+from ._faults import FAULTS
 from ._file_header import HEADER_SIZE, FileKind, check_header, encode_header, new_salt
 from ._file_set import FileSet, create_segment, open_file_set, remove_orphans
 from ._layout import (
@@ -301,8 +302,16 @@ class SegmentStorage:
 
     def _sync_locked(self) -> None:
         try:
+            if FAULTS.fsync is not None:
+                FAULTS.fsync(self._directory / segment_name(self._active))
             os.fdatasync(self._fd)
         except OSError as exc:
+            # After a failed fsync the kernel may have dropped the dirty pages while still
+            # serving them from its cache ("fsyncgate"): never retry and carry on. Under
+            # `always` nothing after the last good fsync was acknowledged, so it is cut, and
+            # the reopen that follows re-reads only what is known to be on disk.
+            if self._options.fsync is FsyncPolicy.ALWAYS and self._unsynced:
+                self._undo_partial_write(self._active_size - self._unsynced)
             raise self._fail("fsync", exc) from exc
         self._fsyncs += 1
         self._unsynced = 0
@@ -350,11 +359,12 @@ class SegmentStorage:
 
     def _fail(self, action: str, exc: OSError) -> StorageError:
         path = self._directory / segment_name(self._active)
-        self._failure = StorageError(
-            f"could not {action} {path}: {exc}. Storage refuses further writes, since what reached "
-            "the disk is unknown; reopen the database to recover what was written."
+        self._failure = StorageError(f"could not {action} {path}: {os_reason(exc)}")
+        logger.error(
+            "%s; no more writes until the database is reopened (what reached the disk is "
+            "unknown, and the reopen reads back only what is)",
+            self._failure,
         )
-        logger.error("%s", self._failure)
         return self._failure
 
     # -- compaction ---------------------------------------------------------------------------

@@ -1,0 +1,142 @@
+"""Faults from outside, met by the broker in-process: a peer that breaks the protocol, a damaged
+database, a disk whose fsync fails. Each is answered with a clear error, logged in one line (no
+traceback: those are for the broker's own bugs), and never spills onto the other clients.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+from inprocess import Running, running_broker
+from wire import Wire
+
+from prontodb.broker.server import ServerConfig
+from prontodb.broker.server._quiet_log import QuietLog
+from prontodb.broker.storage import FaultPoints
+from prontodb.protocol import Connection, ConnectionClosed, ErrorCode, Goodbye, Hello, Role
+
+
+@pytest.fixture
+async def server(short_dir: Path) -> AsyncIterator[Running]:
+    config = ServerConfig(data_dir=short_dir / "data", socket_path=short_dir / "s.sock")
+    async with running_broker(config) as running:
+        yield running
+
+
+def tracebacks(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.exc_info is not None]
+
+
+# -- a peer's fault is one line ------------------------------------------------------------------
+
+
+async def test_hello_and_a_bad_frame_in_one_read_log_one_line_and_no_traceback(
+    server: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The Welcome was queued when the fault was read: it cannot go any more, which is the
+    # peer's doing, not a bug of ours (this used to log a traceback per connection).
+    caplog.set_level(logging.INFO, logger="prontodb.server")
+    for _ in range(3):
+        stream = await trio.open_unix_socket(server.socket)
+        hello = Connection(Role.CLIENT).send(Hello(client="fuzz", user="u"))
+        await stream.send_all(hello + b"\x00\x00\x00\x03\xc1\xc1\xc1")
+        wire = Wire(stream)
+        wire.conn.send(Hello(client="fuzz", user="u"))
+        goodbye = await wire.next()
+        assert isinstance(goodbye, Goodbye)
+        assert goodbye.code == ErrorCode.PROTOCOL
+        assert isinstance(await wire.next(), ConnectionClosed)
+        await stream.aclose()
+    assert not tracebacks(caplog)
+    assert len([r for r in caplog.records if "protocol error" in r.getMessage()]) == 3
+    good = await server.wire()
+    assert await good.result("ping") == "pong"
+
+
+def test_repeated_lines_are_held_back_and_counted() -> None:
+    now = [0.0]
+    logger = logging.getLogger("prontodb.test.quiet")
+    written: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            written.append(record.getMessage())
+
+    handler = Keep()
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        quiet = QuietLog(logger, window=60.0, burst=3, clock=lambda: now[0])
+        for n in range(100):
+            quiet.info("protocol", "bad frame %d", n)
+        quiet.info("login", "a failed login")  # another kind has its own budget
+        assert written == ["bad frame 0", "bad frame 1", "bad frame 2", "a failed login"]
+        now[0] = 61.0
+        quiet.info("protocol", "bad frame %d", 100)
+        assert written[-1] == "bad frame 100 (97 more like it held back in the last 60 s)"
+    finally:
+        logger.removeHandler(handler)
+
+
+# -- a damaged database --------------------------------------------------------------------------
+
+
+async def test_a_damaged_database_is_refused_in_one_line_until_its_files_change(
+    server: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    w = await server.wire()
+    assert await w.result("set", key="a", value=1, cursor="hurt") == 1
+    db = server.broker.databases.open_at(server.broker.databases.directory("hurt"))
+    assert db is not None
+    await server.broker.databases.close(db)
+    segment = server.broker.databases.directory("hurt") / "seg-00000001.log"
+    kept = segment.read_bytes()
+    segment.unlink()
+    for _ in range(5):  # refused each time, from what was found the first time
+        response = await w.call("get", key="a", cursor="hurt")
+        assert response.error is not None
+        assert response.error["code"] == ErrorCode.UNAVAILABLE
+        assert str(segment) in response.error["message"]
+        assert "segment missing" in response.error["message"]
+    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 1
+    assert not tracebacks(caplog)
+    assert await w.result("set", key="b", value=2) == 1  # the other databases serve on
+    segment.write_bytes(kept)  # the operator puts the file back: the next request reopens it
+    assert await w.result("get", key="a", cursor="hurt") == 1
+
+
+# -- a disk whose fsync fails ----------------------------------------------------------------------
+
+
+async def test_a_failed_fsync_is_unavailable_never_acknowledged_and_reread_on_reopen(
+    server: Running, faults: FaultPoints, caplog: pytest.LogCaptureFixture
+) -> None:
+    w = await server.wire()
+    assert await w.result("set", key="k", value="durable") == 1
+    failing = [True]
+
+    def fsync(path: Path) -> None:
+        if failing[0]:
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
+
+    faults.fsync = fsync
+    response = await w.call("set", key="k", value="never acknowledged")
+    assert response.error is not None
+    assert response.error["code"] == ErrorCode.UNAVAILABLE
+    assert "could not fsync" in response.error["message"]
+    assert "input/output error (EIO)" in response.error["message"]
+    # While the disk fails, every write is refused: none is acknowledged.
+    response = await w.call("set", key="k", value="also refused")
+    assert response.error is not None
+    assert response.error["code"] == ErrorCode.UNAVAILABLE
+    failing[0] = False  # the disk is back: the database is reopened and its log re-read
+    assert await w.result("get", key="k") == "durable"
+    assert await w.result("set", key="k", value="after") == 2
+    assert not tracebacks(caplog)
