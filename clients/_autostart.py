@@ -153,6 +153,8 @@ def _spawn_and_wait(data_dir: str, socket_path: str, timeout: float) -> int:
             data_dir,
             "--socket",
             socket_path,
+            "--log-file",
+            log_path,
             "--ready-fd",
             str(write_fd),
         ]

@@ -805,6 +805,18 @@ def stop_command(ctx: click.Context, as_json: bool) -> None:
     type=click.Path(dir_okay=False, exists=True),
     help="TLS on TCP: the private key (PEM).",
 )
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False),
+    help="Log here instead of to stderr, rotated by size (the 3 older files are kept).",
+)
+@click.option(
+    "--log-max-bytes",
+    type=click.IntRange(min=1024),
+    default=10 << 20,
+    show_default=True,
+    help="With --log-file: the size at which the log file is rotated.",
+)
 @click.option("--ready-fd", type=int, hidden=True, help="Write one JSON line here once listening.")
 def serve(
     data_dir: str | None,
@@ -817,6 +829,8 @@ def serve(
     insecure: bool,
     tls_cert: str | None,
     tls_key: str | None,
+    log_file: str | None,
+    log_max_bytes: int,
     ready_fd: int | None,
 ) -> None:
     """Run the broker in the foreground until SIGTERM, SIGINT or `prontodb stop`."""
@@ -852,7 +866,8 @@ def serve(
         insecure=insecure,
         tls=None if tls_cert is None or tls_key is None else (Path(tls_cert), Path(tls_key)),
     )
-    raise SystemExit(run(config, ready_fd=ready_fd))
+    log = Path(os.path.abspath(log_file)) if log_file else None
+    raise SystemExit(run(config, ready_fd=ready_fd, log_file=log, log_max_bytes=log_max_bytes))
 
 
 def invoke(args: Sequence[str], **extra: Any) -> Any:

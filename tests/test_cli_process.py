@@ -100,8 +100,11 @@ def test_a_bare_cli_call_starts_the_broker(home: Home) -> None:
     assert serve_processes(home.data_dir) == [status["pid"]]
     assert status["data_dir"] == str(home.data_dir)
     assert status["socket"].startswith(str(home.root / "run" / "prontodb"))
-    # It was started detached, with its log in the data directory, and the lock file names it.
+    # It was started detached, with its log in the data directory (rotated by size, so that it
+    # cannot fill the disk), and the lock file names it.
     assert (home.data_dir / "broker.log").exists()
+    argv = Path(f"/proc/{status['pid']}/cmdline").read_bytes().split(b"\0")
+    assert argv[argv.index(b"--log-file") + 1] == bytes(home.data_dir / "broker.log")
     assert (home.data_dir / "autostart.lock").read_text() == f"{status['pid']}\n"
     assert home.data_dir.stat().st_mode & 0o777 == 0o700
     # The socket is for its owner only: mode 0600 in a 0700 directory.

@@ -8,6 +8,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -140,3 +142,34 @@ async def test_a_failed_fsync_is_unavailable_never_acknowledged_and_reread_on_re
     assert await w.result("get", key="k") == "durable"
     assert await w.result("set", key="k", value="after") == 2
     assert not tracebacks(caplog)
+
+
+# -- the log file is bounded -----------------------------------------------------------------------
+
+ROTATING = """
+import logging, os, sys
+from pathlib import Path
+from prontodb.broker.server._run import setup_logging
+
+setup_logging(Path(sys.argv[1]), max_bytes=4096)
+log = logging.getLogger("prontodb.server")
+for n in range(400):
+    log.warning("line %d of a broker that logs a lot", n)
+    if n == 399:
+        os.write(2, b"the last words of a crash, written straight to stderr\\n")
+"""
+
+
+def test_the_log_file_is_rotated_by_size_and_takes_stderr_along(tmp_path: Path) -> None:
+    log = tmp_path / "broker.log"
+    done = subprocess.run(
+        [sys.executable, "-c", ROTATING, str(log)], capture_output=True, timeout=60, check=True
+    )
+    assert done.stderr == b""  # stderr went to the log file, not to the terminal
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["broker.log", "broker.log.1", "broker.log.2", "broker.log.3"]
+    for path in tmp_path.iterdir():
+        assert path.stat().st_size <= 4096 + 200, path  # a file passes the limit by one line
+    current = log.read_text()
+    assert "line 399 of a broker" in current
+    assert "the last words of a crash" in current

@@ -5,8 +5,10 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import logging.handlers
 import os
 import sys
+from pathlib import Path
 
 import trio
 
@@ -28,17 +30,58 @@ async def serve(
     await Broker(config).serve(handle_signals=handle_signals, task_status=task_status)
 
 
-def run(config: ServerConfig, *, ready_fd: int | None = None) -> int:
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_MAX_BYTES = 10 << 20  # per log file; with the older ones kept, a log takes at most 4 times it
+LOG_KEPT = 3  # rotated files kept: broker.log.1 (newest) .. broker.log.3
+
+
+class LogFile(logging.handlers.RotatingFileHandler):
+    """The broker's log file, rotated by size so that it can never fill the data disk. What else
+    the process writes to stdout or stderr (a crash's last words) lands in the current file too,
+    and counts toward its size."""
+
+    def __init__(self, path: Path, max_bytes: int = LOG_MAX_BYTES) -> None:
+        super().__init__(path, maxBytes=max_bytes, backupCount=LOG_KEPT, encoding="utf-8")
+        self._adopt_stdio()
+
+    def doRollover(self) -> None:
+        super().doRollover()
+        self._adopt_stdio()
+
+    def _adopt_stdio(self) -> None:
+        if self.stream is not None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(self.stream.fileno(), 1)
+            os.dup2(self.stream.fileno(), 2)
+
+
+def setup_logging(log_file: Path | None, max_bytes: int = LOG_MAX_BYTES) -> None:
+    """Log to ``log_file`` (rotated, see :class:`LogFile`), else to stderr; the level comes from
+    $PRONTODB_LOG_LEVEL (INFO by default)."""
+    handler: logging.Handler = (
+        logging.StreamHandler(sys.stderr) if log_file is None else LogFile(log_file, max_bytes)
+    )
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(
+        level=os.environ.get("PRONTODB_LOG_LEVEL", "INFO").upper(), handlers=[handler]
+    )
+
+
+def run(
+    config: ServerConfig,
+    *,
+    ready_fd: int | None = None,
+    log_file: Path | None = None,
+    log_max_bytes: int = LOG_MAX_BYTES,
+) -> int:
     """Run a broker in the foreground; return the process's exit status.
 
     Once it listens, one JSON line ``{"pid", "socket", "tcp"}`` goes to ``ready_fd`` (then closed),
-    which is how an auto-starting CLI or a test knows it may connect without polling.
+    which is how an auto-starting CLI or a test knows it may connect without polling. It logs to
+    ``log_file`` (rotated at ``log_max_bytes``) if given, else to stderr.
     """
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=os.environ.get("PRONTODB_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(log_file, log_max_bytes)
 
     # Full collections scan every live object, and a broker holds many: make them a hundred
     # times rarer than the default (young ones, which cost little, keep their pace).
