@@ -68,3 +68,12 @@ async def running_broker(
         broker.request_stop()
         for wire in running.wires:
             await wire.aclose()
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Return once ``condition()`` holds, checking at each pass of the event loop (every other
+    task runs in between, the broker's included): state, not wall time, ends the wait (10 s at
+    most, a hang fails the test)."""
+    with trio.fail_after(10):
+        while not condition():
+            await trio.lowlevel.checkpoint()

@@ -15,13 +15,21 @@ from pathlib import Path
 
 import pytest
 import trio
-from inprocess import Running, running_broker
+from inprocess import Running, running_broker, until
 from wire import Wire
 
 from prontodb.broker.server import ServerConfig
 from prontodb.broker.server._quiet_log import QuietLog
 from prontodb.broker.storage import FaultPoints
-from prontodb.protocol import Connection, ConnectionClosed, ErrorCode, Goodbye, Hello, Role
+from prontodb.protocol import (
+    Connection,
+    ConnectionClosed,
+    ErrorCode,
+    Goodbye,
+    Hello,
+    Response,
+    Role,
+)
 
 
 @pytest.fixture
@@ -112,6 +120,30 @@ async def test_a_damaged_database_is_refused_in_one_line_until_its_files_change(
     assert await w.result("set", key="b", value=2) == 1  # the other databases serve on
     segment.write_bytes(kept)  # the operator puts the file back: the next request reopens it
     assert await w.result("get", key="a", cursor="hurt") == 1
+
+
+async def test_a_waiting_claim_whose_database_cannot_reopen_is_answered_not_dropped(
+    server: Running,
+) -> None:
+    # The claim follows its database through a close; the reopen is refused (damage): the claim
+    # gets that refusal, and the connection (which used to end with it) serves on.
+    w = await server.wire()
+    assert await w.result("set", key="x", value=1, cursor="hurt") == 1
+    request = w.request("claim", prefix="queue", wait=30, cursor="hurt")
+    await w.send(request)
+    databases = server.broker.databases
+    await until(lambda: any(db.waiters.queued("queue") for db in databases.opened()))
+    db = databases.open_at(databases.directory("hurt"))
+    assert db is not None
+    (databases.directory("hurt") / "seg-00000001.log").unlink()
+    await databases.close(db)  # as a restore or a failed write would
+    response = await w.next()
+    assert isinstance(response, Response)
+    assert response.id == request.id
+    assert response.error is not None
+    assert response.error["code"] == ErrorCode.UNAVAILABLE
+    assert "segment missing" in response.error["message"]
+    assert await w.result("ping") == "pong"
 
 
 # -- a disk whose fsync fails ----------------------------------------------------------------------

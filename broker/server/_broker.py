@@ -266,14 +266,16 @@ class Broker:
         farewell = Goodbye(
             ErrorCode.UNAUTHENTICATED, f"The broker ended this connection: {reason}."
         )
+        error = ProntoError(ErrorCode.UNAUTHENTICATED, farewell.message)
         for session in list(self._sessions):
             if session.authenticate and session.user == user:
+                session.end_waits(error)  # now: no write may serve them meanwhile
                 session.stop_reading(farewell)
 
-    def recheck_watches(self) -> None:
-        """A grant was taken back: end the watches it allowed."""
+    def recheck_waits(self) -> None:
+        """The catalog changed: end the waits (blocked claims, watches) it no longer allows."""
         for session in list(self._sessions):
-            session.recheck_watches()
+            session.recheck_waits()
 
     def status(self) -> dict[str, Any]:
         """What ``prontodb status`` shows."""

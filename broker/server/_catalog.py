@@ -203,11 +203,16 @@ def save(path: Path, document: dict[str, Any]) -> None:
 
 
 async def change_catalog(broker: Broker, change: Callable[[], object]) -> None:
-    """Apply ``change`` to the broker's catalog and save it; if saving fails, undo it."""
+    """Apply ``change`` to the broker's catalog and save it; if saving fails, undo it.
+
+    The change is in force at once, for waits already running too: a blocked claim or a watch
+    that the changed grants no longer allow ends now, not after the save (a write meanwhile must
+    not hand the old right an item)."""
     catalog = broker.databases.catalog
     async with broker.catalog_lock:
         before = catalog.document()
         change()
+        broker.recheck_waits()
         try:
             await trio.to_thread.run_sync(save, catalog.path, catalog.document())
         except BaseException:

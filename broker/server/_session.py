@@ -117,13 +117,13 @@ class Session:
         # The reader, the writer and the watches all write (a claim's answer comes any time).
         self._send_lock = trio.Lock()
         self._waits: trio.Nursery
-        # request id -> its blocked claim's waiter and database (see _cancel)
-        self._claim_waits: dict[int, tuple[Waiter, OpenDatabase]] = {}
+        # request id -> its blocked claim's waiter, database and args (see _cancel, _end_wait)
+        self._claim_waits: dict[int, tuple[Waiter, OpenDatabase, dict[str, Any]]] = {}
         # request id -> the database directory, key and token of a claim answer that went out
         self._answered_claims: OrderedDict[int, tuple[Path, str, int]] = OrderedDict()
         # request id -> its running watch: the scope that ends it and the request's args
         self._watches: dict[int, tuple[trio.CancelScope, dict[str, Any]]] = {}
-        self._refused: dict[int, ProntoError] = {}  # watches ended by a revoked grant
+        self._refused: dict[int, ProntoError] = {}  # waits ended by a revoke: their answers
         self._torn = False  # a write was cut short: the stream holds half a frame
         self._farewell = Goodbye(ErrorCode.UNAVAILABLE, "The broker is stopping.")
 
@@ -136,17 +136,53 @@ class Session:
         if self._awaiting_input:
             self._receive_scope.cancel()
 
-    def recheck_watches(self) -> None:
-        """End the running watches this user's grants no longer allow (after a revoke)."""
+    def recheck_waits(self) -> None:
+        """End the waits (blocked claims, running watches) this user's grants no longer allow:
+        after a revoke, each is answered ``denied`` at once."""
         if not self.authenticate:
             return
         grants = self.broker.databases.catalog.grants
-        for request_id, (scope, args) in list(self._watches.items()):
+        for request_id, op, args in self._waits_running():
             try:
-                check(grants, self.user, needs("watch", args, self.user))
+                check(grants, self.user, needs(op, args, self.user))
             except ProntoError as err:
-                self._refused[request_id] = err
-                scope.cancel()
+                self._end_wait(request_id, err)
+
+    def end_waits(self, error: ProntoError) -> None:
+        """End every wait of this connection with ``error`` (its user was removed, or given a
+        new token: the right the waits started with is gone)."""
+        for request_id, _op, _args in self._waits_running():
+            self._end_wait(request_id, error)
+
+    def _waits_running(self) -> list[tuple[int, str, dict[str, Any]]]:
+        """(request id, op, args) of every blocked claim not yet served, and every watch."""
+        running = [(i, "watch", args) for i, (_scope, args) in self._watches.items()]
+        running += [
+            (i, "claim", args)
+            for i, (waiter, _db, args) in self._claim_waits.items()
+            if waiter.result is None
+        ]
+        return running
+
+    def _end_wait(self, request_id: int, error: ProntoError) -> None:
+        """End the wait of request ``request_id`` now; its answer is ``error``."""
+        self._refused[request_id] = error
+        watch = self._watches.get(request_id)
+        if watch is not None:
+            watch[0].cancel()
+        self._stop_claim_wait(request_id)
+
+    def _stop_claim_wait(self, request_id: int) -> bool:
+        """Take the blocked claim ``request_id`` out of its queue at once, so that no write can
+        serve it any more, and wake its task to answer; False if it is not waiting."""
+        entry = self._claim_waits.get(request_id)
+        if entry is None or entry[0].result is not None:
+            return False
+        del self._claim_waits[request_id]
+        waiter, db, _args = entry
+        db.waiters.remove(waiter)
+        waiter.event.set()
+        return True
 
     async def run(self) -> None:
         if self._socket_fd >= 0:
@@ -465,7 +501,7 @@ class Session:
         waiter = Waiter(prefix, self.user, lease, bound, max_deliveries)
         waiter.served = self._answer_when_served(request.id, db)
         db.waiters.add(waiter)
-        self._claim_waits[request.id] = (waiter, db)
+        self._claim_waits[request.id] = (waiter, db, dict(args))
         self._waits.start_soon(self._wait_for_claim, request.id, db, waiter, wait, name)
         return None
 
@@ -485,29 +521,39 @@ class Session:
         self, request_id: int, db: OpenDatabase, waiter: Waiter, wait: float, name: str
     ) -> None:
         deadline = trio.current_time() + wait
+        error: ProntoError | None = None
         try:
             while True:
                 with trio.move_on_at(deadline):
                     await waiter.event.wait()
                 if waiter.result is not None or not db.retired:
                     break
-                if trio.current_time() >= deadline:
-                    break
+                if trio.current_time() >= deadline or request_id not in self._claim_waits:
+                    break  # ran out, or cancelled or ended meanwhile (that takes the entry)
                 # The database was closed (restored, reopened): wait on its next object.
                 db.waiters.remove(waiter)
-                reopened = await self.broker.databases.get(name, create=True, user=self.user)
+                try:
+                    reopened = await self.broker.databases.get(name, create=True, user=self.user)
+                except ProntoError as err:  # it cannot be opened again (damaged, failing disk)
+                    error = err
+                    break
                 assert reopened is not None
                 db = reopened
-                if request_id not in self._claim_waits:
-                    break  # cancelled meanwhile (a cancel takes the entry)
+                entry = self._claim_waits.get(request_id)
+                if entry is None:
+                    break  # cancelled or ended while the database opened
                 waiter.event = trio.Event()
                 waiter.served = self._answer_when_served(request_id, db)
                 db.waiters.add(waiter)
-                self._claim_waits[request_id] = (waiter, db)
+                self._claim_waits[request_id] = (waiter, db, entry[2])
                 db.serve_waiters(self.broker.clock())
-            if waiter.result is None:  # the wait ran out (a served waiter is answered already)
-                answer = Response(request_id, None, None)
-                self._queue.append(_Out(answer, db, db.database.last_ticket))
+            if waiter.result is None:  # not served (a served waiter is answered already)
+                error = self._refused.pop(request_id, None) or error
+                if error is not None:  # ended by a revoke, or its database is gone
+                    self._queue.append(_Out(Response.fail(request_id, error)))
+                else:  # the wait ran out, or was cancelled
+                    answer = Response(request_id, None, None)
+                    self._queue.append(_Out(answer, db, db.database.last_ticket))
                 self._pump()
         finally:
             db.waiters.remove(waiter)
@@ -520,11 +566,7 @@ class Session:
         request_id = uint_arg(request.args, "id")
         if request_id is None:
             raise ProntoError(ErrorCode.BAD_REQUEST, "cancel needs 'id': the claim's request id.")
-        waiting = self._claim_waits.get(request_id)
-        if waiting is not None and waiting[0].result is None:
-            waiter, db = self._claim_waits.pop(request_id)
-            db.waiters.remove(waiter)  # nothing more is claimed for it
-            waiter.event.set()  # its task answers nil
+        if self._stop_claim_wait(request_id):  # still waiting: its task answers nil
             return _Out(Response(request.id, None, True))
         for out in itertools.chain(self._queue, self._batch):  # claimed, answer not gone
             message = out.message

@@ -71,9 +71,9 @@ async def user_token(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
         nonlocal token
         _known(broker, name)
         token = make_user(broker.databases.catalog, name, user, broker.clock())
+        broker.end_sessions_of(name, "its token was replaced")
 
     await change_catalog(broker, rekey)
-    broker.end_sessions_of(name, "its token was replaced")
     return {"name": name, "token": token}
 
 
@@ -85,9 +85,9 @@ async def user_remove(broker: Broker, user: str, args: Mapping[str, Any]) -> Any
         _known(broker, name)
         del catalog.users[name]
         catalog.grants = [g for g in catalog.grants if g.user != name]
+        broker.end_sessions_of(name, "the user was removed")
 
     await change_catalog(broker, remove)
-    broker.end_sessions_of(name, "the user was removed")
     return True
 
 
@@ -129,7 +129,6 @@ async def revoke(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
         catalog.grants = [g for g in catalog.grants if g != taken]
 
     await change_catalog(broker, remove)
-    broker.recheck_watches()
     return found
 
 
