@@ -251,3 +251,29 @@ def test_a_revision_too_big_for_one_push_is_split_with_more() -> None:
         (501, 9, None),
     ]
     assert [e["key"] for p in sent for e in p["events"]][-2:] == ["s.2499", "x"]
+
+
+async def test_a_watch_creates_no_database_and_waits_for_its_first_write(
+    short_dir: Path,
+) -> None:
+    async with running_broker(config(short_dir)) as server:
+        directory = server.broker.databases.directory("later")
+        watcher = await server.wire("reader")
+        request, start = await open_watch(watcher, cursor="later", prefix="jobs")
+        assert start == 1
+        idle = await server.wire("reader")
+        idle_request, _ = await open_watch(idle, cursor="later")
+        assert not directory.exists()  # a read creates no state
+        unwatch = idle.request("unwatch", stream=idle_request.id)
+        await idle.send(unwatch)
+        answers: dict[int, Any] = {}
+        while len(answers) < 2:  # the stream's end and unwatch's own answer, in either order
+            message = await idle.next()
+            assert isinstance(message, Response)
+            answers[message.id] = message.raise_for_error()
+        # Ended while it waited for the database: it resumes at revision 1.
+        assert answers == {idle_request.id: {"next_rev": 1}, unwatch.id: True}
+        writer = await server.wire("w1")
+        await writer.result("set", key="jobs.a", value=1, cursor="later")
+        assert brief(await events(watcher, request.id, 1)) == [(1, "put", "jobs.a", 1)]
+        assert directory.exists()

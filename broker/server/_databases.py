@@ -382,6 +382,9 @@ class Databases:
         # Databases refused as damaged, with what their directory looked like then: the same
         # refusal is given again, without re-reading the log, until a file there changes.
         self._refused: dict[Path, tuple[Fingerprint, str]] = {}
+        # Set (and replaced) whenever a database opens or is restored: watchers of a database
+        # that did not exist yet wait on it (see wait_for).
+        self._appeared = trio.Event()
         # Where the databases' flush loops run; the broker sets it before it serves.
         self.flushers: trio.Nursery | None = None
 
@@ -449,6 +452,21 @@ class Databases:
                 del self._refused[directory]  # something changed there: try again
             return await self._open_new(name, directory)
 
+    async def wait_for(self, name: str, user: str) -> OpenDatabase:
+        """The database cursor ``name`` means for ``user``, once it exists: a watch names one
+        before its first write, and must not create it (a read creates no state, least of all
+        for a user who may only read)."""
+        while True:
+            appeared = self._appeared
+            db = await self.get(name, create=False, user=user)
+            if db is not None:
+                return db
+            await appeared.wait()
+
+    def _announce(self) -> None:
+        self._appeared.set()
+        self._appeared = trio.Event()
+
     async def close(self, db: OpenDatabase) -> None:
         """Stop serving ``db``, close its files (what is queued is written first) and settle
         whatever waits on it (:meth:`OpenDatabase.retire`)."""
@@ -476,6 +494,7 @@ class Databases:
                 logger.info("database %s at %s restored: revision %d", name, directory, revision)
                 if old is not None:
                     old.replaced(revision)
+                self._announce()
                 return revision
             finally:
                 if old is not None and old.replacing is not None:
@@ -538,6 +557,7 @@ class Databases:
             if returned.records:
                 db.submit(returned)
             self._open[directory] = db
+            self._announce()
             return db
         finally:
             del self._opening[directory]

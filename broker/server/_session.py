@@ -595,17 +595,22 @@ class Session:
         args = request.args
         name = validate_name(args.get("cursor", DEFAULT_NAME))
         prefix, from_rev = watch_args(args)
-        # A watch may come before the first write, so it creates the database it waits on.
-        db = await self.broker.databases.get(name, create=True, user=self.user)
-        assert db is not None
-        start = start_revision(db, from_rev)
+        # A database that does not exist yet is at revision 0: the watch waits for it.
+        db = await self.broker.databases.get(name, create=False, user=self.user)
+        start = (from_rev or 1) if db is None else start_revision(db, from_rev)
         scope = trio.CancelScope()
         self._watches[request.id] = (scope, dict(args))
-        self._waits.start_soon(self._run_watch, request.id, db, prefix, start, scope)
+        self._waits.start_soon(self._run_watch, request.id, db, name, prefix, start, scope)
         return None
 
     async def _run_watch(
-        self, request_id: int, db: OpenDatabase, prefix: str, start: int, scope: trio.CancelScope
+        self,
+        request_id: int,
+        db: OpenDatabase | None,
+        name: str,
+        prefix: str,
+        start: int,
+        scope: trio.CancelScope,
     ) -> None:
         resume = start
 
@@ -618,11 +623,18 @@ class Session:
                 await self._drained.wait()
             resume = next_rev
 
-        db.watchers += 1
+        watching: OpenDatabase | None = None
         try:
             try:
                 with scope:
-                    await stream(db, prefix, start, send, self.conn.pack_event)
+                    announced = None
+                    if db is None:  # in place at once; its changes come once it exists
+                        await send(self.conn.pack_event({"events": [], "next_rev": start}), start)
+                        announced = start
+                        db = await self.broker.databases.wait_for(name, self.user)
+                    watching = db
+                    db.watchers += 1
+                    await stream(db, prefix, start, send, self.conn.pack_event, announced=announced)
                 answer = Response(request_id, None, {"next_rev": resume})  # unwatched
                 refused = self._refused.pop(request_id, None)
                 if refused is not None:
@@ -635,7 +647,8 @@ class Session:
         except ProtocolError:
             pass  # the peer broke the protocol: the connection is ending, with no more to say
         finally:
-            db.watchers -= 1
+            if watching is not None:
+                watching.watchers -= 1
             self._watches.pop(request_id, None)
 
     def _unwatch(self, request: Request) -> bool:

@@ -62,14 +62,24 @@ def start_revision(db: OpenDatabase, from_rev: int | None) -> int:
     return from_rev
 
 
-async def stream(db: OpenDatabase, prefix: str, next_rev: int, send: Send, pack: Pack) -> None:
+async def stream(
+    db: OpenDatabase,
+    prefix: str,
+    next_rev: int,
+    send: Send,
+    pack: Pack,
+    *,
+    announced: int | None = None,
+) -> None:
     """Send ``db``'s changes under ``prefix`` from ``next_rev`` on, as they become durable, until
     cancelled (returns nothing then) or cut off (raises ``overflow`` or ``unavailable``).
 
-    The first push, with no events, says the watch is in place and where it starts. Watchers
-    at the same revision with the same prefix share one reading and encoding of their pushes
+    The first push, with no events, says the watch is in place and where it starts (unless the
+    caller ``announced`` it already: a watch waiting for its database to exist). Watchers at
+    the same revision with the same prefix share one reading and encoding of their pushes
     (:func:`encoded`): a fan-out to many watchers does that work once."""
-    await send(pack({"events": [], "next_rev": next_rev}), next_rev)
+    if announced is None:
+        await send(pack({"events": [], "next_rev": next_rev}), next_rev)
     told = next_rev  # the resume point the watcher last heard of
     while True:
         if db.replaced_at is not None:
