@@ -689,7 +689,10 @@ def backup(options: Globals, output: str, cursor: str | None = None) -> int:
             write_json(done)
         else:
             write(done["path"].encode() + b"\n")
-        return 0
+        failed = done.get("failed") or []
+        for item in failed:  # the others are in the file; these are not
+            say(f"{item['name']} was not backed up: {item['message']}")
+        return 1 if failed else 0
 
     return run(options, body)
 

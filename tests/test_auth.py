@@ -95,7 +95,12 @@ def test_the_permission_matrix(guarded: BrokerProcess, tmp_path: Path) -> None:
         admin.grant("other", "write", cursor="logs")
         admin.set("queue.t1", "pending", cursor="tasks")
         admin.set("other.k", "v", cursor="tasks")
-    backups = tmp_path / "backups"
+    # A cursor's admin may name only the broker's own backup directory (any other path reaches
+    # any directory the broker can write or read).
+    mine, elsewhere = guarded.data_dir / "backups", tmp_path / "elsewhere"
+    with Client.connect(guarded.url, user="admin", token=admin_token(guarded)) as admin:
+        inside = admin.backup(str(mine / "seed"), cursor="tasks")["path"]
+        outside = admin.backup(str(elsewhere / "seed"), cursor="tasks")["path"]
     ops: dict[str, Callable[[Client], Any]] = {
         "get in prefix": lambda c: c.get("queue.t1"),
         "get outside prefix": lambda c: c.get("other.k"),
@@ -110,8 +115,14 @@ def test_the_permission_matrix(guarded: BrokerProcess, tmp_path: Path) -> None:
             [{"key": "other.k", "target": "exists", "value": True}],
             [{"op": "set", "key": "queue.t3", "value": 1}],
         ),
-        "backup of tasks": lambda c: c.backup(str(backups / "t"), cursor="tasks"),
-        "backup of everything": lambda c: c.backup(str(backups / "all")),
+        "backup of tasks": lambda c: c.backup(str(mine / f"t-{c.user}"), cursor="tasks"),
+        "backup of tasks elsewhere": lambda c: c.backup(str(elsewhere / c.user), cursor="tasks"),
+        "backup of tasks out through ..": lambda c: c.backup(
+            str(mine / ".." / f"t-{c.user}"), cursor="tasks"
+        ),
+        "backup of everything": lambda c: c.backup(str(mine / f"all-{c.user}")),
+        "restore tasks": lambda c: c.restore(inside, cursor="tasks"),
+        "restore tasks from elsewhere": lambda c: c.restore(outside, cursor="tasks"),
         "bind the cursor tasks": lambda c: c.cursor_set("tasks", str(tmp_path / "t.db")),
         "add a user": lambda c: c.user_add("newcomer"),
         "own grants": lambda c: c.grants(c.user),
@@ -128,9 +139,18 @@ def test_the_permission_matrix(guarded: BrokerProcess, tmp_path: Path) -> None:
             "claim from prefix",
             "own grants",
         },
-        # Binding a cursor reaches any directory: an admin's of everything, not of one cursor.
+        # Binding a cursor, or a backup path outside the broker's own backups, reaches any
+        # directory: an admin's of everything, not of one cursor.
         "owner": set(ops)
-        - {"backup of everything", "add a user", "everyone's grants", "bind the cursor tasks"},
+        - {
+            "backup of everything",
+            "backup of tasks elsewhere",
+            "backup of tasks out through ..",
+            "restore tasks from elsewhere",
+            "add a user",
+            "everyone's grants",
+            "bind the cursor tasks",
+        },
         "other": {"own grants"},
     }
     for user, token in tokens.items():

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from brokers import BrokerProcess, running_broker
+from cli_support import dispatch
 
 from prontodb.clients import Client, ErrorCode, ProntoError
 
@@ -172,3 +173,27 @@ def test_watchers_of_a_restored_database_are_told_to_re_read(
         assert told.value.code is ErrorCode.COMPACTED
         assert told.value.details["restored"] is True
         assert client.get("k") == "old"
+
+
+def test_one_database_that_cannot_open_does_not_cost_the_others_their_backup(
+    tmp_path: Path, short_dir: Path
+) -> None:
+    data = tmp_path / "data"
+    with running_broker(data, short_dir / "b.sock") as broker, Client.connect(broker.url) as c:
+        for cursor in ("good", "hurt", "fine"):
+            c.set("k", cursor, cursor=cursor)
+    (data / "hurt.db" / "seg-00000001.log").unlink()  # damaged while the broker was stopped
+    with running_broker(data, short_dir / "b.sock") as broker:
+        with Client.connect(broker.url) as client:
+            done = client.backup(str(tmp_path / "all"))
+            assert [d["name"] for d in done["databases"]] == ["fine", "good"]
+            (failed,) = done["failed"]
+            assert failed["name"] == "hurt"
+            assert failed["code"] == "unavailable"
+            assert "seg-00000001.log" in failed["message"]
+            listed = client.backup_list(done["path"])
+            assert [d["name"] for d in listed[0]["databases"]] == ["fine", "good"]
+        cli = dispatch(["--url", broker.url, "backup", "--output", str(tmp_path / "cli")])
+        assert cli.status == 1
+        assert cli.out == str(tmp_path / "cli.db") + "\n"
+        assert cli.err.startswith("prontodb: hurt was not backed up: The database 'hurt'")

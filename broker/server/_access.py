@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import posixpath
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -66,11 +67,13 @@ class Grant:
 
 @dataclass(frozen=True, slots=True)
 class Need:
-    """One permission an operation needs: ``level`` on ``target`` in ``cursor``."""
+    """One permission an operation needs: ``level`` on ``target`` in ``cursor`` (``why``, if
+    set, explains a need larger than the operation's cursor)."""
 
     level: Level
     cursor: str | None
     target: str = ""
+    why: str = ""
 
 
 def new_token() -> str:
@@ -98,9 +101,10 @@ def check(grants: Iterable[Grant], user: str, needs: Iterable[Need]) -> None:
             what = f"prefix {need.target}" if need.target else "every key"
             flags = "" if need.cursor is None else f" --cursor {need.cursor}"
             flags += f" --prefix {need.target}" if need.target else ""
+            why = f" ({need.why})" if need.why else ""
             raise ProntoError(
                 ErrorCode.DENIED,
-                f"{user} needs {level} on {where}, {what}; an admin can give it with "
+                f"{user} needs {level} on {where}, {what}{why}; an admin can give it with "
                 f"`prontodb grant {user} {level}{flags}`.",
                 {"needs": level, "cursor": need.cursor, "prefix": need.target},
             )
@@ -113,9 +117,10 @@ _WRITE_PREFIX = {"claim", "create_cache", "drop_cache"}
 _OPEN = {"ping", "status", "unwatch", "cancel", "cursor_list", "cursor_show", "whoami"}
 
 
-def needs(op: str, args: Mapping[str, Any], user: str) -> list[Need]:
+def needs(op: str, args: Mapping[str, Any], user: str, backups: str = "") -> list[Need]:
     """The permissions request ``op`` with ``args`` needs. Malformed arguments are left to the
-    operation itself to refuse (a bad key needs nothing: it fails anyway)."""
+    operation itself to refuse (a bad key needs nothing: it fails anyway). ``backups`` is the
+    broker's own backup directory (absolute): the one place a cursor's admin may name."""
     cursor = args.get("cursor", DEFAULT_CURSOR)
     cursor = cursor if isinstance(cursor, str) else DEFAULT_CURSOR
     if op in _OPEN:
@@ -138,12 +143,28 @@ def needs(op: str, args: Mapping[str, Any], user: str) -> list[Need]:
         return found
     if op == "grants" and args.get("user") == user:
         return []  # one's own grants
-    # Binding a cursor to a path reaches any directory the broker can: an admin's of everything,
-    # not of the cursor alone (else a cursor admin could bind it to another database's files).
+    # A path reaches any directory the broker can: naming one is an admin's of everything, not
+    # of one cursor (else a cursor admin could bind a cursor to another database's files, write
+    # a backup anywhere, or restore any backup file into its cursor). Its own backups are the
+    # exception: a cursor's admin may back it up to, and restore it from, the broker's backup
+    # directory.
     if op in ("backup", "backup_restore"):
         only = args.get("cursor")
-        return [Need(Level.ADMIN, only if isinstance(only, str) else None)]
+        path = args.get("output" if op == "backup" else "path")
+        if isinstance(only, str) and within(path, backups):
+            return [Need(Level.ADMIN, only)]
+        why = f"a backup path outside {backups}" if isinstance(only, str) and backups else ""
+        return [Need(Level.ADMIN, None, why=why)]
     return [Need(Level.ADMIN, None)]  # the rest (and ops not known yet) are an admin's
+
+
+def within(path: Any, directory: str) -> bool:
+    """Whether ``path`` (absolute, as text) names something inside ``directory``, judged on the
+    normalised text (``..`` resolved; no I/O). The broker's directory is its own (mode 0700):
+    only who can already read the data directory could put a link in it."""
+    if not isinstance(path, str) or not directory or not posixpath.isabs(path):
+        return False
+    return posixpath.normpath(path).startswith(directory.rstrip("/") + "/")
 
 
 def _text(value: Any) -> str:

@@ -37,8 +37,17 @@ async def backup_op(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
     databases = broker.databases
     targets = _targets(broker, user, args.get("cursor"))
     opened: list[tuple[str, str | None, OpenDatabase]] = []
+    failed: list[dict[str, Any]] = []
     for name, owner, directory in targets:
-        db = await databases.at(name, directory, create=False)
+        try:
+            db = await databases.at(name, directory, create=False)
+        except ProntoError as err:
+            if args.get("cursor") is not None:
+                raise
+            # One database that cannot be opened (damaged, its disk gone) must not cost the
+            # others their backup: they are written, and it is named in the answer.
+            failed.append({"name": name, "owner": owner, "path": str(directory), **err.to_wire()})
+            continue
         if db is not None:
             opened.append((name, owner, db))
     if args.get("cursor") is not None and not opened:
@@ -68,7 +77,8 @@ async def backup_op(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
         raise ProntoError(
             ErrorCode.UNAVAILABLE, f"The backup could not be written to {path} ({exc})."
         ) from exc
-    return {"path": str(path), "bytes": size, "databases": [s.as_dict() for s, _ in frozen]}
+    databases_done = [s.as_dict() for s, _ in frozen]
+    return {"path": str(path), "bytes": size, "databases": databases_done, "failed": failed}
 
 
 async def restore_op(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:

@@ -42,6 +42,7 @@ logger = logging.getLogger("prontodb.server")
 _MAX_SOCKET_PATH = 107
 _LISTEN_BACKLOG = 1024
 COMPACTION_CHECK_EVERY = 16  # writes between two looks at whether a database should compact
+BACKUPS_DIR = "backups"  # in the data directory: the backups a cursor's admin may name
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,8 @@ class Broker:
         self._sessions_scope = trio.CancelScope()  # replaced by the sessions nursery's
         self._socket_inode: tuple[int, int] | None = None  # of our socket file, to remove it
         self.catalog_lock = trio.Lock()  # one catalog change (and save) at a time
+        # Where a cursor's admin may write and read backups of its cursor (docs/PROTOCOL.md).
+        self.backups = os.path.join(os.path.abspath(config.data_dir), BACKUPS_DIR)
 
     def request_stop(self) -> None:
         """Begin a clean shutdown (idempotent)."""

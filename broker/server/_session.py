@@ -406,7 +406,8 @@ class Session:
         try:
             if self.authenticate:
                 grants = self.broker.databases.catalog.grants
-                check(grants, self.user, needs(request.op, request.args, self.user))
+                wanted = needs(request.op, request.args, self.user, self.broker.backups)
+                check(grants, self.user, wanted)
             if request.op == "claim":
                 return await self._claim(request)
             if request.op == "watch":
