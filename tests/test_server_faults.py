@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -205,3 +206,38 @@ def test_the_log_file_is_rotated_by_size_and_takes_stderr_along(tmp_path: Path) 
     current = log.read_text()
     assert "line 399 of a broker" in current
     assert "the last words of a crash" in current
+
+
+async def test_a_stuck_fsync_holds_up_its_own_database_only(
+    server: Running, faults: FaultPoints
+) -> None:
+    databases = server.broker.databases
+    a, b = await server.wire(), await server.wire()
+    assert await a.result("set", key="k", value=0, cursor="slow") == 1
+    slow = databases.open_at(databases.directory("slow"))
+    assert slow is not None
+    slow.slow_write = 0.0  # every write counts as slow: the next one moves its writes to a thread
+    assert await a.result("set", key="k", value=1, cursor="slow") == 2
+    held, release = threading.Event(), threading.Event()
+    gave_up: list[bool] = []
+
+    def fsync(path: Path) -> None:
+        if path.parent == slow.directory:
+            held.set()
+            # The disk hangs until the test releases it; had it hung the event loop, nothing
+            # could release it, and it gives up after a while (which fails the test).
+            gave_up.append(not release.wait(10))
+
+    faults.fsync = fsync
+    request = a.request("set", key="k", value=2, cursor="slow")
+    await a.send(request)
+    await until(held.is_set)
+    # Another database is served while the first one's fsync hangs in its thread.
+    assert await b.result("set", key="k", value="other", cursor="fast") == 1
+    assert await b.result("get", key="k", cursor="fast") == "other"
+    assert not release.is_set()
+    release.set()
+    answer = await a.next()
+    assert isinstance(answer, Response)
+    assert answer.raise_for_error() == 3
+    assert gave_up == [False]

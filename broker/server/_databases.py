@@ -37,6 +37,9 @@ logger = logging.getLogger("prontodb.server")
 T = TypeVar("T")
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Seconds a write (and its fsync) may take on the event loop; past it, the database's writes move
+# to a thread. Disks measured here fsync in 0.1-1 ms; a spinning disk's 5-15 ms stays on the loop.
+SLOW_WRITE = 0.020
 DEFAULT_NAME = "default"
 _PATHS_KEPT = 4096  # directory Paths cached by their text (a bound: names are the clients')
 # Reads of a database that does not exist yet see this empty engine and create nothing.
@@ -96,6 +99,11 @@ class OpenDatabase:
         self._has_pending = trio.Event()
         self._flusher = trio.CancelScope()
         self._sweeper = trio.CancelScope()
+        # A slow disk: writes slower than slow_write go to a thread (see _write_pending), so
+        # that this database's fsync stalls its own requests only, not every connection's.
+        self.slow_write = SLOW_WRITE
+        self._in_thread = False
+        self._writing: trio.Event | None = None  # set once a write in a thread returns
         self._reschedule = trio.Event()  # the sweeper's next deadline may have moved earlier
         self.waiters = ClaimWaiters()
         self._sweep_at: float | None = None
@@ -220,11 +228,54 @@ class OpenDatabase:
                     # Let every task that is ready run first, so its writes join this batch.
                     await trio.lowlevel.checkpoint()
                 try:
-                    durable = writer.write_pending()
+                    durable = await self._write_pending()
                 except StorageError as exc:
                     self._fail(exc)
                     return
                 self._advance(durable)
+
+    async def _write_pending(self) -> int:
+        """Write what is queued: from the event loop while the disk is fast (a hand-off to a
+        thread would cost more than the fsync), in a thread once a write took longer than
+        ``slow_write`` (then one slow database stalls its own requests, not the broker), and
+        back on the loop once a write is fast again. A disk that stalls for good still stalls
+        the broker once, on the write that finds it out."""
+        if not self._in_thread:
+            return self._write_on_loop()
+        began = time.monotonic()
+        done = self._writing = trio.Event()
+        try:
+            durable = await trio.to_thread.run_sync(self.database.writer.write_pending)
+        finally:
+            self._writing = None
+            done.set()
+        self._judge(time.monotonic() - began)
+        return durable
+
+    def _write_on_loop(self) -> int:
+        began = time.monotonic()
+        durable = self.database.writer.write_pending()
+        self._judge(time.monotonic() - began)
+        return durable
+
+    def _judge(self, took: float) -> None:
+        """Where the next writes go, given that the last one took ``took`` seconds."""
+        if took > self.slow_write and not self._in_thread:
+            self._in_thread = True
+            self.quiet.warning(
+                f"slow:{self.directory}",
+                "database %s: a write took %.0f ms; its writes go to a thread until one is fast "
+                "again, so that the other databases are not held up",
+                self.name,
+                took * 1000,
+            )
+        elif took <= self.slow_write / 2 and self._in_thread:
+            self._in_thread = False
+
+    async def writes_done(self) -> None:
+        """Return once no write of this database runs in a thread (before its files close)."""
+        if self._writing is not None:
+            await self._writing.wait()
 
     def flush_if_alone(self, input_waiting: Callable[[], bool]) -> None:
         """Write what is queued now if nothing could join the batch: no task but the flush loop
@@ -235,6 +286,7 @@ class OpenDatabase:
             self._has_pending.is_set()
             and not self.retired
             and self.failure is None
+            and not self._in_thread
             and trio.lowlevel.current_statistics().tasks_runnable <= 1
             and not input_waiting()
         ):
@@ -242,10 +294,10 @@ class OpenDatabase:
 
     def flush_now(self) -> None:
         """Write what is queued now, from the event loop (at shutdown, before the loop stops)."""
-        if self.failure is not None:
-            return
+        if self.failure is not None or self._writing is not None:
+            return  # a write in a thread runs: the batch after it is the flush loop's
         try:
-            self._advance(self.database.writer.write_pending())
+            self._advance(self._write_on_loop())
         except StorageError as exc:
             self._fail(exc)
 
@@ -473,6 +525,7 @@ class Databases:
         if self._open.get(db.directory) is db:
             del self._open[db.directory]
         db.stop_flushing()
+        await db.writes_done()  # the writer is not the thread's to share
         if db.compaction_done is not None:  # never two storages on one directory
             await db.compaction_done.wait()
         closed_cleanly = await trio.to_thread.run_sync(_close_quietly, db)
