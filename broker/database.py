@@ -7,6 +7,7 @@ own: the engine decides, storage makes it durable, the group-commit writer batch
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -108,7 +109,11 @@ class Database:
         """Log the failure of a compaction (call from an ``except`` block) and back off: the next
         one waits until the files have grown as much once more."""
         self._retry_compaction_at = 2 * self.storage.stats().total_bytes
-        logger.exception("compaction failed; the database carries on without it")
+        failure = sys.exc_info()[1]
+        if isinstance(failure, StorageError | OSError):  # the disk's doing: one line
+            logger.error("compaction failed (%s); the database carries on without it", failure)
+        else:  # a bug of ours
+            logger.exception("compaction failed; the database carries on without it")
 
     @property
     def wants_compaction(self) -> bool:

@@ -241,3 +241,30 @@ async def test_a_stuck_fsync_holds_up_its_own_database_only(
     assert isinstance(answer, Response)
     assert answer.raise_for_error() == 3
     assert gave_up == [False]
+
+
+async def test_requests_racing_the_reopen_of_a_failed_database_all_wait_for_it(
+    server: Running, faults: FaultPoints
+) -> None:
+    # The failed database is closed by the first request that finds it failed (in a thread);
+    # those that come meanwhile must wait for that close and the reopen, not open the directory
+    # a second time beside it (which its lock refused as "open in another broker"). Repeated:
+    # the close and the other requests race.
+    wires = [await server.wire() for _ in range(8)]
+    assert await wires[0].result("set", key="k", value=0) == 1
+
+    def fsync(path: Path) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
+
+    async def get(wire: Wire, answers: list[object]) -> None:
+        answers.append((await wire.call("get", key="k")).result)
+
+    for _ in range(20):
+        faults.fsync = fsync
+        assert (await wires[0].call("set", key="k", value=1)).error is not None
+        faults.fsync = None
+        answers: list[object] = []
+        async with trio.open_nursery() as nursery:
+            for wire in wires:
+                nursery.start_soon(get, wire, answers)
+        assert answers == [0] * len(wires)

@@ -488,7 +488,11 @@ class Databases:
             if db is not None and db.failure is None:
                 return db
             if db is not None:  # its writer failed: drop it, reopen from what is durable
-                await self.close(db)
+                # Exclusive: the requests that come while it closes wait, rather than open the
+                # directory a second time beside it.
+                async with self._exclusive(directory):
+                    if self._open.get(directory) is db:
+                        await self.close(db)
                 continue
             opening = self._opening.get(directory)
             if opening is not None:
@@ -599,7 +603,9 @@ class Databases:
                     ErrorCode.UNAVAILABLE,
                     f"The database {name!r} could not be opened ({exc}); see the broker's log.",
                 ) from exc
-            logger.info("opened database %s at revision %d", name, db.engine.revision)
+            self.quiet.info(  # a database reopened after each failed write: rate-limited
+                f"opened:{directory}", "opened database %s at revision %d", name, db.engine.revision
+            )
             # What was just loaded lives as long as the database: keep it out of the collector's
             # full passes, which otherwise scan every entry (15 ms pauses at 100k objects).
             gc.freeze()

@@ -328,7 +328,7 @@ class GroupCommitWriter:
             self._pending.clear()
             self._backlog = 0
             self._done.notify_all()
-        logger.error("group-commit writer stopped: %s", error)
+        # Not logged here: every waiter and every later submit gets it, and on_error too.
         if self._on_error is not None:
             try:
                 self._on_error(error)

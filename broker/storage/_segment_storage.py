@@ -359,12 +359,9 @@ class SegmentStorage:
 
     def _fail(self, action: str, exc: OSError) -> StorageError:
         path = self._directory / segment_name(self._active)
+        # Raised to the caller, which reports it (the broker: in the answer, and in one line of
+        # its log); no more writes until the database is reopened.
         self._failure = StorageError(f"could not {action} {path}: {os_reason(exc)}")
-        logger.error(
-            "%s; no more writes until the database is reopened (what reached the disk is "
-            "unknown, and the reopen reads back only what is)",
-            self._failure,
-        )
         return self._failure
 
     # -- compaction ---------------------------------------------------------------------------
