@@ -141,11 +141,17 @@ def test_a_huge_garbage_tail_is_refused_rather_than_searched_forever(tmp_path: P
 def test_a_last_segment_with_a_header_cut_short_is_reinitialised(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    write_batches(tmp_path, FIRST, roll_after=0)  # a crash right after creating segment 2
+    write_batches(tmp_path, FIRST)
+    unrecorded = (tmp_path / "MANIFEST").read_bytes()
+    storage, _ = opened(tmp_path)
+    storage.roll()  # segment 2 made and recorded in the manifest
+    storage.close()
     segment = tmp_path / SEG2
     header = segment.read_bytes()
     assert len(header) == 32
     for size in [*range(32), 32]:
+        # A crash while creating segment 2, before the manifest recorded it.
+        (tmp_path / "MANIFEST").write_bytes(unrecorded)
         segment.write_bytes(header[:size] if size < 32 else bytes(32))
         with caplog.at_level(logging.WARNING, logger="prontodb.storage"):
             assert reopen(tmp_path) == FIRST
@@ -155,6 +161,18 @@ def test_a_last_segment_with_a_header_cut_short_is_reinitialised(
         assert rewritten[:24] == header[:24]
         assert struct.unpack_from("<I", rewritten, 28)[0] == zlib.crc32(rewritten[:28])
         assert "reinitialised" in caplog.text
+
+
+@pytest.mark.parametrize("size", [0, 10, 31, 32])
+def test_a_recorded_segment_with_a_header_cut_short_is_an_error(tmp_path: Path, size: int) -> None:
+    # The manifest records a segment only once its header is durable: a short header there is
+    # damage (the segment may have held records), not a crash mid-roll.
+    write_batches(tmp_path, FIRST)
+    segment = tmp_path / SEG1
+    segment.write_bytes(segment.read_bytes()[:size] if size < 32 else bytes(32))
+    with pytest.raises(CorruptionError, match="header is cut short") as caught:
+        SegmentStorage.open(tmp_path)
+    assert caught.value.path == segment
 
 
 # -- records framed inside values -----------------------------------------------------------------

@@ -22,8 +22,8 @@ from .. import backup
 from ..storage import CorruptionError
 from ._catalog import CursorDef, change_catalog
 from ._cursors import absolute_path, describe, owner_arg
-from ._databases import OpenDatabase, validate_name
-from ._users import validate_user
+from ._databases import OpenDatabase
+from ._names import validate_name, validate_user
 
 if TYPE_CHECKING:
     from ._broker import Broker

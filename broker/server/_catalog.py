@@ -20,6 +20,7 @@ import trio
 from prontodb.protocol import ErrorCode, ProntoError
 
 from ._access import Grant, Level
+from ._names import validate_name, validate_user
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -94,16 +95,17 @@ class Catalog:
         except FileNotFoundError:
             return catalog
         except (OSError, ValueError) as exc:
-            raise CatalogError(
-                f"cannot read {catalog.path} ({exc}); restore it from a backup or move it away "
-                "(the cursors it defines are then forgotten, their data stays where it is)"
-            ) from exc
+            raise CatalogError(f"cannot read {catalog.path} ({exc}); {_ADVICE}") from exc
         try:
             if document.get("format") != FORMAT:
                 raise ValueError(f"format {document.get('format')!r} is not {FORMAT}")
-            catalog.restore({"users": [], "grants": [], **document})
+            document = {"users": [], "grants": [], **document}
+            _check(document)
+            catalog.restore(document)
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
-            raise CatalogError(f"{catalog.path} is not a ProntoDB catalog: {exc}") from exc
+            raise CatalogError(
+                f"{catalog.path} is not a ProntoDB catalog ({exc}); {_ADVICE}"
+            ) from exc
         return catalog
 
     def lookup(self, user: str, name: str) -> CursorDef | None:
@@ -178,6 +180,55 @@ class Catalog:
             self._global[cursor.name] = cursor
         else:
             self._users.setdefault(cursor.owner, {})[cursor.name] = cursor
+
+
+_ADVICE = (
+    "restore it from a backup or move it away (the cursors, users and grants it defines are "
+    "then forgotten; the databases stay where they are)"
+)
+_NUMBER = (int, float)
+
+
+def _check(document: dict[str, Any]) -> None:
+    """ValueError unless every entry has the fields, and the kinds of value, that serving takes
+    for granted: a cursor's path becomes a directory, its name and owner become lookups."""
+    for fields in document["cursors"]:
+        _entry(fields, "cursor", {"name", "path", "owner", "by", "time"})
+        _name(validate_name, fields["name"], fields)
+        if fields["owner"] is not None:
+            _name(validate_user, fields["owner"], fields)
+        path = fields["path"]
+        if not isinstance(path, str) or not os.path.isabs(path):
+            raise ValueError(f"the cursor {fields!r} has no absolute path")
+        if not isinstance(fields["by"], str) or not isinstance(fields["time"], _NUMBER):
+            raise ValueError(f"the cursor {fields!r} has values of the wrong kind")
+    for fields in document["users"]:
+        _entry(fields, "user", {"name", "salt", "hash", "created", "by"})
+        _name(validate_user, fields["name"], fields)
+        texts = (fields["salt"], fields["hash"], fields["by"])
+        if not all(isinstance(t, str) for t in texts) or not isinstance(fields["created"], _NUMBER):
+            raise ValueError(f"the user {fields['name']!r} has values of the wrong kind")
+    for fields in document["grants"]:
+        _entry(fields, "grant", {"user", "level", "cursor", "prefix"})
+        _name(validate_user, fields["user"], fields)
+        if fields["cursor"] is not None:
+            _name(validate_name, fields["cursor"], fields)
+        if fields["level"] not in ("read", "write", "admin") or not isinstance(
+            fields["prefix"], str
+        ):
+            raise ValueError(f"the grant {fields!r} has values of the wrong kind")
+
+
+def _entry(fields: Any, what: str, keys: set[str]) -> None:
+    if not isinstance(fields, dict) or set(fields) != keys:
+        raise ValueError(f"a {what} entry is not a map of {', '.join(sorted(keys))}: {fields!r}")
+
+
+def _name(validate: Callable[[Any], str], name: Any, fields: dict[str, Any]) -> None:
+    try:
+        validate(name)
+    except ProntoError as err:
+        raise ValueError(f"{err.message} (in {fields!r})") from None
 
 
 def save(path: Path, document: dict[str, Any]) -> None:

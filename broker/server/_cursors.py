@@ -17,7 +17,8 @@ from prontodb.protocol import ErrorCode, ProntoError
 
 from ..storage._layout import parse_segment_name, parse_snapshot_name
 from ._catalog import CursorDef, change_catalog
-from ._databases import LOCK_FILE, validate_name
+from ._databases import LOCK_FILE
+from ._names import validate_name
 
 if TYPE_CHECKING:
     from ._broker import Broker

@@ -13,7 +13,6 @@ import itertools
 import logging
 import math
 import os
-import re
 import shutil
 import time
 from collections import deque
@@ -36,24 +35,12 @@ from ._quiet_log import QuietLog
 logger = logging.getLogger("prontodb.server")
 T = TypeVar("T")
 
-_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Seconds a write (and its fsync) may take on the event loop; past it, the database's writes move
 # to a thread. Disks measured here fsync in 0.1-1 ms; a spinning disk's 5-15 ms stays on the loop.
 SLOW_WRITE = 0.020
-DEFAULT_NAME = "default"
 _PATHS_KEPT = 4096  # directory Paths cached by their text (a bound: names are the clients')
 # Reads of a database that does not exist yet see this empty engine and create nothing.
 EMPTY = Engine()
-
-
-def validate_name(name: Any) -> str:
-    """A cursor's database name, or bad_request saying what names look like."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ProntoError(
-            ErrorCode.BAD_REQUEST,
-            f"{name!r} is not a cursor name; use 1 to 64 letters, digits, '_' or '-'.",
-        )
-    return name
 
 
 class FanOutCache:

@@ -45,7 +45,8 @@ from ..storage import StorageError
 from ._access import check, needs, token_matches
 from ._admin_ops import ADMIN_OPS
 from ._claim_waiters import Waiter
-from ._databases import DEFAULT_NAME, EMPTY, OpenDatabase, validate_name
+from ._databases import EMPTY, OpenDatabase
+from ._names import DEFAULT_NAME, validate_name
 from ._ops import KV_OPS, Call, KvOp, claim_args, claim_wait, claimed_map, uint_arg
 from ._watches import start_revision, stream, watch_args
 

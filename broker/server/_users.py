@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,24 +13,14 @@ from prontodb.protocol import ErrorCode, ProntoError
 from ..engine import validate_prefix
 from ._access import Grant, Level, new_token, parse_level, token_hash
 from ._catalog import Catalog, User, change_catalog
-from ._databases import validate_name
+from ._names import validate_name, validate_user
 from ._ops import MAX_KEY_LEN
 
 if TYPE_CHECKING:
     from ._broker import Broker
 
-_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 FIRST_USER = "admin"
 FIRST_TOKEN_FILE = "admin.token"
-
-
-def validate_user(name: Any) -> str:
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ProntoError(
-            ErrorCode.BAD_REQUEST,
-            f"{name!r} is not a user name; use 1 to 64 letters, digits, '_', '.', '@' or '-'.",
-        )
-    return name
 
 
 def make_user(catalog: Catalog, name: str, by: str, now: float) -> str:

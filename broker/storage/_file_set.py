@@ -106,7 +106,9 @@ def open_file_set(directory: Path) -> FileSet:
         previous_sizes[number] = header.previous_size
         sealed[number] = seg_path.stat().st_size
     active = numbers[-1]
-    fd, active_size, header = _open_active(directory, active, sealed)
+    fd, active_size, header = _open_active(
+        directory, active, sealed, recorded=active <= manifest.last_segment
+    )
     previous_sizes[active] = header.previous_size
     try:
         # Each segment's header records the size its predecessor was sealed at, which
@@ -167,18 +169,28 @@ def create_segment(directory: Path, number: int, previous_size: int) -> tuple[in
 
 
 def _open_active(
-    directory: Path, number: int, sealed: dict[int, int]
+    directory: Path, number: int, sealed: dict[int, int], *, recorded: bool
 ) -> tuple[int, int, FileHeader]:
-    """Open the last segment for appending; return (fd, size, what its header says)."""
+    """Open the last segment for appending; return (fd, size, what its header says).
+    ``recorded``: the manifest vouches for it, so its header was whole and durable."""
     path = directory / segment_name(number)
     fd = os.open(path, os.O_RDWR | os.O_APPEND)
     try:
         head = os.pread(fd, HEADER_SIZE, 0)
         size = os.fstat(fd).st_size
         previous_size = sealed.get(number - 1, 0)
-        # A crash while rolling can leave the new segment's header short (or, on some
-        # filesystems, the right length but still zeros). Nothing can follow such a header.
-        if size < HEADER_SIZE or (size == HEADER_SIZE and not any(head)):
+        cut_short = size < HEADER_SIZE or (size == HEADER_SIZE and not any(head))
+        if cut_short and recorded:
+            raise CorruptionError(
+                path,
+                0,
+                f"the segment's header is cut short or zeroed ({size} bytes), yet the manifest "
+                "records the segment, so it was whole and may have held records",
+            )
+        # A crash while rolling, before the manifest recorded the new segment, can leave its
+        # header short (or, on some filesystems, the right length but still zeros). Nothing
+        # can follow such a header.
+        if cut_short:
             logger.warning("%s: reinitialised a segment header cut short by a crash", path)
             header = FileHeader(previous_size, new_salt())
             os.ftruncate(fd, 0)
