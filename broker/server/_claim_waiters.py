@@ -66,6 +66,9 @@ class ClaimWaiters:
     def __bool__(self) -> bool:
         return bool(self._queues)
 
+    def __len__(self) -> int:
+        return sum(len(queue) for queue in self._queues.values())
+
     def queued(self, prefix: str) -> bool:
         """Whether claimers already wait on ``prefix`` (a new one must queue behind them)."""
         return prefix in self._queues
