@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 INT_MIN = -(2**63)  # the widest integers msgpack can carry
 INT_MAX = 2**64 - 1
+MAX_MESSAGE = 300  # characters of a protocol error's message
 
 
 class WireError(Exception):
@@ -20,6 +21,10 @@ class WireError(Exception):
     ProtocolError, depending on which side produced it."""
 
     def __init__(self, message: str, code: ErrorCode = ErrorCode.PROTOCOL) -> None:
+        # A message may quote the peer's bytes (an unknown message kind, say): bounded, so that
+        # a peer cannot make the Goodbye, or the line the broker logs, megabytes long.
+        if len(message) > MAX_MESSAGE:
+            message = message[: MAX_MESSAGE - 3] + "..."
         super().__init__(message)
         self.code = code
         self.message = message

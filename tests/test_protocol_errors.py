@@ -403,3 +403,12 @@ def test_one_byte_changed_in_valid_traffic(position: int, byte: int, role: Role)
         conn.send(Hello("c", "u"))
         conn.send(Request(1, "op", {}))
     drain(conn, [bytes(data)])
+
+
+def test_an_error_quoting_the_peers_bytes_stays_short() -> None:
+    # An unknown message kind is quoted in the error, which the broker logs and sends back in
+    # its Goodbye: a megabyte of it must not become a megabyte-long line.
+    server = Connection(Role.SERVER, Limits())
+    error = expect_remote_error(server, packed(["k" * 1_000_000, {}]), ErrorCode.PROTOCOL)
+    assert "unknown message kind 'kkk" in error.message
+    assert len(error.message) <= 300

@@ -28,6 +28,7 @@ from prontodb.protocol import (
     ErrorCode,
     Goodbye,
     Hello,
+    Request,
     Response,
     Role,
 )
@@ -268,3 +269,31 @@ async def test_requests_racing_the_reopen_of_a_failed_database_all_wait_for_it(
             for wire in wires:
                 nursery.start_soon(get, wire, answers)
         assert answers == [0] * len(wires)
+
+
+async def test_a_peer_that_leaves_while_its_answers_are_written_is_let_go(
+    server: Running,
+) -> None:
+    # Pipelined reads of a large value, then the peer closes without reading: the writes fail
+    # halfway, and the connection must still end (its descriptor closed, not held until the
+    # broker stops, which then waited out its grace period for it).
+    w = await server.wire()
+    assert await w.result("set", key="blob", value="x" * 100_000) == 1
+    before = server.broker.status()["connections"]
+    for _ in range(5):
+        stream = await trio.open_unix_socket(server.socket)
+        conn = Connection(Role.CLIENT)
+        data = conn.send(Hello(client="leaver", user="u"))
+        for n in range(1, 101):
+            data += conn.send(Request(n, "get", {"key": "blob"}))
+        await stream.send_all(data)
+        await stream.aclose()
+    await until(lambda: server.broker.status()["connections"] == before)
+
+
+async def test_an_optional_argument_given_as_nil_is_taken_as_absent(server: Running) -> None:
+    # `limit: nil` used to fail an assertion: `internal`, and a traceback in the log.
+    w = await server.wire()
+    await w.result("set", key="q.a", value=1)
+    assert await w.result("keys", prefix="q", limit=None) == {"keys": ["q.a"], "more": False}
+    assert await w.result("scan", prefix="q", limit=None) == {"items": [["q.a", 1]], "more": False}

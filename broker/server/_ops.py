@@ -121,9 +121,8 @@ def _list(args: Mapping[str, Any], name: str) -> list[Any]:
 
 
 def _page_limit(args: Mapping[str, Any]) -> int:
-    limit = uint_arg(args, "limit", PAGE_LIMIT)
-    assert limit is not None
-    return min(limit, PAGE_LIMIT)
+    limit = uint_arg(args, "limit")  # absent or nil: the largest page
+    return PAGE_LIMIT if limit is None else min(limit, PAGE_LIMIT)
 
 
 # -- handlers ----------------------------------------------------------------------------------

@@ -389,7 +389,7 @@ class Session:
                 or not token_matches(hello.token, known.salt, known.hash)
             ):
                 self.broker.quiet.info(
-                    "login", "session %d: %r failed to authenticate", self.number, hello.user
+                    "login", "session %d: %.80r failed to authenticate", self.number, hello.user
                 )
                 return _Out(
                     Goodbye(
@@ -667,6 +667,9 @@ class Session:
         answer is out; a lost peer ends the session."""
         try:
             while True:
+                if self._torn:  # a write was cut short (the peer left): nothing more can go
+                    session_scope.cancel()
+                    return
                 if self._outbox:
                     await self._write(b"")
                     continue
