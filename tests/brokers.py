@@ -12,7 +12,8 @@ import select
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,3 +119,21 @@ def running_broker(
                 broker.terminate()
             except subprocess.TimeoutExpired:
                 broker.kill()
+
+
+FD_TIMEOUT = 10.0  # seconds for a broker to close the fds of connections that ended
+
+
+def open_fds(pid: int) -> int:
+    """How many file descriptors process ``pid`` has open (Linux /proc)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def wait_for_fds(broker: BrokerProcess, baseline: int, ping: Callable[[], object]) -> int:
+    """The broker's fd count once back at ``baseline`` (sessions close their sockets as they
+    end, asynchronously), or what it is at the deadline; ``ping`` keeps its loop turning."""
+    deadline = time.monotonic() + FD_TIMEOUT
+    while (count := open_fds(broker.pid)) > baseline and time.monotonic() < deadline:
+        ping()
+        time.sleep(0.01)  # a deadline loop, the last resort: nothing signals an fd's close
+    return count

@@ -45,6 +45,19 @@ async def events(wire: Wire, stream: int, count: int) -> list[dict[str, Any]]:
     return found
 
 
+async def unwatched(wire: Wire, stream: int) -> tuple[Any, Any]:
+    """Unwatch ``stream``: the stream's last answer and unwatch's own, which come in either
+    order."""
+    unwatch = wire.request("unwatch", stream=stream)
+    await wire.send(unwatch)
+    answers: dict[int, Any] = {}
+    while len(answers) < 2:
+        message = await wire.next()
+        assert isinstance(message, Response)
+        answers[message.id] = message.raise_for_error()
+    return answers[stream], answers[unwatch.id]
+
+
 def brief(found: list[dict[str, Any]]) -> list[tuple[int, str, str, Any]]:
     return [(e["rev"], e["type"], e["key"], e.get("value")) for e in found]
 
@@ -109,14 +122,7 @@ async def test_unwatch_ends_the_stream_with_where_to_resume(short_dir: Path) -> 
         request, start = await open_watch(w)
         await (await server.wire()).result("set", key="k", value=1)
         await events(w, request.id, 1)
-        unwatch = w.request("unwatch", stream=request.id)
-        await w.send(unwatch)
-        answers: dict[int, Any] = {}
-        while len(answers) < 2:  # the stream's end and unwatch's own answer, in either order
-            message = await w.next()
-            assert isinstance(message, Response)
-            answers[message.id] = message.raise_for_error()
-        assert answers == {request.id: {"next_rev": start + 1}, unwatch.id: True}
+        assert await unwatched(w, request.id) == ({"next_rev": start + 1}, True)
         assert await w.result("unwatch", stream=request.id) is False
 
 
@@ -264,15 +270,8 @@ async def test_a_watch_creates_no_database_and_waits_for_its_first_write(
         idle = await server.wire("reader")
         idle_request, _ = await open_watch(idle, cursor="later")
         assert not directory.exists()  # a read creates no state
-        unwatch = idle.request("unwatch", stream=idle_request.id)
-        await idle.send(unwatch)
-        answers: dict[int, Any] = {}
-        while len(answers) < 2:  # the stream's end and unwatch's own answer, in either order
-            message = await idle.next()
-            assert isinstance(message, Response)
-            answers[message.id] = message.raise_for_error()
         # Ended while it waited for the database: it resumes at revision 1.
-        assert answers == {idle_request.id: {"next_rev": 1}, unwatch.id: True}
+        assert await unwatched(idle, idle_request.id) == ({"next_rev": 1}, True)
         writer = await server.wire("w1")
         await writer.result("set", key="jobs.a", value=1, cursor="later")
         assert brief(await events(watcher, request.id, 1)) == [(1, "put", "jobs.a", 1)]

@@ -15,19 +15,18 @@ DEFAULT_NAME = "default"
 
 def validate_name(name: Any) -> str:
     """A cursor's database name, or bad_request saying what names look like."""
-    if not isinstance(name, str) or not _CURSOR.fullmatch(name):
-        raise ProntoError(
-            ErrorCode.BAD_REQUEST,
-            f"{name!r} is not a cursor name; use 1 to 64 letters, digits, '_' or '-'.",
-        )
-    return name
+    return _valid(name, _CURSOR, "a cursor name", "'_' or '-'")
 
 
 def validate_user(name: Any) -> str:
     """A user name, or bad_request saying what user names look like."""
-    if not isinstance(name, str) or not _USER.fullmatch(name):
+    return _valid(name, _USER, "a user name", "'_', '.', '@' or '-'")
+
+
+def _valid(name: Any, pattern: re.Pattern[str], what: str, punctuation: str) -> str:
+    if not isinstance(name, str) or not pattern.fullmatch(name):
         raise ProntoError(
             ErrorCode.BAD_REQUEST,
-            f"{name!r} is not a user name; use 1 to 64 letters, digits, '_', '.', '@' or '-'.",
+            f"{name!r} is not {what}; use 1 to 64 letters, digits, {punctuation}.",
         )
     return name

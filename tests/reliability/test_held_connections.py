@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from brokers import BrokerProcess, running_broker
+from brokers import open_fds, running_broker, wait_for_fds
 from reliability_kit import Figures, Scale
 
 from prontodb.clients import Client
@@ -46,7 +46,6 @@ KiB = 1 << 10
 TIMEOUT = 60.0  # seconds for any one socket operation; generous on 2 loaded cores
 ROUND_TRIP_LIMIT = 5.0  # seconds a ping or get may take while the broker is loaded
 PROBE_EVERY = 0.01  # seconds between two probes of responsiveness
-FD_TIMEOUT = 10.0  # seconds for the broker to close the fds of connections that ended
 
 # The broker's limits the memory bound is made of (docs/PROTOCOL.md, docs/FORMAT.md "History";
 # broker/server/_session.py RECEIVE_SIZE and SEND_CHUNK, broker/server/_watches.py PUSH_BYTES).
@@ -125,10 +124,6 @@ def memory(pid: int) -> tuple[int, int]:
         if name in ("VmRSS", "VmHWM"):
             found[name] = int(value.split()[0]) * KiB
     return found["VmRSS"], found["VmHWM"]
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def raise_fd_limit(needed: int) -> None:
@@ -302,16 +297,6 @@ def ping_all(idle: list[Peer]) -> int:
     return sum(1 for peer in idle if peer.next() == Response(2, None, "pong"))
 
 
-def wait_for_fds(broker: BrokerProcess, baseline: int, client: Client) -> int:
-    """The broker's fd count once back at ``baseline`` (sessions close their sockets as they
-    end, asynchronously), or what it is at the deadline."""
-    deadline = time.monotonic() + FD_TIMEOUT
-    while (count := open_fds(broker.pid)) > baseline and time.monotonic() < deadline:
-        client.ping()
-        time.sleep(0.01)  # a deadline loop, the last resort: nothing signals an fd's close
-    return count
-
-
 # -- the cases --------------------------------------------------------------------------------
 
 
@@ -361,7 +346,7 @@ def test_held_connections_and_slow_watchers(
                 cut_off = [read_until_answered(peer) for peer in slow]
                 answering = ping_all(idle)
                 _, peak = memory(broker.pid)
-            fds_after = wait_for_fds(broker, fds_before, writer.client)
+            fds_after = wait_for_fds(broker, fds_before, writer.client.ping)
         finally:
             prober.stop.set()
             prober.client.close()

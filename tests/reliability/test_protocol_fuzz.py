@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 import msgpack
 import pytest
-from brokers import BrokerProcess, running_broker
+from brokers import FD_TIMEOUT, open_fds, running_broker, wait_for_fds
 from reliability_kit import Figures, Scale
 
 from prontodb.clients import Client
@@ -46,7 +46,6 @@ LIMITS = Limits()  # the broker runs with the defaults
 MAX_FRAME = LIMITS.max_frame_size
 MAX_VALUE = 1 << 20  # the broker's value limit (docs/PROTOCOL.md, Limits)
 READ_TIMEOUT = 30.0  # seconds for the broker to end a conversation; generous on 2 loaded cores
-FD_TIMEOUT = 10.0  # seconds for the broker to close the fds of connections that ended
 WORKERS = 16  # fuzz connections in flight at once
 LOG_LINE_BYTES = 512  # about one line of log per bad connection, at most
 
@@ -823,20 +822,6 @@ class Campaign:
         return f"(seed {self.seed}: PRONTODB_FUZZ_SEED={self.seed} replays it)"
 
 
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def wait_for_fds(broker: BrokerProcess, baseline: int, client: Client) -> int:
-    """The broker's fd count once it is back to ``baseline`` (it closes sockets as its sessions
-    end, asynchronously), or what it is at the deadline."""
-    deadline = time.monotonic() + FD_TIMEOUT
-    while (count := open_fds(broker.pid)) > baseline and time.monotonic() < deadline:
-        client.ping()
-        time.sleep(0.01)  # a deadline loop, the last resort: nothing signals an fd's close
-    return count
-
-
 RANDOM_KINDS: tuple[Callable[[random.Random], Abuse], ...] = (
     random_before_hello,
     random_after_hello,
@@ -906,7 +891,7 @@ def run_campaign(directory: Path, scale: Scale, seed: int) -> Campaign:
             found.crashed = broker.process.poll() is not None
             if not found.crashed and good.error is None:
                 good.check_all()
-                found.fds_after = wait_for_fds(broker, baseline, good.client)
+                found.fds_after = wait_for_fds(broker, baseline, good.client.ping)
             found.fds_baseline = baseline
             for outcome in outcomes:
                 found.connections[outcome.kind] += 1
