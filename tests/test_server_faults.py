@@ -20,6 +20,8 @@ from inprocess import Running, running_broker, until
 from wire import Wire
 
 from prontodb.broker.server import ServerConfig
+from prontodb.broker.server._broker import COMPACTION_CHECK_EVERY
+from prontodb.broker.server._databases import OpenDatabase
 from prontodb.broker.server._quiet_log import QuietLog
 from prontodb.broker.storage import FaultPoints
 from prontodb.protocol import (
@@ -209,39 +211,52 @@ def test_the_log_file_is_rotated_by_size_and_takes_stderr_along(tmp_path: Path) 
     assert "the last words of a crash" in current
 
 
+class HeldFsync:
+    """An fsync hook that hangs for segments of ``directory`` until :meth:`release`d. It gives
+    up after 10 s (had it hung the event loop, nothing could release it): :attr:`gave_up`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.entered, self._release = threading.Event(), threading.Event()
+        self.gave_up = False
+
+    def __call__(self, path: Path) -> None:
+        if path.parent == self.directory:
+            self.entered.set()
+            self.gave_up |= not self._release.wait(10)
+
+    def release(self) -> None:
+        assert not self.gave_up, "the fsync was held until it gave up: the event loop waited"
+        self._release.set()
+
+
+async def slow_database(server: Running, w: Wire, name: str) -> OpenDatabase:
+    """Database ``name``, opened and with its writes moved to a thread (as after a slow one)."""
+    databases = server.broker.databases
+    assert await w.result("set", key="k", value=0, cursor=name) == 1
+    db = databases.open_at(databases.directory(name))
+    assert db is not None
+    db.slow_write = 0.0
+    assert await w.result("set", key="k", value=1, cursor=name) == 2
+    return db
+
+
 async def test_a_stuck_fsync_holds_up_its_own_database_only(
     server: Running, faults: FaultPoints
 ) -> None:
-    databases = server.broker.databases
     a, b = await server.wire(), await server.wire()
-    assert await a.result("set", key="k", value=0, cursor="slow") == 1
-    slow = databases.open_at(databases.directory("slow"))
-    assert slow is not None
-    slow.slow_write = 0.0  # every write counts as slow: the next one moves its writes to a thread
-    assert await a.result("set", key="k", value=1, cursor="slow") == 2
-    held, release = threading.Event(), threading.Event()
-    gave_up: list[bool] = []
-
-    def fsync(path: Path) -> None:
-        if path.parent == slow.directory:
-            held.set()
-            # The disk hangs until the test releases it; had it hung the event loop, nothing
-            # could release it, and it gives up after a while (which fails the test).
-            gave_up.append(not release.wait(10))
-
-    faults.fsync = fsync
+    slow = await slow_database(server, a, "slow")
+    faults.fsync = held = HeldFsync(slow.directory)
     request = a.request("set", key="k", value=2, cursor="slow")
     await a.send(request)
-    await until(held.is_set)
+    await until(held.entered.is_set)
     # Another database is served while the first one's fsync hangs in its thread.
     assert await b.result("set", key="k", value="other", cursor="fast") == 1
     assert await b.result("get", key="k", cursor="fast") == "other"
-    assert not release.is_set()
-    release.set()
+    held.release()
     answer = await a.next()
     assert isinstance(answer, Response)
     assert answer.raise_for_error() == 3
-    assert gave_up == [False]
 
 
 async def test_requests_racing_the_reopen_of_a_failed_database_all_wait_for_it(
@@ -297,3 +312,65 @@ async def test_an_optional_argument_given_as_nil_is_taken_as_absent(server: Runn
     await w.result("set", key="q.a", value=1)
     assert await w.result("keys", prefix="q", limit=None) == {"keys": ["q.a"], "more": False}
     assert await w.result("scan", prefix="q", limit=None) == {"items": [["q.a", 1]], "more": False}
+
+
+# -- found by review ---------------------------------------------------------------------------------
+
+
+async def test_status_is_answered_while_a_slow_database_fsyncs(
+    server: Running, faults: FaultPoints
+) -> None:
+    # Its figures were read under the storage lock, which the fsync in the thread holds.
+    a, b = await server.wire(), await server.wire()
+    slow = await slow_database(server, a, "slow")
+    faults.fsync = held = HeldFsync(slow.directory)
+    await a.send(a.request("set", key="k", value=2, cursor="slow"))
+    await until(held.entered.is_set)
+    status = await b.result("status")
+    assert [d["name"] for d in status["databases"]] == ["slow"]
+    held.release()
+    assert isinstance(await a.next(), Response)
+
+
+async def test_closing_a_database_writes_a_roll_marker_queued_behind_a_threaded_write(
+    server: Running, faults: FaultPoints
+) -> None:
+    # A compaction's roll marker queued while a write ran in the thread: the close must write
+    # it, or the compaction (which the close waits for) waits for it forever.
+    a = await server.wire()
+    slow = await slow_database(server, a, "slow")
+    faults.fsync = held = HeldFsync(slow.directory)
+    await a.send(a.request("set", key="k", value=2, cursor="slow"))
+    await until(held.entered.is_set)
+    slow.writes_unchecked = COMPACTION_CHECK_EVERY
+    slow.database._retry_compaction_at = 0
+    finish = slow.database.start_compaction()  # as maybe_compact does, wanted or not
+    slow.wake()
+    slow.compaction_done = done = trio.Event()
+
+    async def compact() -> None:
+        try:
+            await trio.to_thread.run_sync(finish)
+        finally:
+            done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(compact)
+        closed = trio.Event()
+
+        async def close() -> None:
+            await server.broker.databases.close(slow)
+            closed.set()
+
+        nursery.start_soon(close)
+        held.release()
+        with trio.move_on_after(10) as hung:
+            await closed.wait()
+        if hung.cancelled_caught:  # write the marker ourselves, so that the test fails, not hangs
+            slow.database.writer.write_pending()
+    assert not hung.cancelled_caught, "the close waited for a roll marker nobody wrote"
+    assert done.is_set()
+    answer = await a.next()  # the write that was in the thread: written, and acknowledged
+    assert isinstance(answer, Response)
+    assert answer.raise_for_error() == 3
+    assert await a.result("get", key="k", cursor="slow") == 2  # reopened, nothing lost

@@ -276,3 +276,24 @@ async def test_a_watch_creates_no_database_and_waits_for_its_first_write(
         await writer.result("set", key="jobs.a", value=1, cursor="later")
         assert brief(await events(watcher, request.id, 1)) == [(1, "put", "jobs.a", 1)]
         assert directory.exists()
+
+
+async def test_a_watch_waiting_for_its_database_hears_when_a_restore_makes_it(
+    short_dir: Path,
+) -> None:
+    async with running_broker(config(short_dir)) as server:
+        w = await server.wire()
+        await w.result("set", key="jobs.a", value=1, cursor="later")
+        made = await w.result("backup", output=str(short_dir / "b"), cursor="later")
+        await w.result("cursor_delete", name="later", purge=True)
+        watcher = await server.wire()
+        request, start = await open_watch(watcher, cursor="later", prefix="jobs")
+        assert start == 1
+        await w.result("backup_restore", path=made["path"], cursor="later")
+        # Its revisions are the backup's, not a history from 1: re-read, as after any restore.
+        ended = await watcher.next()
+        assert isinstance(ended, Response)
+        assert ended.id == request.id
+        assert ended.error is not None
+        assert ended.error["code"] == ErrorCode.COMPACTED
+        assert ended.error["restored"] is True

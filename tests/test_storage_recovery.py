@@ -539,6 +539,18 @@ def test_a_roll_cut_short_before_the_manifest_keeps_the_new_segment(tmp_path: Pa
     assert b'"last_segment":3' in (tmp_path / "MANIFEST").read_bytes()  # brought up to date
 
 
+def test_a_creation_cut_short_under_format_1_still_opens(tmp_path: Path) -> None:
+    # Format 1 builds wrote the manifest first, then segment 1: a crash between left a format 1
+    # manifest without segment 1 (or with its header cut short), which they opened as new.
+    body = b'{"format":1,"snapshot":null,"snapshot_bytes":0,"first_segment":1}'
+    (tmp_path / "MANIFEST").write_bytes(body + b"\ncrc32:%08x\n" % zlib.crc32(body))
+    assert reopen(tmp_path) == []
+    assert (tmp_path / "MANIFEST").read_bytes().startswith(b'{"format":2,')  # upgraded
+    (tmp_path / "MANIFEST").write_bytes(body + b"\ncrc32:%08x\n" % zlib.crc32(body))
+    (tmp_path / SEG1).write_bytes(b"PRONTODB")
+    assert reopen(tmp_path) == []
+
+
 def test_a_format_1_manifest_is_read_and_upgraded_at_the_next_roll(tmp_path: Path) -> None:
     write_batches(tmp_path, FIRST)
     body = b'{"format":1,"snapshot":null,"snapshot_bytes":0,"first_segment":1}'

@@ -515,12 +515,18 @@ class Databases:
         whatever waits on it (:meth:`OpenDatabase.retire`)."""
         if self._open.get(db.directory) is db:
             del self._open[db.directory]
-        db.stop_flushing()
-        await db.writes_done()  # the writer is not the thread's to share
-        if db.compaction_done is not None:  # never two storages on one directory
-            await db.compaction_done.wait()
-        closed_cleanly = await trio.to_thread.run_sync(_close_quietly, db)
-        db.retire(closed_cleanly)
+        # Shielded: a close cut short would leave the files (and the directory's lock) held by
+        # an object nobody serves, and the next open would find it "open in another broker".
+        with trio.CancelScope(shield=True):
+            db.stop_flushing()
+            await db.writes_done()  # the writer is not the thread's to share
+            # What was queued behind that write (a compaction's roll marker among it) is
+            # written now: the compaction waits for its marker before it can end.
+            db.flush_now()
+            if db.compaction_done is not None:  # never two storages on one directory
+                await db.compaction_done.wait()
+            closed_cleanly = await trio.to_thread.run_sync(_close_quietly, db)
+            db.retire(closed_cleanly)
 
     async def replace(self, name: str, directory: Path, build: Callable[[int], int]) -> int:
         """Swap the database in ``directory`` for what ``build(above)`` writes there (in a
@@ -650,13 +656,14 @@ def _locked(directory: Path, build: Callable[[int], T], above: int) -> T:
 
 LOCK_FILE = "LOCK"
 
-# What a directory's files looked like: (name, size, mtime) of each, sorted.
-Fingerprint = tuple[tuple[str, int, int], ...]
+# What a directory's files looked like: (name, inode, size, mtime, ctime) of each, sorted.
+Fingerprint = tuple[tuple[str, int, int, int, int], ...]
 
 
 def fingerprint(directory: Path) -> Fingerprint:
-    """The names, sizes and modification times of the files in ``directory`` (one listing,
-    cheap next to re-reading a log): any change to a file there changes it."""
+    """The names, inodes, sizes and change times of the files in ``directory`` (one listing,
+    cheap next to re-reading a log): any change to a file there changes it (a copy that keeps
+    the old modification time still changes the inode or ctime)."""
     try:
         entries = list(os.scandir(directory))
     except OSError:
@@ -667,7 +674,7 @@ def fingerprint(directory: Path) -> Fingerprint:
             st = entry.stat(follow_symlinks=False)
         except OSError:
             continue
-        found.append((entry.name, st.st_size, st.st_mtime_ns))
+        found.append((entry.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     return tuple(sorted(found))
 
 

@@ -48,7 +48,7 @@ from ._claim_waiters import Waiter
 from ._databases import EMPTY, OpenDatabase
 from ._names import DEFAULT_NAME, validate_name
 from ._ops import KV_OPS, Call, KvOp, claim_args, claim_wait, claimed_map, uint_arg
-from ._watches import start_revision, stream, watch_args
+from ._watches import replaced, start_revision, stream, watch_args
 
 if TYPE_CHECKING:
     from ._broker import Broker
@@ -122,8 +122,9 @@ class Session:
         self._claim_waits: dict[int, tuple[Waiter, OpenDatabase, dict[str, Any]]] = {}
         # request id -> the database directory, key and token of a claim answer that went out
         self._answered_claims: OrderedDict[int, tuple[Path, str, int]] = OrderedDict()
-        # request id -> its running watch: the scope that ends it and the request's args
-        self._watches: dict[int, tuple[trio.CancelScope, dict[str, Any]]] = {}
+        # request id -> its running watch: the scope that ends it, the request's args and the
+        # database directory its cursor named
+        self._watches: dict[int, tuple[trio.CancelScope, dict[str, Any], Path]] = {}
         self._refused: dict[int, ProntoError] = {}  # waits ended by a revoke: their answers
         self._torn = False  # a write was cut short: the stream holds half a frame
         self._farewell = Goodbye(ErrorCode.UNAVAILABLE, "The broker is stopping.")
@@ -138,36 +139,43 @@ class Session:
             self._receive_scope.cancel()
 
     def recheck_waits(self) -> None:
-        """End the waits (blocked claims, running watches) this user's grants no longer allow:
-        after a revoke, each is answered ``denied`` at once."""
-        if not self.authenticate:
-            return
-        grants = self.broker.databases.catalog.grants
-        for request_id, op, args in self._waits_running():
+        """The catalog changed: end the waits (blocked claims, running watches) it no longer
+        allows, at once. A revoke ends those this user's grants no longer cover (``denied``);
+        a cursor bound elsewhere ends those waiting on the database it named before (a
+        different database is not what the wait asked for)."""
+        databases = self.broker.databases
+        grants = databases.catalog.grants
+        for request_id, op, args, directory in self._waits_running():
+            cursor = args.get("cursor", DEFAULT_NAME)
             try:
-                check(grants, self.user, needs(op, args, self.user))
+                if databases.locate(cursor, self.user) != directory:
+                    raise _rebound(op, cursor)
+                if self.authenticate:
+                    check(grants, self.user, needs(op, args, self.user))
             except ProntoError as err:
                 self._end_wait(request_id, err)
 
     def end_waits(self, error: ProntoError) -> None:
         """End every wait of this connection with ``error`` (its user was removed, or given a
         new token: the right the waits started with is gone)."""
-        for request_id, _op, _args in self._waits_running():
+        for request_id, _op, _args, _directory in self._waits_running():
             self._end_wait(request_id, error)
 
-    def _waits_running(self) -> list[tuple[int, str, dict[str, Any]]]:
-        """(request id, op, args) of every blocked claim not yet served, and every watch."""
-        running = [(i, "watch", args) for i, (_scope, args) in self._watches.items()]
+    def _waits_running(self) -> list[tuple[int, str, dict[str, Any], Path]]:
+        """(request id, op, args, database directory) of every blocked claim not yet served,
+        and every watch."""
+        running = [(i, "watch", args, where) for i, (_s, args, where) in self._watches.items()]
         running += [
-            (i, "claim", args)
-            for i, (waiter, _db, args) in self._claim_waits.items()
+            (i, "claim", args, db.directory)
+            for i, (waiter, db, args) in self._claim_waits.items()
             if waiter.result is None
         ]
         return running
 
     def _end_wait(self, request_id: int, error: ProntoError) -> None:
-        """End the wait of request ``request_id`` now; its answer is ``error``."""
-        self._refused[request_id] = error
+        """End the wait of request ``request_id`` now; its answer is ``error`` (the first
+        reason given, if several come at once)."""
+        self._refused.setdefault(request_id, error)
         watch = self._watches.get(request_id)
         if watch is not None:
             watch[0].cancel()
@@ -405,10 +413,7 @@ class Session:
 
     async def _execute(self, request: Request) -> _Out | None:
         try:
-            if self.authenticate:
-                grants = self.broker.databases.catalog.grants
-                wanted = needs(request.op, request.args, self.user, self.broker.backups)
-                check(grants, self.user, wanted)
+            self._authorize(request)
             if request.op == "claim":
                 return await self._claim(request)
             if request.op == "watch":
@@ -441,9 +446,20 @@ class Session:
             logger.exception("session %d: %s failed", self.number, request.op)
             return _Out(Response.fail(request.id, ProntoError(ErrorCode.INTERNAL)))
 
+    def _authorize(self, request: Request) -> None:
+        """Raise ``denied`` unless this connection's user may make ``request`` now. Checked
+        when it is read, and again after any wait before it takes effect (opening a database
+        can take seconds): a revoke meanwhile must not let it through."""
+        if self.authenticate:
+            grants = self.broker.databases.catalog.grants
+            check(
+                grants, self.user, needs(request.op, request.args, self.user, self.broker.backups)
+            )
+
     async def _run_kv(self, op: KvOp, request: Request) -> _Out:
         name = validate_name(request.args.get("cursor", DEFAULT_NAME))
         db = await self.broker.databases.get(name, create=op.creates, user=self.user)
+        self._authorize(request)
         call = Call(request.args, self.user, self.broker.clock())
         if db is None:  # nobody has written this database yet: it reads as empty
             result, applied = op.run(EMPTY, call)
@@ -453,6 +469,7 @@ class Session:
         database = db.database
         if op.writes and database.writer.backlog_bytes > self.broker.config.max_write_backlog:
             await db.wait_durable(database.last_ticket)  # backpressure: let the disk catch up
+            self._authorize(request)
             call = Call(request.args, self.user, self.broker.clock())
         # Keys past their deadline go first, as a logged change: no request sees them, whether
         # or not the sweeper has run yet.
@@ -479,6 +496,7 @@ class Session:
         name = validate_name(args.get("cursor", DEFAULT_NAME))
         wait = claim_wait(args)
         db = await self.broker.databases.get(name, create=wait > 0, user=self.user)
+        self._authorize(request)
         call = Call(args, self.user, self.broker.clock())
         prefix, lease, bind, max_deliveries = claim_args(args)
         if db is None:
@@ -599,9 +617,14 @@ class Session:
         prefix, from_rev = watch_args(args)
         # A database that does not exist yet is at revision 0: the watch waits for it.
         db = await self.broker.databases.get(name, create=False, user=self.user)
+        self._authorize(request)
         start = (from_rev or 1) if db is None else start_revision(db, from_rev)
         scope = trio.CancelScope()
-        self._watches[request.id] = (scope, dict(args))
+        self._watches[request.id] = (
+            scope,
+            dict(args),
+            self.broker.databases.locate(name, self.user),
+        )
         self._waits.start_soon(self._run_watch, request.id, db, name, prefix, start, scope)
         return None
 
@@ -634,6 +657,8 @@ class Session:
                         await send(self.conn.pack_event({"events": [], "next_rev": start}), start)
                         announced = start
                         db = await self.broker.databases.wait_for(name, self.user)
+                        if db.engine.history.first > start:  # it came by a restore
+                            raise replaced(db.engine.revision)
                     watching = db
                     db.watchers += 1
                     await stream(db, prefix, start, send, self.conn.pack_event, announced=announced)
@@ -802,3 +827,19 @@ def _socket_fd(stream: trio.abc.Stream) -> int:
     if isinstance(stream, trio.SSLStream):
         stream = stream.transport_stream
     return stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+
+
+def _rebound(op: str, cursor: str) -> ProntoError:
+    """The answer to a wait whose cursor was bound to another database meanwhile."""
+    if op == "watch":
+        return ProntoError(
+            ErrorCode.COMPACTED,
+            f"The cursor {cursor!r} was bound to another database while this watch ran; re-read "
+            "it (scan) and watch again.",
+            {"restored": True},
+        )
+    return ProntoError(
+        ErrorCode.UNAVAILABLE,
+        f"The cursor {cursor!r} was bound to another database while this claim waited; claim "
+        "again to wait on the database it names now.",
+    )

@@ -83,13 +83,7 @@ async def stream(
     told = next_rev  # the resume point the watcher last heard of
     while True:
         if db.replaced_at is not None:
-            raise ProntoError(
-                ErrorCode.COMPACTED,
-                f"The database was replaced (restored from a backup, or deleted) and is now at "
-                f"revision {db.replaced_at}; re-read it (scan) and watch from revision "
-                f"{db.replaced_at + 1}.",
-                {"oldest_rev": db.replaced_at + 1, "restored": True},
-            )
+            raise replaced(db.replaced_at)
         if db.retired and db.replacing is not None and not db.replacing.is_set():
             await db.replacing.wait()  # a restore: say it replaced the data, if it did
             continue
@@ -116,6 +110,17 @@ async def stream(
             await send(packed, resume)
             told = resume
         await trio.lowlevel.checkpoint()  # a long replay must not hold up the other tasks
+
+
+def replaced(revision: int) -> ProntoError:
+    """The end of a watch whose database was replaced (restored from a backup, or deleted) and
+    is now at ``revision``: its history is not the one the watch was reading."""
+    return ProntoError(
+        ErrorCode.COMPACTED,
+        f"The database was replaced (restored from a backup, or deleted) and is now at revision "
+        f"{revision}; re-read it (scan) and watch from revision {revision + 1}.",
+        {"oldest_rev": revision + 1, "restored": True},
+    )
 
 
 def encoded(db: OpenDatabase, prefix: str, start: int, durable: int, pack: Pack) -> Encoded:

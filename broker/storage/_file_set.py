@@ -76,7 +76,13 @@ def open_file_set(directory: Path) -> FileSet:
     # Every segment the manifest vouches for exists: segment 1 is made before the manifest, and
     # a roll makes the next segment before recording it. So a missing one held data, or may
     # have: refuse rather than serve what is left.
-    for expected in range(first, max(manifest.last_segment, *numbers, first) + 1):
+    vouched = first - 1 if manifest.legacy else manifest.last_segment
+    if not numbers and manifest.legacy and manifest.snapshot is None:
+        # A format 1 build made segment 1 after the manifest: its creation was cut short.
+        os.close(create_segment(directory, first, 0)[0])
+        numbers = [first]
+        listing.segments[first] = segment_name(first)
+    for expected in range(first, max(vouched, *numbers, first) + 1):
         if expected not in listing.segments:
             after = f"; the log jumps from segment {expected - 1}" if expected > first else ""
             raise CorruptionError(
@@ -106,9 +112,7 @@ def open_file_set(directory: Path) -> FileSet:
         previous_sizes[number] = header.previous_size
         sealed[number] = seg_path.stat().st_size
     active = numbers[-1]
-    fd, active_size, header = _open_active(
-        directory, active, sealed, recorded=active <= manifest.last_segment
-    )
+    fd, active_size, header = _open_active(directory, active, sealed, recorded=active <= vouched)
     previous_sizes[active] = header.previous_size
     try:
         # Each segment's header records the size its predecessor was sealed at, which

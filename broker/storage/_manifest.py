@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._errors import CorruptionError
@@ -32,6 +32,9 @@ class Manifest:
     snapshot_bytes: int = 0
     first_segment: int = 1
     last_segment: int = 1
+    legacy: bool = field(default=False, compare=False)
+    """Read from a format 1 file, which vouched for no segment: its builds made segment 1 after
+    the manifest, and recorded no roll."""
 
     def encode(self) -> bytes:
         """The file's bytes: JSON body line, then its crc32 line."""
@@ -70,8 +73,8 @@ def decode_manifest(data: bytes, path: Path) -> Manifest:
             f"manifest format {version}, but this build reads formats 1 to {MANIFEST_FORMAT}",
             "Open it with the ProntoDB version that wrote it, or restore from a backup.",
         )
-    if version == 1 and set(fields) == _KEYS_V1:
-        # Format 1 promised the segments from first_segment on, and nothing about the last.
+    legacy = version == 1 and set(fields) == _KEYS_V1
+    if legacy:
         fields = {**fields, "last_segment": fields["first_segment"]}
     elif version != MANIFEST_FORMAT or set(fields) != _KEYS:
         raise CorruptionError(path, 0, "the manifest body does not have the expected fields")
@@ -90,7 +93,7 @@ def decode_manifest(data: bytes, path: Path) -> Manifest:
         )
     if not consistent or type(last) is not int or last < first:
         raise CorruptionError(path, 0, "the manifest names an inconsistent file set")
-    return Manifest(snapshot, size, first, last)
+    return Manifest(snapshot, size, first, last, legacy=legacy)
 
 
 def read_manifest(directory: Path) -> Manifest | None:

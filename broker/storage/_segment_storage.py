@@ -124,8 +124,9 @@ class SegmentStorage:
                 self._cut_torn_tail(reader.damage)
             remove_orphans(self._directory, self._orphans)
             self._orphans = []
-            if self._manifest.last_segment < self._active:  # a roll cut short, or format 1
-                with self._lock:
+            manifest = self._manifest
+            if manifest.legacy or manifest.last_segment < self._active:  # format 1, or a roll
+                with self._lock:  # cut short before it was recorded
                     self._record_last_segment(self._active)
         except OSError as exc:
             raise StorageError(f"cannot read the database in {self._directory}: {exc}") from exc
@@ -435,12 +436,13 @@ class SegmentStorage:
                 raise StorageError(f"compaction could not install {name}: {exc}") from exc
             yield "snapshot_renamed"
 
+            # Under the lock: a roll replaces the manifest through the same temporary name.
             with self._lock:
                 manifest = snapshot_manifest(through, size, self._active)
-            try:
-                write_file_synced(manifest_tmp, manifest.encode())
-            except OSError as exc:
-                raise StorageError(f"compaction could not write {manifest_tmp}: {exc}") from exc
+                try:
+                    write_file_synced(manifest_tmp, manifest.encode())
+                except OSError as exc:
+                    raise StorageError(f"compaction could not write {manifest_tmp}: {exc}") from exc
             yield "manifest_written"
 
             with self._lock:
@@ -507,21 +509,24 @@ class SegmentStorage:
     # -- reporting ----------------------------------------------------------------------------
 
     def stats(self) -> StorageStats:
-        """Sizes and counters of the live files, taken under the lock."""
-        with self._lock:
-            segment_bytes = sum(self._sealed.values()) + self._active_size
-            return StorageStats(
-                total_bytes=self._manifest.snapshot_bytes + segment_bytes,
-                snapshot_bytes=self._manifest.snapshot_bytes,
-                bytes_since_compaction=segment_bytes,
-                segments=len(self._sealed) + 1,
-                first_segment=self._manifest.first_segment,
-                active_segment=self._active,
-                snapshot=self._manifest.snapshot,
-                unsynced_bytes=self._unsynced,
-                appends=self._appends,
-                fsyncs=self._fsyncs,
-            )
+        """Sizes and counters of the live files. Read without the lock, which an append holds
+        through its fsync: a slow disk must not stall whoever asks (the broker's event loop).
+        Each figure is current; together they may be one append apart."""
+        sealed = list(self._sealed.values())  # one C-level copy: no roll can change it midway
+        manifest = self._manifest
+        segment_bytes = sum(sealed) + self._active_size
+        return StorageStats(
+            total_bytes=manifest.snapshot_bytes + segment_bytes,
+            snapshot_bytes=manifest.snapshot_bytes,
+            bytes_since_compaction=segment_bytes,
+            segments=len(sealed) + 1,
+            first_segment=manifest.first_segment,
+            active_segment=self._active,
+            snapshot=manifest.snapshot,
+            unsynced_bytes=self._unsynced,
+            appends=self._appends,
+            fsyncs=self._fsyncs,
+        )
 
     def __repr__(self) -> str:
         return f"<SegmentStorage {str(self._directory)!r} active={segment_name(self._active)}>"

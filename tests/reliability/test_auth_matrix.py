@@ -185,7 +185,14 @@ def test_the_permission_matrix_over_tcp(
                         op(client, user)
                     except ProntoError as err:
                         if err.code is not ErrorCode.DENIED:
-                            raise AssertionError(f"{user}: {name}: {err}") from err
+                            # Past the permission check, refused for another reason (a second
+                            # round's backup exists already): allowed, as far as rights go.
+                            bug = err.code in (ErrorCode.INTERNAL, ErrorCode.UNAUTHENTICATED)
+                            assert not bug, f"{user}: {name}: {err}"
+                            figures.add("allowed")
+                            figures.add("wrongly allowed", name not in expected[user])
+                            assert name in expected[user], (user, name, err.message)
+                            continue
                         figures.add("denied")
                         figures.add("wrongly denied", name in expected[user])
                         assert name not in expected[user], (user, name, err.message)
