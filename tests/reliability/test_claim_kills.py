@@ -141,6 +141,10 @@ class Run:
                 stdout=subprocess.PIPE,
                 stderr=err,
                 env=env,
+                # A session of its own, as a real worker has: in the test's process group, a
+                # SIGSTOPped worker gets SIGHUP from the kernel whenever another member exits
+                # while that group has no parent in the session (a run started in the background).
+                start_new_session=True,
             )
         worker = Worker(name, process, stderr)
         self.workers.append(worker)
