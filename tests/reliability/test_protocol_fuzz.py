@@ -933,7 +933,7 @@ def test_fuzzed_broker_survives_and_serves_the_good_client(
     replay = found.replay
     total = sum(found.connections.values())
     figures.scenario = "protocol fuzzing on live connections"
-    figures["seed"] = found.seed
+    figures["seed"] = str(found.seed)
     figures["fuzz connections"] = total
     figures["abuse kinds"] = len(found.connections)
     figures["good calls checked"] = found.good_calls
@@ -956,7 +956,7 @@ def test_fuzzed_broker_survives_and_serves_the_good_client(
 def test_fuzzed_broker_closes_every_fuzz_connection(campaign: Campaign, figures: Figures) -> None:
     found = campaign
     figures.scenario = "protocol fuzzing on live connections"
-    figures["seed"] = found.seed
+    figures["seed"] = str(found.seed)
     figures["fuzz connections"] = sum(found.connections.values())
     figures["fds before"] = found.fds_baseline
     figures["fds after"] = found.fds_after
@@ -972,7 +972,7 @@ def test_fuzzed_broker_logs_no_traceback_for_a_peers_fault(
 ) -> None:
     found = campaign
     figures.scenario = "protocol fuzzing on live connections"
-    figures["seed"] = found.seed
+    figures["seed"] = str(found.seed)
     figures["fuzz connections"] = sum(found.connections.values())
     figures["tracebacks"] = found.log.count("Traceback")
     figures["internal answers"] = found.internal
@@ -986,7 +986,7 @@ def test_fuzzed_broker_log_stays_bounded(campaign: Campaign, figures: Figures) -
     total = sum(found.connections.values())
     lines = found.log.splitlines()
     figures.scenario = "protocol fuzzing on live connections"
-    figures["seed"] = found.seed
+    figures["seed"] = str(found.seed)
     figures["fuzz connections"] = total
     figures["log lines"] = len(lines)
     figures["log bytes per fuzz connection"] = round(len(found.log.encode()) / total, 1)
