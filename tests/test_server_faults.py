@@ -230,6 +230,18 @@ class HeldFsync:
         self._release.set()
 
 
+async def a_write_held(
+    server: Running, faults: FaultPoints, w: Wire
+) -> tuple[OpenDatabase, HeldFsync]:
+    """Database ``slow`` with its writes in a thread, and a write of ``w`` (value 2, revision 3)
+    in that thread now, its fsync held until the test releases it."""
+    slow = await slow_database(server, w, "slow")
+    faults.fsync = held = HeldFsync(slow.directory)
+    await w.send(w.request("set", key="k", value=2, cursor="slow"))
+    await until(held.entered.is_set)
+    return slow, held
+
+
 async def slow_database(server: Running, w: Wire, name: str) -> OpenDatabase:
     """Database ``name``, opened and with its writes moved to a thread (as after a slow one)."""
     databases = server.broker.databases
@@ -245,11 +257,7 @@ async def test_a_stuck_fsync_holds_up_its_own_database_only(
     server: Running, faults: FaultPoints
 ) -> None:
     a, b = await server.wire(), await server.wire()
-    slow = await slow_database(server, a, "slow")
-    faults.fsync = held = HeldFsync(slow.directory)
-    request = a.request("set", key="k", value=2, cursor="slow")
-    await a.send(request)
-    await until(held.entered.is_set)
+    _, held = await a_write_held(server, faults, a)
     # Another database is served while the first one's fsync hangs in its thread.
     assert await b.result("set", key="k", value="other", cursor="fast") == 1
     assert await b.result("get", key="k", cursor="fast") == "other"
@@ -322,10 +330,7 @@ async def test_status_is_answered_while_a_slow_database_fsyncs(
 ) -> None:
     # Its figures were read under the storage lock, which the fsync in the thread holds.
     a, b = await server.wire(), await server.wire()
-    slow = await slow_database(server, a, "slow")
-    faults.fsync = held = HeldFsync(slow.directory)
-    await a.send(a.request("set", key="k", value=2, cursor="slow"))
-    await until(held.entered.is_set)
+    _, held = await a_write_held(server, faults, a)
     status = await b.result("status")
     assert [d["name"] for d in status["databases"]] == ["slow"]
     held.release()
@@ -338,10 +343,7 @@ async def test_closing_a_database_writes_a_roll_marker_queued_behind_a_threaded_
     # A compaction's roll marker queued while a write ran in the thread: the close must write
     # it, or the compaction (which the close waits for) waits for it forever.
     a = await server.wire()
-    slow = await slow_database(server, a, "slow")
-    faults.fsync = held = HeldFsync(slow.directory)
-    await a.send(a.request("set", key="k", value=2, cursor="slow"))
-    await until(held.entered.is_set)
+    slow, held = await a_write_held(server, faults, a)
     slow.writes_unchecked = COMPACTION_CHECK_EVERY
     slow.database._retry_compaction_at = 0
     finish = slow.database.start_compaction()  # as maybe_compact does, wanted or not
