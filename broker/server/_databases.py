@@ -280,7 +280,8 @@ class OpenDatabase:
             self.flush_now()
 
     def flush_now(self) -> None:
-        """Write what is queued now, from the event loop (at shutdown, before the loop stops)."""
+        """Write what is queued now, from the event loop (if alone, at shutdown before the loop
+        stops, and at a close once no write runs in a thread)."""
         if self.failure is not None or self._writing is not None:
             return  # a write in a thread runs: the batch after it is the flush loop's
         try:

@@ -652,10 +652,9 @@ class Session:
         try:
             try:
                 with scope:
-                    announced = None
+                    announced = db is None
                     if db is None:  # in place at once; its changes come once it exists
                         await send(self.conn.pack_event({"events": [], "next_rev": start}), start)
-                        announced = start
                         db = await self.broker.databases.wait_for(name, self.user)
                         if db.engine.history.first > start:  # it came by a restore
                             raise replaced(db.engine.revision)

@@ -69,7 +69,7 @@ async def stream(
     send: Send,
     pack: Pack,
     *,
-    announced: int | None = None,
+    announced: bool = False,
 ) -> None:
     """Send ``db``'s changes under ``prefix`` from ``next_rev`` on, as they become durable, until
     cancelled (returns nothing then) or cut off (raises ``overflow`` or ``unavailable``).
@@ -78,7 +78,7 @@ async def stream(
     caller ``announced`` it already: a watch waiting for its database to exist). Watchers at
     the same revision with the same prefix share one reading and encoding of their pushes
     (:func:`encoded`): a fan-out to many watchers does that work once."""
-    if announced is None:
+    if not announced:
         await send(pack({"events": [], "next_rev": next_rev}), next_rev)
     told = next_rev  # the resume point the watcher last heard of
     while True:

@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Generator, Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -26,7 +27,7 @@ from ._layout import (
     write_all,
     write_file_synced,
 )
-from ._manifest import Manifest, snapshot_manifest, write_manifest
+from ._manifest import snapshot_manifest, write_manifest
 from ._options import FsyncPolicy, StorageOptions, StorageStats
 from ._records import (
     RECORD_HEADER_SIZE,
@@ -345,10 +346,7 @@ class SegmentStorage:
 
     def _record_last_segment(self, last: int) -> None:
         """Make the manifest vouch for every segment up to ``last`` (under the lock)."""
-        manifest = self._manifest
-        self._manifest = Manifest(
-            manifest.snapshot, manifest.snapshot_bytes, manifest.first_segment, last
-        )
+        self._manifest = replace(self._manifest, last_segment=last, legacy=False)
         write_manifest(self._directory, self._manifest)
 
     def _undo_partial_write(self, start: int) -> None:
