@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ from wire import Wire
 
 from prontodb.broker.engine import HistoryLimits
 from prontodb.broker.server import AlreadyServing, Broker, ServerConfig
-from prontodb.broker.server import _ops as ops
+from prontodb.broker.server import _database_ops as ops
+from prontodb.broker.server._registry import REGISTRY
 from prontodb.broker.storage import StorageOptions
 from prontodb.protocol import ConnectionClosed, ErrorCode, Goodbye, Hello, Response
 
@@ -76,6 +78,21 @@ async def test_operation_errors_carry_codes_and_keep_the_connection(server: Runn
     assert failed.error["code"] == ErrorCode.COMPARE_FAILED
     assert failed.error["mod_rev"] == 1
     assert await w.result("get", key="k") == "text"
+
+
+async def test_status_counts_requests_by_operation(server: Running) -> None:
+    w = await server.wire()
+    await w.result("set", key="k", value=1)
+    await w.result("get", key="k")
+    await w.result("get", key="k")
+    for name in ("nonsense", "more-nonsense"):
+        response = await w.call(name)
+        assert response.error is not None
+        assert response.error["code"] == ErrorCode.UNKNOWN_OP
+        assert repr(name) in response.error["message"]
+    counted = (await w.result("status"))["requests"]
+    # Unknown names share one count, so that a client cannot grow the table.
+    assert counted == {"set": 1, "get": 2, "(unknown)": 2, "status": 1}
 
 
 async def test_cursors_are_separate_databases_created_by_their_first_write(
@@ -146,7 +163,7 @@ async def test_a_handler_exception_is_answered_and_logged(
     def broken(engine: object, call: object) -> ops.Outcome:
         raise RuntimeError("a bug")
 
-    monkeypatch.setitem(ops.KV_OPS, "get", ops.KvOp(broken, writes=False, creates=False))
+    monkeypatch.setitem(REGISTRY, "get", dataclasses.replace(REGISTRY["get"], handler=broken))
     w = await server.wire()
     response = await w.call("get", key="k")
     assert response.error is not None

@@ -15,8 +15,8 @@ import trio.testing
 from inprocess import Running, running_broker
 
 from prontodb.broker.server import ServerConfig
+from prontodb.broker.server._outbox import SEND_CHUNK
 from prontodb.broker.server._pending_input import PendingInput
-from prontodb.broker.server._session import SEND_CHUNK
 from prontodb.protocol import ConnectionClosed, Goodbye, Push, Response
 
 
@@ -63,8 +63,8 @@ async def test_a_client_that_does_not_read_holds_back_only_itself(server: Runnin
         assert (await other.call("get", key=f"k{i}")).result == i
     # The broker encoded one piece of about SEND_CHUNK (two answers) for the reader and stopped:
     # the rest waits as requests in flight (which the protocol bounds), not as 32 MiB of bytes.
-    (session,) = [s for s in server.broker._sessions if s.user == "reader"]
-    assert len(session._queue) >= len(requests) - 2 * SEND_CHUNK // len(value)
+    (session,) = [s for s in server.broker.sessions.live() if s.user == "reader"]
+    assert len(session.outbox.queue) >= len(requests) - 2 * SEND_CHUNK // len(value)
 
     answers = [await reader.next() for _ in requests]
     assert [a.id for a in answers if isinstance(a, Response)] == [r.id for r in requests]
@@ -114,7 +114,7 @@ async def test_a_protocol_error_behind_a_pending_write_still_gets_its_goodbye(
         assert isinstance(goodbye, Goodbye)
         assert isinstance(await w.next(), ConnectionClosed)
     await trio.testing.wait_all_tasks_blocked()
-    assert not server.broker._sessions  # the session ended, and nothing of it hangs
+    assert not server.broker.sessions  # the session ended, and nothing of it hangs
 
 
 async def test_answers_that_come_one_by_one_do_not_pile_up_for_a_client_that_does_not_read(
@@ -128,8 +128,8 @@ async def test_answers_that_come_one_by_one_do_not_pile_up_for_a_client_that_doe
     await trio.testing.wait_all_tasks_blocked()
     await reader.send(*[reader.request("get", key="big") for _ in range(200)])
     await trio.sleep(1)  # every claim has run out (the mock clock jumps there)
-    (session,) = [s for s in server.broker._sessions if s.user == "reader"]
-    assert len(session._outbox) <= SEND_CHUNK + len(value) + 1024
+    (session,) = [s for s in server.broker.sessions.live() if s.user == "reader"]
+    assert len(session.outbox.pending) <= SEND_CHUNK + len(value) + 1024
     await reader.aclose()
     server.wires.remove(reader)
 

@@ -20,8 +20,7 @@ from inprocess import Running, running_broker, until
 from wire import Wire
 
 from prontodb.broker.server import ServerConfig
-from prontodb.broker.server._broker import COMPACTION_CHECK_EVERY
-from prontodb.broker.server._databases import OpenDatabase
+from prontodb.broker.server._databases import COMPACTION_CHECK_EVERY, OpenDatabase
 from prontodb.broker.server._quiet_log import QuietLog
 from prontodb.broker.storage import FaultPoints
 from prontodb.protocol import (

@@ -2,8 +2,9 @@
 
 A grant gives a user a level (read < write < admin) on one cursor or every cursor, at and below
 one key prefix or on every key. An operation needs a level on the keys or the prefix it touches
-(docs/PROTOCOL.md, "Users and permissions"); the broker checks it only on connections that had
-to authenticate. Pure functions: no I/O.
+(docs/PROTOCOL.md, "Users and permissions"): its rule, one of those below, is named where the
+operation is declared. The broker checks it only on connections that had to authenticate.
+Pure functions: no I/O.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import hashlib
 import hmac
 import posixpath
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,52 +111,83 @@ def check(grants: Iterable[Grant], user: str, needs: Iterable[Need]) -> None:
             )
 
 
-_READ_KEY = {"get", "ttl"}
-_READ_PREFIX = {"keys", "scan", "count", "claims", "watch"}
-_WRITE_KEY = {"set", "del", "incr", "decr", "expire", "persist", "ack", "release", "extend"}
-_WRITE_PREFIX = {"claim", "create_cache", "drop_cache"}
-_OPEN = {"ping", "status", "unwatch", "cancel", "cursor_list", "cursor_show", "whoami"}
+# What a request needs, from its arguments, its user and the broker's backup directory
+# (absolute). Each operation names one rule in the registry (_registry.py). Malformed arguments
+# are left to the operation itself to refuse (a bad key needs nothing: it fails anyway).
+Rule = Callable[[Mapping[str, Any], str, str], list[Need]]
 
 
-def needs(op: str, args: Mapping[str, Any], user: str, backups: str = "") -> list[Need]:
-    """The permissions request ``op`` with ``args`` needs. Malformed arguments are left to the
-    operation itself to refuse (a bad key needs nothing: it fails anyway). ``backups`` is the
-    broker's own backup directory (absolute): the one place a cursor's admin may name."""
+def _cursor(args: Mapping[str, Any]) -> str:
     cursor = args.get("cursor", DEFAULT_CURSOR)
-    cursor = cursor if isinstance(cursor, str) else DEFAULT_CURSOR
-    if op in _OPEN:
-        return []
-    if op in _READ_KEY or op in _WRITE_KEY:
-        level = Level.READ if op in _READ_KEY else Level.WRITE
-        return [Need(level, cursor, _text(args.get("key")))]
-    if op in _READ_PREFIX or op in _WRITE_PREFIX:
-        level = Level.READ if op in _READ_PREFIX else Level.WRITE
-        return [Need(level, cursor, _text(args.get("prefix")))]
-    if op == "caches":
-        return [Need(Level.READ, cursor)]
-    if op == "txn":
-        found = [
-            Need(Level.READ, cursor, _text(_field(c, "key"))) for c in _items(args, "compares")
-        ]
-        for item in _items(args, "ops"):
-            level = Level.READ if _field(item, "op") == "get" else Level.WRITE
-            found.append(Need(level, cursor, _text(_field(item, "key"))))
-        return found
-    if op == "grants" and args.get("user") == user:
-        return []  # one's own grants
-    # A path reaches any directory the broker can: naming one is an admin's of everything, not
-    # of one cursor (else a cursor admin could bind a cursor to another database's files, write
-    # a backup anywhere, or restore any backup file into its cursor). Its own backups are the
-    # exception: a cursor's admin may back it up to, and restore it from, the broker's backup
-    # directory.
-    if op in ("backup", "backup_restore"):
+    return cursor if isinstance(cursor, str) else DEFAULT_CURSOR
+
+
+def nothing(args: Mapping[str, Any], user: str, backups: str) -> list[Need]:
+    """Open to every user who logged in."""
+    return []
+
+
+def on_key(level: Level) -> Rule:
+    """``level`` on the request's ``key`` in its cursor."""
+
+    def rule(args: Mapping[str, Any], user: str, backups: str) -> list[Need]:
+        return [Need(level, _cursor(args), _text(args.get("key")))]
+
+    return rule
+
+
+def on_prefix(level: Level) -> Rule:
+    """``level`` on the request's ``prefix`` (and every key below it) in its cursor."""
+
+    def rule(args: Mapping[str, Any], user: str, backups: str) -> list[Need]:
+        return [Need(level, _cursor(args), _text(args.get("prefix")))]
+
+    return rule
+
+
+def on_cursor(level: Level) -> Rule:
+    """``level`` on every key of the request's cursor."""
+
+    def rule(args: Mapping[str, Any], user: str, backups: str) -> list[Need]:
+        return [Need(level, _cursor(args))]
+
+    return rule
+
+
+def on_txn_keys(args: Mapping[str, Any], user: str, backups: str) -> list[Need]:
+    """Read on each compared key and each ``get``, write on each other operation's key."""
+    cursor = _cursor(args)
+    found = [Need(Level.READ, cursor, _text(_field(c, "key"))) for c in _items(args, "compares")]
+    for item in _items(args, "ops"):
+        level = Level.READ if _field(item, "op") == "get" else Level.WRITE
+        found.append(Need(level, cursor, _text(_field(item, "key"))))
+    return found
+
+
+def admin_everywhere(args: Mapping[str, Any], user: str, backups: str) -> list[Need]:
+    """Admin on every cursor and every key (also what an unknown operation needs)."""
+    return [Need(Level.ADMIN, None)]
+
+
+def own_or_admin(args: Mapping[str, Any], user: str, backups: str) -> list[Need]:
+    """Nothing when the request is about its own user (``user``), else admin everywhere."""
+    return [] if args.get("user") == user else admin_everywhere(args, user, backups)
+
+
+def backup_path(path_arg: str) -> Rule:
+    """A path reaches any directory the broker can: naming one is an admin's of everything,
+    not of one cursor (else a cursor admin could write a backup anywhere, or restore any backup
+    file into its cursor). Its own backups are the exception: a cursor's admin may back it up
+    to, and restore it from, the broker's backup directory."""
+
+    def rule(args: Mapping[str, Any], user: str, backups: str) -> list[Need]:
         only = args.get("cursor")
-        path = args.get("output" if op == "backup" else "path")
-        if isinstance(only, str) and within(path, backups):
+        if isinstance(only, str) and within(args.get(path_arg), backups):
             return [Need(Level.ADMIN, only)]
         why = f"a backup path outside {backups}" if isinstance(only, str) and backups else ""
         return [Need(Level.ADMIN, None, why=why)]
-    return [Need(Level.ADMIN, None)]  # the rest (and ops not known yet) are an admin's
+
+    return rule
 
 
 def within(path: Any, directory: str) -> bool:

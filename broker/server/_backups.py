@@ -10,9 +10,9 @@ Paths are the broker's own, absolute (the CLI resolves relative ones).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -20,22 +20,31 @@ from prontodb.protocol import ErrorCode, ProntoError
 
 from .. import backup
 from ..storage import CorruptionError
-from ._catalog import CursorDef, change_catalog
-from ._cursors import absolute_path, describe, owner_arg
-from ._databases import OpenDatabase
+from ._access import admin_everywhere, backup_path
+from ._args import Arg, Kind, absolute_path, owner_arg
+from ._catalog import CursorDef, describe
+from ._context import Context
+from ._databases import Databases, OpenDatabase
 from ._names import validate_name, validate_user
+from ._registry import Layer, op
 
-if TYPE_CHECKING:
-    from ._broker import Broker
+CURSOR = Arg("cursor", Kind.CURSOR, nil=True, doc="only this cursor's database")
 
 RESTORED_DIR = "restored"  # where `cursor set NAME FILE` puts the database it restores
 
 
-async def backup_op(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
+@op(
+    "backup",
+    Layer.BROKER,
+    access=backup_path("output"),
+    args=(Arg("output", Kind.PATH, doc="a file or directory"), CURSOR),
+    summary="Write every database (or one cursor's) to a new backup file.",
+)
+async def backup_op(ctx: Context, user: str, args: Mapping[str, Any]) -> Any:
     """Write every database (or ``cursor``'s) to a new backup file under ``output``."""
     output = absolute_path(args, "output")
-    databases = broker.databases
-    targets = _targets(broker, user, args.get("cursor"))
+    databases = ctx.databases
+    targets = _targets(ctx, user, args.get("cursor"))
     opened: list[tuple[str, str | None, OpenDatabase]] = []
     failed: list[dict[str, Any]] = []
     for name, owner, directory in targets:
@@ -55,7 +64,7 @@ async def backup_op(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
             ErrorCode.NOT_FOUND, f"The cursor {args['cursor']!r} has no database yet."
         )
     # One instant for all of them: nothing awaits between these snapshots.
-    now = broker.clock()
+    now = ctx.clock()
     frozen: list[tuple[backup.Section, Any]] = []
     tickets: list[tuple[OpenDatabase, int]] = []
     for name, owner, db in opened:
@@ -81,21 +90,31 @@ async def backup_op(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
     return {"path": str(path), "bytes": size, "databases": databases_done, "failed": failed}
 
 
-async def restore_op(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
+@op(
+    "backup_restore",
+    Layer.BROKER,
+    access=backup_path("path"),
+    args=(Arg("path", Kind.PATH), CURSOR),
+    writes=True,
+    client="restore",
+    cli="backup --restore",
+    summary="Put back every database of a backup file (or one cursor's).",
+)
+async def restore_op(ctx: Context, user: str, args: Mapping[str, Any]) -> Any:
     """Put back every database of the backup file ``path`` (or only ``cursor``'s)."""
     path = absolute_path(args, "path")
     contents = await _read(path)
     cursor = args.get("cursor")
-    databases = broker.databases
+    databases = ctx.databases
     if cursor is not None:
         name = validate_name(cursor)
         plan = [(_pick(contents, name), name, databases.locate(name, user))]
     else:
-        plan = [(i, s.name, _home(broker, s)) for i, s in enumerate(contents.sections)]
+        plan = [(i, s.name, _home(ctx, s)) for i, s in enumerate(contents.sections)]
     restored = []
     for index, name, directory in plan:
         section = contents.sections[index]
-        build = _builder(broker, path, index, directory)
+        build = _builder(ctx.databases, path, index, directory)
         revision = await databases.replace(name, directory, build)
         restored.append(
             {
@@ -109,13 +128,21 @@ async def restore_op(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
     return {"path": str(path), "databases": restored}
 
 
-async def list_op(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
+@op(
+    "backup_list",
+    Layer.BROKER,
+    access=admin_everywhere,
+    args=(Arg("path", Kind.PATH),),
+    cli="backup --list",
+    summary="What a backup file holds, or each backup file in a directory.",
+)
+async def list_op(ctx: Context, user: str, args: Mapping[str, Any]) -> Any:
     """What the backup file ``path`` holds, or every backup file directly inside a directory."""
     path = absolute_path(args, "path")
     return await trio.to_thread.run_sync(_list, path)
 
 
-async def cursor_from_backup(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
+async def cursor_from_backup(ctx: Context, user: str, args: Mapping[str, Any]) -> Any:
     """``cursor_set`` with a backup file as the path: restore it into a new database under
     ``DATA_DIR/restored/`` and bind the cursor to that."""
     name = validate_name(args.get("name"))
@@ -124,14 +151,14 @@ async def cursor_from_backup(broker: Broker, user: str, args: Mapping[str, Any])
     contents = await _read(path)
     index = 0 if len(contents.sections) == 1 else _pick(contents, name)
     section = contents.sections[index]
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(broker.clock()))
-    directory = broker.databases.data_dir / RESTORED_DIR / f"{name}-{stamp}.db"
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(ctx.clock()))
+    directory = ctx.databases.data_dir / RESTORED_DIR / f"{name}-{stamp}.db"
     if directory.exists():
         raise ProntoError(ErrorCode.EXISTS, f"{directory} exists already; try again in a second.")
-    await broker.databases.replace(name, directory, _builder(broker, path, index, directory))
-    cursor = CursorDef(name, str(directory), owner, user, broker.clock())
-    await change_catalog(broker, lambda: broker.databases.catalog.define(cursor))
-    shadows = owner is not None and broker.databases.catalog.get(None, name) is not None
+    await ctx.databases.replace(name, directory, _builder(ctx.databases, path, index, directory))
+    cursor = CursorDef(name, str(directory), owner, user, ctx.clock())
+    await ctx.catalog.change(lambda: ctx.catalog.define(cursor))
+    shadows = owner is not None and ctx.catalog.get(None, name) is not None
     return {**describe(cursor, shadows), "restored_from": str(path), "section": section.name}
 
 
@@ -140,9 +167,9 @@ def is_backup_file(args: Mapping[str, Any]) -> bool:
     return absolute_path(args, "path").is_file()
 
 
-def _targets(broker: Broker, user: str, cursor: Any) -> list[tuple[str, str | None, Path]]:
+def _targets(ctx: Context, user: str, cursor: Any) -> list[tuple[str, str | None, Path]]:
     """(name, owner, directory) of each database to back up, each directory once."""
-    databases = broker.databases
+    databases = ctx.databases
     if cursor is not None:
         name = validate_name(cursor)
         bound = databases.catalog.lookup(user, name)
@@ -160,9 +187,9 @@ def _targets(broker: Broker, user: str, cursor: Any) -> list[tuple[str, str | No
     return list(found.values())
 
 
-def _home(broker: Broker, section: backup.Section) -> Path:
+def _home(ctx: Context, section: backup.Section) -> Path:
     """Where a section goes back to: its cursor's directory if still defined, else the default."""
-    databases = broker.databases
+    databases = ctx.databases
     bound = databases.catalog.get(section.owner, section.name)
     return Path(bound.path) if bound is not None else databases.directory(section.name)
 
@@ -180,9 +207,7 @@ def _pick(contents: backup.Contents, name: str) -> int:
     )
 
 
-def _builder(broker: Broker, path: Path, index: int, directory: Path) -> Any:
-    databases = broker.databases
-
+def _builder(databases: Databases, path: Path, index: int, directory: Path) -> Callable[[int], int]:
     def build(above: int) -> int:
         records: Any = backup.records_of(path, index)
         return backup.restore_into(

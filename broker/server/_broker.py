@@ -23,17 +23,17 @@ from typing import Any
 
 import trio
 
-from prontodb.protocol import ErrorCode, Goodbye, ProntoError
-
 from ..engine import EngineLimits
 from ..storage import StorageOptions
 from ._catalog import Catalog
 from ._config import ServerConfig
+from ._context import Context
 from ._databases import Databases, OpenDatabase
 from ._lockfile import AlreadyServing, DataDirLock
 from ._pending_input import PendingInput
 from ._quiet_log import QuietLog
 from ._session import Session
+from ._sessions import Sessions
 from ._users import bootstrap
 
 logger = logging.getLogger("prontodb.server")
@@ -41,7 +41,6 @@ logger = logging.getLogger("prontodb.server")
 # sun_path is 108 bytes on Linux, the terminating NUL included.
 _MAX_SOCKET_PATH = 107
 _LISTEN_BACKLOG = 1024
-COMPACTION_CHECK_EVERY = 16  # writes between two looks at whether a database should compact
 BACKUPS_DIR = "backups"  # in the data directory: the backups a cursor's admin may name
 
 
@@ -75,17 +74,25 @@ class Broker:
         )
         self.started = time.time()
         self.info = BrokerInfo(os.getpid(), None, None)
-        self._sessions: set[Session] = set()
+        self.sessions: Sessions[Session] = Sessions()
         self.pending_input = PendingInput()  # the sessions' sockets: see flush_if_alone
-        self._session_numbers = 0
-        self._sessions_changed = trio.Event()
         self._stop = trio.Event()
-        self._background: trio.Nursery | None = None
         self._sessions_scope = trio.CancelScope()  # replaced by the sessions nursery's
         self._socket_inode: tuple[int, int] | None = None  # of our socket file, to remove it
-        self.catalog_lock = trio.Lock()  # one catalog change (and save) at a time
-        # Where a cursor's admin may write and read backups of its cursor (docs/PROTOCOL.md).
-        self.backups = os.path.join(os.path.abspath(config.data_dir), BACKUPS_DIR)
+        # What the operations and the sessions are handed: the parts, not the broker.
+        self.context = Context(
+            config=config,
+            databases=self.databases,
+            sessions=self.sessions,
+            clock=lambda: self.clock(),
+            quiet=self.quiet,
+            pending_input=self.pending_input,
+            server_name=self.server_name,
+            # Where a cursor's admin may write and read backups of its cursor (PROTOCOL.md).
+            backups=os.path.join(os.path.abspath(config.data_dir), BACKUPS_DIR),
+            status=self.status,
+            request_stop=self.request_stop,
+        )
 
     def request_stop(self) -> None:
         """Begin a clean shutdown (idempotent)."""
@@ -106,8 +113,9 @@ class Broker:
         lock.acquire(self._lock_record(None))
         socket_inode: tuple[int, int] | None = None
         try:
-            self.databases.catalog = Catalog.load(config.data_dir)
-            await bootstrap(self)
+            catalog = self.databases.catalog = Catalog.load(config.data_dir)
+            catalog.on_change = self.sessions.recheck_waits
+            await bootstrap(catalog, config.data_dir, self.context.clock)
             listeners: list[Listening] = []
             if config.socket_path is not None:
                 unix, socket_inode = await _open_unix_listener(config.socket_path)
@@ -167,7 +175,7 @@ class Broker:
             if handle_signals:
                 outer.start_soon(self._watch_signals, signals)
             async with trio.open_nursery() as background:  # compactions: outlive every session
-                self._background = background
+                self.databases.background = background
                 async with trio.open_nursery() as flushers:
                     self.databases.flushers = flushers
                     await self._serve_sessions(listeners, task_status)
@@ -189,13 +197,12 @@ class Broker:
                 logger.info("stopping: no new connections; finishing requests in flight")
                 service.cancel_scope.cancel()
             await self._stop_listening(listeners)
-            for session in list(self._sessions):
-                session.stop_reading()
+            self.sessions.stop_reading()
             with trio.move_on_after(self.config.shutdown_grace) as grace:
-                while self._sessions:
-                    await self._sessions_changed.wait()
+                while self.sessions:
+                    await self.sessions.wait_changed()
             if grace.cancelled_caught:
-                logger.warning("%d connections did not finish in time", len(self._sessions))
+                logger.warning("%d connections did not finish in time", len(self.sessions))
             sessions.cancel_scope.cancel()
 
     async def _stop_listening(self, listeners: list[Listening]) -> None:
@@ -223,18 +230,15 @@ class Broker:
                     )
 
     async def _session(self, stream: trio.abc.Stream, authenticate: bool) -> None:
-        self._session_numbers += 1
-        session = Session(self, stream, self._session_numbers, authenticate)
-        self._sessions.add(session)
+        session = Session(self.context, stream, self.sessions.next_number(), authenticate)
+        self.sessions.add(session)
         try:
             await session.run()
         except Exception:
             # A bug in one connection must never take the broker down with it.
             logger.exception("session %d failed", session.number)
         finally:
-            self._sessions.discard(session)
-            self._sessions_changed.set()
-            self._sessions_changed = trio.Event()
+            self.sessions.discard(session)
 
     async def _watch_signals(self, scope: trio.CancelScope) -> None:
         with scope, trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -247,38 +251,7 @@ class Broker:
                     logger.info("%s received", name)
                     self.request_stop()
 
-    # -- broker operations -------------------------------------------------------------------
-
-    def run_broker_op(self, op: str, args: dict[str, Any]) -> Any:
-        """The operations that concern the broker rather than one database."""
-        if op == "ping":
-            return "pong"
-        if op == "status":
-            return self.status()
-        if op == "stop":
-            logger.info("stop requested by a client")
-            self.request_stop()
-            return None
-        raise ProntoError(
-            ErrorCode.UNKNOWN_OP,
-            f"The broker does not know the operation {op!r}; upgrade the broker or the client.",
-        )
-
-    def end_sessions_of(self, user: str, reason: str) -> None:
-        """End the authenticated connections of ``user`` (removed, or given a new token)."""
-        farewell = Goodbye(
-            ErrorCode.UNAUTHENTICATED, f"The broker ended this connection: {reason}."
-        )
-        error = ProntoError(ErrorCode.UNAUTHENTICATED, farewell.message)
-        for session in list(self._sessions):
-            if session.authenticate and session.user == user:
-                session.end_waits(error)  # now: no write may serve them meanwhile
-                session.stop_reading(farewell)
-
-    def recheck_waits(self) -> None:
-        """The catalog changed: end the waits (blocked claims, watches) it no longer allows."""
-        for session in list(self._sessions):
-            session.recheck_waits()
+    # -- what the broker says of itself ----------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         """What ``prontodb status`` shows."""
@@ -290,35 +263,10 @@ class Broker:
             "uptime": now - self.started,
             "data_dir": str(self.config.data_dir),
             "fsync": self.config.fsync.value,
-            "connections": len(self._sessions),
+            "connections": len(self.sessions),
             "databases": [_database_status(db) for db in self.databases.opened()],
+            "requests": dict(self.context.requests),
         }
-
-    def maybe_compact(self, db: OpenDatabase) -> None:
-        """Start a compaction in a thread if the database wants one (asked every
-        ``COMPACTION_CHECK_EVERY`` writes: the question costs more than a small write)."""
-        db.writes_unchecked += 1
-        if db.writes_unchecked < COMPACTION_CHECK_EVERY:
-            return
-        db.writes_unchecked = 0
-        database = db.database
-        if self._background is None or not database.wants_compaction:
-            return
-        finish = database.start_compaction()
-        db.wake()  # the flush loop writes the roll marker the compaction waits for
-        done = db.compaction_done = trio.Event()
-
-        async def compact() -> None:
-            try:
-                await trio.to_thread.run_sync(finish)
-            except Exception:
-                database.compaction_failed()
-            else:
-                logger.info("compacted database %s", db.name)
-            finally:
-                done.set()
-
-        self._background.start_soon(compact)
 
     def _lock_record(self, tcp: str | None) -> dict[str, Any]:
         socket = None if self.config.socket_path is None else str(self.config.socket_path)

@@ -25,8 +25,6 @@ from ._names import validate_name, validate_user
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._broker import Broker
-
 CATALOG_FILE = "catalog.json"
 FORMAT = 1
 
@@ -49,6 +47,16 @@ class CursorDef:
             "by": self.by,
             "time": self.time,
         }
+
+
+def describe(cursor: CursorDef, shadows: bool) -> dict[str, Any]:
+    """A definition as the cursor operations answer it."""
+    return {
+        **cursor.as_dict(),
+        "shadows": shadows,
+        "defined": True,
+        "exists": Path(cursor.path).exists(),
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +93,10 @@ class Catalog:
         self.users: dict[str, User] = {}
         self.grants: list[Grant] = []
         self.bootstrapped = False  # the first user was made (once per data directory)
+        self._lock = trio.Lock()  # one change (and save) at a time
+        # Called after every change, before it is saved: the connections end the waits it no
+        # longer allows (the broker sets it).
+        self.on_change: Callable[[], None] = lambda: None
 
     @classmethod
     def load(cls, data_dir: Path) -> Catalog:
@@ -175,6 +187,23 @@ class Catalog:
         self.users, self.grants = again.users, again.grants
         self.bootstrapped = bool(document.get("bootstrapped", False))
 
+    async def change(self, change: Callable[[], object]) -> None:
+        """Apply ``change`` and save; if saving fails, undo it.
+
+        The change is in force at once, for waits already running too: a blocked claim or a
+        watch that the changed grants no longer allow ends now, not after the save (a write
+        meanwhile must not hand the old right an item). ``change`` checks what it depends on
+        itself, under the lock, so that two concurrent changes cannot both pass a check."""
+        async with self._lock:
+            before = self.document()
+            change()
+            self.on_change()
+            try:
+                await trio.to_thread.run_sync(save, self.path, self.document())
+            except BaseException:
+                self.restore(before)
+                raise
+
     def _put(self, cursor: CursorDef) -> None:
         if cursor.owner is None:
             self._global[cursor.name] = cursor
@@ -251,21 +280,3 @@ def save(path: Path, document: dict[str, Any]) -> None:
             ErrorCode.UNAVAILABLE,
             f"The broker could not write its catalog {path} ({exc.strerror}); nothing changed.",
         ) from exc
-
-
-async def change_catalog(broker: Broker, change: Callable[[], object]) -> None:
-    """Apply ``change`` to the broker's catalog and save it; if saving fails, undo it.
-
-    The change is in force at once, for waits already running too: a blocked claim or a watch
-    that the changed grants no longer allow ends now, not after the save (a write meanwhile must
-    not hand the old right an item)."""
-    catalog = broker.databases.catalog
-    async with broker.catalog_lock:
-        before = catalog.document()
-        change()
-        broker.recheck_waits()
-        try:
-            await trio.to_thread.run_sync(save, catalog.path, catalog.document())
-        except BaseException:
-            catalog.restore(before)
-            raise

@@ -38,6 +38,7 @@ T = TypeVar("T")
 # Seconds a write (and its fsync) may take on the event loop; past it, the database's writes move
 # to a thread. Disks measured here fsync in 0.1-1 ms; a spinning disk's 5-15 ms stays on the loop.
 SLOW_WRITE = 0.020
+COMPACTION_CHECK_EVERY = 16  # writes between two looks at whether a database should compact
 _PATHS_KEPT = 4096  # directory Paths cached by their text (a bound: names are the clients')
 # Reads of a database that does not exist yet see this empty engine and create nothing.
 EMPTY = Engine()
@@ -427,6 +428,7 @@ class Databases:
         self._appeared = trio.Event()
         # Where the databases' flush loops run; the broker sets it before it serves.
         self.flushers: trio.Nursery | None = None
+        self.background: trio.Nursery | None = None  # compactions: they outlive every session
 
     def return_session(self, session: int, now: float) -> None:
         """A connection ended: its bound claims go back to their queues, in every database."""
@@ -615,6 +617,32 @@ class Databases:
         finally:
             del self._opening[directory]
             done.set()
+
+    def maybe_compact(self, db: OpenDatabase) -> None:
+        """Start a compaction in a thread if the database wants one (asked every
+        ``COMPACTION_CHECK_EVERY`` writes: the question costs more than a small write)."""
+        db.writes_unchecked += 1
+        if db.writes_unchecked < COMPACTION_CHECK_EVERY:
+            return
+        db.writes_unchecked = 0
+        database = db.database
+        if self.background is None or not database.wants_compaction:
+            return
+        finish = database.start_compaction()
+        db.wake()  # the flush loop writes the roll marker the compaction waits for
+        done = db.compaction_done = trio.Event()
+
+        async def compact() -> None:
+            try:
+                await trio.to_thread.run_sync(finish)
+            except Exception:
+                database.compaction_failed()
+            else:
+                logger.info("compacted database %s", db.name)
+            finally:
+                done.set()
+
+        self.background.start_soon(compact)
 
     def flush_now(self) -> None:
         """Write every open database's queued records now."""

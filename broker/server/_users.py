@@ -3,21 +3,30 @@
 
 from __future__ import annotations
 
+import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prontodb.protocol import ErrorCode, ProntoError
 
 from ..engine import validate_prefix
-from ._access import Grant, Level, new_token, parse_level, token_hash
-from ._catalog import Catalog, User, change_catalog
+from ._access import (
+    Grant,
+    Level,
+    admin_everywhere,
+    new_token,
+    own_or_admin,
+    parse_level,
+    token_hash,
+)
+from ._args import Arg, Kind
+from ._catalog import Catalog, User
+from ._context import Context
+from ._database_ops import MAX_KEY_LEN
 from ._names import validate_name, validate_user
-from ._ops import MAX_KEY_LEN
-
-if TYPE_CHECKING:
-    from ._broker import Broker
+from ._registry import Layer, op
 
 FIRST_USER = "admin"
 FIRST_TOKEN_FILE = "admin.token"
@@ -31,13 +40,30 @@ def make_user(catalog: Catalog, name: str, by: str, now: float) -> str:
     return token
 
 
-# Each change checks what it depends on inside change_catalog, under the catalog's lock, so
+# Each change checks what it depends on inside Catalog.change, under the catalog's lock, so
 # that two concurrent calls cannot both pass a check and both apply.
 
+NAME = Arg("name", Kind.USER, doc="1-64 of [A-Za-z0-9_.@-]")
+GRANT_ARGS = (
+    Arg("user", Kind.USER),
+    Arg("level", Kind.TEXT, doc="read, write or admin"),
+    Arg("cursor", Kind.CURSOR, nil=True, doc="nil: every cursor"),
+    Arg("prefix", Kind.PREFIX, nil=True, doc='"": every key'),
+)
 
-async def user_add(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
+
+@op(
+    "user_add",
+    Layer.BROKER,
+    access=admin_everywhere,
+    args=(NAME,),
+    writes=True,
+    cli="user add",
+    summary="Make a user; its token, shown this once.",
+)
+async def user_add(ctx: Context, user: str, args: Mapping[str, Any]) -> Any:
     name = validate_user(args.get("name"))
-    catalog = broker.databases.catalog
+    catalog = ctx.catalog
     token = ""
 
     def add() -> None:
@@ -46,42 +72,68 @@ async def user_add(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
             raise ProntoError(
                 ErrorCode.EXISTS, f"The user {name} exists; `user token {name}` gives a new token."
             )
-        token = make_user(catalog, name, user, broker.clock())
+        token = make_user(catalog, name, user, ctx.clock())
 
-    await change_catalog(broker, add)
+    await ctx.catalog.change(add)
     return {"name": name, "token": token}
 
 
-async def user_token(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
+@op(
+    "user_token",
+    Layer.BROKER,
+    access=admin_everywhere,
+    args=(NAME,),
+    writes=True,
+    cli="user token",
+    summary="Give a user a new token; the old one stops working.",
+)
+async def user_token(ctx: Context, user: str, args: Mapping[str, Any]) -> Any:
     name = validate_user(args.get("name"))
     token = ""
 
     def rekey() -> None:
         nonlocal token
-        _known(broker, name)
-        token = make_user(broker.databases.catalog, name, user, broker.clock())
-        broker.end_sessions_of(name, "its token was replaced")
+        _known(ctx.catalog, name)
+        token = make_user(ctx.catalog, name, user, ctx.clock())
+        ctx.sessions.end_sessions_of(name, "its token was replaced")
 
-    await change_catalog(broker, rekey)
+    await ctx.catalog.change(rekey)
     return {"name": name, "token": token}
 
 
-async def user_remove(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
+@op(
+    "user_remove",
+    Layer.BROKER,
+    access=admin_everywhere,
+    args=(NAME,),
+    writes=True,
+    cli="user remove",
+    summary="Remove a user and its grants; its connections end.",
+)
+async def user_remove(ctx: Context, user: str, args: Mapping[str, Any]) -> Any:
     name = validate_user(args.get("name"))
-    catalog = broker.databases.catalog
+    catalog = ctx.catalog
 
     def remove() -> None:
-        _known(broker, name)
+        _known(ctx.catalog, name)
         del catalog.users[name]
         catalog.grants = [g for g in catalog.grants if g.user != name]
-        broker.end_sessions_of(name, "the user was removed")
+        ctx.sessions.end_sessions_of(name, "the user was removed")
 
-    await change_catalog(broker, remove)
+    await ctx.catalog.change(remove)
     return True
 
 
-async def user_list(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
-    catalog = broker.databases.catalog
+@op(
+    "user_list",
+    Layer.BROKER,
+    access=admin_everywhere,
+    client="users",
+    cli="user list",
+    summary="The users the broker knows.",
+)
+async def user_list(ctx: Context, user: str, args: Mapping[str, Any]) -> Any:
+    catalog = ctx.catalog
     return [
         {
             "name": u.name,
@@ -93,69 +145,89 @@ async def user_list(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
     ]
 
 
-async def grant(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
+@op(
+    "grant",
+    Layer.BROKER,
+    access=admin_everywhere,
+    args=GRANT_ARGS,
+    writes=True,
+    summary="Give a user a level on a cursor (or every one) at and below a prefix.",
+)
+async def grant(ctx: Context, user: str, args: Mapping[str, Any]) -> Any:
     given = _grant(args)
-    catalog = broker.databases.catalog
+    catalog = ctx.catalog
 
     def add() -> None:
-        _known(broker, given.user)
+        _known(ctx.catalog, given.user)
         if given not in catalog.grants:
             catalog.grants.append(given)
 
-    await change_catalog(broker, add)
+    await ctx.catalog.change(add)
     return given.as_dict()
 
 
-async def revoke(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
+@op(
+    "revoke",
+    Layer.BROKER,
+    access=admin_everywhere,
+    args=GRANT_ARGS,
+    writes=True,
+    summary="Take back exactly that grant; whether it existed.",
+)
+async def revoke(ctx: Context, user: str, args: Mapping[str, Any]) -> Any:
     taken = _grant(args)
-    catalog = broker.databases.catalog
+    catalog = ctx.catalog
     found = False
 
     def remove() -> None:
         nonlocal found
-        _known(broker, taken.user)
+        _known(ctx.catalog, taken.user)
         found = taken in catalog.grants
         catalog.grants = [g for g in catalog.grants if g != taken]
 
-    await change_catalog(broker, remove)
+    await ctx.catalog.change(remove)
     return found
 
 
-async def grants(broker: Broker, user: str, args: Mapping[str, Any]) -> Any:
+@op(
+    "grants",
+    Layer.BROKER,
+    access=own_or_admin,
+    args=(Arg("user", Kind.USER, nil=True, doc="nil: everyone's"),),
+    summary="The grants of one user, or everyone's.",
+)
+async def grants(ctx: Context, user: str, args: Mapping[str, Any]) -> Any:
     of = args.get("user")
-    return [g.as_dict() for g in broker.databases.catalog.grants if of is None or g.user == of]
+    return [g.as_dict() for g in ctx.catalog.grants if of is None or g.user == of]
 
 
-async def bootstrap(broker: Broker) -> None:
+async def bootstrap(catalog: Catalog, data_dir: Path, clock: Callable[[], float]) -> None:
     """On a data directory whose catalog has never had a user: make ``admin``, with admin on
     everything, and put its token in ``DATA_DIR/admin.token`` (mode 0600) for the operator."""
-    catalog = broker.databases.catalog
     if catalog.bootstrapped:
         return
-    path = broker.config.data_dir / FIRST_TOKEN_FILE
+    path = data_dir / FIRST_TOKEN_FILE
     token = ""
 
     def first() -> None:
         nonlocal token
-        token = make_user(catalog, FIRST_USER, "prontodb", broker.clock())
+        token = make_user(catalog, FIRST_USER, "prontodb", clock())
         catalog.grants.append(Grant(FIRST_USER, Level.ADMIN))
         catalog.bootstrapped = True
 
-    await change_catalog(broker, first)
+    await catalog.change(first)
     _write_secret(path, token)
 
 
 def _write_secret(path: Path, token: str) -> None:
-    import os
-
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as file:
         file.write(token + "\n")
 
 
-def _known(broker: Broker, value: Any) -> str:
+def _known(catalog: Catalog, value: Any) -> str:
     name = validate_user(value)
-    if name not in broker.databases.catalog.users:
+    if name not in catalog.users:
         raise ProntoError(ErrorCode.NOT_FOUND, f"There is no user {name}; `user add {name}` first.")
     return name
 
@@ -166,14 +238,3 @@ def _grant(args: Mapping[str, Any]) -> Grant:
     cursor = args.get("cursor")
     prefix = validate_prefix(args.get("prefix") or "", MAX_KEY_LEN)
     return Grant(name, level, None if cursor is None else validate_name(cursor), prefix)
-
-
-USER_OPS = {
-    "user_add": user_add,
-    "user_remove": user_remove,
-    "user_token": user_token,
-    "user_list": user_list,
-    "grant": grant,
-    "revoke": revoke,
-    "grants": grants,
-}

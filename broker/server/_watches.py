@@ -17,8 +17,9 @@ import trio
 from prontodb.protocol import ErrorCode, ProntoError
 
 from ..engine import Batch, Change, change_cost, validate_prefix
+from ._args import Arg, Kind, uint_arg
+from ._database_ops import MAX_KEY_LEN
 from ._databases import OpenDatabase
-from ._ops import MAX_KEY_LEN, uint_arg
 
 # A push closes at this many bytes of events (about) or events, whichever comes first: well inside
 # the frame limit even with a 1 MiB value in it, and small enough to interleave with answers.
@@ -35,6 +36,12 @@ Send = Callable[[bytes, int], Awaitable[None]]
 Pack = Callable[[dict[str, Any]], bytes]
 # One revision range's pushes, encoded, each with its resume revision; and where the range ends.
 Encoded = tuple[list[tuple[bytes, int]], int]
+
+
+WATCH_ARGS = (
+    Arg("prefix", Kind.PREFIX, doc='default "": every key'),
+    Arg("from_rev", Kind.UINT, doc="0 or absent: from now"),
+)
 
 
 def watch_args(args: Mapping[str, Any]) -> tuple[str, int | None]:
