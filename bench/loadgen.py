@@ -504,8 +504,6 @@ class DrainOutcome:
 
 async def _drain(job: DrainJob, parent: Connection) -> DrainOutcome:
     """``job.workers`` connections claim and ack (LMOVE and LREM) until the queue is empty."""
-    from prontodb.clients import AsyncClient
-
     outcome = DrainOutcome()
     perf = time.perf_counter
 
@@ -532,33 +530,8 @@ async def _drain(job: DrainJob, parent: Connection) -> DrainOutcome:
             outcome.cycles.append(perf() - began)
             outcome.taken.append((0, item.decode()))
 
-    async def guarded(work: Callable[[Any], Awaitable[None]], conn: Any) -> None:
-        try:
-            await work(conn)
-        except Exception as exc:
-            # A failing worker stops (the others drain the rest): a finding, not a retry.
-            outcome.errors += 1
-            if len(outcome.error_samples) < 5:
-                outcome.error_samples.append(f"{type(exc).__name__}: {exc}")
-        outcome.finished = max(outcome.finished, perf())
-
     async with AsyncExitStack() as stack:
-        conns: list[Any] = []
-        for _ in range(job.workers):
-            if job.server == PRONTODB:
-                client = await AsyncClient.connect(
-                    "unix://" + job.socket,
-                    user="bench",
-                    cursor=CURSOR,
-                    timeout=30.0,
-                    name="prontodb-bench",
-                )
-                stack.push_async_callback(client.aclose)
-                conns.append(client)
-            else:
-                resp = await RespQueueClient.connect(job.socket)
-                stack.push_async_callback(resp.aclose)
-                conns.append(resp)
+        conns = [await _drain_connection(job, stack) for _ in range(job.workers)]
         parent.send(("ready", None))
         start: float = await _receive(parent)
         await trio.sleep(max(0.0, start - perf()))
@@ -566,9 +539,39 @@ async def _drain(job: DrainJob, parent: Connection) -> DrainOutcome:
         work = pronto_worker if job.server == PRONTODB else redis_worker
         async with trio.open_nursery() as nursery:
             for conn in conns:
-                nursery.start_soon(guarded, work, conn)
+                nursery.start_soon(_guarded, outcome, work, conn)
         outcome.cpu_seconds = time.process_time() - cpu
     return outcome
+
+
+async def _guarded(
+    outcome: DrainOutcome, work: Callable[[Any], Awaitable[None]], conn: Any
+) -> None:
+    """Run one drain worker; a failing one stops (the others drain the rest): a finding, not
+    a retry."""
+    try:
+        await work(conn)
+    except Exception as exc:
+        outcome.errors += 1
+        if len(outcome.error_samples) < 5:
+            outcome.error_samples.append(f"{type(exc).__name__}: {exc}")
+    outcome.finished = max(outcome.finished, time.perf_counter())
+
+
+async def _drain_connection(job: DrainJob, stack: AsyncExitStack) -> Any:
+    """One drain worker's connection (a client, or a RESP connection to Redis), closed with
+    ``stack``."""
+    if job.server != PRONTODB:
+        resp = await RespQueueClient.connect(job.socket)
+        stack.push_async_callback(resp.aclose)
+        return resp
+    from prontodb.clients import AsyncClient
+
+    client = await AsyncClient.connect(
+        "unix://" + job.socket, user="bench", cursor=CURSOR, timeout=30.0, name="prontodb-bench"
+    )
+    stack.push_async_callback(client.aclose)
+    return client
 
 
 def run_drain_worker(job: DrainJob, parent: Connection) -> None:

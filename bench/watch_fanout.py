@@ -338,6 +338,15 @@ class Rounds:
             self._parent.send(("round", (index, self._first[index], at, time.process_time())))
 
 
+def _expect_put(event: Any, expected: str, number: int, index: int) -> None:
+    """Raise unless ``event`` is the put of write ``index`` that watcher ``number`` waits for."""
+    if event is None or (event.type, event.key, event.value) != ("put", PRONTO_KEY, expected):
+        raise RuntimeError(
+            f"ProntoDB watcher {number}, write {index}: got {event} instead of "
+            f"put {PRONTO_KEY}={expected}"
+        )
+
+
 async def _watchers(job: WatchJob, parent: Connection) -> None:
     """Open every watch, report ready, wait for the go, then take each write as it comes."""
     rounds = Rounds(job, parent)
@@ -350,16 +359,7 @@ async def _watchers(job: WatchJob, parent: Connection) -> None:
         for index in mine[PRONTODB]:
             event = await watch.next_event()
             at = time.perf_counter()  # first thing: the fan-out ends here
-            expected = round_value(index, job.value_size)
-            if event is None or (event.type, event.key, event.value) != (
-                "put",
-                PRONTO_KEY,
-                expected,
-            ):
-                raise RuntimeError(
-                    f"ProntoDB watcher {number}, write {index}: got {event} instead of "
-                    f"put {PRONTO_KEY}={expected}"
-                )
+            _expect_put(event, round_value(index, job.value_size), number, index)
             rounds.arrived(index, at)
 
     async def etcd_watcher(number: int, watch: EtcdWatch) -> None:

@@ -72,34 +72,53 @@ def test_restore_puts_back_every_database_and_only_them(
         assert revisions["tasks"] > before.mod_rev
 
 
+def _random_writer(url: str, n: int, stop: threading.Event, errors: list[BaseException]) -> None:
+    """Writer ``n``: sets, counters, deletes and transactions on a few keys until ``stop``."""
+    rng = random.Random(n)
+    try:
+        with Client.connect(url, user=f"w{n}", cursor="busy") as client:
+            while not stop.is_set():
+                key = f"k.{rng.randrange(12)}"
+                roll = rng.random()
+                if roll < 0.4:
+                    client.set(key, f"{n}:{rng.random()}")
+                elif roll < 0.7:
+                    client.set(f"c.{n}", rng.randrange(1000))
+                elif roll < 0.85:
+                    client.delete(key)
+                else:
+                    client.txn(
+                        [],
+                        [{"op": "set", "key": key, "value": n}, {"op": "incr", "key": "total"}],
+                    )
+    except BaseException as exc:  # reported by the test that runs it
+        errors.append(exc)
+
+
+def _state_at(client: Client, revision: int) -> dict[str, Any]:
+    """The keys and values at ``revision``, replayed from the history of every change."""
+    expected: dict[str, Any] = {}
+    with client.watch(from_rev=1) as watch:
+        for event in watch:
+            if event.rev > revision:
+                break
+            if event.type in ("put", "claim", "release"):
+                expected[event.key] = event.value
+            else:
+                expected.pop(event.key, None)
+    return expected
+
+
 def test_a_backup_taken_during_twenty_writers_is_the_state_at_one_revision(
     broker: BrokerProcess, tmp_path: Path
 ) -> None:
     stop = threading.Event()
     errors: list[BaseException] = []
 
-    def writer(n: int) -> None:
-        rng = random.Random(n)
-        try:
-            with Client.connect(broker.url, user=f"w{n}", cursor="busy") as client:
-                while not stop.is_set():
-                    key = f"k.{rng.randrange(12)}"
-                    roll = rng.random()
-                    if roll < 0.4:
-                        client.set(key, f"{n}:{rng.random()}")
-                    elif roll < 0.7:
-                        client.set(f"c.{n}", rng.randrange(1000))
-                    elif roll < 0.85:
-                        client.delete(key)
-                    else:
-                        client.txn(
-                            [],
-                            [{"op": "set", "key": key, "value": n}, {"op": "incr", "key": "total"}],
-                        )
-        except BaseException as exc:  # reported by the test below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(20)]
+    threads = [
+        threading.Thread(target=_random_writer, args=(broker.url, n, stop, errors))
+        for n in range(20)
+    ]
     for thread in threads:
         thread.start()
     try:
@@ -115,16 +134,7 @@ def test_a_backup_taken_during_twenty_writers_is_the_state_at_one_revision(
     revision = done["databases"][0]["revision"]
     with Client.connect(broker.url, cursor="busy") as client:
         head = client.set("marker", "end")
-        # The state at `revision`, replayed from the history of every change since the first.
-        expected: dict[str, Any] = {}
-        with client.watch(from_rev=1) as watch:
-            for event in watch:
-                if event.rev > revision:
-                    break
-                if event.type in ("put", "claim", "release"):
-                    expected[event.key] = event.value
-                else:
-                    expected.pop(event.key, None)
+        expected = _state_at(client, revision)
         assert 0 < revision < head
         client.cursor_set("copy", done["path"])
         assert everything(client, "copy") == expected
