@@ -23,10 +23,20 @@ import msgpack
 
 from .database import Database
 from .engine import Engine, EngineLimits, Record
-from .storage import CorruptionError, StorageError, StorageOptions
-from .storage._file_header import HEADER_SIZE, FileKind, check_header, encode_header, new_salt
-from .storage._layout import fsync_directory, write_all
-from .storage._records import RecordReader, encode_records
+from .storage import (
+    HEADER_SIZE,
+    CorruptionError,
+    FileKind,
+    RecordReader,
+    StorageError,
+    StorageOptions,
+    check_header,
+    encode_header,
+    encode_records,
+    fsync_directory,
+    new_salt,
+    write_all,
+)
 
 SUFFIX = ".db"
 FORMAT = 1
