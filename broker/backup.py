@@ -26,6 +26,7 @@ from .engine import Engine, EngineLimits, Record
 from .storage import (
     HEADER_SIZE,
     CorruptionError,
+    DirectoryLock,
     FileKind,
     RecordReader,
     StorageError,
@@ -187,21 +188,27 @@ def restore_into(
     its files are swapped by a compaction (the manifest's rename is the commit point), so a crash
     leaves the old state or the new one. The revision continues above both the backup's and
     ``above`` (the old database's), so a watcher's old resume point reads as compacted. Returns
-    the new revision."""
-    engine = Engine.restore(records, limits)
-    try:
-        database = Database.open(directory, options=options, limits=limits)
-    except StorageError:
-        # Damaged past opening: exactly when a restore is wanted. Keep it aside, start afresh.
-        aside = directory.with_name(f"{directory.name}.damaged-{secrets.token_hex(4)}")
-        os.rename(directory, aside)
-        database = Database.open(directory, options=options, limits=limits)
-    try:
-        engine.rebase(max(engine.revision, database.engine.revision, above) + 1)
-        database.engine = engine
-        database.compact()
-    finally:
-        database.close()
+    the new revision.
+
+    The directory's lock is held throughout, taken before anything is read: DirectoryLocked (and
+    nothing changed) if another broker or program has the directory open."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with DirectoryLock(directory) as lock:
+        engine = Engine.restore(records, limits)
+        try:
+            database = Database.open(directory, options=options, limits=limits, lock=lock)
+        except StorageError:
+            # Damaged past opening: exactly when a restore is wanted. Keep it aside (our lock
+            # goes with it), start afresh in a directory the new database locks for itself.
+            aside = directory.with_name(f"{directory.name}.damaged-{secrets.token_hex(4)}")
+            os.rename(directory, aside)
+            database = Database.open(directory, options=options, limits=limits)
+        try:
+            engine.rebase(max(engine.revision, database.engine.revision, above) + 1)
+            database.engine = engine
+            database.compact()
+        finally:
+            database.close()
     return engine.revision
 
 

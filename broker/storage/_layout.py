@@ -11,7 +11,7 @@ from pathlib import Path
 logger = logging.getLogger("prontodb.storage")
 
 MANIFEST_NAME = "MANIFEST"
-LOCK_NAME = "LOCK"  # flocked by whoever has the directory open
+LOCK_NAME = "LOCK"  # flocked by whoever has the directory open (_lock.py)
 TMP_SUFFIX = ".tmp"
 _SEGMENT_RE = re.compile(r"seg-(\d{8,})\.log")
 _SNAPSHOT_RE = re.compile(r"snap-(\d{8,})\.snap")
