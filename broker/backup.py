@@ -23,10 +23,21 @@ import msgpack
 
 from .database import Database
 from .engine import Engine, EngineLimits, Record
-from .storage import CorruptionError, StorageError, StorageOptions
-from .storage._file_header import HEADER_SIZE, FileKind, check_header, encode_header, new_salt
-from .storage._layout import fsync_directory, write_all
-from .storage._records import RecordReader, encode_records
+from .storage import (
+    HEADER_SIZE,
+    CorruptionError,
+    DirectoryLock,
+    FileKind,
+    RecordReader,
+    StorageError,
+    StorageOptions,
+    check_header,
+    encode_header,
+    encode_records,
+    fsync_directory,
+    new_salt,
+    write_all,
+)
 
 SUFFIX = ".db"
 FORMAT = 1
@@ -177,21 +188,27 @@ def restore_into(
     its files are swapped by a compaction (the manifest's rename is the commit point), so a crash
     leaves the old state or the new one. The revision continues above both the backup's and
     ``above`` (the old database's), so a watcher's old resume point reads as compacted. Returns
-    the new revision."""
-    engine = Engine.restore(records, limits)
-    try:
-        database = Database.open(directory, options=options, limits=limits)
-    except StorageError:
-        # Damaged past opening: exactly when a restore is wanted. Keep it aside, start afresh.
-        aside = directory.with_name(f"{directory.name}.damaged-{secrets.token_hex(4)}")
-        os.rename(directory, aside)
-        database = Database.open(directory, options=options, limits=limits)
-    try:
-        engine.rebase(max(engine.revision, database.engine.revision, above) + 1)
-        database.engine = engine
-        database.compact()
-    finally:
-        database.close()
+    the new revision.
+
+    The directory's lock is held throughout, taken before anything is read: DirectoryLocked (and
+    nothing changed) if another broker or program has the directory open."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with DirectoryLock(directory) as lock:
+        engine = Engine.restore(records, limits)
+        try:
+            database = Database.open(directory, options=options, limits=limits, lock=lock)
+        except StorageError:
+            # Damaged past opening: exactly when a restore is wanted. Keep it aside (our lock
+            # goes with it), start afresh in a directory the new database locks for itself.
+            aside = directory.with_name(f"{directory.name}.damaged-{secrets.token_hex(4)}")
+            os.rename(directory, aside)
+            database = Database.open(directory, options=options, limits=limits)
+        try:
+            engine.rebase(max(engine.revision, database.engine.revision, above) + 1)
+            database.engine = engine
+            database.compact()
+        finally:
+            database.close()
     return engine.revision
 
 

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .engine import Applied, Engine, EngineLimits
-from .storage import GroupCommitWriter, SegmentStorage, Storage, StorageError, StorageOptions
+from .storage import (
+    DirectoryLock,
+    GroupCommitWriter,
+    SegmentStorage,
+    Storage,
+    StorageError,
+    StorageOptions,
+)
 
 T = TypeVar("T")
 
@@ -45,8 +52,14 @@ class Database:
         on_durable: Callable[[int], None] | None = None,
         on_error: Callable[[StorageError], None] | None = None,
         threaded_writer: bool = True,
+        lock: DirectoryLock | None = None,
     ) -> Database:
         """Open (or create) the database in ``directory``, replaying its snapshot and log.
+
+        The directory is this object's until :meth:`close`: a second opener, in this process or
+        another, gets :class:`~prontodb.broker.storage.DirectoryLocked` naming the holder's pid.
+        Pass ``lock`` to open under a :class:`~prontodb.broker.storage.DirectoryLock` the caller
+        already holds on ``directory`` (it stays held after :meth:`close`).
 
         ``on_durable`` and ``on_error`` are the group-commit writer's callbacks (called from its
         thread): the highest durable ticket, and the failure that stopped the writer. With
@@ -59,7 +72,7 @@ class Database:
                 f"the engine may produce records of {limits.max_record_size} bytes, more than "
                 f"storage's max_record_size of {options.max_record_size}"
             )
-        storage = SegmentStorage.open(Path(directory), options)
+        storage = SegmentStorage.open(Path(directory), options, lock=True if lock is None else lock)
         try:
             engine = Engine.restore(storage.replay(), limits)
         except BaseException:

@@ -15,13 +15,12 @@ import trio
 
 from prontodb.protocol import ErrorCode, ProntoError
 
-from ..storage._layout import parse_segment_name, parse_snapshot_name
+from ..storage import is_database_file
 from . import _backups as backups
 from ._access import admin_everywhere, nothing
 from ._args import Arg, Kind, absolute_path, owner_arg
 from ._catalog import CursorDef, describe
 from ._context import Context
-from ._databases import LOCK_FILE
 from ._names import validate_name
 from ._registry import Layer, op
 
@@ -144,19 +143,10 @@ def _global(ctx: Context, name: str) -> CursorDef | None:
 def _check_removable(directory: Path) -> None:
     """Refuse to delete a directory that holds anything but a database's files."""
     names = os.listdir(directory)
-    strangers = [n for n in names if not _is_database_file(n)]
+    strangers = [n for n in names if not is_database_file(n)]
     if strangers:
         raise ProntoError(
             ErrorCode.BAD_REQUEST,
             f"{directory} holds files that are not a database's ({', '.join(strangers[:3])}); "
             "nothing was deleted. Remove it by hand if you mean it.",
         )
-
-
-def _is_database_file(name: str) -> bool:
-    base = name.removesuffix(".tmp")
-    return (
-        base in ("MANIFEST", LOCK_FILE)
-        or parse_segment_name(base) is not None
-        or parse_snapshot_name(base) is not None
-    )

@@ -6,7 +6,6 @@ wakes the requests whose records are then durable.
 
 from __future__ import annotations
 
-import fcntl
 import gc
 import heapq
 import itertools
@@ -27,7 +26,13 @@ from prontodb.protocol import ErrorCode, ProntoError
 
 from ..database import Database
 from ..engine import Applied, Engine, EngineLimits
-from ..storage import CorruptionError, StorageError, StorageOptions
+from ..storage import (
+    CorruptionError,
+    DirectoryLock,
+    DirectoryLocked,
+    StorageError,
+    StorageOptions,
+)
 from ._catalog import CATALOG_FILE, Catalog
 from ._claim_waiters import ClaimWaiters
 from ._quiet_log import QuietLog
@@ -98,26 +103,15 @@ class OpenDatabase:
         self.failure: StorageError | None = None
         self.compaction_done: trio.Event | None = None  # set once the latest compaction ended
         self.database: Database  # set by open(), before any request can see this object
-        self._lock = -1  # the fd holding the directory's flock
 
     def open(self, options: StorageOptions, limits: EngineLimits) -> None:
-        """Lock the directory and open the files (blocking: run it in a thread)."""
+        """Open the files, which locks the directory until they are closed (blocking: run it in
+        a thread); a directory another broker holds is refused (DirectoryLocked)."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._lock = _lock_directory(self.directory)
-        try:
-            self.database = Database.open(
-                self.directory, options=options, limits=limits, threaded_writer=False
-            )
-        except BaseException:
-            os.close(self._lock)
-            raise
+        self.database = Database.open(
+            self.directory, options=options, limits=limits, threaded_writer=False
+        )
         self.durable_rev = self.engine.revision
-
-    def unlock(self) -> None:
-        """Let another broker open the directory (after the files are closed)."""
-        if self._lock >= 0:
-            os.close(self._lock)
-            self._lock = -1
 
     @property
     def engine(self) -> Engine:
@@ -533,8 +527,9 @@ class Databases:
 
     async def replace(self, name: str, directory: Path, build: Callable[[int], int]) -> int:
         """Swap the database in ``directory`` for what ``build(above)`` writes there (in a
-        thread, holding the directory's lock; ``above`` is the old revision, 0 if none was
-        open). Requests for it wait meanwhile; its watchers are told. The new revision."""
+        thread; the build holds the directory's lock, as restore_into does; ``above`` is the old
+        revision, 0 if none was open). Requests for it wait meanwhile; its watchers are told.
+        The new revision."""
         async with self._exclusive(directory):
             old = self._open.get(directory)
             above = 0
@@ -562,7 +557,7 @@ class Databases:
             if old is not None:
                 await self.close(old)
                 old.replaced(0)
-            await trio.to_thread.run_sync(_locked, directory, lambda _: shutil.rmtree(directory), 0)
+            await trio.to_thread.run_sync(_locked, directory, lambda _: _purge(directory), 0)
 
     @asynccontextmanager
     async def _exclusive(self, directory: Path) -> AsyncIterator[None]:
@@ -662,28 +657,24 @@ def _close_quietly(db: OpenDatabase) -> bool:
     except Exception:
         logger.exception("closing the database %s failed", db.name)
         return False
-    finally:
-        db.unlock()
     return True
 
 
 def _locked(directory: Path, build: Callable[[int], T], above: int) -> T:
-    """``build(above)`` while holding ``directory``'s lock (made first if need be);
-    ``unavailable`` if another broker holds it."""
+    """``build(above)``, which holds ``directory``'s lock (made first if need be) while it
+    changes the files; ``unavailable`` if another broker holds it."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
-        fd = _lock_directory(directory)
-    except OSError as exc:
-        raise ProntoError(
-            ErrorCode.UNAVAILABLE, f"{exc}; nothing was changed. Stop that broker first."
-        ) from None
-    try:
         return build(above)
-    finally:
-        os.close(fd)
+    except DirectoryLocked as exc:
+        raise ProntoError(ErrorCode.UNAVAILABLE, f"Nothing was changed: {exc}") from None
 
 
-LOCK_FILE = "LOCK"
+def _purge(directory: Path) -> None:
+    """Delete the database in ``directory``, which no broker may have open meanwhile."""
+    with DirectoryLock(directory):
+        shutil.rmtree(directory)
+
 
 # What a directory's files looked like: (name, inode, size, mtime, ctime) of each, sorted.
 Fingerprint = tuple[tuple[str, int, int, int, int], ...]
@@ -705,15 +696,3 @@ def fingerprint(directory: Path) -> Fingerprint:
             continue
         found.append((entry.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     return tuple(sorted(found))
-
-
-def _lock_directory(directory: Path) -> int:
-    """An fd holding an exclusive flock on ``directory/LOCK``: a database directory that a cursor
-    binds outside the data directory could otherwise be opened by two brokers at once."""
-    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise OSError(f"{directory} is open in another broker") from None
-    return fd

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import fcntl
-import json
-import os
 from pathlib import Path
 from typing import Any
+
+from ..storage import LockFile
 
 LOCK_NAME = "broker.lock"
 
@@ -25,44 +24,22 @@ class DataDirLock:
 
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / LOCK_NAME
-        self._fd: int | None = None
+        self._file = LockFile(self.path)
 
     def acquire(self, info: dict[str, Any]) -> None:
         """Take the lock and record ``info``; raise AlreadyServing if another process has it."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_info(fd)
-            os.close(fd)
+        holder = self._file.try_acquire(info)
+        if holder is not None:
             raise AlreadyServing(
                 f"Another broker (pid {holder.get('pid', '?')}, socket "
                 f"{holder.get('socket') or '-'}) is serving {self.path.parent}; stop it with "
                 "`prontodb stop`, or give this one another --data-dir."
-            ) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd = fd
-        self.rewrite(info)
+            )
 
     def rewrite(self, info: dict[str, Any]) -> None:
         """Replace the recorded ``info`` (once the listeners' addresses are known)."""
-        assert self._fd is not None, "acquire() first"
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, json.dumps(info).encode() + b"\n", 0)
+        self._file.rewrite(info)
 
     def release(self) -> None:
         """Clear the record and drop the lock."""
-        if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            os.close(self._fd)  # closing the last descriptor releases the flock
-            self._fd = None
-
-
-def _read_info(fd: int) -> dict[str, Any]:
-    try:
-        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
-    except ValueError:
-        return {}
-    return info if isinstance(info, dict) else {}
+        self._file.release()

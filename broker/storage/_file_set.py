@@ -65,17 +65,56 @@ def open_file_set(directory: Path) -> FileSet:
             None,
             "the manifest is missing, but segment or snapshot files are present",
         )
-    first = manifest.first_segment
-    if manifest.snapshot is not None and first - 1 not in listing.snapshots:
+    if manifest.snapshot is not None and manifest.first_segment - 1 not in listing.snapshots:
         raise CorruptionError(
             directory / manifest.snapshot,
             None,
             "the manifest names this snapshot, but it is missing",
         )
+    numbers, vouched = _live_segments(directory, manifest, listing)
+    if manifest.snapshot is not None:
+        _check_snapshot(directory / manifest.snapshot, manifest)
+    sealed: dict[int, int] = {}
+    previous_sizes: dict[int, int] = {}
+    for number in numbers[:-1]:
+        seg_path = directory / segment_name(number)
+        header = check_header(_read_head(seg_path), seg_path, FileKind.SEGMENT, number)
+        previous_sizes[number] = header.previous_size
+        sealed[number] = seg_path.stat().st_size
+    active = numbers[-1]
+    fd, active_size, header = _open_active(directory, active, sealed, recorded=active <= vouched)
+    previous_sizes[active] = header.previous_size
+    try:
+        _check_sealed_sizes(directory, sealed, previous_sizes)
+    except BaseException:
+        os.close(fd)
+        raise
+    return FileSet(
+        manifest, sealed, active, fd, active_size, header.salt, _orphans(listing, manifest)
+    )
+
+
+def _check_snapshot(path: Path, manifest: Manifest) -> None:
+    """The snapshot the manifest names has the right header and the size the manifest records."""
+    check_header(_read_head(path), path, FileKind.SNAPSHOT, manifest.first_segment - 1)
+    size = path.stat().st_size
+    if size != manifest.snapshot_bytes:
+        raise CorruptionError(
+            path,
+            min(size, manifest.snapshot_bytes),
+            f"the snapshot is {size} bytes, but the manifest recorded {manifest.snapshot_bytes}",
+        )
+
+
+def _live_segments(directory: Path, manifest: Manifest, listing: Listing) -> tuple[list[int], int]:
+    """The numbers of the live segments, oldest first, and the last one the manifest vouches for.
+
+    Every segment the manifest vouches for exists: segment 1 is made before the manifest, and a
+    roll makes the next segment before recording it. So a missing one held data, or may have:
+    refuse rather than serve what is left.
+    """
+    first = manifest.first_segment
     numbers = sorted(n for n in listing.segments if n >= first)
-    # Every segment the manifest vouches for exists: segment 1 is made before the manifest, and
-    # a roll makes the next segment before recording it. So a missing one held data, or may
-    # have: refuse rather than serve what is left.
     vouched = first - 1 if manifest.legacy else manifest.last_segment
     if not numbers and manifest.legacy and manifest.snapshot is None:
         # A format 1 build made segment 1 after the manifest: its creation was cut short.
@@ -91,47 +130,23 @@ def open_file_set(directory: Path) -> FileSet:
                 f"segment missing: the manifest counts segments {first} to at least "
                 f"{manifest.last_segment}{after}",
             )
+    return numbers, vouched
 
-    if manifest.snapshot is not None:
-        snap_path = directory / manifest.snapshot
-        check_header(_read_head(snap_path), snap_path, FileKind.SNAPSHOT, first - 1)
-        size = snap_path.stat().st_size
-        if size != manifest.snapshot_bytes:
+
+def _check_sealed_sizes(
+    directory: Path, sealed: dict[int, int], previous_sizes: dict[int, int]
+) -> None:
+    """Each segment's header records the size its predecessor was sealed at, which catches a
+    sealed segment that lost (or gained) whole records."""
+    for number, size in sealed.items():
+        recorded = previous_sizes[number + 1]
+        if size != recorded:
             raise CorruptionError(
-                snap_path,
-                min(size, manifest.snapshot_bytes),
-                f"the snapshot is {size} bytes, but the manifest recorded "
-                f"{manifest.snapshot_bytes}",
+                directory / segment_name(number),
+                min(size, recorded),
+                f"the segment is {size} bytes, but it was sealed at {recorded} bytes "
+                f"(as recorded in {segment_name(number + 1)})",
             )
-
-    sealed: dict[int, int] = {}
-    previous_sizes: dict[int, int] = {}
-    for number in numbers[:-1]:
-        seg_path = directory / segment_name(number)
-        header = check_header(_read_head(seg_path), seg_path, FileKind.SEGMENT, number)
-        previous_sizes[number] = header.previous_size
-        sealed[number] = seg_path.stat().st_size
-    active = numbers[-1]
-    fd, active_size, header = _open_active(directory, active, sealed, recorded=active <= vouched)
-    previous_sizes[active] = header.previous_size
-    try:
-        # Each segment's header records the size its predecessor was sealed at, which
-        # catches a sealed segment that lost (or gained) whole records.
-        for number, size in sealed.items():
-            recorded = previous_sizes[number + 1]
-            if size != recorded:
-                raise CorruptionError(
-                    directory / segment_name(number),
-                    min(size, recorded),
-                    f"the segment is {size} bytes, but it was sealed at {recorded} bytes "
-                    f"(as recorded in {segment_name(number + 1)})",
-                )
-    except BaseException:
-        os.close(fd)
-        raise
-    return FileSet(
-        manifest, sealed, active, fd, active_size, header.salt, _orphans(listing, manifest)
-    )
 
 
 def _create(directory: Path, listing: Listing) -> None:

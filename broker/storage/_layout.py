@@ -11,6 +11,7 @@ from pathlib import Path
 logger = logging.getLogger("prontodb.storage")
 
 MANIFEST_NAME = "MANIFEST"
+LOCK_NAME = "LOCK"  # flocked by whoever has the directory open (_lock.py)
 TMP_SUFFIX = ".tmp"
 _SEGMENT_RE = re.compile(r"seg-(\d{8,})\.log")
 _SNAPSHOT_RE = re.compile(r"snap-(\d{8,})\.snap")
@@ -51,6 +52,14 @@ def _is_ours(name: str) -> bool:
         or parse_segment_name(name) is not None
         or parse_snapshot_name(name) is not None
     )
+
+
+def is_database_file(name: str) -> bool:
+    """Whether ``name`` is one storage makes in a database directory: the manifest, the lock, a
+    segment or snapshot, or a temporary copy of one of those. So a directory holding only such
+    names holds a database and nothing else (what may be deleted with it)."""
+    base = name.removesuffix(TMP_SUFFIX)
+    return base == LOCK_NAME or _is_ours(base)
 
 
 @dataclass(slots=True)

@@ -27,6 +27,7 @@ from ._layout import (
     write_all,
     write_file_synced,
 )
+from ._lock import DirectoryLock
 from ._manifest import snapshot_manifest, write_manifest
 from ._options import FsyncPolicy, StorageOptions, StorageStats
 from ._records import (
@@ -51,7 +52,9 @@ class SegmentStorage:
     :meth:`stats` meanwhile: an internal lock guards the file set.
     """
 
-    def __init__(self, directory: Path, options: StorageOptions, files: FileSet) -> None:
+    def __init__(
+        self, directory: Path, options: StorageOptions, files: FileSet, lock: DirectoryLock | None
+    ) -> None:
         # Private: use SegmentStorage.open().
         self._directory = directory
         self._options = options
@@ -62,6 +65,7 @@ class SegmentStorage:
         self._active_size = files.active_size
         self._salt = files.active_salt  # of the active segment: appends seed their crcs with it
         self._orphans = files.orphans  # deleted once replay has verified the live set
+        self._directory_lock = lock  # released by close(); None when the caller's
         self._lock = threading.Lock()
         self._replayed = False
         self._appended = False
@@ -76,8 +80,20 @@ class SegmentStorage:
     # -- opening ------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, directory: str | os.PathLike[str], options: StorageOptions | None = None) -> Self:
+    def open(
+        cls,
+        directory: str | os.PathLike[str],
+        options: StorageOptions | None = None,
+        *,
+        lock: DirectoryLock | bool = False,
+    ) -> Self:
         """Open the database in ``directory``, creating the directory and segment 1 if new.
+
+        ``lock``: True takes the directory's lock (:class:`DirectoryLock`) until :meth:`close`,
+        so that a second opener, in this process or another, gets :class:`DirectoryLocked`
+        (``Database.open`` does this); a DirectoryLock the caller holds on ``directory`` stays
+        the caller's (closing leaves it held); False takes none, for tests and tools that keep
+        other openers out themselves.
 
         Checks the manifest, the file set and every file header, and reinitialises a last segment
         whose header a crash cut short. Record checksums are verified by :meth:`replay`, which
@@ -86,12 +102,20 @@ class SegmentStorage:
         """
         options = options or StorageOptions()
         path = Path(directory)
+        if isinstance(lock, DirectoryLock) and not (lock.held and lock.directory == path):
+            raise StorageError(f"{lock!r} is not a lock held on {path}")
         try:
             path.mkdir(parents=True, exist_ok=True)
-            files = open_file_set(path)
+            own = DirectoryLock(path).acquire() if lock is True else None
+            try:
+                files = open_file_set(path)
+            except BaseException:
+                if own is not None:
+                    own.release()  # a failed open leaves the directory to the next opener
+                raise
         except OSError as exc:
             raise StorageError(f"cannot open the database in {path}: {exc}") from exc
-        return cls(path, options, files)
+        return cls(path, options, files, own)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -274,7 +298,11 @@ class SegmentStorage:
                 if self._unsynced and self._failure is None:
                     self._sync_locked()
             finally:
-                os.close(self._fd)
+                try:
+                    os.close(self._fd)
+                finally:
+                    if self._directory_lock is not None:
+                        self._directory_lock.release()  # only once the files are closed
 
     def __enter__(self) -> Self:
         return self
