@@ -9,10 +9,9 @@ import msgpack
 from ._codec import WireError, pack, unpack
 from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from ._framing import FrameReader, frame
-from ._limits import Limits
+from ._limits import UINT64_MAX, Limits
 from ._messages import (
     PUSH,
-    UINT64_MAX,
     ConnectionClosed,
     Event,
     Goodbye,

@@ -7,8 +7,9 @@ on received arrays and, by the Connection, on the arrays it is about to send.
 
 from __future__ import annotations
 
-from ._codec import INT_MAX, WireError
+from ._codec import WireError
 from ._errors import ErrorCode, ProntoError, ProtocolError
+from ._limits import UINT64_MAX
 from ._named_tuple import NamedTuple
 
 TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
@@ -17,7 +18,6 @@ if TYPE_CHECKING:
     from typing import Any, Final, TypeAlias
 
 PROTOCOL_VERSION: Final = 1
-UINT64_MAX: Final = INT_MAX
 
 # The kind that leads each message's array.
 HELLO: Final = 0

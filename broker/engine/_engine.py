@@ -17,7 +17,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from sortedcontainers import SortedList
 
-from prontodb.protocol import ErrorCode, ProntoError
+from prontodb.protocol import INT64_MAX, INT64_MIN, ErrorCode, ProntoError
 
 from . import _records as rec
 from ._claims import Claim, ClaimBook, parent_of
@@ -26,7 +26,7 @@ from ._entry import Entry
 from ._history import Change, History, HistoryLimits
 from ._keys import SEPARATOR, descendant_range, validate_key, validate_prefix
 from ._records import Record, ReplayError
-from ._values import INT64_MAX, INT64_MIN, is_integer, pack_value
+from ._values import is_integer, pack_value
 
 T = TypeVar("T")
 
