@@ -18,6 +18,8 @@ import math
 import os
 import sys
 
+from prontodb.protocol import INT64_MAX, INT64_MIN
+
 TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -28,7 +30,6 @@ if TYPE_CHECKING:
     from ._sync.client import Client
 
 CLIENT_NAME = "prontodb-cli"
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 STOP_TIMEOUT = 30.0  # seconds `stop` waits for the socket to go (the broker's grace is 10 s)
 STOP_POLL = 0.01
 # Ctrl-C: the status shells give a command stopped by SIGINT (128 + 2), and click's words.

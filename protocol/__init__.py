@@ -22,7 +22,7 @@ from ._errors import (
     ProtocolError,
     RemoteProtocolError,
 )
-from ._limits import Limits
+from ._limits import INT64_MAX, INT64_MIN, UINT64_MAX, Limits
 from ._messages import (
     PROTOCOL_VERSION,
     ConnectionClosed,
@@ -39,6 +39,8 @@ from ._messages import (
 __all__ = [
     "check_value",
     "ERROR_TABLE",
+    "INT64_MAX",
+    "INT64_MIN",
     "NEED_DATA",
     "PROTOCOL_VERSION",
     "Connection",
@@ -59,5 +61,6 @@ __all__ = [
     "Request",
     "Response",
     "Role",
+    "UINT64_MAX",
     "Welcome",
 ]

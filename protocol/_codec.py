@@ -5,14 +5,14 @@ from __future__ import annotations
 import msgpack
 
 from ._errors import ErrorCode, LocalProtocolError
+from ._limits import INT64_MIN as INT_MIN  # the widest integers msgpack can carry
+from ._limits import UINT64_MAX as INT_MAX
 from ._limits import Limits
 
 TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
 if TYPE_CHECKING:
     from typing import Any, NoReturn
 
-INT_MIN = -(2**63)  # the widest integers msgpack can carry
-INT_MAX = 2**64 - 1
 MAX_MESSAGE = 300  # characters of a protocol error's message
 
 

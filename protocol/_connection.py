@@ -9,10 +9,9 @@ import msgpack
 from ._codec import WireError, pack, unpack
 from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from ._framing import FrameReader, frame
-from ._limits import Limits
+from ._limits import UINT64_MAX, Limits
 from ._messages import (
     PUSH,
-    UINT64_MAX,
     ConnectionClosed,
     Event,
     Goodbye,
@@ -61,6 +60,63 @@ _RECEIVES: Final[dict[Role, tuple[type[Message], ...]]] = {
 }
 _DEFAULT_LIMITS: Final = Limits()
 
+# The order rules of docs/PROTOCOL.md, written once for both directions. A connection moves
+# through three phases, alike at both ends: before Hello; Hello done (sent by a client, received
+# by a server); Welcome done (received by a client, sent by a server).
+_START: Final = 0
+_HELLO: Final = 1
+_WELCOME: Final = 2
+# Refusals are worded for the direction: index 0 for a message received, 1 for one sent.
+_RECEIVED: Final = False
+_SENT: Final = True
+_NEVER: Final = ("", "")
+
+
+class _Order(NamedTuple):
+    """When one kind of message may pass, received or sent: in the phases from ``earliest`` to
+    ``latest``; Hello and Welcome each move the connection to the next phase (``advances``)."""
+
+    earliest: int
+    latest: int
+    advances: bool
+    too_early: tuple[str, str]  # (received, sent)
+    too_late: tuple[str, str]
+
+
+_ORDER: Final[dict[type[Message], _Order]] = {
+    Hello: _Order(_START, _START, True, _NEVER, ("a second Hello", "Hello was already sent")),
+    Welcome: _Order(
+        _HELLO,
+        _HELLO,
+        True,
+        ("Welcome before the client sent Hello", "Welcome before receiving Hello"),
+        ("a second Welcome", "Welcome was already sent"),
+    ),
+    # A client may send Requests right after its Hello, before the Welcome comes.
+    Request: _Order(
+        _HELLO, _WELCOME, False, ("Request before Hello", "the first message must be Hello"), _NEVER
+    ),
+    Response: _Order(_WELCOME, _WELCOME, False, ("Response before Welcome",) * 2, _NEVER),
+    Push: _Order(_WELCOME, _WELCOME, False, ("Push before Welcome",) * 2, _NEVER),
+    Goodbye: _Order(_START, _WELCOME, False, _NEVER, _NEVER),
+}
+# What commit() was handed that is no message at all: no rule stops it, as none ever did.
+_ANYTIME: Final = _Order(_START, _WELCOME, False, _NEVER, _NEVER)
+_NOT_IN_FLIGHT: Final = (
+    "Response to id {}, which is not in flight",
+    "no Request with id {!r} is in flight",
+)
+# send_push checks the order rules with a Push of its own: only the kind matters to them.
+_SOME_PUSH: Final = Push(0, {})
+
+
+def _order_of(message: object) -> _Order:
+    """The rule of a message whose type is a subclass of a message type (or of no message)."""
+    for kind, order in _ORDER.items():
+        if isinstance(message, kind):
+            return order
+    return _ANYTIME
+
 
 class ConnectionStatistics(NamedTuple):
     """A snapshot of a connection's counters, for logs and debugging."""
@@ -88,8 +144,7 @@ class Connection:
         self._reader = FrameReader(limits.max_frame_size)
         self._eof = False
         self._error: RemoteProtocolError | None = None
-        self._hello_done = False  # client: Hello sent; server: Hello received
-        self._welcome_done = False  # client: Welcome received; server: Welcome sent
+        self._phase = _START
         self._goodbye_sent = False
         self._goodbye_received = False
         self._in_flight: set[int] = set()
@@ -148,40 +203,41 @@ class Connection:
         raise self._error from None
 
     def _accept_received(self, message: Message) -> None:
-        name = type(message).__name__
         if self._goodbye_received:
-            raise WireError(f"{name} received after the peer's Goodbye")
+            raise WireError(f"{type(message).__name__} received after the peer's Goodbye")
         if not isinstance(message, _RECEIVES[self.role]):
-            raise WireError(f"a {self.role.value} cannot receive {name}")
-        match message:
-            case Goodbye():
+            raise WireError(f"a {self.role.value} cannot receive {type(message).__name__}")
+        self._take(message, self._check_order(message, _RECEIVED), _RECEIVED)
+
+    def _check_order(self, message: Message, sent: bool) -> _Order:
+        """Whether ``message`` may pass now, the way ``sent`` says; returns its rule."""
+        order = _ORDER.get(type(message)) or _order_of(message)
+        phase = self._phase
+        if phase < order.earliest:
+            raise WireError(order.too_early[sent])
+        if phase > order.latest:
+            raise WireError(order.too_late[sent])
+        if isinstance(message, Request):
+            if message.id in self._in_flight:
+                raise WireError(f"Request id {message.id} is already in flight")
+            self._check_in_flight_room()
+        elif isinstance(message, Response) and message.id not in self._in_flight:
+            raise WireError(_NOT_IN_FLIGHT[sent].format(message.id))
+        return order
+
+    def _take(self, message: Message, order: _Order, sent: bool) -> None:
+        """Record that ``message``, checked by :meth:`_check_order`, passed."""
+        if order.advances:
+            self._phase += 1
+        elif isinstance(message, Request):
+            self._in_flight.add(message.id)
+        elif isinstance(message, Response):
+            self._in_flight.remove(message.id)
+        elif isinstance(message, Goodbye):
+            if sent:
+                self._goodbye_sent = True
+            else:
                 self._goodbye_received = True
-            case Hello():  # server
-                if self._hello_done:
-                    raise WireError("a second Hello")
-                self._hello_done = True
-            case Request(id=request_id):  # server
-                if not self._hello_done:
-                    raise WireError("Request before Hello")
-                if request_id in self._in_flight:
-                    raise WireError(f"Request id {request_id} is already in flight")
-                self._check_in_flight_room()
-                self._in_flight.add(request_id)
-            case Welcome():  # client
-                if not self._hello_done:
-                    raise WireError("Welcome before the client sent Hello")
-                if self._welcome_done:
-                    raise WireError("a second Welcome")
-                self._welcome_done = True
-            case Response(id=request_id):  # client
-                if not self._welcome_done:
-                    raise WireError("Response before Welcome")
-                if request_id not in self._in_flight:
-                    raise WireError(f"Response to id {request_id}, which is not in flight")
-                self._in_flight.remove(request_id)
-            case Push():  # client
-                if not self._welcome_done:
-                    raise WireError("Push before Welcome")
 
     def _check_in_flight_room(self) -> None:
         """A Request (sent or received) needs a free slot: at most max_in_flight await a Response."""
@@ -230,10 +286,10 @@ class Connection:
         """Record that ``message``, as :meth:`encode` made it, goes out now: the order rules
         are checked here (LocalProtocolError, with nothing changed, if it may not go now)."""
         try:
-            self._check_send(message)
+            order = self._check_send(message)
         except WireError as exc:
             raise LocalProtocolError(exc.code, exc.message) from None
-        self._commit_send(message)
+        self._take(message, order, _SENT)
         self._sent += 1
 
     def pack_event(self, event: dict[str, Any]) -> bytes:
@@ -251,7 +307,7 @@ class Connection:
         """The frame of ``Push(stream, event)`` for an event :meth:`pack_event` encoded: the same
         bytes :meth:`send` makes, without checking and encoding the event again."""
         try:
-            self._check_send(Push(stream, {}))
+            self._check_send(_SOME_PUSH)
             if not isinstance(stream, int) or not 0 <= stream <= UINT64_MAX:
                 raise WireError(f"Push stream must be an unsigned 64-bit integer, not {stream!r}")
             head = _PUSH_HEAD + msgpack.packb(stream)
@@ -261,49 +317,10 @@ class Connection:
         self._sent += 1
         return data
 
-    def _check_send(self, message: Message) -> None:
-        name = type(message).__name__
+    def _check_send(self, message: Message) -> _Order:
         if self._goodbye_sent:
-            raise WireError(f"cannot send {name} after our Goodbye")
+            raise WireError(f"cannot send {type(message).__name__} after our Goodbye")
         if self._error is not None and not isinstance(message, Goodbye):
+            name = type(message).__name__
             raise WireError(f"cannot send {name}: the peer broke the protocol, only Goodbye")
-        match message:
-            case Hello():
-                if self._hello_done:
-                    raise WireError("Hello was already sent")
-            case Request(id=request_id):
-                if not self._hello_done:
-                    raise WireError("the first message must be Hello")
-                if request_id in self._in_flight:
-                    raise WireError(f"Request id {request_id} is already in flight")
-                self._check_in_flight_room()
-            case Welcome():
-                if not self._hello_done:
-                    raise WireError("Welcome before receiving Hello")
-                if self._welcome_done:
-                    raise WireError("Welcome was already sent")
-            case Response(id=request_id):
-                if not self._welcome_done:
-                    raise WireError("Response before Welcome")
-                if request_id not in self._in_flight:
-                    raise WireError(f"no Request with id {request_id!r} is in flight")
-            case Push():
-                if not self._welcome_done:
-                    raise WireError("Push before Welcome")
-            case _:
-                pass
-
-    def _commit_send(self, message: Message) -> None:
-        match message:
-            case Goodbye():
-                self._goodbye_sent = True
-            case Hello():
-                self._hello_done = True
-            case Welcome():
-                self._welcome_done = True
-            case Request(id=request_id):
-                self._in_flight.add(request_id)
-            case Response(id=request_id):
-                self._in_flight.remove(request_id)
-            case _:
-                pass
+        return self._check_order(message, _SENT)

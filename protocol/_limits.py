@@ -11,6 +11,12 @@ if TYPE_CHECKING:
 # A frame's length travels in 4 bytes, so no frame can be larger than this whatever the limit says.
 MAX_FRAME_SIZE_CEILING = 2**32 - 1
 
+# The integer ranges, defined here once: msgpack carries INT64_MIN..UINT64_MAX; ids and sessions
+# are unsigned; stored counters are signed 64-bit, as a peer in another language holds them.
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+UINT64_MAX = 2**64 - 1
+
 _FIELDS = (
     "max_frame_size",
     "max_container_len",

@@ -7,16 +7,17 @@ on received arrays and, by the Connection, on the arrays it is about to send.
 
 from __future__ import annotations
 
-from ._codec import INT_MAX, WireError
+from ._codec import WireError
 from ._errors import ErrorCode, ProntoError, ProtocolError
+from ._limits import UINT64_MAX
 from ._named_tuple import NamedTuple
 
 TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any, Final, TypeAlias
 
 PROTOCOL_VERSION: Final = 1
-UINT64_MAX: Final = INT_MAX
 
 # The kind that leads each message's array.
 HELLO: Final = 0
@@ -144,51 +145,68 @@ def decode(wire: Any) -> Message:
     kind = wire[0]
     if not _is_int(kind) or kind not in _SHAPES:
         raise WireError(f"unknown message kind {kind!r}")
-    name, length = _SHAPES[kind]
+    name, length, build = _SHAPES[kind]
     if len(wire) != length:
         raise WireError(f"{name} must be an array of {length} elements, not {len(wire)}")
-    if kind == HELLO:
-        fields = _fields(wire[1], name)
-        token = fields.get("token")
-        if token is not None:
-            _check_str(token, "Hello token")
-        return Hello(
-            client=_check_str(_required(fields, "client", name), "Hello client"),
-            user=_check_str(_required(fields, "user", name), "Hello user"),
-            token=token,
-            version=_check_uint(_required(fields, "version", name), "Hello version"),
-        )
-    if kind == WELCOME:
-        fields = _fields(wire[1], name)
-        limits = _fields(_required(fields, "limits", name), "Welcome limits")
-        for key, value in limits.items():
-            _check_uint(value, f"Welcome limit {key}")
-        return Welcome(
-            server=_check_str(_required(fields, "server", name), "Welcome server"),
-            session=_check_uint(_required(fields, "session", name), "Welcome session"),
-            limits=limits,
-            version=_check_uint(_required(fields, "version", name), "Welcome version"),
-        )
-    if kind == REQUEST:
-        _, request_id, op, args = wire
-        if not _check_str(op, "Request op"):
-            raise WireError("Request op must not be empty")
-        return Request(_check_uint(request_id, "Request id"), op, _fields(args, "Request args"))
-    if kind == RESPONSE:
-        _, request_id, error, result = wire
-        if error is not None:
-            error = _fields(error, "Response error")
-            _check_str(_required(error, "code", "Response error"), "Response error code")
-            _check_str(_required(error, "message", "Response error"), "Response error message")
-            if result is not None:
-                raise WireError("a Response with an error must have a nil result")
-        return Response(_check_uint(request_id, "Response id"), error, result)
-    if kind == PUSH:
-        _, stream, event = wire
-        return Push(_check_uint(stream, "Push stream"), _fields(event, "Push event"))
-    fields = _fields(wire[1], name)
-    raw_code = _required(fields, "code", name)
-    message = _check_str(_required(fields, "message", name), "Goodbye message")
+    return build(wire)
+
+
+# One builder per kind, each given an array of the right length whose kind is its own.
+
+
+def _hello(wire: list[Any]) -> Hello:
+    fields = _fields(wire[1], "Hello")
+    token = fields.get("token")
+    if token is not None:
+        _check_str(token, "Hello token")
+    return Hello(
+        client=_check_str(_required(fields, "client", "Hello"), "Hello client"),
+        user=_check_str(_required(fields, "user", "Hello"), "Hello user"),
+        token=token,
+        version=_check_uint(_required(fields, "version", "Hello"), "Hello version"),
+    )
+
+
+def _welcome(wire: list[Any]) -> Welcome:
+    fields = _fields(wire[1], "Welcome")
+    limits = _fields(_required(fields, "limits", "Welcome"), "Welcome limits")
+    for key, value in limits.items():
+        _check_uint(value, f"Welcome limit {key}")
+    return Welcome(
+        server=_check_str(_required(fields, "server", "Welcome"), "Welcome server"),
+        session=_check_uint(_required(fields, "session", "Welcome"), "Welcome session"),
+        limits=limits,
+        version=_check_uint(_required(fields, "version", "Welcome"), "Welcome version"),
+    )
+
+
+def _request(wire: list[Any]) -> Request:
+    _, request_id, op, args = wire
+    if not _check_str(op, "Request op"):
+        raise WireError("Request op must not be empty")
+    return Request(_check_uint(request_id, "Request id"), op, _fields(args, "Request args"))
+
+
+def _response(wire: list[Any]) -> Response:
+    _, request_id, error, result = wire
+    if error is not None:
+        error = _fields(error, "Response error")
+        _check_str(_required(error, "code", "Response error"), "Response error code")
+        _check_str(_required(error, "message", "Response error"), "Response error message")
+        if result is not None:
+            raise WireError("a Response with an error must have a nil result")
+    return Response(_check_uint(request_id, "Response id"), error, result)
+
+
+def _push(wire: list[Any]) -> Push:
+    _, stream, event = wire
+    return Push(_check_uint(stream, "Push stream"), _fields(event, "Push event"))
+
+
+def _goodbye(wire: list[Any]) -> Goodbye:
+    fields = _fields(wire[1], "Goodbye")
+    raw_code = _required(fields, "code", "Goodbye")
+    message = _check_str(_required(fields, "message", "Goodbye"), "Goodbye message")
     if raw_code is None:
         return Goodbye(None, message)
     try:
@@ -198,13 +216,14 @@ def decode(wire: Any) -> Message:
     return Goodbye(code, message)
 
 
-_SHAPES: dict[int, tuple[str, int]] = {
-    HELLO: ("Hello", 2),
-    WELCOME: ("Welcome", 2),
-    REQUEST: ("Request", 4),
-    RESPONSE: ("Response", 4),
-    PUSH: ("Push", 3),
-    GOODBYE: ("Goodbye", 2),
+# Each kind's name, the length of its array and its builder.
+_SHAPES: dict[int, tuple[str, int, Callable[[list[Any]], Message]]] = {
+    HELLO: ("Hello", 2, _hello),
+    WELCOME: ("Welcome", 2, _welcome),
+    REQUEST: ("Request", 4, _request),
+    RESPONSE: ("Response", 4, _response),
+    PUSH: ("Push", 3, _push),
+    GOODBYE: ("Goodbye", 2, _goodbye),
 }
 
 

@@ -13,12 +13,11 @@ from ._engine import (
     Claimed,
     Engine,
     EngineLimits,
-    ReplayError,
 )
 from ._entry import Entry
 from ._history import Batch, Change, HistoryLimits, change_cost
 from ._keys import validate_key, validate_prefix
-from ._records import Record, RecordKind
+from ._records import Record, RecordKind, ReplayError
 
 __all__ = [
     "DEAD_PREFIX",

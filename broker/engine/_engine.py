@@ -11,22 +11,22 @@ import enum
 import heapq
 import itertools
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from sortedcontainers import SortedList
 
-from prontodb.protocol import ErrorCode, ProntoError
+from prontodb.protocol import INT64_MAX, INT64_MIN, ErrorCode, ProntoError
 
 from . import _records as rec
 from ._claims import Claim, ClaimBook, parent_of
 from ._conditions import Compare, OpKind, Target, TxnOp, TxnResult
 from ._entry import Entry
-from ._history import Change, History, HistoryLimits, decode_batch
+from ._history import Change, History, HistoryLimits
 from ._keys import SEPARATOR, descendant_range, validate_key, validate_prefix
-from ._records import Record, RecordKind
-from ._values import INT64_MAX, INT64_MIN, is_integer, pack_value
+from ._records import Record, ReplayError
+from ._values import is_integer, pack_value
 
 T = TypeVar("T")
 
@@ -93,10 +93,6 @@ class Applied(Generic[T]):
     result: T
     records: list[Record]
     changes: list[Change]
-
-
-class ReplayError(Exception):
-    """A record could not be applied on open (unknown kind, bad payload, or out of order)."""
 
 
 # A transaction's pending state for one key: (encoded value, new entry), or None for a delete.
@@ -216,10 +212,10 @@ class Engine:
         rev = self.revision + 1
         self.revision = rev
         self._remove(key)
-        payload = rec.encode_delete(rev, writer, now, key)
+        record = rec.Delete(rev, writer, now, key).encode()
         changes = [Change(rev, ChangeKind.DELETE, key, None, writer)]
         self.history.add(changes, now)
-        return Applied(True, [(RecordKind.DELETE, payload)], changes)
+        return Applied(True, [record], changes)
 
     def incr(self, key: str, by: int = 1, *, writer: str, now: float) -> Applied[int]:
         """Add ``by`` to the integer at ``key`` (a missing key counts as 0); the result is the sum."""
@@ -250,13 +246,12 @@ class Engine:
         """Write one key at the next revision; everything that can fail is checked first."""
         rev = self.revision + 1
         entry = _next_entry(prev, _owned(value, packed), len(packed), rev, writer, now, expires)
-        kind, payload = rec.encode_put(rev, writer, now, key, packed, entry)
-        self._fits(payload)
+        record = self._fits(rec.encode_put(rev, writer, now, key, packed, entry))
         self.revision = rev
         self._store(key, entry)
         changes = [Change(rev, ChangeKind.PUT, key, entry, writer)]
         self.history.add(changes, now)
-        return Applied(entry, [(kind, payload)], changes)
+        return Applied(entry, [record], changes)
 
     # -- TTL -----------------------------------------------------------------------------------
 
@@ -301,13 +296,13 @@ class Engine:
 
     def _expire_keys(self, keys: list[str], now: float) -> tuple[list[Record], list[Change]]:
         rev = self.revision + 1
-        payload = self._fits(rec.encode_expire(rev, now, keys))
+        record = self._fits(rec.Expire(rev, now, keys).encode())
         self.revision = rev
         for key in keys:
             self._remove(key)
         changes = [Change(rev, ChangeKind.EXPIRE, key, None) for key in keys]
         self.history.add(changes, now)
-        return [(RecordKind.EXPIRE, payload)], changes
+        return [record], changes
 
     def next_deadline(self) -> float | None:
         """The earliest deadline of a live key, or None: when :meth:`expire_due` has work."""
@@ -337,14 +332,14 @@ class Engine:
         prefix = self._cache_prefix(prefix)
         seconds = _seconds(seconds, "seconds")
         self._caches[prefix] = seconds
-        return Applied(None, [(RecordKind.CACHE, rec.encode_cache(prefix, seconds))], [])
+        return Applied(None, [rec.Cache(prefix, seconds).encode()], [])
 
     def drop_cache(self, prefix: str) -> Applied[bool]:
         """Stop ``prefix`` being a cache (keys there keep their deadlines); whether it was one."""
         prefix = self._cache_prefix(prefix)
         if self._caches.pop(prefix, None) is None:
             return Applied(False, [], [])
-        return Applied(True, [(RecordKind.CACHE, rec.encode_cache(prefix, None))], [])
+        return Applied(True, [rec.Cache(prefix, None).encode()], [])
 
     def caches(self) -> dict[str, float]:
         """Every cache prefix with its TTL in seconds, sorted by prefix."""
@@ -384,12 +379,12 @@ class Engine:
                 continue
             rev = self.revision + 1
             claim = Claim(holder, self._book.fence + 1, now + lease, bound)
-            payload = rec.encode_claim(
+            record = rec.Claim(
                 rev, holder, now, key, claim.token, claim.lease, delivered + 1, bound
-            )
+            ).encode()
             self.revision = rev
             count = self._book.take(key, entry, claim)
-            records.append((RecordKind.CLAIM, payload))
+            records.append(record)
             changes.append(Change(rev, ChangeKind.CLAIM, key, entry, holder))
             self.history.add(changes, now)
             return Applied(
@@ -407,7 +402,7 @@ class Engine:
         moved = _next_entry(
             self._entries.get(dead), entry.value, len(packed), rev, "prontodb", now, None
         )
-        payload = self._fits(
+        record = self._fits(
             rec.encode_txn(rev, "prontodb", now, [(key, None, None), (dead, packed, moved)])
         )
         self.revision = rev
@@ -417,18 +412,18 @@ class Engine:
             Change(rev, ChangeKind.DELETE, key, None, "prontodb"),
             Change(rev, ChangeKind.PUT, dead, moved, "prontodb"),
         ]
-        return Applied(None, [(RecordKind.TXN, payload)], changes)
+        return Applied(None, [record], changes)
 
     def ack(self, key: str, token: int, *, writer: str, now: float) -> Applied[None]:
         """Finish the claimed ``key``: delete it. A stale ``token`` is compare_failed."""
         key, _ = self._held(key, token)
         rev = self.revision + 1
-        payload = rec.encode_ack(rev, writer, now, key)
+        record = rec.Ack(rev, writer, now, key).encode()
         self.revision = rev
         self._remove(key)
         changes = [Change(rev, ChangeKind.ACK, key, None, writer)]
         self.history.add(changes, now)
-        return Applied(None, [(RecordKind.ACK, payload)], changes)
+        return Applied(None, [record], changes)
 
     def release(
         self, key: str, token: int, *, writer: str, now: float, delay: float | None = None
@@ -437,19 +432,19 @@ class Engine:
         key, entry = self._held(key, token)
         not_before = None if not delay else now + _seconds(delay, "delay")
         rev = self.revision + 1
-        payload = rec.encode_release(rev, writer, now, key, not_before)
+        record = rec.Release(rev, writer, now, key, not_before).encode()
         self.revision = rev
         self._book.give_back(key, entry, not_before)
         changes = [Change(rev, ChangeKind.RELEASE, key, entry, writer)]
         self.history.add(changes, now)
-        return Applied(None, [(RecordKind.RELEASE, payload)], changes)
+        return Applied(None, [record], changes)
 
     def extend(self, key: str, token: int, lease: float, *, now: float) -> Applied[float]:
         """Renew the claim on ``key`` for ``lease`` seconds from ``now``; the new deadline."""
         key, _ = self._held(key, token)
         deadline = now + _seconds(lease, "lease")
         self._book.extend(key, deadline)
-        return Applied(deadline, [(RecordKind.EXTEND, rec.encode_extend(key, token, deadline))], [])
+        return Applied(deadline, [rec.Extend(key, token, deadline).encode()], [])
 
     def claims_due(self, now: float) -> Applied[list[str]]:
         """Return expired leases to their queues (one logged change) and end delays that are
@@ -475,7 +470,7 @@ class Engine:
 
     def _return(self, keys: list[str], now: float) -> tuple[list[Record], list[Change]]:
         rev = self.revision + 1
-        payload = self._fits(rec.encode_returned(rev, now, keys))
+        record = self._fits(rec.Returned(rev, now, keys).encode())
         self.revision = rev
         changes = []
         for key in keys:
@@ -483,7 +478,7 @@ class Engine:
             self._book.give_back(key, entry, None)
             changes.append(Change(rev, ChangeKind.RELEASE, key, entry))
         self.history.add(changes, now)
-        return [(RecordKind.RETURNED, payload)], changes
+        return [record], changes
 
     def claim_of(self, key: str) -> tuple[Claim | None, int]:
         """``key``'s current claim (None: not held) and how many times it was handed out."""
@@ -582,7 +577,7 @@ class Engine:
             return Applied(TxnResult(True, self.revision, results), [], [])
 
         logged = [(k, None, None) if s is None else (k, *s) for k, s in writes]
-        payload = self._fits(rec.encode_txn(rev, writer, now, logged))
+        record = self._fits(rec.encode_txn(rev, writer, now, logged))
         # Nothing below can fail: the transaction is applied whole.
         self.revision = rev
         changes: list[Change] = []
@@ -594,7 +589,7 @@ class Engine:
                 self._store(key, staged_write[1])
                 changes.append(Change(rev, ChangeKind.PUT, key, staged_write[1], writer))
         self.history.add(changes, now)
-        return Applied(TxnResult(True, rev, results), [(RecordKind.TXN, payload)], changes)
+        return Applied(TxnResult(True, rev, results), [record], changes)
 
     def _stage(
         self, op: TxnOp, staged: dict[str, _Staged], rev: int, writer: str, now: float
@@ -649,138 +644,144 @@ class Engine:
     def apply_record(self, kind: int, payload: bytes) -> None:
         """Apply one logged record; raises ReplayError if it cannot be."""
         try:
-            fields = rec.decode(payload)
-            if kind == RecordKind.SNAPSHOT_META:
-                fmt, revision, _count = fields
-                if fmt != rec.SNAPSHOT_FORMAT:
-                    raise ReplayError(f"snapshot format {fmt} is not one this version reads")
-                if self._entries or self.revision:
-                    raise ReplayError("a snapshot must come first in the log")
-                self.revision = revision
-                self.history.reset(revision + 1)
-            elif kind == RecordKind.SNAPSHOT_ENTRIES:
-                self._load_snapshot_entries(fields)
-            elif kind == RecordKind.SNAPSHOT_EXPIRING:
-                for key, expires in fields:
-                    self._store(key, self._entries[key]._replace(expires=expires))
-            elif kind == RecordKind.EXTEND:
-                key, token, lease = fields
-                claim = self._book.claims.get(key)
-                if claim is not None and claim.token == token:
-                    self._book.extend(key, lease)
-            elif kind == RecordKind.SNAPSHOT_CLAIMS:
-                self._load_snapshot_claims(fields)
-            elif kind == RecordKind.SNAPSHOT_HISTORY:
-                first, batches = fields
-                self.history.load(first, [decode_batch(b) for b in batches])
-            elif kind in (RecordKind.SNAPSHOT_CACHES, RecordKind.CACHE):
-                changes = fields if kind == RecordKind.SNAPSHOT_CACHES else dict([fields])
-                for prefix, seconds in changes.items():
-                    if seconds is None:
-                        self._caches.pop(prefix, None)
-                    else:
-                        self._caches[prefix] = seconds
-            else:
-                self._apply_change(kind, fields)
-        except ReplayError:
-            raise
+            record = rec.decode_record(kind, payload)
+            _REPLAY[type(record)](self, record)
         except (ValueError, TypeError, KeyError, IndexError) as exc:
             raise ReplayError(f"a record of kind {kind} is malformed: {exc}") from exc
 
-    def _load_snapshot_entries(self, fields: list[Any]) -> None:
-        # The hot loop of opening a big database: a snapshot holds each key once, in an engine
-        # that starts empty, so it skips _store's bookkeeping for overwrites and the index.
-        entries = self._entries
-        pack = rec.pack
-        live = 0
-        for key, value, create_rev, mod_rev, version, writer, time in fields:
-            size = len(pack(value))
-            entries[key] = Entry(value, create_rev, mod_rev, version, writer, time, size)
-            live += _footprint(key, entries[key])
-        self.live_bytes += live
+    # Replay, one method per record type (the table _REPLAY, after the class, maps them). A
+    # change is checked to follow the revision before it, applied, then kept in the history.
 
-    def _apply_change(self, kind: int, fields: list[Any]) -> None:
-        rev = fields[0]
-        if kind in (RecordKind.EXPIRE, RecordKind.RETURNED):
-            writer, time = "", fields[1]
-        else:
-            writer, time = fields[1], fields[2]
+    def _follows(self, rev: Any) -> int:
         if not is_integer(rev) or rev <= self.revision:
             raise ReplayError(f"revision {rev!r} does not follow {self.revision}")
-        put, gone = ChangeKind.PUT, ChangeKind.DELETE
-        changes: list[Change]
-        if kind == RecordKind.PUT:
-            _, _, _, key, create_rev, version, value = fields
-            entry = self._replay_put(key, value, create_rev, rev, version, writer, time, None)
-            changes = [Change(rev, put, key, entry, writer)]
-        elif kind == RecordKind.PUT_TTL:
-            _, _, _, key, create_rev, version, expires, value = fields
-            entry = self._replay_put(key, value, create_rev, rev, version, writer, time, expires)
-            changes = [Change(rev, put, key, entry, writer)]
-        elif kind in (RecordKind.DELETE, RecordKind.ACK):
-            key = fields[3]
-            self._remove(key)
-            change_kind = gone if kind == RecordKind.DELETE else ChangeKind.ACK
-            changes = [Change(rev, change_kind, key, None, writer)]
-        elif kind == RecordKind.EXPIRE:
-            for key in fields[2]:
-                self._remove(key)
-            changes = [Change(rev, ChangeKind.EXPIRE, key, None) for key in fields[2]]
-        elif kind == RecordKind.CLAIM:
-            _, holder, _, key, token, lease, deliveries, bound = fields
-            self._book.take(key, self._entries[key], Claim(holder, token, lease, bound))
-            self._book.deliveries[key] = deliveries
-            changes = [Change(rev, ChangeKind.CLAIM, key, self._entries[key], holder)]
-        elif kind == RecordKind.RELEASE:
-            key, not_before = fields[3], fields[4]
-            self._book.give_back(key, self._entries[key], not_before)
-            changes = [Change(rev, ChangeKind.RELEASE, key, self._entries[key], writer)]
-        elif kind == RecordKind.RETURNED:
-            changes = []
-            for key in fields[2]:
-                self._book.give_back(key, self._entries[key], None)
-                changes.append(Change(rev, ChangeKind.RELEASE, key, self._entries[key]))
-        elif kind == RecordKind.TXN:
-            changes = []
-            for op in fields[3]:
-                if op[0] == rec.TXN_PUT:
-                    _, key, create_rev, version, value = op
-                    entry = self._replay_put(
-                        key, value, create_rev, rev, version, writer, time, None
-                    )
-                elif op[0] == rec.TXN_PUT_TTL:
-                    _, key, create_rev, version, expires, value = op
-                    entry = self._replay_put(
-                        key, value, create_rev, rev, version, writer, time, expires
-                    )
-                elif op[0] == rec.TXN_DELETE:
-                    key = op[1]
-                    self._remove(key)
-                    changes.append(Change(rev, gone, key, None, writer))
-                    continue
-                else:
-                    raise ReplayError(f"unknown transaction operation {op[0]!r}")
-                changes.append(Change(rev, put, key, entry, writer))
-        else:
-            raise ReplayError(
-                f"record kind {kind} is unknown; was this database written by a newer ProntoDB?"
-            )
+        return int(rev)
+
+    def _replayed(self, rev: int, changes: list[Change], time: float) -> None:
         self.revision = rev
         self.history.add(changes, time)
 
-    def _replay_put(
+    def _replay_put(self, record: rec.Put | rec.PutTtl) -> None:
+        rev = self._follows(record.rev)
+        key, writer = record.key, record.writer
+        entry = self._replay_entry(key, record, rev, writer, record.time)
+        self._replayed(rev, [Change(rev, ChangeKind.PUT, key, entry, writer)], record.time)
+
+    def _replay_delete(self, record: rec.Delete | rec.Ack) -> None:
+        rev = self._follows(record.rev)
+        self._remove(record.key)
+        kind = ChangeKind.DELETE if type(record) is rec.Delete else ChangeKind.ACK
+        self._replayed(rev, [Change(rev, kind, record.key, None, record.writer)], record.time)
+
+    def _replay_txn(self, record: rec.Txn) -> None:
+        rev = self._follows(record.rev)
+        writer, time = record.writer, record.time
+        changes = []
+        for write in record.writes:
+            key = write.key
+            if isinstance(write, rec.TxnDelete):
+                self._remove(key)
+                changes.append(Change(rev, ChangeKind.DELETE, key, None, writer))
+            else:
+                entry = self._replay_entry(key, write, rev, writer, time)
+                changes.append(Change(rev, ChangeKind.PUT, key, entry, writer))
+        self._replayed(rev, changes, time)
+
+    def _replay_expire(self, record: rec.Expire) -> None:
+        rev = self._follows(record.rev)
+        for key in record.keys:
+            self._remove(key)
+        changes = [Change(rev, ChangeKind.EXPIRE, key, None) for key in record.keys]
+        self._replayed(rev, changes, record.time)
+
+    def _replay_claim(self, record: rec.Claim) -> None:
+        rev = self._follows(record.rev)
+        key, holder = record.key, record.holder
+        claim = Claim(holder, record.token, record.lease, record.bound)
+        self._book.take(key, self._entries[key], claim)
+        self._book.deliveries[key] = record.deliveries
+        self._replayed(
+            rev, [Change(rev, ChangeKind.CLAIM, key, self._entries[key], holder)], record.time
+        )
+
+    def _replay_release(self, record: rec.Release) -> None:
+        rev = self._follows(record.rev)
+        key = record.key
+        self._book.give_back(key, self._entries[key], record.not_before)
+        change = Change(rev, ChangeKind.RELEASE, key, self._entries[key], record.writer)
+        self._replayed(rev, [change], record.time)
+
+    def _replay_returned(self, record: rec.Returned) -> None:
+        rev = self._follows(record.rev)
+        changes = []
+        for key in record.keys:
+            self._book.give_back(key, self._entries[key], None)
+            changes.append(Change(rev, ChangeKind.RELEASE, key, self._entries[key]))
+        self._replayed(rev, changes, record.time)
+
+    def _replay_extend(self, record: rec.Extend) -> None:
+        claim = self._book.claims.get(record.key)
+        if claim is not None and claim.token == record.token:
+            self._book.extend(record.key, record.lease)
+
+    def _replay_cache(self, record: rec.Cache) -> None:
+        self._set_caches({record.prefix: record.seconds})
+
+    def _replay_snapshot_caches(self, record: rec.SnapshotCaches) -> None:
+        self._set_caches(record.caches)
+
+    def _set_caches(self, caches: Mapping[str, float | None]) -> None:
+        for prefix, seconds in caches.items():
+            if seconds is None:
+                self._caches.pop(prefix, None)
+            else:
+                self._caches[prefix] = seconds
+
+    def _replay_snapshot_meta(self, record: rec.SnapshotMeta) -> None:
+        if record.format != rec.SNAPSHOT_FORMAT:
+            raise ReplayError(f"snapshot format {record.format} is not one this version reads")
+        if self._entries or self.revision:
+            raise ReplayError("a snapshot must come first in the log")
+        self.revision = record.revision
+        self.history.reset(record.revision + 1)
+
+    def _replay_snapshot_entries(self, record: rec.SnapshotEntries) -> None:
+        # The hot loop of opening a big database: a snapshot holds each key once, in an engine
+        # that starts empty, so it skips _store's bookkeeping for overwrites and the index.
+        entries = self._entries
+        live = 0
+        for key, entry in record.entries:
+            entries[key] = entry
+            live += _footprint(key, entry)
+        self.live_bytes += live
+
+    def _replay_snapshot_expiring(self, record: rec.SnapshotExpiring) -> None:
+        for key, expires in record.deadlines:
+            self._store(key, self._entries[key]._replace(expires=expires))
+
+    def _replay_snapshot_claims(self, record: rec.SnapshotClaims) -> None:
+        book = self._book
+        book.fence = record.fence
+        book.claims.update(record.claims)
+        book.deliveries.update(record.deliveries)
+        book.delayed.update(record.delayed)
+
+    def _replay_snapshot_history(self, record: rec.SnapshotHistory) -> None:
+        self.history.load(record.first, record.batches)
+
+    def _replay_entry(
         self,
         key: str,
-        value: Any,
-        create_rev: int,
+        write: rec.Put | rec.PutTtl | rec.TxnPut | rec.TxnPutTtl,
         rev: int,
-        version: int,
         writer: str,
         time: float,
-        expires: float | None,
     ) -> Entry:
+        value = write.value
         size = len(rec.pack(value))
-        entry = Entry(value, create_rev, rev, version, writer, time, size, expires)
+        entry = Entry(
+            value, write.create_rev, rev, write.version, writer, time, size, write.expires
+        )
         self._store(key, entry)
         return entry
 
@@ -790,14 +791,14 @@ class Engine:
         entries = self._entries.copy()
         pairs = ((k, entries[k]) for k in keys)
         book = self._book
-        claims: list[Any] = []
+        claims = None
         if book.fence or book.claims or book.deliveries or book.delayed:
-            claims = [
+            claims = rec.SnapshotClaims(
                 book.fence,
-                [[k, c.holder, c.token, c.lease, c.bound] for k, c in book.claims.items()],
-                [[k, n] for k, n in book.deliveries.items()],
-                [[k, t] for k, t in book.delayed.items()],
-            ]
+                list(book.claims.items()),
+                list(book.deliveries.items()),
+                list(book.delayed.items()),
+            )
         history = self.history
         return rec.encode_snapshot(
             self.revision,
@@ -807,15 +808,6 @@ class Engine:
             claims,
             (history.first, history.batches()),
         )
-
-    def _load_snapshot_claims(self, fields: list[Any]) -> None:
-        fence, claims, deliveries, delayed = fields
-        book = self._book
-        book.fence = fence
-        for key, holder, token, lease, bound in claims:
-            book.claims[key] = Claim(holder, token, lease, bound)
-        book.deliveries.update((k, n) for k, n in deliveries)
-        book.delayed.update((k, t) for k, t in delayed)
 
     def rebase(self, revision: int) -> None:
         """Go on from ``revision`` (if above the current one) with no history before it: what a
@@ -847,15 +839,16 @@ class Engine:
     def _prefix(self, prefix: str) -> str:
         return validate_prefix(prefix, self.limits.max_key_len)
 
-    def _fits(self, payload: bytes) -> bytes:
+    def _fits(self, record: Record) -> Record:
         limit = self.limits.max_record_size
-        if len(payload) > limit:
+        size = len(record[1])
+        if size > limit:
             raise ProntoError(
                 ErrorCode.TOO_LARGE,
-                f"The change takes {len(payload)} bytes in the log; the limit is {limit}. "
+                f"The change takes {size} bytes in the log; the limit is {limit}. "
                 "Split the transaction or store smaller values.",
             )
-        return payload
+        return record
 
     def _pack(self, value: Any) -> bytes:
         return pack_value(value, self.limits.max_value_size, self.limits.max_value_depth)
@@ -918,6 +911,28 @@ class Engine:
             (e.expires, k) for k, e in self._entries.items() if e.expires is not None
         ]
         heapq.heapify(self._deadlines)
+
+
+# Which method replays each type of record.
+_REPLAY: dict[type[Any], Callable[[Engine, Any], None]] = {
+    rec.Put: Engine._replay_put,
+    rec.PutTtl: Engine._replay_put,
+    rec.Delete: Engine._replay_delete,
+    rec.Ack: Engine._replay_delete,
+    rec.Txn: Engine._replay_txn,
+    rec.Expire: Engine._replay_expire,
+    rec.Claim: Engine._replay_claim,
+    rec.Release: Engine._replay_release,
+    rec.Returned: Engine._replay_returned,
+    rec.Extend: Engine._replay_extend,
+    rec.Cache: Engine._replay_cache,
+    rec.SnapshotMeta: Engine._replay_snapshot_meta,
+    rec.SnapshotEntries: Engine._replay_snapshot_entries,
+    rec.SnapshotExpiring: Engine._replay_snapshot_expiring,
+    rec.SnapshotCaches: Engine._replay_snapshot_caches,
+    rec.SnapshotClaims: Engine._replay_snapshot_claims,
+    rec.SnapshotHistory: Engine._replay_snapshot_history,
+}
 
 
 def _footprint(key: str, entry: Entry) -> int:

@@ -1,4 +1,9 @@
-"""The engine's log records: kinds and msgpack payloads (docs/FORMAT.md, "Record payloads").
+"""The engine's log records (docs/FORMAT.md, "Record payloads"): one typed class per kind, the one
+place that knows its payload's layout, both ways.
+
+Every payload is a msgpack array, and each class is a named tuple whose fields are that array's
+elements in order: ``encode`` packs the tuple as it is, and :func:`decode_record` builds the tuple
+from the decoded array in one call, so replay reads fields by name at the cost of one tuple.
 
 Every record is self-contained (it carries the revision and the full metadata of what it writes), so
 replay never needs the state before it, and a snapshot is just more records.
@@ -7,13 +12,14 @@ replay never needs the state before it, and a snapshot is just more records.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 import msgpack
 
+from ._claims import Claim as HeldClaim
 from ._entry import Entry
-from ._history import Batch, encode_batch
+from ._history import Batch, decode_batch, encode_batch
 
 Record = tuple[int, bytes]
 """A record as storage takes it: (kind, payload)."""
@@ -22,28 +28,33 @@ Record = tuple[int, bytes]
 class RecordKind(enum.IntEnum):
     """Record kinds; storage treats them as opaque bytes. Numbers are never reused."""
 
-    PUT = 1  # [rev, writer, time, key, create_rev, version, value]
-    DELETE = 2  # [rev, writer, time, key]
-    TXN = 3  # [rev, writer, time, [[1, key, create_rev, version, value] | [2, key], ...]]
-    PUT_TTL = 4  # [rev, writer, time, key, create_rev, version, expires, value]
-    EXPIRE = 5  # [rev, time, [key, ...]]: keys whose deadline passed, gone at rev
-    CACHE = 6  # [prefix, seconds or nil]: a cache's default TTL set (nil: dropped); no revision
-    CLAIM = 7  # [rev, holder, time, key, token, lease, deliveries, bound]
-    ACK = 8  # [rev, writer, time, key]: a claimed item finished (deleted)
-    RELEASE = 9  # [rev, writer, time, key, not_before or nil]: a claim given back
-    RETURNED = 10  # [rev, time, [key, ...]]: claims that ended by themselves (lease, connection)
-    EXTEND = 11  # [key, token, lease]: a lease renewed; no revision
-    SNAPSHOT_META = 16  # [format, revision, key_count]
-    SNAPSHOT_ENTRIES = 17  # [[key, value, create_rev, mod_rev, version, writer, time], ...]
-    SNAPSHOT_EXPIRING = 18  # [[key, expires], ...]: deadlines of keys in the entries before it
-    SNAPSHOT_CACHES = 19  # {prefix: seconds}
-    SNAPSHOT_CLAIMS = 20  # [fence, [[key, holder, token, lease, bound]], [[key, n]], [[key, t]]]
-    SNAPSHOT_HISTORY = 21  # [first, [[rev, time, [[kind, key, by, entry fields or nil]]], ...]]
+    PUT = 1  # Put
+    DELETE = 2  # Delete
+    TXN = 3  # Txn
+    PUT_TTL = 4  # PutTtl
+    EXPIRE = 5  # Expire
+    CACHE = 6  # Cache (no revision)
+    CLAIM = 7  # Claim
+    ACK = 8  # Ack
+    RELEASE = 9  # Release
+    RETURNED = 10  # Returned
+    EXTEND = 11  # Extend (no revision)
+    SNAPSHOT_META = 16  # SnapshotMeta
+    SNAPSHOT_ENTRIES = 17  # SnapshotEntries
+    SNAPSHOT_EXPIRING = 18  # SnapshotExpiring
+    SNAPSHOT_CACHES = 19  # SnapshotCaches
+    SNAPSHOT_CLAIMS = 20  # SnapshotClaims
+    SNAPSHOT_HISTORY = 21  # SnapshotHistory
 
 
+class ReplayError(Exception):
+    """A record could not be applied on open (unknown kind, bad payload, or out of order)."""
+
+
+# The tag that leads each operation of a TXN record.
 TXN_PUT = 1
 TXN_DELETE = 2
-TXN_PUT_TTL = 3  # [3, key, create_rev, version, expires, value]
+TXN_PUT_TTL = 3
 SNAPSHOT_FORMAT = 1
 # A snapshot chunk closes at this many entries or bytes, whichever comes first: big enough that
 # replay is one unpackb call per thousand keys, small enough to stay far below the record limit.
@@ -54,7 +65,7 @@ _packer = msgpack.Packer(use_bin_type=True)
 
 
 def pack(obj: Any) -> bytes:
-    """Encode one object the way every payload is encoded."""
+    """Encode one object the way every payload is encoded (a named tuple as an array)."""
     packed: bytes = _packer.pack(obj)
     return packed
 
@@ -62,74 +73,177 @@ def pack(obj: Any) -> bytes:
 _pack = pack
 
 
+def decode(payload: bytes) -> Any:
+    """Unpack a payload (strict: string map keys, no ext types)."""
+    return msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
+
+
 def _array_header(length: int) -> bytes:
     header: bytes = _packer.pack_array_header(length)
     return header
 
 
-def _array_ending_with(fields: list[Any], packed_last: bytes) -> bytes:
-    """A msgpack array of ``fields`` and one already-encoded last element (at most 14 fields).
+def _ending_with_value(fields: tuple[Any, ...], packed_value: bytes | None) -> bytes:
+    """A msgpack array of ``fields`` (at most 15), whose last one is a value.
 
-    A fixarray's header is one byte, 0x90 | length, so the header of the packed fields is swapped
-    for one that counts the extra element: one pack call, and the value is never packed twice.
+    With ``packed_value``, the value's encoding made when it was checked, that encoding is spliced
+    in and the value is never packed twice: a fixarray's header is one byte, 0x90 | length, so the
+    header of the other fields, packed alone, is swapped for one that counts the value too.
     """
-    return bytes((0x90 | (len(fields) + 1),)) + _pack(fields)[1:] + packed_last
+    if packed_value is None:
+        return _pack(fields)
+    return bytes((0x90 | len(fields),)) + _pack(fields[:-1])[1:] + packed_value
+
+
+# -- changes: each carries its revision ----------------------------------------------------------
+
+
+class Put(NamedTuple):
+    """PUT: ``key`` written at ``rev``, with no deadline. The value comes last, so that its
+    encoding can be spliced in."""
+
+    rev: int
+    writer: str
+    time: float
+    key: str
+    create_rev: int
+    version: int
+    value: Any
+
+    @property
+    def expires(self) -> None:
+        """A PUT's key has no deadline (a PUT_TTL's has)."""
+        return None
+
+    def encode(self, packed_value: bytes | None = None) -> Record:
+        """(kind, payload); ``packed_value`` is the value's encoding, if already made."""
+        return RecordKind.PUT, _ending_with_value(self, packed_value)
+
+
+class PutTtl(NamedTuple):
+    """PUT_TTL: a PUT of a key with a deadline (``expires``, seconds since the epoch)."""
+
+    rev: int
+    writer: str
+    time: float
+    key: str
+    create_rev: int
+    version: int
+    expires: float
+    value: Any
+
+    def encode(self, packed_value: bytes | None = None) -> Record:
+        """(kind, payload); ``packed_value`` is the value's encoding, if already made."""
+        return RecordKind.PUT_TTL, _ending_with_value(self, packed_value)
 
 
 def encode_put(
     rev: int, writer: str, time: float, key: str, packed_value: bytes, entry: Entry
-) -> tuple[RecordKind, bytes]:
-    """A PUT (or, for a key with a deadline, PUT_TTL) record built around the encoded value."""
-    fields: list[Any] = [rev, writer, time, key, entry.create_rev, entry.version]
+) -> Record:
+    """The PUT (or, for a key with a deadline, PUT_TTL) record of ``entry``, written at ``rev``,
+    around ``packed_value``, the encoding of ``entry.value``."""
     if entry.expires is None:
-        return RecordKind.PUT, _array_ending_with(fields, packed_value)
-    fields.append(entry.expires)
-    return RecordKind.PUT_TTL, _array_ending_with(fields, packed_value)
+        put = Put(rev, writer, time, key, entry.create_rev, entry.version, entry.value)
+        return put.encode(packed_value)
+    put_ttl = PutTtl(
+        rev, writer, time, key, entry.create_rev, entry.version, entry.expires, entry.value
+    )
+    return put_ttl.encode(packed_value)
 
 
-def encode_expire(rev: int, time: float, keys: list[str]) -> bytes:
-    """An EXPIRE payload: ``keys`` reached their deadlines and are gone at ``rev``."""
-    return _pack([rev, time, keys])
+class Delete(NamedTuple):
+    """DELETE: ``key`` deleted at ``rev``."""
+
+    rev: int
+    writer: str
+    time: float
+    key: str
+
+    def encode(self) -> Record:
+        """(kind, payload)."""
+        return RecordKind.DELETE, _pack(self)
 
 
-def encode_claim(
-    rev: int,
-    holder: str,
-    time: float,
-    key: str,
-    token: int,
-    lease: float,
-    deliveries: int,
-    bound: int | None,
-) -> bytes:
-    """A CLAIM payload: ``key`` handed to ``holder`` until ``lease`` under ``token``."""
-    return _pack([rev, holder, time, key, token, lease, deliveries, bound])
+class TxnPut(NamedTuple):
+    """A TXN's put: on the wire ``[TXN_PUT, key, create_rev, version, value]``."""
+
+    key: str
+    create_rev: int
+    version: int
+    value: Any
+
+    @property
+    def expires(self) -> None:
+        """This put's key has no deadline (a TxnPutTtl's has)."""
+        return None
+
+    def encode(self, packed_value: bytes | None = None) -> bytes:
+        """The operation's array; ``packed_value`` is the value's encoding, if already made."""
+        return _ending_with_value((TXN_PUT, *self), packed_value)
 
 
-def encode_ack(rev: int, writer: str, time: float, key: str) -> bytes:
-    return _pack([rev, writer, time, key])
+class TxnPutTtl(NamedTuple):
+    """A TXN's put of a key with a deadline: ``[TXN_PUT_TTL, key, create_rev, version, expires,
+    value]``."""
+
+    key: str
+    create_rev: int
+    version: int
+    expires: float
+    value: Any
+
+    def encode(self, packed_value: bytes | None = None) -> bytes:
+        """The operation's array; ``packed_value`` is the value's encoding, if already made."""
+        return _ending_with_value((TXN_PUT_TTL, *self), packed_value)
 
 
-def encode_release(rev: int, writer: str, time: float, key: str, not_before: float | None) -> bytes:
-    return _pack([rev, writer, time, key, not_before])
+class TxnDelete(NamedTuple):
+    """A TXN's delete: ``[TXN_DELETE, key]``."""
+
+    key: str
+
+    def encode(self, packed_value: bytes | None = None) -> bytes:
+        """The operation's array (a delete has no value: ``packed_value`` is None)."""
+        return _pack((TXN_DELETE, self.key))
 
 
-def encode_returned(rev: int, time: float, keys: list[str]) -> bytes:
-    return _pack([rev, time, keys])
+TxnWrite = TxnPut | TxnPutTtl | TxnDelete
 
 
-def encode_extend(key: str, token: int, lease: float) -> bytes:
-    return _pack([key, token, lease])
+def _decode_txn_write(op: list[Any]) -> TxnWrite:
+    tag = op[0]
+    if tag == TXN_PUT:
+        return TxnPut._make(op[1:])
+    if tag == TXN_PUT_TTL:
+        return TxnPutTtl._make(op[1:])
+    if tag == TXN_DELETE:
+        return TxnDelete(op[1])
+    raise ReplayError(f"unknown transaction operation {tag!r}")
 
 
-def encode_cache(prefix: str, seconds: float | None) -> bytes:
-    """A CACHE payload: the default TTL of keys under ``prefix`` (None: no longer a cache)."""
-    return _pack([prefix, seconds])
+class Txn(NamedTuple):
+    """TXN: the final state of every key a transaction touched, all at ``rev``, applied all or
+    nothing."""
 
+    rev: int
+    writer: str
+    time: float
+    writes: list[TxnWrite]
 
-def encode_delete(rev: int, writer: str, time: float, key: str) -> bytes:
-    """A DELETE payload."""
-    return _pack([rev, writer, time, key])
+    def encode(self, packed_values: Sequence[bytes | None] | None = None) -> Record:
+        """(kind, payload); ``packed_values``, one per write, are the encodings of the values
+        where already made (None for a delete)."""
+        writes = self.writes
+        packed = packed_values if packed_values is not None else [None] * len(writes)
+        ops = [write.encode(value) for write, value in zip(writes, packed, strict=True)]
+        head = (_array_header(len(self)), _pack(self.rev), _pack(self.writer), _pack(self.time))
+        return RecordKind.TXN, b"".join((*head, _array_header(len(ops)), *ops))
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> Txn:
+        """The record a decoded payload describes."""
+        rev, writer, time, ops = fields[:4]
+        return cls(rev, writer, time, [_decode_txn_write(op) for op in ops])
 
 
 def encode_txn(
@@ -137,22 +251,252 @@ def encode_txn(
     writer: str,
     time: float,
     writes: Iterable[tuple[str, bytes, Entry] | tuple[str, None, None]],
-) -> bytes:
-    """A TXN payload: the final state of every key the transaction touched, applied all or nothing."""
-    ops: list[bytes] = []
+) -> Record:
+    """The TXN record of ``writes``: (key, encoded value, new entry), or (key, None, None) for a
+    key the transaction deleted."""
+    ops: list[TxnWrite] = []
+    packed: list[bytes | None] = []
     for key, packed_value, entry in writes:
         if entry is None or packed_value is None:
-            ops.append(_pack([TXN_DELETE, key]))
+            ops.append(TxnDelete(key))
         elif entry.expires is None:
-            ops.append(
-                _array_ending_with([TXN_PUT, key, entry.create_rev, entry.version], packed_value)
-            )
+            ops.append(TxnPut(key, entry.create_rev, entry.version, entry.value))
         else:
-            fields = [TXN_PUT_TTL, key, entry.create_rev, entry.version, entry.expires]
-            ops.append(_array_ending_with(fields, packed_value))
-    return b"".join(
-        (_array_header(4), _pack(rev), _pack(writer), _pack(time), _array_header(len(ops)), *ops)
-    )
+            ops.append(TxnPutTtl(key, entry.create_rev, entry.version, entry.expires, entry.value))
+        packed.append(packed_value)
+    return Txn(rev, writer, time, ops).encode(packed)
+
+
+class Expire(NamedTuple):
+    """EXPIRE: ``keys`` reached their deadlines and are gone at ``rev``."""
+
+    rev: int
+    time: float
+    keys: list[str]
+
+    def encode(self) -> Record:
+        """(kind, payload)."""
+        return RecordKind.EXPIRE, _pack(self)
+
+
+class Claim(NamedTuple):
+    """CLAIM: ``key`` handed to ``holder`` until ``lease`` under the fencing ``token``;
+    ``deliveries`` counts the hand-outs so far, ``bound`` is the session of a connection-bound
+    claim (else None)."""
+
+    rev: int
+    holder: str
+    time: float
+    key: str
+    token: int
+    lease: float
+    deliveries: int
+    bound: int | None
+
+    def encode(self) -> Record:
+        """(kind, payload)."""
+        return RecordKind.CLAIM, _pack(self)
+
+
+class Ack(NamedTuple):
+    """ACK: a claimed item finished (deleted)."""
+
+    rev: int
+    writer: str
+    time: float
+    key: str
+
+    def encode(self) -> Record:
+        """(kind, payload)."""
+        return RecordKind.ACK, _pack(self)
+
+
+class Release(NamedTuple):
+    """RELEASE: a claim given back, claimable at once or (``not_before``) later."""
+
+    rev: int
+    writer: str
+    time: float
+    key: str
+    not_before: float | None
+
+    def encode(self) -> Record:
+        """(kind, payload)."""
+        return RecordKind.RELEASE, _pack(self)
+
+
+class Returned(NamedTuple):
+    """RETURNED: claims that ended by themselves (a lease ran out, a bound connection went)."""
+
+    rev: int
+    time: float
+    keys: list[str]
+
+    def encode(self) -> Record:
+        """(kind, payload)."""
+        return RecordKind.RETURNED, _pack(self)
+
+
+# -- settings without a revision -----------------------------------------------------------------
+
+
+class Cache(NamedTuple):
+    """CACHE: the default TTL of keys set under ``prefix`` (None: no longer a cache)."""
+
+    prefix: str
+    seconds: float | None
+
+    def encode(self) -> Record:
+        """(kind, payload)."""
+        return RecordKind.CACHE, _pack(self)
+
+
+class Extend(NamedTuple):
+    """EXTEND: the claim on ``key`` under ``token`` renewed until ``lease``."""
+
+    key: str
+    token: int
+    lease: float
+
+    def encode(self) -> Record:
+        """(kind, payload)."""
+        return RecordKind.EXTEND, _pack(self)
+
+
+# -- snapshots -----------------------------------------------------------------------------------
+
+
+class SnapshotMeta(NamedTuple):
+    """SNAPSHOT_META: the first record of a snapshot."""
+
+    format: int
+    revision: int
+    key_count: int
+
+    def encode(self) -> Record:
+        """(kind, payload)."""
+        return RecordKind.SNAPSHOT_META, _pack(self)
+
+
+class SnapshotEntries(NamedTuple):
+    """SNAPSHOT_ENTRIES: a chunk of live keys, each on the wire ``[key, value, create_rev,
+    mod_rev, version, writer, time]`` (deadlines come in SNAPSHOT_EXPIRING)."""
+
+    entries: list[tuple[str, Entry]]
+
+    @staticmethod
+    def pack_item(key: str, entry: Entry) -> bytes:
+        """One key's element of the chunk."""
+        e = entry
+        return _pack((key, e.value, e.create_rev, e.mod_rev, e.version, e.writer, e.time))
+
+    @staticmethod
+    def join(items: list[bytes]) -> Record:
+        """The record of a chunk of elements made by :meth:`pack_item`."""
+        return RecordKind.SNAPSHOT_ENTRIES, _array_header(len(items)) + b"".join(items)
+
+    def encode(self) -> Record:
+        """(kind, payload)."""
+        return self.join([self.pack_item(key, entry) for key, entry in self.entries])
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> SnapshotEntries:
+        """The record a decoded payload describes. The hot loop of opening a big database: the
+        entries are built here, once, with the size of each value's encoding."""
+        return cls(
+            [
+                (key, Entry(value, create_rev, mod_rev, version, writer, time, len(_pack(value))))
+                for key, value, create_rev, mod_rev, version, writer, time in fields
+            ]
+        )
+
+
+class SnapshotExpiring(NamedTuple):
+    """SNAPSHOT_EXPIRING: the deadlines of keys listed in the entries before it."""
+
+    deadlines: list[tuple[str, float]]
+
+    def encode(self) -> Record:
+        """(kind, payload)."""
+        return RecordKind.SNAPSHOT_EXPIRING, _pack(self.deadlines)
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> SnapshotExpiring:
+        """The record a decoded payload describes."""
+        return cls([(key, expires) for key, expires in fields])
+
+
+class SnapshotCaches(NamedTuple):
+    """SNAPSHOT_CACHES: every cache prefix with its TTL, a map."""
+
+    caches: dict[str, float]
+
+    def encode(self) -> Record:
+        """(kind, payload)."""
+        return RecordKind.SNAPSHOT_CACHES, _pack(self.caches)
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, float]) -> SnapshotCaches:
+        """The record a decoded payload describes."""
+        return cls(fields)
+
+
+class SnapshotClaims(NamedTuple):
+    """SNAPSHOT_CLAIMS: the fencing counter, then the held claims (each on the wire ``[key,
+    holder, token, lease, bound]``), the delivery counts and the delayed releases."""
+
+    fence: int
+    claims: list[tuple[str, HeldClaim]]
+    deliveries: list[tuple[str, int]]
+    delayed: list[tuple[str, float]]
+
+    def encode(self) -> Record:
+        """(kind, payload)."""
+        claims = [(key, *claim) for key, claim in self.claims]
+        return RecordKind.SNAPSHOT_CLAIMS, _pack((self.fence, claims, *self[2:]))
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> SnapshotClaims:
+        """The record a decoded payload describes."""
+        fence, claims, deliveries, delayed = fields
+        return cls(
+            fence,
+            [
+                (key, HeldClaim(holder, token, lease, bound))
+                for key, holder, token, lease, bound in claims
+            ],
+            [(key, count) for key, count in deliveries],
+            [(key, not_before) for key, not_before in delayed],
+        )
+
+
+class SnapshotHistory(NamedTuple):
+    """SNAPSHOT_HISTORY: a chunk of the watch history, oldest first; ``first`` is the oldest
+    revision the history holds whole. A batch's layout is :func:`encode_batch`'s."""
+
+    first: int
+    batches: list[Batch]
+
+    @staticmethod
+    def pack_item(batch: Batch) -> bytes:
+        """One batch's element of the chunk."""
+        return _pack(encode_batch(batch))
+
+    @staticmethod
+    def join(first: int, items: list[bytes]) -> Record:
+        """The record of a chunk of elements made by :meth:`pack_item`."""
+        head = (_array_header(2), _pack(first), _array_header(len(items)))
+        return RecordKind.SNAPSHOT_HISTORY, b"".join((*head, *items))
+
+    def encode(self) -> Record:
+        """(kind, payload)."""
+        return self.join(self.first, [self.pack_item(batch) for batch in self.batches])
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> SnapshotHistory:
+        """The record a decoded payload describes."""
+        first, batches = fields
+        return cls(first, [decode_batch(batch) for batch in batches])
 
 
 def encode_snapshot(
@@ -160,51 +504,118 @@ def encode_snapshot(
     entries: Iterable[tuple[str, Entry]],
     count: int,
     caches: dict[str, float] | None = None,
-    claims: list[Any] | None = None,
+    claims: SnapshotClaims | None = None,
     history: tuple[int, list[Batch]] | None = None,
 ) -> Iterator[Record]:
     """The records of a snapshot: a META record, the entries in chunks, then the deadlines of
     the keys that have one and the caches (sections of their own, so that the entries, which
-    every open reads, keep their compact shape)."""
-    yield RecordKind.SNAPSHOT_META, _pack([SNAPSHOT_FORMAT, revision, count])
-    chunk: list[bytes] = []
-    size = 0
-    expiring: list[list[Any]] = []
-    for key, e in entries:
-        item = _pack([key, e.value, e.create_rev, e.mod_rev, e.version, e.writer, e.time])
-        chunk.append(item)
-        size += len(item)
-        if e.expires is not None:
-            expiring.append([key, e.expires])
-        if len(chunk) >= SNAPSHOT_CHUNK_ENTRIES or size >= SNAPSHOT_CHUNK_BYTES:
-            yield RecordKind.SNAPSHOT_ENTRIES, _array_header(len(chunk)) + b"".join(chunk)
-            chunk, size = [], 0
-    if chunk:
-        yield RecordKind.SNAPSHOT_ENTRIES, _array_header(len(chunk)) + b"".join(chunk)
+    every open reads, keep their compact shape), the claims and the history."""
+    yield SnapshotMeta(SNAPSHOT_FORMAT, revision, count).encode()
+    expiring: list[tuple[str, float]] = []
+    for chunk in _chunked(_entry_items(entries, expiring)):
+        yield SnapshotEntries.join(chunk)
     for start in range(0, len(expiring), SNAPSHOT_CHUNK_ENTRIES):
-        yield RecordKind.SNAPSHOT_EXPIRING, _pack(expiring[start : start + SNAPSHOT_CHUNK_ENTRIES])
+        yield SnapshotExpiring(expiring[start : start + SNAPSHOT_CHUNK_ENTRIES]).encode()
     if caches:
-        yield RecordKind.SNAPSHOT_CACHES, _pack(caches)
-    if claims:
-        yield RecordKind.SNAPSHOT_CLAIMS, _pack(claims)
+        yield SnapshotCaches(caches).encode()
+    if claims is not None:
+        yield claims.encode()
     if history is not None and history[1]:
         first, batches = history
-        chunk, size = [], 0
-        for batch in batches:
-            item = _pack(encode_batch(batch))
-            chunk.append(item)
-            size += len(item)
-            if len(chunk) >= SNAPSHOT_CHUNK_ENTRIES or size >= SNAPSHOT_CHUNK_BYTES:
-                yield RecordKind.SNAPSHOT_HISTORY, _history_chunk(first, chunk)
-                chunk, size = [], 0
-        if chunk:
-            yield RecordKind.SNAPSHOT_HISTORY, _history_chunk(first, chunk)
+        for chunk in _chunked(SnapshotHistory.pack_item(batch) for batch in batches):
+            yield SnapshotHistory.join(first, chunk)
 
 
-def _history_chunk(first: int, batches: list[bytes]) -> bytes:
-    return b"".join((_array_header(2), _pack(first), _array_header(len(batches)), *batches))
+def _entry_items(
+    entries: Iterable[tuple[str, Entry]], expiring: list[tuple[str, float]]
+) -> Iterator[bytes]:
+    """Each entry's element, noting in ``expiring`` the deadlines met on the way (one pass: the
+    entries may be an iterator)."""
+    pack_item = SnapshotEntries.pack_item
+    for key, entry in entries:
+        yield pack_item(key, entry)
+        if entry.expires is not None:
+            expiring.append((key, entry.expires))
 
 
-def decode(payload: bytes) -> Any:
-    """Unpack a payload (strict: string map keys, no ext types)."""
-    return msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
+def _chunked(items: Iterable[bytes]) -> Iterator[list[bytes]]:
+    """``items`` in chunks of at most SNAPSHOT_CHUNK_ENTRIES, closed once SNAPSHOT_CHUNK_BYTES
+    is reached."""
+    chunk: list[bytes] = []
+    size = 0
+    for item in items:
+        chunk.append(item)
+        size += len(item)
+        if len(chunk) >= SNAPSHOT_CHUNK_ENTRIES or size >= SNAPSHOT_CHUNK_BYTES:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+LogRecord = (
+    Put
+    | PutTtl
+    | Delete
+    | Txn
+    | Expire
+    | Cache
+    | Claim
+    | Ack
+    | Release
+    | Returned
+    | Extend
+    | SnapshotMeta
+    | SnapshotEntries
+    | SnapshotExpiring
+    | SnapshotCaches
+    | SnapshotClaims
+    | SnapshotHistory
+)
+"""Any typed record."""
+
+
+_Lenient = TypeVar("_Lenient", Delete, Expire, Ack, Release, Returned)
+
+
+def _leading(cls: type[_Lenient]) -> Callable[[list[Any]], _Lenient]:
+    """The decoder of a record read from the first elements of its array, any after them
+    ignored (as replay has always read these kinds)."""
+    length = len(cls._fields)
+    make = cls._make
+    return lambda fields: make(fields[:length])
+
+
+# How each kind's decoded payload becomes its typed record: most are the array as it is.
+_DECODERS: dict[int, Callable[[Any], LogRecord]] = {
+    RecordKind.PUT: Put._make,
+    RecordKind.DELETE: _leading(Delete),
+    RecordKind.TXN: Txn.from_fields,
+    RecordKind.PUT_TTL: PutTtl._make,
+    RecordKind.EXPIRE: _leading(Expire),
+    RecordKind.CACHE: Cache._make,
+    RecordKind.CLAIM: Claim._make,
+    RecordKind.ACK: _leading(Ack),
+    RecordKind.RELEASE: _leading(Release),
+    RecordKind.RETURNED: _leading(Returned),
+    RecordKind.EXTEND: Extend._make,
+    RecordKind.SNAPSHOT_META: SnapshotMeta._make,
+    RecordKind.SNAPSHOT_ENTRIES: SnapshotEntries.from_fields,
+    RecordKind.SNAPSHOT_EXPIRING: SnapshotExpiring.from_fields,
+    RecordKind.SNAPSHOT_CACHES: SnapshotCaches.from_fields,
+    RecordKind.SNAPSHOT_CLAIMS: SnapshotClaims.from_fields,
+    RecordKind.SNAPSHOT_HISTORY: SnapshotHistory.from_fields,
+}
+
+
+def decode_record(kind: int, payload: bytes) -> LogRecord:
+    """The typed record of a logged (kind, payload). Raises ReplayError for a kind this version
+    does not know, and ValueError, TypeError, KeyError or IndexError for a payload of the wrong
+    shape."""
+    fields = decode(payload)
+    build = _DECODERS.get(kind)
+    if build is None:
+        raise ReplayError(
+            f"record kind {kind} is unknown; was this database written by a newer ProntoDB?"
+        )
+    return build(fields)

@@ -9,9 +9,6 @@ import msgpack
 
 from prontodb.protocol import ErrorCode, Limits, LocalProtocolError, ProntoError, check_value
 
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
-
 _TOP_LEVEL = (str, bytes, int, float, bool, list, dict)
 
 

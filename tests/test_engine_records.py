@@ -1,0 +1,173 @@
+"""The bytes of every record kind, pinned: docs/FORMAT.md's "Record payloads" as the engine writes
+them, so that no change to how records are built can change a database file unnoticed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from prontodb.broker.engine import Applied, Engine, OpKind, Record, RecordKind, ReplayError, TxnOp
+
+W: dict[str, Any] = {"writer": "w", "now": 100.0}
+
+# Each step of one engine's life, with the records it writes: (kind, payload in hex).
+STEPS: list[tuple[str, Callable[[Engine], Applied[Any]], list[tuple[int, str]]]] = [
+    (
+        "set",
+        lambda e: e.set("a", "x", **W),
+        [(RecordKind.PUT, "9701a177cb4059000000000000a1610101a178")],
+    ),
+    (
+        "set with a ttl",
+        lambda e: e.set("b", [1, b"\x00"], writer="w", now=100.0, ttl=5),
+        [(RecordKind.PUT_TTL, "9802a177cb4059000000000000a1620201cb405a4000000000009201c40100")],
+    ),
+    (
+        "delete",
+        lambda e: e.delete("b", **W),
+        [(RecordKind.DELETE, "9403a177cb4059000000000000a162")],
+    ),
+    (
+        "txn",
+        lambda e: e.txn([], [TxnOp(OpKind.SET, "c", value=1), TxnOp(OpKind.DELETE, "a")], **W),
+        [(RecordKind.TXN, "9404a177cb4059000000000000929501a1630401019202a161")],
+    ),
+    ("cache", lambda e: e.create_cache("s", 2.5), [(RecordKind.CACHE, "92a173cb4004000000000000")]),
+    (
+        "txn with a deadline",
+        lambda e: e.txn([], [TxnOp(OpKind.SET, "s.k", value={"m": None})], **W),
+        [
+            (
+                RecordKind.TXN,
+                "9405a177cb4059000000000000919603a3732e6b0501cb4059a0000000000081a16dc0",
+            )
+        ],
+    ),
+    (
+        "expire",
+        lambda e: e.expire_due(103.0),
+        [(RecordKind.EXPIRE, "9306cb4059c0000000000091a3732e6b")],
+    ),
+    ("drop cache", lambda e: e.drop_cache("s"), [(RecordKind.CACHE, "92a173c0")]),
+    (
+        "claim",
+        lambda e: e.claim("", holder="h", now=104.0, lease=10, bound=7),
+        [(RecordKind.CLAIM, "9807a168cb405a000000000000a16301cb405c8000000000000107")],
+    ),
+    (
+        "extend",
+        lambda e: e.extend("c", 1, 20, now=105.0),
+        [(RecordKind.EXTEND, "93a16301cb405f400000000000")],
+    ),
+    (
+        "release",
+        lambda e: e.release("c", 1, writer="h", now=106.0, delay=1),
+        [(RecordKind.RELEASE, "9508a168cb405a800000000000a163cb405ac00000000000")],
+    ),
+    ("a delay ends", lambda e: e.claims_due(108.0), []),
+    (
+        "claim again",
+        lambda e: e.claim("", holder="h", now=108.0, lease=1),
+        [(RecordKind.CLAIM, "9809a168cb405b000000000000a16302cb405b40000000000002c0")],
+    ),
+    (
+        "a lease ends",
+        lambda e: e.claims_due(110.0),
+        [(RecordKind.RETURNED, "930acb405b80000000000091a163")],
+    ),
+    (
+        "claim to ack",
+        lambda e: e.claim("", holder="h", now=110.0, lease=1),
+        [(RecordKind.CLAIM, "980ba168cb405b800000000000a16303cb405bc0000000000003c0")],
+    ),
+    (
+        "ack",
+        lambda e: e.ack("c", 3, writer="h", now=110.5),
+        [(RecordKind.ACK, "940ca168cb405ba00000000000a163")],
+    ),
+]
+
+SNAPSHOT_HEAD = [
+    (RecordKind.SNAPSHOT_META, "93010f02"),
+    (
+        RecordKind.SNAPSHOT_ENTRIES,
+        "9297a3712e6a010e0e01a177cb405bc0000000000097a17a010d0d01a177cb405bc00000000000",
+    ),
+    (
+        RecordKind.SNAPSHOT_EXPIRING,
+        "9292a3712e6acb405c00000000000092a17acb406a600000000000",
+    ),
+    (RecordKind.SNAPSHOT_CACHES, "81a171cb3ff0000000000000"),
+    (
+        RecordKind.SNAPSHOT_CLAIMS,
+        "94049195a3712e6aa16804cb405d000000000000c09192a3712e6a0190",
+    ),
+]
+
+
+def hexed(records: list[Record]) -> list[tuple[int, str]]:
+    return [(kind, payload.hex()) for kind, payload in records]
+
+
+def lived() -> tuple[Engine, list[Record]]:
+    engine = Engine()
+    records: list[Record] = []
+    for name, step, expected in STEPS:
+        written = step(engine).records
+        assert hexed(written) == expected, name
+        records += written
+    engine.set("z", 1, writer="w", now=111.0, ttl=100)
+    engine.create_cache("q", 1.0)
+    engine.set("q.j", 1, writer="w", now=111.0)
+    engine.claim("q", holder="h", now=111.0, lease=5)
+    return engine, records
+
+
+def state(engine: Engine) -> tuple[Any, ...]:
+    return (
+        engine.statistics(),
+        engine.scan(),
+        engine.claims(),
+        engine.caches(),
+        engine.history.first,
+        engine.history.batches(),
+    )
+
+
+def test_every_change_record_has_the_bytes_format_md_gives() -> None:
+    lived()
+
+
+def test_a_snapshot_has_the_bytes_format_md_gives_and_replays_to_the_same_state() -> None:
+    engine, _ = lived()
+    snapshot = list(engine.snapshot())
+    assert hexed(snapshot[: len(SNAPSHOT_HEAD)]) == SNAPSHOT_HEAD
+    assert [kind for kind, _ in snapshot[len(SNAPSHOT_HEAD) :]] == [RecordKind.SNAPSHOT_HISTORY]
+    assert state(Engine.restore(snapshot)) == state(engine)
+
+
+def test_the_log_replays_to_the_same_state() -> None:
+    engine = Engine()
+    records: list[Record] = []
+    for _, step, _ in STEPS:
+        records += step(engine).records
+    assert state(Engine.restore(records)) == state(engine)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "9601a177cb4059000000000000a1610101",  # a PUT without its value
+        "9801a177cb4059000000000000a1610101a178c0",  # a PUT with a field too many
+    ],
+)
+def test_a_put_of_the_wrong_length_is_malformed(payload: str) -> None:
+    with pytest.raises(ReplayError, match="malformed"):
+        Engine.restore([(RecordKind.PUT, bytes.fromhex(payload))])
+
+
+def test_an_unknown_kind_names_a_newer_prontodb() -> None:
+    with pytest.raises(ReplayError, match="newer ProntoDB"):
+        Engine.restore([(15, bytes.fromhex("9401a177cb405900000000000090"))])
