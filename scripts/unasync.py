@@ -24,7 +24,7 @@ TARGET_DIR = Path("clients/_sync")
 
 # Applied in order to the whole text, docstrings included (so that examples read right).
 SUBSTITUTIONS: list[tuple[str, str]] = [
-    (r"\bAwaitable\[AsyncClient\]", "AsyncClient"),
+    (r"\bAwaitable\[(\w+)\]", r"\1"),
     (r"\basync def\b", "def"),
     (r"\basync with\b", "with"),
     (r"\basync for\b", "for"),

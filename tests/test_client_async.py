@@ -790,11 +790,13 @@ def test_a_claim_cancelled_as_the_connection_fails_still_ends_as_cancelled(
                 group.start_soon(claimer)
                 while client.statistics()["in_flight"] < 1:  # until its request is sent
                     await anyio.lowlevel.checkpoint()
-                await client._send_lock.acquire()  # another caller is writing a frame ...
+                await client._pipeline._send_lock.acquire()  # another caller is writing a frame ...
                 scope.cancel()
                 await anyio.wait_all_tasks_blocked()
-                client._fail(ProntoError(ErrorCode.UNAVAILABLE, "lost"))  # ... and finds it dead
-                client._send_lock.release()
+                client._pipeline._fail(
+                    ProntoError(ErrorCode.UNAVAILABLE, "lost")
+                )  # ... and finds it dead
+                client._pipeline._send_lock.release()
             assert outcome == ["moved on"]
 
     run(backend, body)
