@@ -92,8 +92,9 @@ def _positional(arg: str) -> bool:
     return not arg.startswith("-") or commands.is_number(arg)
 
 
-def run(argv: Sequence[str]) -> int | None:
-    """Run ``argv`` (without the program name) if it is a fast form: its exit status, else None."""
+def _global_options(argv: Sequence[str]) -> tuple[dict[str, str], bool, int] | None:
+    """The global options before the command: their values, --json, and the command's index;
+    None when click should see them (a missing value, no command at all)."""
     values: dict[str, str] = {}
     as_json = False
     index = 0
@@ -105,7 +106,7 @@ def run(argv: Sequence[str]) -> int | None:
             continue
         name, equals, value = arg.partition("=")
         if name not in _VALUE_OPTIONS:
-            break
+            return values, as_json, index
         if not equals:
             if index + 1 == len(argv) or argv[index + 1].startswith("-"):
                 return None  # click reports the missing value (or takes `-x` as one: its call)
@@ -113,9 +114,88 @@ def run(argv: Sequence[str]) -> int | None:
             index += 1
         values[_VALUE_OPTIONS[name]] = value
         index += 1
-    else:
+    return None
+
+
+def _claim(options: commands.Globals, args: Sequence[str], queue: dict[str, Any]) -> int | None:
+    return commands.claim(options, args[0], **queue) if len(args) == 1 else None
+
+
+def _ack(options: commands.Globals, args: Sequence[str], queue: dict[str, Any]) -> int | None:
+    if len(args) != 1 or "token" not in queue:
         return None
+    return commands.ack(options, args[0], queue["token"])
+
+
+def _release(options: commands.Globals, args: Sequence[str], queue: dict[str, Any]) -> int | None:
+    if len(args) != 1 or "token" not in queue:
+        return None
+    return commands.release(options, args[0], queue["token"], queue.get("delay"))
+
+
+def _get(options: commands.Globals, args: Sequence[str], queue: dict[str, Any]) -> int | None:
+    return commands.get(options, args[0]) if len(args) == 1 else None
+
+
+def _set(options: commands.Globals, args: Sequence[str], queue: dict[str, Any]) -> int | None:
+    return commands.set_(options, args[0], args[1]) if len(args) == 2 else None
+
+
+def _delete(options: commands.Globals, args: Sequence[str], queue: dict[str, Any]) -> int | None:
+    return commands.delete(options, args[0]) if len(args) == 1 else None
+
+
+def _counter(options: commands.Globals, args: Sequence[str], decrement: bool) -> int | None:
+    if len(args) not in (1, 2):
+        return None
+    by = commands.parse_int(args[1]) if len(args) == 2 else 1
+    if by is None:
+        return None
+    return commands.incr(options, args[0], by, decrement=decrement)
+
+
+def _incr(options: commands.Globals, args: Sequence[str], queue: dict[str, Any]) -> int | None:
+    return _counter(options, args, decrement=False)
+
+
+def _decr(options: commands.Globals, args: Sequence[str], queue: dict[str, Any]) -> int | None:
+    return _counter(options, args, decrement=True)
+
+
+def _keys(options: commands.Globals, args: Sequence[str], queue: dict[str, Any]) -> int | None:
+    return commands.keys(options, *args) if len(args) <= 1 else None
+
+
+def _scan(options: commands.Globals, args: Sequence[str], queue: dict[str, Any]) -> int | None:
+    return commands.scan(options, *args) if len(args) <= 1 else None
+
+
+# Each fast command's form: (global options, positionals, parsed queue options) -> its exit status,
+# or None when the arguments are not that form (one missing or too many: click says so).
+_FORMS: dict[str, Callable[[commands.Globals, Sequence[str], dict[str, Any]], int | None]] = {
+    "claim": _claim,
+    "ack": _ack,
+    "release": _release,
+    "get": _get,
+    "set": _set,
+    "del": _delete,
+    "incr": _incr,
+    "decr": _decr,
+    "keys": _keys,
+    "scan": _scan,
+}
+
+
+def run(argv: Sequence[str]) -> int | None:
+    """Run ``argv`` (without the program name) if it is a fast form: its exit status, else None."""
+    found = _global_options(argv)
+    if found is None:
+        return None
+    values, as_json, index = found
     command, args = argv[index], argv[index + 1 :]
+    form = _FORMS.get(command)
+    if form is None:
+        return None
     queue_options: dict[str, Any] = {}
     if command in _QUEUE_OPTIONS:  # a worker's loop: claim, then ack or release
         parsed = _queue_options(_QUEUE_OPTIONS[command], args)
@@ -126,30 +206,8 @@ def run(argv: Sequence[str]) -> int | None:
     if not all(_positional(arg) for arg in args):
         return None
     options = commands.Globals(json=as_json, **values)
-    count = len(args)
     try:
-        if command == "claim" and count == 1:
-            return commands.claim(options, args[0], **queue_options)
-        if command == "ack" and count == 1 and "token" in queue_options:
-            return commands.ack(options, args[0], queue_options["token"])
-        if command == "release" and count == 1 and "token" in queue_options:
-            return commands.release(
-                options, args[0], queue_options["token"], queue_options.get("delay")
-            )
-        if command == "get" and count == 1:
-            return commands.get(options, args[0])
-        if command == "set" and count == 2:
-            return commands.set_(options, args[0], args[1])
-        if command == "del" and count == 1:
-            return commands.delete(options, args[0])
-        if command in ("incr", "decr") and count in (1, 2):
-            by = commands.parse_int(args[1]) if count == 2 else 1
-            if by is None:
-                return None
-            return commands.incr(options, args[0], by, decrement=command == "decr")
-        if command in ("keys", "scan") and count <= 1:
-            run_listing = commands.keys if command == "keys" else commands.scan
-            return run_listing(options, *args)
+        return form(options, args, queue_options)
     except BrokenPipeError:
         # The reader went away (`prontodb keys | head -1`): stop quietly, as click does.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -159,4 +217,3 @@ def run(argv: Sequence[str]) -> int | None:
     except KeyboardInterrupt:
         sys.stderr.write(f"\n{commands.INTERRUPTED}\n")  # as the click group says it
         return commands.EXIT_INTERRUPTED
-    return None

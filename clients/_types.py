@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import enum
 
-from prontodb.protocol import ErrorCode, ProntoError
-from prontodb.protocol._named_tuple import NamedTuple
+from prontodb.protocol import ErrorCode, NamedTuple, ProntoError
 
 TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
 if TYPE_CHECKING:

@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-from prontodb.protocol import ErrorCode, ProntoError
-from prontodb.protocol._named_tuple import NamedTuple
+from prontodb.protocol import ErrorCode, NamedTuple, ProntoError, split_host_port
 
 TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
 if TYPE_CHECKING:
@@ -31,11 +30,10 @@ def parse_url(url: str) -> Address:
     scheme, sep, rest = url.partition("://")
     if sep and scheme == "unix" and rest.startswith("/"):
         return Address("unix", path=rest)
-    if sep and scheme in ("tcp", "tcps") and rest:
-        host, colon, port = rest.rpartition(":")
-        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        if colon and host and port.isdigit() and 0 < int(port) < 65536:
-            return Address(scheme, host=host, port=int(port))
+    if sep and scheme in ("tcp", "tcps"):
+        pair = split_host_port(rest)
+        if pair is not None and pair[1] != 0:  # a client cannot connect to "any port"
+            return Address(scheme, host=pair[0], port=pair[1])
     raise ProntoError(
         ErrorCode.BAD_REQUEST,
         f"{url!r} is not a broker URL; use unix:///absolute/path/to/socket, tcp://host:port or "

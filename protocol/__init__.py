@@ -11,6 +11,7 @@ writes, sleeps or looks at a clock, so the server (trio) and the clients (anyio)
 The byte format is specified in docs/PROTOCOL.md.
 """
 
+from ._addresses import split_host_port
 from ._codec import check_value
 from ._connection import NEED_DATA, Connection, ConnectionStatistics, Role
 from ._errors import (
@@ -35,6 +36,7 @@ from ._messages import (
     Response,
     Welcome,
 )
+from ._named_tuple import NamedTuple
 
 __all__ = [
     "check_value",
@@ -54,6 +56,7 @@ __all__ = [
     "Limits",
     "LocalProtocolError",
     "Message",
+    "NamedTuple",
     "ProntoError",
     "ProtocolError",
     "RemoteProtocolError",
@@ -62,5 +65,6 @@ __all__ = [
     "Response",
     "Role",
     "UINT64_MAX",
+    "split_host_port",
     "Welcome",
 ]

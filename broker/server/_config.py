@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prontodb.protocol import Limits
+from prontodb.protocol import Limits, split_host_port
 
 from ..engine import HistoryLimits
 from ..storage import FsyncPolicy
@@ -37,8 +37,7 @@ class ServerConfig:
 
 def parse_tcp(text: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:PORT`` for IPv6) as a pair; ValueError says what is expected."""
-    host, colon, port = text.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not colon or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+    pair = split_host_port(text)
+    if pair is None:
         raise ValueError(f"{text!r} is not HOST:PORT (for example 127.0.0.1:7400, or port 0)")
-    return host, int(port)
+    return pair

@@ -170,7 +170,8 @@ class Watch:
         if self.next_rev is not None:
             args["from_rev"] = self.next_rev
         try:
-            await client._stream.send_all(client._conn.send(Request(_WATCH_ID, "watch", args)))
+            pipeline = client._pipeline
+            await pipeline.stream.send_all(pipeline.conn.send(Request(_WATCH_ID, "watch", args)))
         except OSError:
             await client.aclose()
             if self._lost_at is None:
@@ -185,14 +186,15 @@ class Watch:
 
     async def _receive(self, client: AsyncClient, timeout: float | None) -> None:  # noqa: ASYNC109
         """Read what the broker sent within ``timeout`` seconds and take its events."""
+        stream = client._pipeline.stream
         try:
-            with client._stream.deadline(timeout):
-                data = await client._stream.receive_some(_CHUNK)
+            with stream.deadline(timeout):
+                data = await stream.receive_some(_CHUNK)
         except TimeoutError:
             return
         except OSError:
             data = b""
-        conn = client._conn
+        conn = client._pipeline.conn
         try:
             if not data:
                 await self._lose()

@@ -172,7 +172,8 @@ class Watch:
         if self.next_rev is not None:
             args["from_rev"] = self.next_rev
         try:
-            client._stream.send_all(client._conn.send(Request(_WATCH_ID, "watch", args)))
+            pipeline = client._pipeline
+            pipeline.stream.send_all(pipeline.conn.send(Request(_WATCH_ID, "watch", args)))
         except OSError:
             client.close()
             if self._lost_at is None:
@@ -187,14 +188,15 @@ class Watch:
 
     def _receive(self, client: Client, timeout: float | None) -> None:
         """Read what the broker sent within ``timeout`` seconds and take its events."""
+        stream = client._pipeline.stream
         try:
-            with client._stream.deadline(timeout):
-                data = client._stream.receive_some(_CHUNK)
+            with stream.deadline(timeout):
+                data = stream.receive_some(_CHUNK)
         except TimeoutError:
             return
         except OSError:
             data = b""
-        conn = client._conn
+        conn = client._pipeline.conn
         try:
             if not data:
                 self._lose()
