@@ -163,9 +163,10 @@ class AsyncClient(KeyOperations, ClaimOperations, AdminOperations):
             reconnect=reconnect,
         )
 
-    async def _connect_again(self) -> AsyncClient:
+    async def _connect_again(self) -> Pipeline:
+        """A connection of its own for a watch: as this client's, with the same URL and user."""
         token, timeout, name, ca_file = self._again
-        return await AsyncClient.connect(
+        client = await AsyncClient.connect(
             self.url,
             user=self.user,
             token=token,
@@ -174,6 +175,7 @@ class AsyncClient(KeyOperations, ClaimOperations, AdminOperations):
             name=name,
             ca_file=ca_file,
         )
+        return client._pipeline
 
     async def call(self, op: str, args: Mapping[str, Any]) -> Any:
         """Send the raw request ``op`` with ``args`` and return its result (no cursor added)."""

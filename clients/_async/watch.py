@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from typing import Any
 
-    from .client import AsyncClient
+    from ._pipeline import Pipeline
 
 _CHUNK = 64 * 1024
 _WATCH_ID = 1  # the one request on a watch's connection
@@ -60,7 +60,7 @@ class Watch:
 
     def __init__(
         self,
-        connect: Callable[[], Awaitable[AsyncClient]],
+        connect: Callable[[], Awaitable[Pipeline]],
         prefix: str,
         *,
         from_rev: int | None,
@@ -74,7 +74,7 @@ class Watch:
         self.start_rev: int | None = None
         self._connect = connect
         self._reconnect = reconnect
-        self._client: AsyncClient | None = None
+        self._pipeline: Pipeline | None = None  # its own connection, once open
         self._events: deque[WatchEvent] = deque()
         # Resuming inside a revision that was split across pushes: the broker sends it again
         # from its first event, and the events of it this watch already had are dropped.
@@ -94,17 +94,17 @@ class Watch:
         while not self._confirmed:
             if self._done:
                 raise ProntoError(ErrorCode.UNAVAILABLE, "This watch is closed; start another.")
-            if self._client is None:
+            if self._pipeline is None:
                 await self._resume()
             else:
-                await self._receive(self._client, None)
+                await self._receive(self._pipeline, None)
 
     async def aclose(self) -> None:
         """End the watch and close its connection; closing twice does nothing."""
         self._done = True
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        pipeline, self._pipeline = self._pipeline, None
+        if pipeline is not None:
+            await pipeline.aclose()
 
     async def __aenter__(self) -> Watch:
         await self.open()
@@ -135,13 +135,13 @@ class Watch:
         while not self._events:
             if self._done:
                 raise StopAsyncIteration
-            if self._client is None:
+            if self._pipeline is None:
                 await self._resume()
                 continue
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return None
-            await self._receive(self._client, remaining)
+            await self._receive(self._pipeline, remaining)
         return self._events.popleft()
 
     # -- the connection --------------------------------------------------------------------
@@ -152,7 +152,7 @@ class Watch:
         backoff = _BACKOFF_FIRST
         while True:
             try:
-                client = await self._connect()
+                pipeline = await self._connect()
                 break
             except ProntoError as exc:
                 if self._lost_at is None or exc.code is not ErrorCode.UNAVAILABLE:
@@ -170,23 +170,22 @@ class Watch:
         if self.next_rev is not None:
             args["from_rev"] = self.next_rev
         try:
-            pipeline = client._pipeline
             await pipeline.stream.send_all(pipeline.conn.send(Request(_WATCH_ID, "watch", args)))
         except OSError:
-            await client.aclose()
+            await pipeline.aclose()
             if self._lost_at is None:
                 self._lost_at = time.monotonic()
             return  # lost again at once: the next round tries again
         except BaseException:
-            await client.aclose()
+            await pipeline.aclose()
             raise
-        self._client = client
+        self._pipeline = pipeline
         self._confirmed = False
         self._arrived_rev = self._arrived = 0
 
-    async def _receive(self, client: AsyncClient, timeout: float | None) -> None:  # noqa: ASYNC109
+    async def _receive(self, pipeline: Pipeline, timeout: float | None) -> None:  # noqa: ASYNC109
         """Read what the broker sent within ``timeout`` seconds and take its events."""
-        stream = client._pipeline.stream
+        stream = pipeline.stream
         try:
             with stream.deadline(timeout):
                 data = await stream.receive_some(_CHUNK)
@@ -194,7 +193,7 @@ class Watch:
             return
         except OSError:
             data = b""
-        conn = client._pipeline.conn
+        conn = pipeline.conn
         try:
             if not data:
                 await self._lose()
@@ -243,11 +242,11 @@ class Watch:
         response.raise_for_error()  # overflow, compacted, ...; a plain end just stops
 
     async def _lose(self) -> None:
-        client, self._client = self._client, None
+        pipeline, self._pipeline = self._pipeline, None
         if self._lost_at is None:
             self._lost_at = time.monotonic()
-        if client is not None:
-            await client.aclose()
+        if pipeline is not None:
+            await pipeline.aclose()
 
 
 def _event(fields: dict[str, Any]) -> WatchEvent:

@@ -165,9 +165,10 @@ class Client(KeyOperations, ClaimOperations, AdminOperations):
             reconnect=reconnect,
         )
 
-    def _connect_again(self) -> Client:
+    def _connect_again(self) -> Pipeline:
+        """A connection of its own for a watch: as this client's, with the same URL and user."""
         token, timeout, name, ca_file = self._again
-        return Client.connect(
+        client = Client.connect(
             self.url,
             user=self.user,
             token=token,
@@ -176,6 +177,7 @@ class Client(KeyOperations, ClaimOperations, AdminOperations):
             name=name,
             ca_file=ca_file,
         )
+        return client._pipeline
 
     def call(self, op: str, args: Mapping[str, Any]) -> Any:
         """Send the raw request ``op`` with ``args`` and return its result (no cursor added)."""

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from .client import Client
+    from ._pipeline import Pipeline
 
 _CHUNK = 64 * 1024
 _WATCH_ID = 1  # the one request on a watch's connection
@@ -62,7 +62,7 @@ class Watch:
 
     def __init__(
         self,
-        connect: Callable[[], Client],
+        connect: Callable[[], Pipeline],
         prefix: str,
         *,
         from_rev: int | None,
@@ -76,7 +76,7 @@ class Watch:
         self.start_rev: int | None = None
         self._connect = connect
         self._reconnect = reconnect
-        self._client: Client | None = None
+        self._pipeline: Pipeline | None = None  # its own connection, once open
         self._events: deque[WatchEvent] = deque()
         # Resuming inside a revision that was split across pushes: the broker sends it again
         # from its first event, and the events of it this watch already had are dropped.
@@ -96,17 +96,17 @@ class Watch:
         while not self._confirmed:
             if self._done:
                 raise ProntoError(ErrorCode.UNAVAILABLE, "This watch is closed; start another.")
-            if self._client is None:
+            if self._pipeline is None:
                 self._resume()
             else:
-                self._receive(self._client, None)
+                self._receive(self._pipeline, None)
 
     def close(self) -> None:
         """End the watch and close its connection; closing twice does nothing."""
         self._done = True
-        client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        pipeline, self._pipeline = self._pipeline, None
+        if pipeline is not None:
+            pipeline.close()
 
     def __enter__(self) -> Watch:
         self.open()
@@ -137,13 +137,13 @@ class Watch:
         while not self._events:
             if self._done:
                 raise StopIteration
-            if self._client is None:
+            if self._pipeline is None:
                 self._resume()
                 continue
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return None
-            self._receive(self._client, remaining)
+            self._receive(self._pipeline, remaining)
         return self._events.popleft()
 
     # -- the connection --------------------------------------------------------------------
@@ -154,7 +154,7 @@ class Watch:
         backoff = _BACKOFF_FIRST
         while True:
             try:
-                client = self._connect()
+                pipeline = self._connect()
                 break
             except ProntoError as exc:
                 if self._lost_at is None or exc.code is not ErrorCode.UNAVAILABLE:
@@ -172,23 +172,22 @@ class Watch:
         if self.next_rev is not None:
             args["from_rev"] = self.next_rev
         try:
-            pipeline = client._pipeline
             pipeline.stream.send_all(pipeline.conn.send(Request(_WATCH_ID, "watch", args)))
         except OSError:
-            client.close()
+            pipeline.close()
             if self._lost_at is None:
                 self._lost_at = time.monotonic()
             return  # lost again at once: the next round tries again
         except BaseException:
-            client.close()
+            pipeline.close()
             raise
-        self._client = client
+        self._pipeline = pipeline
         self._confirmed = False
         self._arrived_rev = self._arrived = 0
 
-    def _receive(self, client: Client, timeout: float | None) -> None:
+    def _receive(self, pipeline: Pipeline, timeout: float | None) -> None:
         """Read what the broker sent within ``timeout`` seconds and take its events."""
-        stream = client._pipeline.stream
+        stream = pipeline.stream
         try:
             with stream.deadline(timeout):
                 data = stream.receive_some(_CHUNK)
@@ -196,7 +195,7 @@ class Watch:
             return
         except OSError:
             data = b""
-        conn = client._pipeline.conn
+        conn = pipeline.conn
         try:
             if not data:
                 self._lose()
@@ -245,11 +244,11 @@ class Watch:
         response.raise_for_error()  # overflow, compacted, ...; a plain end just stops
 
     def _lose(self) -> None:
-        client, self._client = self._client, None
+        pipeline, self._pipeline = self._pipeline, None
         if self._lost_at is None:
             self._lost_at = time.monotonic()
-        if client is not None:
-            client.close()
+        if pipeline is not None:
+            pipeline.close()
 
 
 def _event(fields: dict[str, Any]) -> WatchEvent:
