@@ -92,6 +92,11 @@ def test_each_operation_has_its_cli_command(name: str) -> None:
     spec = REGISTRY[name]
     if spec.cli is not None:
         assert spec.cli in cli_commands(), f"{name}: the CLI has no command {spec.cli!r}"
+    else:
+        dashed = name.replace("_", "-")
+        assert dashed not in cli_commands(), (
+            f"{name}: declared without a CLI command, but `prontodb {dashed}` exists"
+        )
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))

@@ -13,7 +13,7 @@ from ._registry import Layer, op
 logger = logging.getLogger("prontodb.server")
 
 
-@op("ping", Layer.BROKER, access=nothing, cli=None, summary="Whether the broker answers.")
+@op("ping", Layer.BROKER, access=nothing, summary="Whether the broker answers.")
 async def ping(ctx: Context, user: str, args: Mapping[str, Any]) -> Any:
     return "pong"
 

@@ -80,15 +80,19 @@ def op(
     creates: bool = False,
     client: str | None = "",
     cli: str | None = "",
+    cursor: bool = True,
     summary: str,
 ) -> Callable[[F], F]:
     """Declare the decorated function as the handler of operation ``name``. ``client`` and
-    ``cli`` default to the operation's name (``_`` becomes ``-`` for the CLI)."""
+    ``cli`` default to the operation's name (``_`` becomes ``-`` for the CLI). A database or
+    session operation takes the ``cursor`` of its database first, unless ``cursor`` is False
+    (it acts on the connection alone)."""
 
     def declare(handler: F) -> F:
         if name in REGISTRY:
             raise RuntimeError(f"the operation {name!r} is declared twice")
-        declared = args if layer is Layer.BROKER else (*args, CURSOR)
+        # The cursor first: its name is checked before the rest, as it was before any lookup.
+        declared = (CURSOR, *args) if cursor and layer is not Layer.BROKER else args
         REGISTRY[name] = OpSpec(
             name=name,
             layer=layer,

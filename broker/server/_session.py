@@ -48,7 +48,7 @@ from ._database_ops import CLAIM_ARGS, Call, claim_args, claim_wait, claimed_map
 from ._databases import EMPTY, OpenDatabase
 from ._names import DEFAULT_NAME
 from ._outbox import Answer, Outbox
-from ._registry import Layer, OpSpec, lookup, needs, op
+from ._registry import REGISTRY, Layer, OpSpec, lookup, needs, op
 from ._watches import WATCH_ARGS, replaced, start_revision, stream, watch_args
 
 logger = logging.getLogger("prontodb.server")
@@ -321,10 +321,11 @@ class Session:
         """Run ``request`` as the registry declares its operation; its answer, or None when a
         task of its own answers it (a blocked claim, a watch)."""
         counts = self.ctx.requests
+        counted = request.op if request.op in REGISTRY else UNKNOWN  # bounded: no client's names
+        counts[counted] = counts.get(counted, 0) + 1
         try:
             self._authorize(request)  # an unknown name is an admin's: denied before unknown_op
             spec = lookup(request.op)
-            counts[spec.name] = counts.get(spec.name, 0) + 1
             spec.check_args(request.args)
             if spec.layer is Layer.DATABASE:
                 return await self._run_database_op(spec, request)
@@ -334,8 +335,6 @@ class Session:
             result = await spec.handler(self.ctx, self.user, request.args)
             return Answer(Response(request.id, None, result))
         except ProntoError as err:
-            if err.code is ErrorCode.UNKNOWN_OP:
-                counts[UNKNOWN] = counts.get(UNKNOWN, 0) + 1
             return Answer(Response.fail(request.id, err))
         except StorageError as exc:
             self.ctx.quiet.error(
@@ -403,8 +402,7 @@ class Session:
         Layer.SESSION,
         access=on_prefix(Level.WRITE),
         args=CLAIM_ARGS,
-        creates=True,
-        writes=True,
+        writes=True,  # and it creates its database when it waits (not declared: it decides)
         summary="Take the next ready item under a prefix, under a lease; wait for one if asked.",
     )
     async def _claim(self, request: Request) -> Answer | None:
@@ -502,9 +500,10 @@ class Session:
         Layer.SESSION,
         access=nothing,
         args=(Arg("id", Kind.UINT, required=True, missing=CANCEL_NEEDS_ID),),
-        writes=True,
+        writes=True,  # an item claimed for it goes back
         client=None,
         cli=None,
+        cursor=False,
         summary="Give up a claim request of this connection: stop its wait, or give its item back.",
     )
     async def _cancel(self, request: Request) -> Answer:
@@ -616,6 +615,7 @@ class Session:
         args=(Arg("stream", Kind.UINT, doc="the watch's request id"),),
         client=None,
         cli=None,
+        cursor=False,
         summary="End a watch of this connection; whether it was running.",
     )
     async def _unwatch(self, request: Request) -> Answer:

@@ -193,7 +193,8 @@ async def revoke(ctx: Context, user: str, args: Mapping[str, Any]) -> Any:
     "grants",
     Layer.BROKER,
     access=own_or_admin,
-    args=(Arg("user", Kind.USER, nil=True, doc="nil: everyone's"),),
+    # Any text: a name no user has lists nothing.
+    args=(Arg("user", Kind.TEXT, nil=True, doc="nil: everyone's"),),
     summary="The grants of one user, or everyone's.",
 )
 async def grants(ctx: Context, user: str, args: Mapping[str, Any]) -> Any:
