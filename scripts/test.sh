@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The README's test command: sets up .venv, then runs every check (ruff, mypy --strict, pytest).
-# Extra arguments go to pytest, e.g. ./scripts/test.sh -k storage -x
+# The README's test command: sets up .venv, then runs every check (ruff, mypy --strict, the import
+# contracts, pytest). Extra arguments go to pytest, e.g. ./scripts/test.sh -k storage -x, or
+# ./scripts/test.sh -m "not slow" for the unit layer alone (about a minute). The full run, with no
+# arguments, also measures branch coverage and prints the report at the end.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -23,5 +25,12 @@ export MYPYPATH=.typecheck
 "$bin/mypy" -p prontodb.protocol -p prontodb.broker -p prontodb.clients | sed 's#^\.typecheck/prontodb/##'
 "$bin/mypy" tests examples bench
 
+echo "== import contracts (lint-imports)"
+"$bin/lint-imports" --no-cache
+
 echo "== pytest"
-"$bin/pytest" "$@"
+if [ "$#" -eq 0 ]; then
+    "$bin/pytest" --cov --cov-report=term
+else
+    "$bin/pytest" "$@"
+fi

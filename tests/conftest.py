@@ -52,12 +52,34 @@ def short_dir() -> Iterator[Path]:
 RELIABILITY_DIR = Path(__file__).resolve().parent / "reliability"
 
 
+# The modules whose tests start broker or CLI processes by the hundred, or run the shell recipes,
+# examples and demo end to end: `-m "not slow"` leaves them out (with the reliability suite), and
+# the unit layer left runs in about a minute.
+SLOW_MODULES = frozenset(
+    {
+        "test_admin_reliability",
+        "test_broker_process",
+        "test_cli_process",
+        "test_cookbook",
+        "test_database_crash",
+        "test_demo",
+        "test_examples_python",
+        "test_examples_shell",
+        "test_readme",
+        "test_seed",
+    }
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test of tests/reliability/ ``reliability`` (``-m reliability`` runs the suite
-    alone, ``-m 'not reliability'`` everything else)."""
+    alone, ``-m 'not reliability'`` everything else), and it and the slow modules ``slow``."""
     for item in items:
         if RELIABILITY_DIR in item.path.parents:
             item.add_marker(pytest.mark.reliability)
+            item.add_marker(pytest.mark.slow)
+        elif item.path.stem in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from brokers import BrokerProcess, running_broker, start_broker
 
 from _async.support import anyio_test, run_blocking
 from prontodb.clients import AsyncClient, ErrorCode, ProntoError, WatchEvent
+from prontodb.clients._async._pipeline import Pipeline
 from prontodb.clients._async.watch import Watch
 
 
@@ -134,7 +135,7 @@ async def test_a_watch_gives_up_once_the_broker_stays_away(tmp_path: Path, short
 
 
 def test_resuming_inside_a_split_revision_skips_what_was_already_had() -> None:
-    async def never() -> AsyncClient:
+    async def never() -> Pipeline:
         raise AssertionError("not connected in this test")
 
     watch = Watch(never, "", from_rev=None, cursor="default", reconnect=1.0)

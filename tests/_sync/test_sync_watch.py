@@ -18,6 +18,7 @@ from brokers import BrokerProcess, running_broker, start_broker
 
 from _sync.support import run_blocking
 from prontodb.clients import Client, ErrorCode, ProntoError, WatchEvent
+from prontodb.clients._sync._pipeline import Pipeline
 from prontodb.clients._sync.watch import Watch
 
 
@@ -131,7 +132,7 @@ def test_a_watch_gives_up_once_the_broker_stays_away(tmp_path: Path, short_dir: 
 
 
 def test_resuming_inside_a_split_revision_skips_what_was_already_had() -> None:
-    def never() -> Client:
+    def never() -> Pipeline:
         raise AssertionError("not connected in this test")
 
     watch = Watch(never, "", from_rev=None, cursor="default", reconnect=1.0)
