@@ -3,8 +3,9 @@ the operation registry (_registry.py). Answers go through the connection's outbo
 in request order, each once its changes are durable.
 
 The reader decodes and applies each request at once (the engine never waits). The operations
-that belong to the connection itself are here: a claim that blocks (answered by a task of its
-own, in any order), a watch's stream, and the cancels of either.
+that belong to the connection itself, a claim that blocks and a watch's stream, are the
+session's parts (_session_claims.py, _session_watches.py); ending their waits when the catalog
+changes is here.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,6 @@ from prontodb.protocol import (
     Goodbye,
     Hello,
     ProntoError,
-    ProtocolError,
     RemoteProtocolError,
     Request,
     Response,
@@ -35,36 +34,31 @@ from prontodb.protocol import (
     Welcome,
 )
 
-from ..engine import Claimed
 from ..storage import StorageError
 
-# The modules that declare the broker's operations (each fills the registry as it loads).
+# The modules that declare the broker's operations (each fills the registry as it loads); the
+# connection's own are in the session's parts below.
 from . import _backups, _broker_ops, _cursors, _users  # noqa: F401
-from ._access import Level, check, nothing, on_prefix, token_matches
-from ._args import Arg, Kind
-from ._claim_waiters import Waiter
+from ._access import check, token_matches
 from ._context import Context
-from ._database_ops import CLAIM_ARGS, Call, claim_args, claim_wait, claimed_map
-from ._databases import EMPTY, OpenDatabase
+from ._database_ops import Call
+from ._databases import EMPTY
 from ._names import DEFAULT_NAME
 from ._outbox import Answer, Outbox
-from ._registry import REGISTRY, Layer, OpSpec, lookup, needs, op
-from ._watches import WATCH_ARGS, replaced, start_revision, stream, watch_args
+from ._registry import REGISTRY, Layer, OpSpec, lookup, needs
+from ._session_claims import SessionClaims
+from ._session_watches import SessionWatches
 
 logger = logging.getLogger("prontodb.server")
 
 # Below malloc's mmap threshold: a bigger buffer costs a page-faulting mmap on every read.
 RECEIVE_SIZE = 64 * 1024
-# Claims whose answers went out, by request id, remembered for a `cancel` that crosses its answer
-# on the wire (the client gave up before reading it): the item is then given back. The oldest are
-# forgotten first; an item whose answer is forgotten waits for its lease, as without `cancel`.
-ANSWERED_CLAIMS = 64
 UNKNOWN = "(unknown)"  # what requests for an operation the broker does not know count under
-CANCEL_NEEDS_ID = "cancel needs 'id': the claim's request id."
 
 
-class Session:
-    """The broker's side of one connection."""
+class Session(SessionClaims, SessionWatches):
+    """The broker's side of one connection: its reading and the dispatch of each request; the
+    connection's own operations come from :class:`SessionClaims` and :class:`SessionWatches`."""
 
     def __init__(
         self, ctx: Context, stream: trio.abc.Stream, number: int, authenticate: bool = False
@@ -73,8 +67,6 @@ class Session:
         self.stream = stream
         self.number = number
         self.user = ""
-        # Whether this connection must prove its user with a token; then its requests are
-        # checked against the user's grants.
         self.authenticate = authenticate
         self.conn = Connection(Role.SERVER, ctx.config.limits)
         # One scope for the session's reading, which a stop cancels only while the reader waits
@@ -87,15 +79,10 @@ class Session:
             self.conn, stream, number, sent=self._remember_claim, lost=self._give_back
         )
         self._socket_fd = _socket_fd(stream)  # the socket under TLS too, for pending_input
-        self._waits: trio.Nursery
-        # request id -> its blocked claim's waiter, database and args (see _cancel, _end_wait)
-        self._claim_waits: dict[int, tuple[Waiter, OpenDatabase, dict[str, Any]]] = {}
-        # request id -> the database directory, key and token of a claim answer that went out
-        self._answered_claims: OrderedDict[int, tuple[Path, str, int]] = OrderedDict()
-        # request id -> its running watch: the scope that ends it, the request's args and the
-        # database directory its cursor named
-        self._watches: dict[int, tuple[trio.CancelScope, dict[str, Any], Path]] = {}
-        self._refused: dict[int, ProntoError] = {}  # waits ended by a revoke: their answers
+        self._claim_waits = {}
+        self._answered_claims = OrderedDict()
+        self._watches = {}
+        self._refused = {}
         self._farewell = Goodbye(ErrorCode.UNAVAILABLE, "The broker is stopping.")
 
     def stop_reading(self, farewell: Goodbye | None = None) -> None:
@@ -149,18 +136,6 @@ class Session:
         if watch is not None:
             watch[0].cancel()
         self._stop_claim_wait(request_id)
-
-    def _stop_claim_wait(self, request_id: int) -> bool:
-        """Take the blocked claim ``request_id`` out of its queue at once, so that no write can
-        serve it any more, and wake its task to answer; False if it is not waiting."""
-        entry = self._claim_waits.get(request_id)
-        if entry is None or entry[0].result is not None:
-            return False
-        del self._claim_waits[request_id]
-        waiter, db, _args = entry
-        db.waiters.remove(waiter)
-        waiter.event.set()
-        return True
 
     async def run(self) -> None:
         pending_input = self.ctx.pending_input
@@ -349,20 +324,6 @@ class Session:
             logger.exception("session %d: %s failed", self.number, request.op)
             return Answer(Response.fail(request.id, ProntoError(ErrorCode.INTERNAL)))
 
-    def _authorize(self, request: Request) -> None:
-        """Raise ``denied`` unless this connection's user may make ``request`` now. Checked
-        when it is read, and again after any wait before it takes effect (opening a database
-        can take seconds): a revoke meanwhile must not let it through."""
-        if self.authenticate:
-            ctx = self.ctx
-            wanted = needs(request.op, request.args, self.user, ctx.backups)
-            check(ctx.catalog.grants, self.user, wanted)
-
-    def _cursor(self, request: Request) -> str:
-        """The cursor a database operation names (checked by its declaration)."""
-        name: str = request.args.get("cursor", DEFAULT_NAME)
-        return name
-
     async def _run_database_op(self, spec: OpSpec, request: Request) -> Answer:
         ctx = self.ctx
         db = await ctx.databases.get(self._cursor(request), create=spec.creates, user=self.user)
@@ -396,265 +357,6 @@ class Session:
             db.serve_waiters(call.now)  # the change may be work a blocked claimer waits for
             ctx.databases.maybe_compact(db)
         return Answer(Response(request.id, None, result), db, ticket)
-
-    @op(
-        "claim",
-        Layer.SESSION,
-        access=on_prefix(Level.WRITE),
-        args=CLAIM_ARGS,
-        writes=True,  # and it creates its database when it waits (not declared: it decides)
-        summary="Take the next ready item under a prefix, under a lease; wait for one if asked.",
-    )
-    async def _claim(self, request: Request) -> Answer | None:
-        """``claim``: answer at once, or leave a waiter and answer from a task of its own (the
-        connection's other requests go on meanwhile; answers may come in any order)."""
-        args = request.args
-        name = self._cursor(request)
-        wait = claim_wait(args)
-        db = await self.ctx.databases.get(name, create=wait > 0, user=self.user)
-        self._authorize(request)
-        call = Call(args, self.user, self.ctx.clock())
-        prefix, lease, bind, max_deliveries = claim_args(args)
-        if db is None:
-            return Answer(Response(request.id, None, None))
-        db.expire_due(call.now)
-        bound = self.number if bind else None
-        if not db.waiters.queued(prefix):  # nobody came first: try now
-            applied = db.engine.claim(
-                prefix,
-                holder=self.user,
-                now=call.now,
-                lease=lease,
-                bound=bound,
-                max_deliveries=max_deliveries,
-            )
-            ticket = db.submit(applied) if applied.records else db.database.last_ticket
-            if applied.records:
-                db.deadlines_changed()
-            if applied.result is not None or wait <= 0:
-                answer = Response(request.id, None, claimed_map(applied.result))
-                return Answer(answer, db, ticket, claim=applied.result)
-        waiter = Waiter(prefix, self.user, lease, bound, max_deliveries)
-        waiter.served = self._answer_when_served(request.id, db)
-        db.waiters.add(waiter)
-        self._claim_waits[request.id] = (waiter, db, dict(args))
-        self._waits.start_soon(self._wait_for_claim, request.id, db, waiter, wait, name)
-        return None
-
-    def _answer_when_served(self, request_id: int, db: OpenDatabase) -> Callable[[Waiter], None]:
-        """What a waiter does when served: queue its answer behind the write that served it (it
-        goes out from that write's flush), then wake its task, which has nothing left to do."""
-
-        def served(waiter: Waiter) -> None:
-            answer = Response(request_id, None, claimed_map(waiter.result))
-            self.outbox.queue.append(Answer(answer, db, waiter.ticket, claim=waiter.result))
-            self.outbox.pump()
-            db.when_durable(waiter.ticket, waiter.event.set)
-
-        return served
-
-    async def _wait_for_claim(
-        self, request_id: int, db: OpenDatabase, waiter: Waiter, wait: float, name: str
-    ) -> None:
-        deadline = trio.current_time() + wait
-        error: ProntoError | None = None
-        try:
-            while True:
-                with trio.move_on_at(deadline):
-                    await waiter.event.wait()
-                if waiter.result is not None or not db.retired:
-                    break
-                if trio.current_time() >= deadline or request_id not in self._claim_waits:
-                    break  # ran out, or cancelled or ended meanwhile (that takes the entry)
-                # The database was closed (restored, reopened): wait on its next object.
-                db.waiters.remove(waiter)
-                try:
-                    reopened = await self.ctx.databases.get(name, create=True, user=self.user)
-                except ProntoError as err:  # it cannot be opened again (damaged, failing disk)
-                    error = err
-                    break
-                assert reopened is not None
-                db = reopened
-                entry = self._claim_waits.get(request_id)
-                if entry is None:
-                    break  # cancelled or ended while the database opened
-                waiter.event = trio.Event()
-                waiter.served = self._answer_when_served(request_id, db)
-                db.waiters.add(waiter)
-                self._claim_waits[request_id] = (waiter, db, entry[2])
-                db.serve_waiters(self.ctx.clock())
-            if waiter.result is None:  # not served (a served waiter is answered already)
-                error = self._refused.pop(request_id, None) or error
-                if error is not None:  # ended by a revoke, or its database is gone
-                    self.outbox.queue.append(Answer(Response.fail(request_id, error)))
-                else:  # the wait ran out, or was cancelled
-                    answer = Response(request_id, None, None)
-                    self.outbox.queue.append(Answer(answer, db, db.database.last_ticket))
-                self.outbox.pump()
-        finally:
-            db.waiters.remove(waiter)
-            self._claim_waits.pop(request_id, None)
-
-    @op(
-        "cancel",
-        Layer.SESSION,
-        access=nothing,
-        args=(Arg("id", Kind.UINT, required=True, missing=CANCEL_NEEDS_ID),),
-        writes=True,  # an item claimed for it goes back
-        client=None,
-        cli=None,
-        cursor=False,
-        summary="Give up a claim request of this connection: stop its wait, or give its item back.",
-    )
-    async def _cancel(self, request: Request) -> Answer:
-        """``cancel``: the client gave up on its claim request ``id``. A claim still waiting
-        stops waiting (its answer: nil); an item already claimed for it is given back, its answer
-        turned into nil if it has not gone yet. True if there was something to undo."""
-        request_id: int = request.args["id"]
-        if self._stop_claim_wait(request_id):  # still waiting: its task answers nil
-            return Answer(Response(request.id, None, True))
-        for out in self.outbox.unsent():  # claimed, answer not gone
-            message = out.message
-            if isinstance(message, Response) and message.id == request_id:
-                if out.claim is None or out.db is None:
-                    break  # answered nil, or an error: nothing to give back
-                directory, claim = out.db.directory, out.claim
-                out.message, out.data, out.claim = Response(request_id, None, None), None, None
-                returned = self._give_back_claim(directory, claim.key, claim.token)
-                return self._cancelled(request, returned)
-        else:  # no answer to it waits here: it may have gone already
-            answered = self._answered_claims.pop(request_id, None)
-            if answered is not None:  # its answer crossed the cancel on the wire
-                return self._cancelled(request, self._give_back_claim(*answered))
-        return Answer(Response(request.id, None, False))
-
-    def _cancelled(self, request: Request, db: OpenDatabase | None) -> Answer:
-        """The answer to a ``cancel`` that gave an item back to ``db`` (once that is durable)."""
-        if db is None:  # not open, or failed: nothing was given back
-            return Answer(Response(request.id, None, False))
-        return Answer(Response(request.id, None, True), db, db.database.last_ticket)
-
-    @op(
-        "watch",
-        Layer.SESSION,
-        access=on_prefix(Level.READ),
-        args=WATCH_ARGS,
-        summary="A stream of every durable change under a prefix, from a revision or from now.",
-    )
-    async def _watch(self, request: Request) -> Answer | None:
-        """``watch``: check the start, then stream from a task of its own; the Response comes
-        last, when the stream ends (unwatch, overflow, a failed database)."""
-        args = request.args
-        name = self._cursor(request)
-        prefix, from_rev = watch_args(args)
-        # A database that does not exist yet is at revision 0: the watch waits for it.
-        db = await self.ctx.databases.get(name, create=False, user=self.user)
-        self._authorize(request)
-        start = (from_rev or 1) if db is None else start_revision(db, from_rev)
-        scope = trio.CancelScope()
-        self._watches[request.id] = (
-            scope,
-            dict(args),
-            self.ctx.databases.locate(name, self.user),
-        )
-        self._waits.start_soon(self._run_watch, request.id, db, name, prefix, start, scope)
-        return None
-
-    async def _run_watch(
-        self,
-        request_id: int,
-        db: OpenDatabase | None,
-        name: str,
-        prefix: str,
-        start: int,
-        scope: trio.CancelScope,
-    ) -> None:
-        resume = start
-
-        async def send(packed: bytes, next_rev: int) -> None:
-            nonlocal resume
-            self.outbox.emit(self.conn.send_push(request_id, packed))
-            # The socket is full: the watcher's reading sets the pace. The writer task writes;
-            # this only waits, so an unwatch (a cancel) never cuts a frame in half.
-            await self.outbox.wait_drained()
-            resume = next_rev
-
-        watching: OpenDatabase | None = None
-        try:
-            try:
-                with scope:
-                    announced = db is None
-                    if db is None:  # in place at once; its changes come once it exists
-                        await send(self.conn.pack_event({"events": [], "next_rev": start}), start)
-                        db = await self.ctx.databases.wait_for(name, self.user)
-                        if db.engine.history.first > start:  # it came by a restore
-                            raise replaced(db.engine.revision)
-                    watching = db
-                    db.watchers += 1
-                    await stream(db, prefix, start, send, self.conn.pack_event, announced=announced)
-                answer = Response(request_id, None, {"next_rev": resume})  # unwatched
-                refused = self._refused.pop(request_id, None)
-                if refused is not None:
-                    answer = Response.fail(request_id, refused)
-            except ProntoError as err:
-                answer = Response.fail(request_id, err)
-            # Over before its last answer goes: a client that has it may ask about it again.
-            del self._watches[request_id]
-            await self.outbox.write(self.conn.send(answer))
-        except ProtocolError:
-            pass  # the peer broke the protocol: the connection is ending, with no more to say
-        finally:
-            if watching is not None:
-                watching.watchers -= 1
-            self._watches.pop(request_id, None)
-
-    @op(
-        "unwatch",
-        Layer.SESSION,
-        access=nothing,
-        args=(Arg("stream", Kind.UINT, doc="the watch's request id"),),
-        client=None,
-        cli=None,
-        cursor=False,
-        summary="End a watch of this connection; whether it was running.",
-    )
-    async def _unwatch(self, request: Request) -> Answer:
-        """``unwatch``: end the watch opened by request ``stream``; False if none is running."""
-        running = self._watches.get(request.args.get("stream") or 0)
-        if running is not None:
-            running[0].cancel()
-        return Answer(Response(request.id, None, running is not None))
-
-    # -- the items of claims whose answers never reach the client ----------------------------
-
-    def _give_back(self, answer: Answer) -> None:
-        """Return the item ``answer`` hands out, if any: it will never reach the client."""
-        if answer.claim is not None and answer.db is not None:
-            self._give_back_claim(answer.db.directory, answer.claim.key, answer.claim.token)
-
-    def _give_back_claim(self, directory: Path, key: str, token: int) -> OpenDatabase | None:
-        """Return the item ``key`` claimed under ``token`` to its queue in the database open
-        at ``directory`` (the claim's, or the one that replaced it: a restore keeps claims):
-        nobody will work on it under this claim. The database if it went back; None if the
-        claim had ended, or no database that can write is open there (its lease returns it)."""
-        db = self.ctx.databases.open_at(directory)
-        if db is None or db.failure is not None:
-            return None
-        try:
-            returned = db.give_back(key, token, self.user, self.ctx.clock())
-        except Exception:
-            logger.exception("session %d: giving back %s failed", self.number, key)
-            return None
-        return db if returned else None
-
-    def _remember_claim(self, answer: Response, db: OpenDatabase, claim: Claimed) -> None:
-        """A claim's answer went out: a ``cancel`` crossing it on the wire may still give the
-        item back (see ANSWERED_CLAIMS)."""
-        answered = self._answered_claims
-        answered[answer.id] = (db.directory, claim.key, claim.token)
-        answered.move_to_end(answer.id)
-        if len(answered) > ANSWERED_CLAIMS:
-            answered.popitem(last=False)
 
 
 def _socket_fd(stream: trio.abc.Stream) -> int:

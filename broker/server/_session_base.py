@@ -1,0 +1,57 @@
+"""What the parts of a session share: the connection's state that the dispatcher
+(``_session.py``), its blocking claims (``_session_claims.py``) and its watches
+(``_session_watches.py``) all read, and the checks every request goes through."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from prontodb.protocol import Connection, ProntoError, Request
+
+from ._access import check
+from ._claim_waiters import Waiter
+from ._context import Context
+from ._databases import OpenDatabase
+from ._names import DEFAULT_NAME
+from ._outbox import Outbox
+from ._registry import needs
+
+
+class SessionBase:
+    """The state of one connection, set up by :class:`~._session.Session`."""
+
+    ctx: Context
+    number: int
+    user: str
+    # Whether this connection must prove its user with a token; then its requests are checked
+    # against the user's grants.
+    authenticate: bool
+    conn: Connection
+    outbox: Outbox
+    _waits: trio.Nursery  # the tasks of blocked claims and watches; they end with the reading
+    # request id -> its blocked claim's waiter, database and args (see _cancel, _end_wait)
+    _claim_waits: dict[int, tuple[Waiter, OpenDatabase, dict[str, Any]]]
+    # request id -> the database directory, key and token of a claim answer that went out
+    _answered_claims: OrderedDict[int, tuple[Path, str, int]]
+    # request id -> its running watch: the scope that ends it, the request's args and the
+    # database directory its cursor named
+    _watches: dict[int, tuple[trio.CancelScope, dict[str, Any], Path]]
+    _refused: dict[int, ProntoError]  # waits ended by a revoke: their answers
+
+    def _authorize(self, request: Request) -> None:
+        """Raise ``denied`` unless this connection's user may make ``request`` now. Checked
+        when it is read, and again after any wait before it takes effect (opening a database
+        can take seconds): a revoke meanwhile must not let it through."""
+        if self.authenticate:
+            ctx = self.ctx
+            wanted = needs(request.op, request.args, self.user, ctx.backups)
+            check(ctx.catalog.grants, self.user, wanted)
+
+    def _cursor(self, request: Request) -> str:
+        """The cursor a database operation names (checked by its declaration)."""
+        name: str = request.args.get("cursor", DEFAULT_NAME)
+        return name

@@ -1,0 +1,111 @@
+"""A session's watches: ``watch`` streams from a task of its own until ``unwatch``, an overflow,
+or the end of its database; the stream itself is ``_watches.stream``."""
+
+from __future__ import annotations
+
+import trio
+
+from prontodb.protocol import ProntoError, ProtocolError, Request, Response
+
+from ._access import Level, nothing, on_prefix
+from ._args import Arg, Kind
+from ._databases import OpenDatabase
+from ._outbox import Answer
+from ._registry import Layer, op
+from ._session_base import SessionBase
+from ._watches import WATCH_ARGS, replaced, start_revision, stream, watch_args
+
+
+class SessionWatches(SessionBase):
+    """The watch operations of a session."""
+
+    @op(
+        "watch",
+        Layer.SESSION,
+        access=on_prefix(Level.READ),
+        args=WATCH_ARGS,
+        summary="A stream of every durable change under a prefix, from a revision or from now.",
+    )
+    async def _watch(self, request: Request) -> Answer | None:
+        """``watch``: check the start, then stream from a task of its own; the Response comes
+        last, when the stream ends (unwatch, overflow, a failed database)."""
+        args = request.args
+        name = self._cursor(request)
+        prefix, from_rev = watch_args(args)
+        # A database that does not exist yet is at revision 0: the watch waits for it.
+        db = await self.ctx.databases.get(name, create=False, user=self.user)
+        self._authorize(request)
+        start = (from_rev or 1) if db is None else start_revision(db, from_rev)
+        scope = trio.CancelScope()
+        self._watches[request.id] = (
+            scope,
+            dict(args),
+            self.ctx.databases.locate(name, self.user),
+        )
+        self._waits.start_soon(self._run_watch, request.id, db, name, prefix, start, scope)
+        return None
+
+    async def _run_watch(
+        self,
+        request_id: int,
+        db: OpenDatabase | None,
+        name: str,
+        prefix: str,
+        start: int,
+        scope: trio.CancelScope,
+    ) -> None:
+        resume = start
+
+        async def send(packed: bytes, next_rev: int) -> None:
+            nonlocal resume
+            self.outbox.emit(self.conn.send_push(request_id, packed))
+            # The socket is full: the watcher's reading sets the pace. The writer task writes;
+            # this only waits, so an unwatch (a cancel) never cuts a frame in half.
+            await self.outbox.wait_drained()
+            resume = next_rev
+
+        watching: OpenDatabase | None = None
+        try:
+            try:
+                with scope:
+                    announced = db is None
+                    if db is None:  # in place at once; its changes come once it exists
+                        await send(self.conn.pack_event({"events": [], "next_rev": start}), start)
+                        db = await self.ctx.databases.wait_for(name, self.user)
+                        if db.engine.history.first > start:  # it came by a restore
+                            raise replaced(db.engine.revision)
+                    watching = db
+                    db.watchers += 1
+                    await stream(db, prefix, start, send, self.conn.pack_event, announced=announced)
+                answer = Response(request_id, None, {"next_rev": resume})  # unwatched
+                refused = self._refused.pop(request_id, None)
+                if refused is not None:
+                    answer = Response.fail(request_id, refused)
+            except ProntoError as err:
+                answer = Response.fail(request_id, err)
+            # Over before its last answer goes: a client that has it may ask about it again.
+            del self._watches[request_id]
+            await self.outbox.write(self.conn.send(answer))
+        except ProtocolError:
+            pass  # the peer broke the protocol: the connection is ending, with no more to say
+        finally:
+            if watching is not None:
+                watching.watchers -= 1
+            self._watches.pop(request_id, None)
+
+    @op(
+        "unwatch",
+        Layer.SESSION,
+        access=nothing,
+        args=(Arg("stream", Kind.UINT, doc="the watch's request id"),),
+        client=None,
+        cli=None,
+        cursor=False,
+        summary="End a watch of this connection; whether it was running.",
+    )
+    async def _unwatch(self, request: Request) -> Answer:
+        """``unwatch``: end the watch opened by request ``stream``; False if none is running."""
+        running = self._watches.get(request.args.get("stream") or 0)
+        if running is not None:
+            running[0].cancel()
+        return Answer(Response(request.id, None, running is not None))
