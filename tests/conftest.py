@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,12 @@ settings.register_profile(
 )
 settings.register_profile("thorough", parent=settings.get_profile("default"), max_examples=1000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+# A suite started with SIGINT ignored (a background job of a non-interactive shell) would pass
+# that on to every process it starts, and a Ctrl-C test would hang: handled here, SIGINT is reset
+# to its default in each of them (tests/test_harness.py).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _FIGURES: list[dict[str, object]] = []  # every reliability case's figures, in the order they ran
 
