@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The seed's workflow, end to end, on the embedded default: nothing is started by hand (the first
+# The cookbook's workflow, end to end, on the embedded default: nothing is started by hand (the first
 # `prontodb` call starts a broker in the background; the last one stops it).
 #
 #   orchestrator_agent.sh  fills tasks:queue with TASKS tasks (transactions of 50)

@@ -1,6 +1,6 @@
-"""The seed's task workflow on an embedded database (no server yet): fill, claim, count, reopen.
+"""The cookbook's task workflow on an embedded database (no server yet): fill, claim, count, reopen.
 
-An orchestrator fills a queue, two workers take tasks with a transaction (the atomic form of the seed's
+An orchestrator fills a queue, two workers take tasks with a transaction (the atomic form of the cookbook's
 get-then-set-then-del claim), a counter tracks completions with ``incr``, a monitor prints progress, and
 the database is compacted and reopened to show that nothing was lost.
 

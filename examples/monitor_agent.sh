@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The monitor of ../shared/seed/CROSS_AGENT_WORKFLOWS.md: live progress (section 9's dashboard),
+# The monitor of docs/COOKBOOK.md: live progress (section 9's dashboard),
 # heartbeat checks (section 5) through the workers' TTL sessions (section 7), and system metrics
 # in the logs cursor (section 9). It reacts to `watch` events instead of polling `get` in a loop:
 #   tasks cursor, every key: queue.task_N put/claim/release/ack and done.task_N puts (completions)
 #   main cursor, sessions.*: a put is a live worker, a delete a clean sign-off, an expire a worker
-#                            whose heartbeats stopped (the seed's `now - last_heartbeat > 90`)
+#                            whose heartbeats stopped (the cookbook's `now - last_heartbeat > 90`)
 # The tasks watch starts at --from-rev 1: it first replays the cursor's history, so the monitor
 # sees every completion exactly once even if it starts after the workers (as long as the broker
 # still keeps that history: the last 100 000 revisions by default).

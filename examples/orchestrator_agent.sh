@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The orchestrator of ../shared/seed/CROSS_AGENT_WORKFLOWS.md: it initialises the workflow and
+# The orchestrator of docs/COOKBOOK.md: it initialises the workflow and
 # fills the task queue (section 1), registers itself, publishes scaling signals from the queue
 # depth (section 6) and logs every decision to the audit trail (section 10). With --wait it stays
 # until the workers have completed every task, then sets workflow.status=completed.
@@ -67,7 +67,7 @@ cleanup() {
 trap cleanup EXIT
 
 # Section 6, with the live workers counted by their TTL sessions (section 7, kept fresh by
-# worker_agent.sh): the seed counts agents.*.status keys, which stay behind when a worker dies.
+# worker_agent.sh): the cookbook's recipe counts agents.*.status keys, which stay behind when a worker dies.
 # Both signals go out in one txn, so a reader never sees a new action with an old target.
 scaling_check() {
   local queued active action target listing
@@ -111,7 +111,7 @@ EOF
 # Section 7: a session key written without a TTL of its own still goes away after an hour.
 main create-cache sessions.active 3600
 
-# The seed writes one `set` per task (N round trips, and workers see a half-filled queue);
+# The cookbook's recipe writes one `set` per task (N round trips, and workers see a half-filled queue);
 # a txn per batch is one call for BATCH tasks. It also drops a done.task_N left by an earlier
 # run in the same database, which the workers would take for this run's (see worker_agent.sh).
 for ((start = 1; start <= TASKS; start += BATCH)); do

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The multi-stage pipeline of ../shared/seed/CROSS_AGENT_WORKFLOWS.md, section 4: items go
+# The multi-stage pipeline of docs/COOKBOOK.md, section 4: items go
 # ingest -> process -> output, each stage a claim queue in the tasks cursor, with per-item
-# progress in the logs cursor as the seed's monitor writes it.
+# progress in the logs cursor as the cookbook's monitor writes it.
 #
 # Keys: tasks: stage.ingest.item_N, stage.process.item_N, stage.output.item_N (the queues),
 #              results.item_N (the output), passed.STAGE.item_N (who moved it on),

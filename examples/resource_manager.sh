@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The resource manager of ../shared/seed/CROSS_AGENT_WORKFLOWS.md, section 3: a pool of a
+# The resource manager of docs/COOKBOOK.md, section 3: a pool of a
 # resource (cpu_cores by default) in the allocation cursor, allocations taken from it and given
 # back, each as one all-or-nothing `txn`, and every decision in the audit trail (section 10).
 #
@@ -19,7 +19,7 @@ Options:
   --allocate WORKER N    give WORKER N units if N are free (exit 5 if not)
   --release WORKER       give WORKER's units back to the pool (exit 3 if it holds none)
   --status               print the pools and the allocations
-  --resource NAME        the resource (default: cpu_cores; the seed also has memory_gb, gpu_units)
+  --resource NAME        the resource (default: cpu_cores; the cookbook also has memory_gb, gpu_units)
   --wait S               with --allocate: wait up to S seconds for units to be released
                          (default: 0, answer at once)
   --name NAME            the manager's user name (default: resources)
@@ -88,7 +88,7 @@ if [[ -n $ALLOC_WORKER ]]; then
   key="allocated.$ALLOC_WORKER.$RESOURCE"
   deadline=$((SECONDS + WAIT))
   while :; do
-    # The seed's recipe reads the pool, checks, then writes the difference: two workers both see
+    # The cookbook's recipe reads the pool, checks, then writes the difference: two workers both see
     # 8 free cores, both take 6, and 12 are handed out. Here the broker checks and takes in one
     # step: compare 0 fails if too few units are free, compare 1 if WORKER already holds some
     # (a second allocation would overwrite the first, and its units would never come back).

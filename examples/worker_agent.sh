@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A worker of ../shared/seed/CROSS_AGENT_WORKFLOWS.md: it registers (section 1), keeps a TTL
+# A worker of docs/COOKBOOK.md: it registers (section 1), keeps a TTL
 # session as its heartbeat (sections 5 and 7), takes tasks from tasks:queue with `claim`, records
 # each result once, counts it (section 2) and keeps its metrics (section 9).
 #
@@ -61,7 +61,7 @@ main() { prontodb --user "$NAME" --cursor main "$@"; }
 tasks() { prontodb --user "$NAME" --cursor tasks "$@"; }
 logs() { prontodb --user "$NAME" --cursor logs "$@"; }
 
-# Sections 5 and 7: the seed's heartbeat.NAME timestamp needs someone to compare clocks and decide
+# Sections 5 and 7: the cookbook's heartbeat.NAME timestamp needs someone to compare clocks and decide
 # the worker is gone; a session key with a TTL goes away by itself when the refreshes stop, and
 # a `watch` sees that as an `expire` (monitor_agent.sh reports it).
 session() { main set --ttl "$SESSION_TTL" "sessions.active.$NAME" "active:pid=$$:$EPOCHSECONDS"; }

@@ -96,8 +96,8 @@ utc_now() {
   TZ=UTC0 printf -v REPLY '%(%Y-%m-%dT%H:%M:%SZ)T' -1
 }
 
-# log_entry USER KIND WHAT...: the seed's audit trail (section 10) in the logs cursor.
-# Race avoided: the seed keys entries by `$(date +%s)`, so two entries written in the same second
+# log_entry USER KIND WHAT...: the cookbook's audit trail (section 10) in the logs cursor.
+# Race avoided: the usual recipe keys entries by `$(date +%s)`, so two entries written in the same second
 # (by one agent or by two) overwrite each other and one is lost. `incr seq.KIND` hands every entry
 # its own number; zero-padding keeps `scan audit` in the order the entries were made.
 log_entry() {

@@ -1,7 +1,7 @@
-"""The monitor of the seed's task workflow, on the sync (blocking) client.
+"""The monitor of the cookbook's task workflow, on the sync (blocking) client.
 
 Seed patterns: §9 metrics (at the end it writes ``metrics.system.*`` to ``logs``) and the health
-dashboard, with a watch instead of the seed's polling loop. It follows every change in the ``tasks``
+dashboard, with a watch instead of the cookbook's polling loop. It follows every change in the ``tasks``
 database from ``--from-rev`` (1: the start of history), so a monitor started late still sees the
 whole run, each change exactly once and in order. A put under ``done`` is a completion (the worker's
 ``done.<task>`` mark); a claim of a ``queue`` key is a delivery, so its second claim is a

@@ -1,4 +1,4 @@
-"""The orchestrator of the seed's task workflow, on the async client under trio.
+"""The orchestrator of the cookbook's task workflow, on the async client under trio.
 
 Seed patterns: §1 task distribution (``workflow.*`` in the ``main`` database, ``queue.task_N`` in
 ``tasks``), §2 the completion counter (the workers ``incr`` ``workflow.completed``; this script only

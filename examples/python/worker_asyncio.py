@@ -1,4 +1,4 @@
-"""A worker of the seed's task workflow, on the async client under asyncio.
+"""A worker of the cookbook's task workflow, on the async client under asyncio.
 
 Seed patterns: §1 worker registration (``agents.NAME.*`` in ``main``) and task claiming, §2 the
 completion counter (``incr``), §7 a session key with a TTL kept alive from a background task (if the
@@ -103,7 +103,7 @@ class Worker:
             by = await self.client.get(f"done.{name}")
             self.say(f"duplicate: {name} was done already by {by}; not counted again")
             return
-        # The seed counts with get, add, set: two workers that read the same value both write
+        # The usual recipe counts with get, add, set: two workers that read the same value both write
         # value+1 and one completion is lost. incr adds on the broker, atomically.
         completed = await self.client.incr("workflow.completed", cursor="main")
         self.done += 1

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The seed's sections 1 to 10 (../shared/seed/CROSS_AGENT_WORKFLOWS.md), copied as written.
+# The seed's sections 1 to 10 (docs/COOKBOOK.md), copied as written.
 # Only the variables the seed leaves to its reader are given values, and one line (marked) takes
 # worker1 offline so that section 5's recovery loop has an orphan to hand back.
 # Run by tests/test_seed.py with a private PRONTODB_DATA_DIR; no broker is started by hand.

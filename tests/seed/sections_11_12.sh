@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The seed's sections 11 and 12 (../shared/seed/CROSS_AGENT_WORKFLOWS.md), copied as written.
+# The seed's sections 11 and 12 (docs/COOKBOOK.md), copied as written.
 # Run by tests/test_seed.py in an empty working directory with a private PRONTODB_DATA_DIR; no
 # broker is started by hand. Lines marked "(setup)" are not the seed's: they make the backup files
 # that its recovery procedures assume exist.
