@@ -11,6 +11,10 @@
 # exits 0 only if every check holds. Usage: examples/demo_workflow.sh [TASKS] (default 100). It
 # runs on a private data directory (PRONTODB_DATA_DIR, removed at the end), never on yours.
 set -euo pipefail
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+  sed -n '2,/^[^#]/{/^#/{s/^# \{0,1\}//;p}}' "$0" # this header
+  exit 0
+fi
 
 TASKS=${1:-100}
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -9,7 +9,7 @@ the database is compacted and reopened to show that nothing was lost.
 
 from __future__ import annotations
 
-import sys
+import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -92,8 +92,15 @@ def run(path: Path) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) > 1:
-        run(Path(sys.argv[1]))
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    parser.add_argument(
+        "data_dir", nargs="?", type=Path, help="where the database goes (default: a temporary one)"
+    )
+    data_dir: Path | None = parser.parse_args().data_dir
+    if data_dir is not None:
+        run(data_dir)
         return
     with tempfile.TemporaryDirectory(prefix="prontodb-demo-") as tmp:
         run(Path(tmp) / "tasks")

@@ -2,6 +2,11 @@
 # Creates .venv if missing and installs ProntoDB into it, editable, with the test extras.
 # Sourced by demo.sh and test.sh so that both set up the same way.
 set -euo pipefail
+# -h or --help to the script that sources this: its header comment is its help; nothing is set up.
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+    sed -n '2,/^[^#]/{/^#/{s/^# \{0,1\}//;p}}' "$0"
+    exit 0
+fi
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 python="${PYTHON:-python3}"
