@@ -15,9 +15,18 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # Reinstall only when the project's metadata changed since the last install.
 stamp=.venv/.prontodb-installed
+# pip's output (and setuptools' warnings about the editable layout) goes to a log, shown only if
+# the install fails: on success it is noise.
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+    echo "== setting up .venv (pip install -e '.[test]'; the log is .venv/install.log)"
+    log=.venv/install.log
+    if ! { .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip &&
+        .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'; } \
+        >"$log" 2>&1; then
+        cat "$log" >&2
+        echo "setup: pip install failed (the log above is in $log)" >&2
+        exit 1
+    fi
     touch "$stamp"
 fi
 # Bytecode for our sources, as a regular install would have it: the CLI starts in loops, and
