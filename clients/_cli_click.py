@@ -48,7 +48,9 @@ class _Command(click.Command):
 
 
 def _text(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    """Callback of a string parameter: the argument as given."""
+    """Callback of a string parameter (or one taking several): the arguments as given."""
+    if isinstance(value, tuple):
+        return tuple(v.removeprefix(_MARK) if isinstance(v, str) else v for v in value)
     return value.removeprefix(_MARK) if isinstance(value, str) else value
 
 
@@ -215,11 +217,54 @@ def set_command(
 
 @cli.command("del", cls=_Command)
 @click.argument("key", type=str, callback=_text)
+@click.argument("more", nargs=-1, type=str, callback=_text, metavar="[KEY]...")
 @_json_option
 @click.pass_context
-def del_command(ctx: click.Context, key: str, as_json: bool) -> None:
-    """Delete KEY; silent, and exit 0 whether or not it existed (--json says which)."""
-    _finish(commands.delete(_globals(ctx, as_json), key))
+def del_command(ctx: click.Context, key: str, more: tuple[str, ...], as_json: bool) -> None:
+    """Delete KEY (and more keys, all at one revision); silent, and exit 0 whether or not they
+    existed (--json says which, or how many)."""
+    _finish(commands.delete(_globals(ctx, as_json), key, *more))
+
+
+@cli.command("exists", cls=_Command)
+@click.argument("key", type=str, callback=_text)
+@_json_option
+@click.pass_context
+def exists_command(ctx: click.Context, key: str, as_json: bool) -> None:
+    """Exit 0 if KEY exists, 3 if not; silent (for `if prontodb exists KEY; then ...`)."""
+    _finish(commands.exists(_globals(ctx, as_json), key))
+
+
+@cli.command("mget", cls=_Command)
+@click.argument("keys", nargs=-1, required=True, type=str, callback=_text)
+@_json_option
+@click.pass_context
+def mget_command(ctx: click.Context, keys: tuple[str, ...], as_json: bool) -> None:
+    """Print each KEY's value on a line of its own, in order, in one round trip.
+
+    A missing key's line is empty; --json prints one object with null for a missing key (and
+    tells an empty value from a missing one). Exit 0.
+    """
+    _finish(commands.mget(_globals(ctx, as_json), keys))
+
+
+@cli.command("mset", cls=_Command)
+@click.argument("pairs", nargs=-1, required=True, type=str, callback=_text, metavar="KEY VALUE...")
+@click.option(
+    "--string", "as_string", is_flag=True, help="Store every VALUE as text, integers too."
+)
+@_json_option
+@click.pass_context
+def mset_command(
+    ctx: click.Context, pairs: tuple[str, ...], as_string: bool, as_json: bool
+) -> None:
+    """Set each KEY to its VALUE, all at one revision or none (at most 128 keys); silent.
+
+    VALUEs are stored as `set` stores them (a canonical integer as an integer, unless --string).
+    """
+    if len(pairs) % 2:
+        raise click.UsageError("mset takes KEY VALUE pairs: the last KEY has no VALUE.")
+    _finish(commands.mset(_globals(ctx, as_json), pairs, as_string=as_string))
 
 
 @cli.command("incr", cls=_Command)

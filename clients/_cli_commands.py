@@ -22,7 +22,7 @@ from prontodb.protocol import INT64_MAX, INT64_MIN
 
 TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from typing import Any
 
     from prontodb.protocol import ProntoError
@@ -352,13 +352,62 @@ def set_(
     return run(options, body)
 
 
-def delete(options: Globals, key: str) -> int:
-    """``del KEY``: silent, and exit 0 whether or not the key existed (as Redis DEL)."""
+def delete(options: Globals, key: str, *more: str) -> int:
+    """``del KEY [KEY...]``: silent, and exit 0 whether or not the keys existed (as Redis DEL);
+    several keys go at one revision (a transaction)."""
 
     def body(client: Client) -> int:
-        deleted = client.delete(key)
+        if not more:
+            deleted = client.delete(key)
+            if options.json:
+                write_json({"key": key, "deleted": deleted})
+            return 0
+        keys = [key, *more]
+        outcome = client.txn([], [{"op": "del", "key": k} for k in keys])
         if options.json:
-            write_json({"key": key, "deleted": deleted})
+            write_json({"keys": keys, "deleted": sum(1 for r in outcome.results if r)})
+        return 0
+
+    return run(options, body)
+
+
+def exists(options: Globals, key: str) -> int:
+    """``exists KEY``: silent; exit 0 if KEY exists, 3 if not (as ``get``)."""
+
+    def body(client: Client) -> int:
+        found = client.exists(key)
+        if options.json:
+            write_json({"key": key, "exists": found})
+        return 0 if found else _not_found(options, key)
+
+    return run(options, body)
+
+
+def mget(options: Globals, keys: Sequence[str]) -> int:
+    """``mget KEY...``: each value on a line of its own, in order, as ``get`` prints it; a missing
+    key's line is empty (``--json``: one object, null for a missing key). Exit 0."""
+
+    def body(client: Client) -> int:
+        values = client.mget(keys)
+        if options.json:
+            write_json(dict(zip(keys, values, strict=True)))
+        else:
+            write(b"".join((b"" if v is None else render(v)) + b"\n" for v in values))
+        return 0
+
+    return run(options, body)
+
+
+def mset(options: Globals, pairs: Sequence[str], *, as_string: bool = False) -> int:
+    """``mset KEY VALUE [KEY VALUE...]``: every key at one revision, or none; silent."""
+    items = {
+        pairs[i]: stored_value(pairs[i + 1], as_string=as_string) for i in range(0, len(pairs), 2)
+    }
+
+    def body(client: Client) -> int:
+        revision = client.mset(items)
+        if options.json:
+            write_json({"keys": list(items), "revision": revision})
         return 0
 
     return run(options, body)

@@ -57,6 +57,30 @@ def test_set_is_silent_and_get_prints_the_value(broker: BrokerProcess, cursor: s
     ok(cli(broker, cursor, "get", "workflow.status"), "running, 3 of 5 done\n")
 
 
+def test_several_keys_at_once(broker: BrokerProcess, cursor: str) -> None:
+    ok(cli(broker, cursor, "mset", "w.a", "1", "w.b", "two", "w.c", ""))
+    ok(cli(broker, cursor, "mget", "w.a", "w.missing", "w.b", "w.c"), "1\n\ntwo\n\n")
+    # JSON tells a missing key (null) from an empty value.
+    ok(
+        cli(broker, cursor, "--json", "mget", "w.missing", "w.c"),
+        '{"w.missing": null, "w.c": ""}\n',
+    )
+    ok(cli(broker, cursor, "incr", "w.a"), "2\n")  # stored as `set` stores it: an integer
+    ok(cli(broker, cursor, "exists", "w.b"))
+    assert "not found: w.missing" in error_line(cli(broker, cursor, "exists", "w.missing"), 3)
+    ok(
+        cli(broker, cursor, "--json", "del", "w.a", "w.b", "w.missing"),
+        '{"keys": ["w.a", "w.b", "w.missing"], "deleted": 2}\n',
+    )
+    ok(cli(broker, cursor, "keys", "w"), "w.c\n")
+    # A refused key refuses them all; an odd count is a usage error.
+    assert "bad key" in error_line(cli(broker, cursor, "mset", "w.d", "1", "bad key", "2"), 1)
+    ok(cli(broker, cursor, "keys", "w"), "w.c\n")
+    odd = cli(broker, cursor, "mset", "w.d")
+    assert odd.status == 2
+    assert "KEY VALUE pairs" in odd.err
+
+
 def test_get_of_a_missing_key_exits_3_with_nothing_on_stdout(
     broker: BrokerProcess, cursor: str
 ) -> None:

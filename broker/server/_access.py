@@ -136,6 +136,17 @@ def on_key(level: Level) -> Rule:
     return rule
 
 
+def on_each_key(level: Level, name: str) -> Rule:
+    """``level`` on each key the request's ``name`` holds (a list of keys, or a map by key)."""
+
+    def rule(args: Mapping[str, Any], user: str, backups: str) -> list[Need]:
+        keys = args.get(name)
+        keys = keys if isinstance(keys, list | dict) else []
+        return [Need(level, _cursor(args), _text(key)) for key in keys]
+
+    return rule
+
+
 def on_prefix(level: Level) -> Rule:
     """``level`` on the request's ``prefix`` (and every key below it) in its cursor."""
 

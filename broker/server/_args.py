@@ -33,6 +33,7 @@ class Kind(enum.Enum):
     INT = "int"  # a signed 64-bit integer
     SECONDS = "seconds"  # a duration, bounded by the operation that takes it
     LIST = "list"
+    MAP = "map"
     TEXT = "str"
     CURSOR = "cursor"  # a cursor name (it becomes a directory name)
     USER = "user"  # a user name
@@ -63,6 +64,11 @@ def _list(name: str, value: Any) -> None:
         raise bad(f"{name!r} must be a list.")
 
 
+def _map(name: str, value: Any) -> None:
+    if not isinstance(value, dict):
+        raise bad(f"{name!r} must be a map.")
+
+
 def _cursor(name: str, value: Any) -> None:
     validate_name(value)
 
@@ -77,6 +83,7 @@ _CHECKS: dict[Kind, Callable[[str, Any], None]] = {
     Kind.UINT: _uint,
     Kind.INT: _int,
     Kind.LIST: _list,
+    Kind.MAP: _map,
     Kind.CURSOR: _cursor,
     Kind.USER: _user,
 }

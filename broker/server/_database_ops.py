@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from prontodb.protocol import ErrorCode, ProntoError
+
 from ..engine import (
     MISSING,
     Applied,
@@ -22,10 +24,11 @@ from ..engine import (
     Engine,
     EngineLimits,
     Entry,
+    OpKind,
     TxnOp,
     validate_prefix,
 )
-from ._access import Level, on_cursor, on_key, on_prefix, on_txn_keys
+from ._access import Level, on_cursor, on_each_key, on_key, on_prefix, on_txn_keys
 from ._args import Arg, Kind, bad, uint_arg
 from ._registry import Layer, op
 
@@ -153,6 +156,54 @@ def op_set(engine: Engine, call: Call) -> Outcome:
         ttl=args.get("ttl"),
     )
     return applied.result.mod_rev, applied
+
+
+@op(
+    "exists",
+    Layer.DATABASE,
+    access=on_key(READ),
+    args=(KEY,),
+    summary="Whether a key exists.",
+)
+def op_exists(engine: Engine, call: Call) -> Outcome:
+    return engine.get(call.args["key"]) is not None, None
+
+
+@op(
+    "mget",
+    Layer.DATABASE,
+    access=on_each_key(READ, "keys"),
+    args=(Arg("keys", Kind.LIST, required=True, doc="the keys, in the order of the answer"),),
+    summary="The values of several keys, in order; nil for each missing one.",
+)
+def op_mget(engine: Engine, call: Call) -> Outcome:
+    values = []
+    for key in call.args["keys"]:
+        entry = engine.get(key)
+        values.append(None if entry is None else entry.value)
+    return values, None
+
+
+@op(
+    "mset",
+    Layer.DATABASE,
+    access=on_each_key(WRITE, "items"),
+    args=(Arg("items", Kind.MAP, required=True, doc="{key: value, ...}"),),
+    writes=True,
+    creates=True,
+    summary="Set several keys at one revision (all or none); that revision.",
+)
+def op_mset(engine: Engine, call: Call) -> Outcome:
+    items = call.args["items"]
+    limit = engine.limits.max_txn_ops
+    if len(items) > limit:
+        raise ProntoError(
+            ErrorCode.TOO_LARGE, f"mset takes at most {limit} keys; split it into several."
+        )
+    # A transaction of sets: one revision for all, and nothing written if one is refused.
+    sets = [TxnOp(OpKind.SET, key, value) for key, value in items.items()]
+    applied = engine.txn([], sets, writer=call.user, now=call.now)
+    return applied.result.revision, applied
 
 
 @op(

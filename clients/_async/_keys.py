@@ -24,6 +24,23 @@ class KeyOperations(ClientBase):
         """The value at ``key``, or None when the key does not exist."""
         return await self._call("get", self._args(cursor, key=key))
 
+    async def exists(self, key: str, *, cursor: str | None = None) -> bool:
+        """Whether ``key`` exists (its value is not sent)."""
+        found: bool = await self._call("exists", self._args(cursor, key=key))
+        return found
+
+    async def mget(self, keys: Sequence[str], *, cursor: str | None = None) -> list[Any | None]:
+        """The values of ``keys``, in their order; None for each one that does not exist."""
+        values: list[Any | None] = await self._call("mget", self._args(cursor, keys=list(keys)))
+        return values
+
+    async def mset(self, items: Mapping[str, Any], *, cursor: str | None = None) -> int:
+        """Store every value of ``items`` at its key, all at one revision, or none of them if
+        one is refused (a bad key or value); that revision. At most 128 keys (a transaction's
+        limit)."""
+        revision: int = await self._call("mset", self._args(cursor, items=dict(items)))
+        return revision
+
     async def get_info(self, key: str, *, cursor: str | None = None) -> KeyInfo | None:
         """The value at ``key`` with its revisions, writer and time, or None when it is missing."""
         meta = await self._call("get", self._args(cursor, key=key, meta=True))

@@ -144,6 +144,23 @@ def test_cursor_selects_the_database(broker: BrokerProcess) -> None:
         assert default.call("get", {"key": "queue.a", "cursor": "tasks"}) == 1
 
 
+def test_several_keys_in_one_round_trip(broker: BrokerProcess) -> None:
+    with Client.connect(broker.url, cursor="tasks") as client:
+        revision = client.mset({"a.1": 1, "a.2": "two", "a.3": [3]})
+        # One revision for all: each key's modify revision is it.
+        infos = [client.get_info(k) for k in ("a.1", "a.2", "a.3")]
+        assert {info.mod_rev for info in infos if info is not None} == {revision}
+        assert client.mget(["a.3", "missing", "a.1"]) == [[3], None, 1]
+        assert client.exists("a.2") is True
+        assert client.exists("missing") is False
+        # One refused key refuses them all: nothing is written.
+        expect_error(ErrorCode.BAD_KEY, lambda: client.mset({"b.1": 1, "bad key": 2}))
+        assert client.mget(["b.1"]) == [None]
+        many = {f"c.{i}": i for i in range(129)}
+        expect_error(ErrorCode.TOO_LARGE, lambda: client.mset(many))
+        assert client.count("c") == 0
+
+
 def test_conditional_writes(broker: BrokerProcess) -> None:
     with Client.connect(broker.url) as client:
         rev = client.set("lock.owner", "a", if_absent=True)
