@@ -13,7 +13,27 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from prontodb.protocol import ErrorCode, ProntoError
+from prontodb.protocol import (
+    BadKey,
+    BadRequest,
+    Compacted,
+    CompareFailed,
+    Denied,
+    ErrorCode,
+    Exists,
+    Internal,
+    NotFound,
+    OutOfRange,
+    Overflow,
+    ProntoError,
+    ProtocolViolation,
+    TimedOut,
+    TooLarge,
+    Unauthenticated,
+    Unavailable,
+    UnknownOp,
+    WrongType,
+)
 
 TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
 if TYPE_CHECKING:
@@ -34,6 +54,23 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "BadKey",
+    "BadRequest",
+    "Compacted",
+    "CompareFailed",
+    "Denied",
+    "Exists",
+    "Internal",
+    "NotFound",
+    "OutOfRange",
+    "Overflow",
+    "ProtocolViolation",
+    "TimedOut",
+    "TooLarge",
+    "Unauthenticated",
+    "Unavailable",
+    "UnknownOp",
+    "WrongType",
     "AsyncClient",
     "AsyncWatch",
     "BrokerUnavailable",

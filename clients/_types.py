@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 
-from prontodb.protocol import ErrorCode, NamedTuple, ProntoError
+from prontodb.protocol import ErrorCode, NamedTuple, Unavailable
 
 TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ class TxnResult(NamedTuple):
     failed: list[int]
 
 
-class BrokerUnavailable(ProntoError):
+class BrokerUnavailable(Unavailable):
     """Nothing answers at the broker URL: no socket file, connection refused, or no answer in time.
 
     Raised by ``connect()``, code ``unavailable``. ``url`` is the address tried and ``reason``

@@ -16,12 +16,29 @@ from ._codec import check_value
 from ._connection import NEED_DATA, Connection, ConnectionStatistics, Role
 from ._errors import (
     ERROR_TABLE,
+    BadKey,
+    BadRequest,
+    Compacted,
+    CompareFailed,
+    Denied,
     ErrorCode,
     ErrorInfo,
+    Exists,
+    Internal,
     LocalProtocolError,
+    NotFound,
+    OutOfRange,
+    Overflow,
     ProntoError,
     ProtocolError,
+    ProtocolViolation,
     RemoteProtocolError,
+    TimedOut,
+    TooLarge,
+    Unauthenticated,
+    Unavailable,
+    UnknownOp,
+    WrongType,
 )
 from ._limits import INT64_MAX, INT64_MIN, UINT64_MAX, Limits
 from ._messages import (
@@ -38,7 +55,46 @@ from ._messages import (
 )
 from ._named_tuple import NamedTuple
 
+# The error classes, one per code (ProntoError's subclasses).
+ERROR_CLASSES = (
+    BadKey,
+    BadRequest,
+    Compacted,
+    CompareFailed,
+    Denied,
+    Exists,
+    Internal,
+    NotFound,
+    OutOfRange,
+    Overflow,
+    ProtocolViolation,
+    TimedOut,
+    TooLarge,
+    Unauthenticated,
+    Unavailable,
+    UnknownOp,
+    WrongType,
+)
+
 __all__ = [
+    "ERROR_CLASSES",
+    "BadKey",
+    "BadRequest",
+    "Compacted",
+    "CompareFailed",
+    "Denied",
+    "Exists",
+    "Internal",
+    "NotFound",
+    "OutOfRange",
+    "Overflow",
+    "ProtocolViolation",
+    "TimedOut",
+    "TooLarge",
+    "Unauthenticated",
+    "Unavailable",
+    "UnknownOp",
+    "WrongType",
     "check_value",
     "ERROR_TABLE",
     "INT64_MAX",

@@ -116,7 +116,21 @@ class ProntoError(Exception):
 
     Raised by the engine for a refused operation and by the clients for an error response.
     ``details`` holds machine-readable extras (for ``compacted``: ``oldest_rev``).
+
+    Each code has a subclass (``NotFound``, ``CompareFailed``, ...): ``ProntoError(code, ...)``
+    makes an instance of the code's own, so ``except CompareFailed:`` catches exactly that, and
+    ``except ProntoError:`` every one.
     """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> ProntoError:
+        if cls is ProntoError:
+            code = args[0] if args else kwargs.get("code")
+            cls = _BY_CODE.get(code, ProntoError)  # type: ignore[arg-type]
+        error: ProntoError = super().__new__(cls, *args)
+        return error
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ProntoError, (self.code, self.message, self.details))
 
     def __init__(
         self, code: ErrorCode, message: str | None = None, details: dict[str, Any] | None = None
@@ -147,6 +161,96 @@ class ProntoError(Exception):
             extra["unknown_code"] = raw_code
         message = error.get("message")
         return cls(code, message if isinstance(message, str) else None, extra)
+
+
+class NotFound(ProntoError):
+    """``not_found``: no such key (or claim, user, cursor...)."""
+
+
+class Exists(ProntoError):
+    """``exists``: it exists already."""
+
+
+class CompareFailed(ProntoError):
+    """``compare_failed``: a condition did not hold; nothing was changed."""
+
+
+class WrongType(ProntoError):
+    """``wrong_type``: the stored value has the wrong type for the operation."""
+
+
+class OutOfRange(ProntoError):
+    """``out_of_range``: the result would leave the signed 64-bit range."""
+
+
+class BadKey(ProntoError):
+    """``bad_key``: not a valid key."""
+
+
+class BadRequest(ProntoError):
+    """``bad_request``: missing or mistyped arguments."""
+
+
+class TooLarge(ProntoError):
+    """``too_large``: over a size limit."""
+
+
+class TimedOut(ProntoError):
+    """``timed_out``: nothing arrived in time."""
+
+
+class Denied(ProntoError):
+    """``denied``: the user lacks the permission."""
+
+
+class Unauthenticated(ProntoError):
+    """``unauthenticated``: no valid token for the user."""
+
+
+class Compacted(ProntoError):
+    """``compacted``: that revision is no longer kept (details ``oldest_rev``)."""
+
+
+class Overflow(ProntoError):
+    """``overflow``: a watcher fell behind and was cut off (details ``next_rev``)."""
+
+
+class UnknownOp(ProntoError):
+    """``unknown_op``: the broker does not know the operation."""
+
+
+class ProtocolViolation(ProntoError):
+    """``protocol``: the peer broke the protocol; the connection was closed."""
+
+
+class Unavailable(ProntoError):
+    """``unavailable``: the broker cannot serve this now (starting, stopping, a database it
+    cannot open or write)."""
+
+
+class Internal(ProntoError):
+    """``internal``: the broker failed unexpectedly."""
+
+
+_BY_CODE: dict[str, type[ProntoError]] = {
+    ErrorCode.NOT_FOUND: NotFound,
+    ErrorCode.EXISTS: Exists,
+    ErrorCode.COMPARE_FAILED: CompareFailed,
+    ErrorCode.WRONG_TYPE: WrongType,
+    ErrorCode.OUT_OF_RANGE: OutOfRange,
+    ErrorCode.BAD_KEY: BadKey,
+    ErrorCode.BAD_REQUEST: BadRequest,
+    ErrorCode.TOO_LARGE: TooLarge,
+    ErrorCode.TIMED_OUT: TimedOut,
+    ErrorCode.DENIED: Denied,
+    ErrorCode.UNAUTHENTICATED: Unauthenticated,
+    ErrorCode.COMPACTED: Compacted,
+    ErrorCode.OVERFLOW: Overflow,
+    ErrorCode.UNKNOWN_OP: UnknownOp,
+    ErrorCode.PROTOCOL: ProtocolViolation,
+    ErrorCode.UNAVAILABLE: Unavailable,
+    ErrorCode.INTERNAL: Internal,
+}
 
 
 class ProtocolError(Exception):

@@ -412,3 +412,24 @@ def test_an_error_quoting_the_peers_bytes_stays_short() -> None:
     error = expect_remote_error(server, packed(["k" * 1_000_000, {}]), ErrorCode.PROTOCOL)
     assert "unknown message kind 'kkk" in error.message
     assert len(error.message) <= 300
+
+
+def test_each_code_has_its_own_error_class() -> None:
+    import pickle
+
+    from prontodb.protocol import ERROR_CLASSES, CompareFailed, NotFound, ProntoError
+
+    assert len(ERROR_CLASSES) == len(ErrorCode)
+    for code in ErrorCode:
+        made = ProntoError(code, "it failed", {"n": 1})
+        assert isinstance(made, ProntoError)
+        assert type(made) in ERROR_CLASSES
+        assert made.code is code
+        again = ProntoError.from_wire(made.to_wire())
+        assert type(again) is type(made)
+        assert (again.code, again.message, again.details) == (code, "it failed", {"n": 1})
+        copied = pickle.loads(pickle.dumps(made))
+        assert (type(copied), copied.message, copied.details) == (type(made), "it failed", {"n": 1})
+    assert type(ProntoError(ErrorCode.COMPARE_FAILED)) is CompareFailed
+    assert type(ProntoError.from_wire({"code": "not_found", "message": "m"})) is NotFound
+    assert not isinstance(ProntoError(ErrorCode.NOT_FOUND), CompareFailed)

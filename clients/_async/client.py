@@ -110,6 +110,9 @@ class AsyncClient(KeyOperations, ClaimOperations, AdminOperations):
         client._again = (token, timeout, name, ca_file)
         return client
 
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url} user={self.user!r} cursor={self.cursor!r}>"
+
     async def aclose(self) -> None:
         """Say Goodbye and close the connection; closing twice does nothing.
 

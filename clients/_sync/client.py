@@ -112,6 +112,9 @@ class Client(KeyOperations, ClaimOperations, AdminOperations):
         client._again = (token, timeout, name, ca_file)
         return client
 
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url} user={self.user!r} cursor={self.cursor!r}>"
+
     def close(self) -> None:
         """Say Goodbye and close the connection; closing twice does nothing.
 

@@ -29,8 +29,10 @@ from prontodb.clients import (
     MISSING,
     AsyncClient,
     BrokerUnavailable,
+    CompareFailed,
     ErrorCode,
     KeyInfo,
+    NotFound,
     ProntoError,
     TxnResult,
 )
@@ -132,8 +134,9 @@ async def test_every_method_round_trips(broker: BrokerProcess) -> None:
 async def test_cursor_selects_the_database(broker: BrokerProcess) -> None:
     async with (
         await AsyncClient.connect(broker.url) as default,
-        await AsyncClient.connect(broker.url, cursor="tasks") as tasks,
+        await AsyncClient.connect(broker.url, cursor="tasks", user="ana") as tasks,
     ):
+        assert repr(tasks) == f"<AsyncClient {broker.url} user='ana' cursor='tasks'>"
         await tasks.set("queue.a", 1)
         assert await default.get("queue.a") is None
         assert await default.get("queue.a", cursor="tasks") == 1
@@ -175,6 +178,10 @@ async def test_conditional_writes(broker: BrokerProcess) -> None:
         await expect_error(
             ErrorCode.COMPARE_FAILED, lambda: client.set("lock.owner", "b", if_rev=0)
         )
+        with pytest.raises(CompareFailed):  # each code has its class, to catch it by name
+            await client.set("lock.owner", "b", if_absent=True)
+        with pytest.raises(NotFound):
+            await client.user_token("nobody")
         rev = await client.set("lock.owner", "b", if_rev=rev)
         await expect_error(
             ErrorCode.COMPARE_FAILED, lambda: client.set("lock.owner", "c", if_value="a")

@@ -30,8 +30,10 @@ from prontodb.clients import (
     MISSING,
     BrokerUnavailable,
     Client,
+    CompareFailed,
     ErrorCode,
     KeyInfo,
+    NotFound,
     ProntoError,
     TxnResult,
 )
@@ -131,8 +133,9 @@ def test_every_method_round_trips(broker: BrokerProcess) -> None:
 def test_cursor_selects_the_database(broker: BrokerProcess) -> None:
     with (
         Client.connect(broker.url) as default,
-        Client.connect(broker.url, cursor="tasks") as tasks,
+        Client.connect(broker.url, cursor="tasks", user="ana") as tasks,
     ):
+        assert repr(tasks) == f"<Client {broker.url} user='ana' cursor='tasks'>"
         tasks.set("queue.a", 1)
         assert default.get("queue.a") is None
         assert default.get("queue.a", cursor="tasks") == 1
@@ -170,6 +173,10 @@ def test_conditional_writes(broker: BrokerProcess) -> None:
         assert err.exit_status == 5
         assert err.details["mod_rev"] == rev
         expect_error(ErrorCode.COMPARE_FAILED, lambda: client.set("lock.owner", "b", if_rev=0))
+        with pytest.raises(CompareFailed):  # each code has its class, to catch it by name
+            client.set("lock.owner", "b", if_absent=True)
+        with pytest.raises(NotFound):
+            client.user_token("nobody")
         rev = client.set("lock.owner", "b", if_rev=rev)
         expect_error(ErrorCode.COMPARE_FAILED, lambda: client.set("lock.owner", "c", if_value="a"))
         rev = client.set("lock.owner", "c", if_value="b")
