@@ -7,6 +7,7 @@ than the rest of a ``prontodb get``.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,6 +39,15 @@ class _Command(click.Command):
         ctx.allow_extra_args = True
         try:
             rest = [arg.removeprefix(_MARK) for arg in super().parse_args(ctx, marked)]
+        except click.NoSuchOption as exc:
+            # Most often a value that starts with '-' ("- bullet"): say how to pass one.
+            raise click.NoSuchOption(
+                exc.option_name,
+                f"{exc.format_message()} A value that starts with '-' goes after `--` "
+                "(`prontodb set KEY -- '-x'`), or comes from stdin (`set KEY -`) or a file "
+                "(`set KEY --file PATH`).",
+                ctx=ctx,
+            ) from None
         finally:
             ctx.allow_extra_args = allow_extra
         if rest and not allow_extra and not ctx.resilient_parsing:
@@ -167,7 +177,14 @@ def get_command(ctx: click.Context, key: str, meta: bool, as_json: bool) -> None
 
 @cli.command("set", cls=_Command)
 @click.argument("key", type=str, callback=_text)
-@click.argument("value", type=str, callback=_text)
+@click.argument("value", type=str, callback=_text, required=False)
+@click.option(
+    "--file",
+    "from_file",
+    type=click.Path(exists=True, dir_okay=False, allow_dash=False),
+    metavar="PATH",
+    help="Take the value from the file PATH instead of VALUE.",
+)
 @click.option(
     "--string", "as_string", is_flag=True, help="Store VALUE as text even if it is an integer."
 )
@@ -191,7 +208,8 @@ def get_command(ctx: click.Context, key: str, meta: bool, as_json: bool) -> None
 def set_command(
     ctx: click.Context,
     key: str,
-    value: str,
+    value: str | None,
+    from_file: str | None,
     as_string: bool,
     if_absent: bool,
     if_rev: int | None,
@@ -201,8 +219,20 @@ def set_command(
     """Set KEY to VALUE; silent on success.
 
     A VALUE that is a canonical integer within 64 bits (0, -12, 100; not 007 or +1) is stored as an
-    integer, so that incr works on it; --string stores it as text.
+    integer, so that incr works on it; --string stores it as text. VALUE `-` reads the value from
+    stdin, and --file PATH from a file (as they are: no newline is removed), for values too large
+    for an argument (over about 128 KiB) or that start with '-' (or put `--` before VALUE).
     """
+    if (value is None) == (from_file is None):
+        raise click.UsageError(
+            "Give the value as VALUE, as `-` to read it from stdin, or with --file PATH (one of them)."
+        )
+    if from_file is not None:
+        with open(from_file, "rb") as file:
+            value = commands.text_of(file.read())
+    elif value == "-":
+        value = commands.text_of(sys.stdin.buffer.read())
+    assert value is not None
     status = commands.set_(
         _globals(ctx, as_json),
         key,

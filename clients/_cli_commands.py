@@ -110,6 +110,12 @@ def canonical_int(text: str) -> int | None:
     return number if INT64_MIN <= number <= INT64_MAX else None
 
 
+def text_of(data: bytes) -> str:
+    """Bytes read from stdin or a file as ``set`` takes an argument: text, with any bytes that are
+    not UTF-8 kept as an argument keeps them (so :func:`stored_value` stores those as bytes)."""
+    return data.decode("utf-8", "surrogateescape")
+
+
 def stored_value(text: str, *, as_string: bool = False) -> str | int | bytes:
     """What ``set KEY VALUE`` stores: an int for a canonical integer (unless ``--string``), bytes
     for an argument that is not valid UTF-8 (so it round-trips), else the text."""

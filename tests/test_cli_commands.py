@@ -57,6 +57,30 @@ def test_set_is_silent_and_get_prints_the_value(broker: BrokerProcess, cursor: s
     ok(cli(broker, cursor, "get", "workflow.status"), "running, 3 of 5 done\n")
 
 
+def test_values_from_stdin_a_file_or_after_a_double_dash(
+    broker: BrokerProcess, cursor: str, tmp_path: Path
+) -> None:
+    ok(invoke(["--url", broker.url, "--cursor", cursor, "set", "doc", "-"], stdin="one\n- two\n"))
+    ok(cli(broker, cursor, "get", "doc"), "one\n- two\n\n")  # stored as read: its newline too
+    big = tmp_path / "big.txt"
+    big.write_text("x" * 300_000)  # more than an argument may hold
+    ok(cli(broker, cursor, "set", "big", "--file", str(big)))
+    assert cli(broker, cursor, "get", "big").out == "x" * 300_000 + "\n"
+    raw = tmp_path / "raw.bin"
+    raw.write_bytes(b"\xff\x00")
+    ok(cli(broker, cursor, "set", "raw", "--file", str(raw)))
+    ok(cli(broker, cursor, "--json", "get", "raw"), '{"key": "raw", "value": {"$bytes": "/wA="}}\n')
+    ok(cli(broker, cursor, "set", "bullet", "--", "- item"))
+    ok(cli(broker, cursor, "get", "bullet"), "- item\n")
+    refused = cli(broker, cursor, "set", "bullet", "- item")
+    assert refused.status == 2
+    assert "goes after `--`" in refused.err
+    for args in (["set", "k"], ["set", "k", "v", "--file", str(big)]):
+        usage = cli(broker, cursor, *args)
+        assert usage.status == 2
+        assert "one of them" in usage.err
+
+
 def test_several_keys_at_once(broker: BrokerProcess, cursor: str) -> None:
     ok(cli(broker, cursor, "mset", "w.a", "1", "w.b", "two", "w.c", ""))
     ok(cli(broker, cursor, "mget", "w.a", "w.missing", "w.b", "w.c"), "1\n\ntwo\n\n")
