@@ -29,6 +29,7 @@ class _Command(click.Command):
     """
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        args = self._take_globals(ctx, args)
         marked: list[str] = []
         options_end = False
         for arg in args:
@@ -55,6 +56,49 @@ class _Command(click.Command):
             ctx.fail(f"Got unexpected extra argument{plural} ({' '.join(rest)})")
         ctx.args = rest
         return rest
+
+    def _take_globals(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Global options given after the command (`prontodb get foo --cursor tasks`), taken as
+        if given before it, unless the command has an option of that name (`grant --cursor`)."""
+        own = {opt for param in self.params for opt in param.opts}
+        found: dict[str, str] = {}
+        rest: list[str] = []
+        index = 0
+        while index < len(args):
+            arg = args[index]
+            if arg == "--":
+                rest.extend(args[index:])
+                break
+            name, equals, value = arg.partition("=")
+            target = _GLOBAL_VALUES.get(name)
+            if target is not None and name not in own and (equals or index + 1 < len(args)):
+                if not equals:
+                    index += 1
+                    value = args[index]
+                found[target] = value
+            else:
+                rest.append(arg)
+            index += 1
+        if found:
+            root = ctx.find_root()
+            root.params.update(found)
+            before = ctx.find_object(commands.Globals) or commands.Globals()
+            resolved = commands.Globals(
+                user=root.params.get("user"),
+                cursor=root.params.get("cursor"),
+                url=root.params.get("url"),
+                json=before.json,
+            )
+            node: click.Context | None = ctx
+            while node is not None:  # each context keeps its own reference to the options
+                if isinstance(node.obj, commands.Globals):
+                    node.obj = resolved
+                node = node.parent
+        return rest
+
+
+# The global options that take a value, by their parameter's name.
+_GLOBAL_VALUES = {"--user": "user", "--cursor": "cursor", "--url": "url"}
 
 
 def _text(ctx: click.Context, param: click.Parameter, value: Any) -> Any:

@@ -81,6 +81,23 @@ def test_values_from_stdin_a_file_or_after_a_double_dash(
         assert "one of them" in usage.err
 
 
+def test_global_options_after_the_command(broker: BrokerProcess, cursor: str) -> None:
+    url = broker.url
+    ok(invoke(["set", "late.k", "v", "--url", url, f"--cursor={cursor}", "--user", "ana"]))
+    ok(invoke(["--url", url, "--cursor", cursor, "get", "late.k"]), "v\n")
+    ok(
+        invoke(["get", "--cursor", cursor, "late.k", "--url", url, "--json"]),
+        '{"key": "late.k", "value": "v"}\n',
+    )
+    meta = invoke(["get", "late.k", "--meta", "--cursor", cursor, "--url", url])
+    assert "writer=ana" in meta.out.splitlines()
+    # A command's own option of that name keeps its meaning: grant --cursor is the grant's.
+    assert invoke(["user", "add", "late-user", "--url", url]).status == 0
+    ok(invoke(["grant", "late-user", "read", "--cursor", cursor, "--url", url]))
+    grants = invoke(["--json", "grants", "late-user", "--url", url]).out
+    assert json.loads(grants)[0]["cursor"] == cursor
+
+
 def test_several_keys_at_once(broker: BrokerProcess, cursor: str) -> None:
     ok(cli(broker, cursor, "mset", "w.a", "1", "w.b", "two", "w.c", ""))
     ok(cli(broker, cursor, "mget", "w.a", "w.missing", "w.b", "w.c"), "1\n\ntwo\n\n")

@@ -57,3 +57,13 @@ def test_the_embedded_workflow_runs_on_the_directory_it_is_given(tmp_path: Path)
     assert done.returncode == 0, done
     assert "100 tasks done once each" in done.stdout
     assert (tmp_path / "tasks" / "MANIFEST").is_file()
+
+
+def test_the_cli_produces_its_completion_script_and_completes() -> None:
+    prontodb = str(Path(sys.executable).parent / "prontodb")
+    env = {**os.environ, "_PRONTODB_COMPLETE": "bash_source"}
+    script = subprocess.run([prontodb], env=env, capture_output=True, text=True, check=True)
+    assert "complete -o nosort -F _prontodb_completion prontodb" in script.stdout
+    env.update(_PRONTODB_COMPLETE="bash_complete", COMP_WORDS="prontodb cu", COMP_CWORD="1")
+    done = subprocess.run([prontodb], env=env, capture_output=True, text=True, check=True)
+    assert "plain,cursor" in done.stdout.splitlines()
