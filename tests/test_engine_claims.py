@@ -211,3 +211,23 @@ def test_expire_with_a_past_deadline_expires_now() -> None:
 
 def state_of(engine: Engine) -> Any:
     return engine.revision, engine.claims(), engine.queue_counts("q"), engine.next_timer()
+
+
+def test_a_claim_that_no_longer_holds_says_what_became_of_it() -> None:
+    engine = Engine()
+    engine.set("q.a", "job", writer="o", now=0.0)
+    first = engine.claim("q", holder="w1", now=0.0, lease=10).result
+    assert first is not None
+    engine.claims_due(20.0)  # its lease ran out: back in the queue
+    with pytest.raises(ProntoError, match=r"'q\.a' is not claimed: the claim with token 1 is over"):
+        engine.ack("q.a", first.token, writer="w1", now=20.0)
+    second = engine.claim("q", holder="w2", now=20.0, lease=10).result
+    assert second is not None
+    with pytest.raises(ProntoError, match=r"another claim \(token 2\) holds it now"):
+        engine.ack("q.a", first.token, writer="w1", now=20.0)
+    engine.ack("q.a", second.token, writer="w2", now=20.0)
+    with pytest.raises(ProntoError, match=r"There is no item 'q\.a'") as gone:
+        engine.ack("q.a", second.token, writer="w2", now=20.0)
+    assert gone.value.code is ErrorCode.COMPARE_FAILED
+    with pytest.raises(ProntoError, match=r"There is no item 'q\.never'"):
+        engine.release("q.never", 1, writer="w2", now=20.0)

@@ -519,8 +519,7 @@ class Engine:
         if claim is None or entry is None or claim.token != token:
             raise ProntoError(
                 ErrorCode.COMPARE_FAILED,
-                f"The claim on {key!r} with token {token!r} is not held any more (its lease ran "
-                "out, and someone else may hold it now); do not finish or change that work.",
+                f"{_why_not_held(key, token, entry, claim)}; do not finish or change that work.",
                 {"key": key, "token": None if claim is None else claim.token},
             )
         return key, entry
@@ -985,3 +984,21 @@ def _incremented(entry: Entry | None, by: int) -> int:
             ErrorCode.OUT_OF_RANGE, "The result would leave the signed 64-bit integer range."
         )
     return total
+
+
+def _why_not_held(key: str, token: int, entry: Entry | None, claim: Claim | None) -> str:
+    """What became of the claim on ``key`` under ``token``, which no longer holds it."""
+    if entry is None:
+        return (
+            f"There is no item {key!r} (it was never set, or it was acked or deleted since), so "
+            f"no claim with token {token!r} holds it"
+        )
+    if claim is None:
+        return (
+            f"{key!r} is not claimed: the claim with token {token!r} is over (its lease ran out, "
+            "or it was released) and the item is back in its queue"
+        )
+    return (
+        f"The claim on {key!r} with token {token!r} is not held any more: its lease ran out, and "
+        f"another claim (token {claim.token}) holds it now"
+    )
