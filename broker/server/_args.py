@@ -106,13 +106,11 @@ class Arg:
     def check(self, args: Mapping[str, Any]) -> None:
         """Raise ``bad_request`` if ``args`` lacks this argument, or holds one of the wrong
         kind."""
-        if self.name not in args:
+        value = args.get(self.name)
+        # nil stands for "absent" where the argument says so (and always for whole numbers)
+        absent = self.name not in args or (value is None and (self.nil or self.kind is Kind.UINT))
+        if absent:
             if self.required:
-                raise bad(self.missing or f"The request needs the argument {self.name!r}.")
-            return
-        value = args[self.name]
-        if value is None and (self.nil or self.kind is Kind.UINT):
-            if self.required:  # nil stands for "absent", and it may not be
                 raise bad(self.missing or f"The request needs the argument {self.name!r}.")
             return
         check = _CHECKS.get(self.kind)
@@ -120,21 +118,10 @@ class Arg:
             check(self.name, value)
 
 
-def uint_arg(args: Mapping[str, Any], name: str, default: int | None = None) -> int | None:
-    """The whole number ``name`` (or ``default``; None for nil), checked."""
-    value = args.get(name, default)
-    if value is not None:
-        _uint(name, value)
-    found: int | None = value
-    return found
-
-
 def owner_arg(args: Mapping[str, Any], user: str) -> str | None:
-    """The owner a cursor operation acts for: this user with ``mine``, else None (global)."""
-    mine = args.get("mine", False)
-    if not isinstance(mine, bool):
-        raise bad("'mine' must be true or false.")
-    return user if mine else None
+    """The owner a cursor operation acts for: this user with ``mine`` (a flag its declaration
+    checked), else None (global)."""
+    return user if args.get("mine", False) else None
 
 
 def absolute_path(args: Mapping[str, Any], key: str = "path") -> Path:

@@ -29,7 +29,7 @@ from ..engine import (
     validate_prefix,
 )
 from ._access import Level, on_cursor, on_each_key, on_key, on_prefix, on_txn_keys
-from ._args import Arg, Kind, bad, uint_arg
+from ._args import Arg, Kind, bad
 from ._registry import Layer, op
 
 PAGE_LIMIT = 10_000  # entries per keys/scan page, default and maximum
@@ -93,7 +93,7 @@ def _page_limit(args: Mapping[str, Any]) -> int:
     return PAGE_LIMIT if limit is None else min(limit, PAGE_LIMIT)
 
 
-def _flag(args: Mapping[str, Any], name: str) -> bool:
+def _is_set(args: Mapping[str, Any], name: str) -> bool:
     return bool(args.get(name, False))  # a declared flag: checked to be a bool already
 
 
@@ -110,7 +110,7 @@ def _flag(args: Mapping[str, Any], name: str) -> bool:
 def op_get(engine: Engine, call: Call) -> Outcome:
     key = call.args["key"]
     entry = engine.get(key)
-    if not _flag(call.args, "meta"):
+    if not _is_set(call.args, "meta"):
         return (None if entry is None else entry.value), None
     meta = entry_map(entry)
     if meta is not None:
@@ -150,7 +150,7 @@ def op_set(engine: Engine, call: Call) -> Outcome:
         args["value"],
         writer=call.user,
         now=call.now,
-        if_absent=_flag(args, "if_absent"),
+        if_absent=_is_set(args, "if_absent"),
         if_rev=args.get("if_rev"),
         if_value=args.get("if_value", MISSING),
         ttl=args.get("ttl"),
@@ -442,10 +442,10 @@ def claim_args(args: Mapping[str, Any]) -> tuple[str, float, bool, int | None]:
     lease = args.get("lease", DEFAULT_LEASE)
     if isinstance(lease, bool) or not isinstance(lease, int | float) or not 0 < lease < 1e9:
         raise bad("'lease' must be a number of seconds above 0.")
-    max_deliveries = uint_arg(args, "max_deliveries")
+    max_deliveries = args.get("max_deliveries")  # a whole number or nil: checked as declared
     if max_deliveries == 0:
         raise bad("'max_deliveries' must be 1 or more.")
-    return prefix, float(lease), _flag(args, "bind"), max_deliveries
+    return prefix, float(lease), _is_set(args, "bind"), max_deliveries
 
 
 @op(

@@ -62,10 +62,6 @@ class OpSpec:
         for arg in self.args:
             arg.check(args)
 
-    def needs(self, args: Mapping[str, Any], user: str, backups: str) -> list[Need]:
-        """The permissions this request needs (see _access.py)."""
-        return self.access(args, user, backups)
-
 
 REGISTRY: dict[str, OpSpec] = {}
 
@@ -110,15 +106,12 @@ def op(
     return declare
 
 
-def lookup(name: str) -> OpSpec:
-    """The operation called ``name``, or ``unknown_op``."""
-    spec = REGISTRY.get(name)
-    if spec is None:
-        raise ProntoError(
-            ErrorCode.UNKNOWN_OP,
-            f"The broker does not know the operation {name!r}; upgrade the broker or the client.",
-        )
-    return spec
+def unknown(name: str) -> ProntoError:
+    """The answer to a request for an operation the registry lacks."""
+    return ProntoError(
+        ErrorCode.UNKNOWN_OP,
+        f"The broker does not know the operation {name!r}; upgrade the broker or the client.",
+    )
 
 
 def needs(name: str, args: Mapping[str, Any], user: str, backups: str = "") -> list[Need]:

@@ -45,7 +45,7 @@ from ._database_ops import Call
 from ._databases import EMPTY
 from ._names import DEFAULT_NAME
 from ._outbox import Answer, Outbox
-from ._registry import REGISTRY, Layer, OpSpec, lookup, needs
+from ._registry import REGISTRY, Layer, OpSpec, needs, unknown
 from ._session_claims import SessionClaims
 from ._session_watches import SessionWatches
 
@@ -295,12 +295,14 @@ class Session(SessionClaims, SessionWatches):
     async def _execute(self, request: Request) -> Answer | None:
         """Run ``request`` as the registry declares its operation; its answer, or None when a
         task of its own answers it (a blocked claim, a watch)."""
+        spec = REGISTRY.get(request.op)
         counts = self.ctx.requests
-        counted = request.op if request.op in REGISTRY else UNKNOWN  # bounded: no client's names
+        counted = UNKNOWN if spec is None else spec.name  # bounded: no client's own names
         counts[counted] = counts.get(counted, 0) + 1
         try:
             self._authorize(request)  # an unknown name is an admin's: denied before unknown_op
-            spec = lookup(request.op)
+            if spec is None:
+                raise unknown(request.op)
             spec.check_args(request.args)
             if spec.layer is Layer.DATABASE:
                 return await self._run_database_op(spec, request)

@@ -17,7 +17,7 @@ import trio
 from prontodb.protocol import ErrorCode, ProntoError
 
 from ..engine import Batch, Change, change_cost, validate_prefix
-from ._args import Arg, Kind, uint_arg
+from ._args import Arg, Kind
 from ._database_ops import MAX_KEY_LEN
 from ._databases import OpenDatabase
 
@@ -47,7 +47,7 @@ WATCH_ARGS = (
 def watch_args(args: Mapping[str, Any]) -> tuple[str, int | None]:
     """The prefix (segment-aware; "" for every key) and the revision to start from (None: now)."""
     prefix = validate_prefix(args.get("prefix", ""), MAX_KEY_LEN)
-    from_rev = uint_arg(args, "from_rev")
+    from_rev = args.get("from_rev")  # a whole number or nil: checked as declared
     return prefix, from_rev or None
 
 
