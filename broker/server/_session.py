@@ -39,13 +39,13 @@ from ..storage import StorageError
 # The modules that declare the broker's operations (each fills the registry as it loads); the
 # connection's own are in the session's parts below.
 from . import _backups, _broker_ops, _cursors, _users  # noqa: F401
-from ._access import check, token_matches
+from ._access import token_matches
 from ._context import Context
 from ._database_ops import Call
 from ._databases import EMPTY
 from ._names import DEFAULT_NAME
 from ._outbox import Answer, Outbox
-from ._registry import REGISTRY, Layer, OpSpec, needs, unknown
+from ._registry import REGISTRY, Layer, OpSpec, unknown
 from ._session_claims import SessionClaims
 from ._session_watches import SessionWatches
 
@@ -100,14 +100,12 @@ class Session(SessionClaims, SessionWatches):
         a cursor bound elsewhere ends those waiting on the database it named before (a
         different database is not what the wait asked for)."""
         databases = self.ctx.databases
-        grants = databases.catalog.grants
         for request_id, name, args, directory in self._waits_running():
             cursor = args.get("cursor", DEFAULT_NAME)
             try:
                 if databases.locate(cursor, self.user) != directory:
                     raise _rebound(name, cursor)
-                if self.authenticate:
-                    check(grants, self.user, needs(name, args, self.user))
+                self._authorize_op(name, args)
             except ProntoError as err:
                 self._end_wait(request_id, err)
 

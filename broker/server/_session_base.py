@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,13 @@ class SessionBase:
         """Raise ``denied`` unless this connection's user may make ``request`` now. Checked
         when it is read, and again after any wait before it takes effect (opening a database
         can take seconds): a revoke meanwhile must not let it through."""
+        self._authorize_op(request.op, request.args)
+
+    def _authorize_op(self, op: str, args: Mapping[str, Any]) -> None:
+        """:meth:`_authorize` for operation ``op`` with ``args`` (a wait's, when grants change)."""
         if self.authenticate:
             ctx = self.ctx
-            wanted = needs(request.op, request.args, self.user, ctx.backups)
-            check(ctx.catalog.grants, self.user, wanted)
+            check(ctx.catalog.grants, self.user, needs(op, args, self.user, ctx.backups))
 
     def _cursor(self, request: Request) -> str:
         """The cursor a database operation names (checked by its declaration)."""
