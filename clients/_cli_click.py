@@ -70,7 +70,7 @@ class _Command(click.Command):
                 rest.extend(args[index:])
                 break
             name, equals, value = arg.partition("=")
-            target = _GLOBAL_VALUES.get(name)
+            target = commands.GLOBAL_VALUE_OPTIONS.get(name)
             if target is not None and name not in own and (equals or index + 1 < len(args)):
                 if not equals:
                     index += 1
@@ -95,10 +95,6 @@ class _Command(click.Command):
                     node.obj = resolved
                 node = node.parent
         return rest
-
-
-# The global options that take a value, by their parameter's name.
-_GLOBAL_VALUES = {"--user": "user", "--cursor": "cursor", "--url": "url"}
 
 
 def _text(ctx: click.Context, param: click.Parameter, value: Any) -> Any:

@@ -36,6 +36,9 @@ STOP_POLL = 0.01
 EXIT_INTERRUPTED = 130
 INTERRUPTED = "Aborted!"
 
+# The global options that take a value, by the name of what they set (both front ends read them).
+GLOBAL_VALUE_OPTIONS = {"--user": "user", "--cursor": "cursor", "--url": "url"}
+
 
 class Globals:
     """The global options, resolved against the environment in one place for both front ends.

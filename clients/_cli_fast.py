@@ -24,8 +24,6 @@ TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on e
 if TYPE_CHECKING:
     from typing import Any
 
-_VALUE_OPTIONS = {"--user": "user", "--cursor": "cursor", "--url": "url"}
-
 
 def _seconds(text: str) -> float | None:
     return commands.parse_seconds(text)
@@ -105,14 +103,14 @@ def _global_options(argv: Sequence[str]) -> tuple[dict[str, str], bool, int] | N
             index += 1
             continue
         name, equals, value = arg.partition("=")
-        if name not in _VALUE_OPTIONS:
+        if name not in commands.GLOBAL_VALUE_OPTIONS:
             return values, as_json, index
         if not equals:
             if index + 1 == len(argv) or argv[index + 1].startswith("-"):
                 return None  # click reports the missing value (or takes `-x` as one: its call)
             value = argv[index + 1]
             index += 1
-        values[_VALUE_OPTIONS[name]] = value
+        values[commands.GLOBAL_VALUE_OPTIONS[name]] = value
         index += 1
     return None
 
