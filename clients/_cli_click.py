@@ -168,7 +168,7 @@ class _Group(click.Group):
 @click.option(
     "--user",
     metavar="NAME",
-    help="The user to act as [env PRONTODB_USER; default: your login name].",
+    help="The user to act as [env PRONTODB_USER; default: the owner of PRONTODB_TOKEN, else your login name].",
 )
 @click.option(
     "--cursor",

@@ -29,35 +29,46 @@ GOODBYE: Final = 5
 
 
 class Hello(NamedTuple):
-    """Client to server, first message: who is connecting, with an optional token."""
+    """Client to server, first message: who is connecting, with an optional token.
+
+    ``user_default`` says that ``user`` is only the client's guess (the login name): a token that
+    belongs to a user makes the connection that user's.
+    """
 
     client: str
     user: str
     token: str | None = None
     version: int = PROTOCOL_VERSION
+    user_default: bool = False
 
     def to_wire(self) -> list[Any]:
         fields: dict[str, Any] = {"version": self.version, "client": self.client, "user": self.user}
         if self.token is not None:
             fields["token"] = self.token
+        if self.user_default:
+            fields["user_default"] = True
         return [HELLO, fields]
 
 
 class Welcome(NamedTuple):
-    """Server to client, the answer to Hello: the session's number and the server's limits."""
+    """Server to client, the answer to Hello: the session's number, the server's limits, and the
+    user the connection acts for (None from a server that does not say)."""
 
     server: str
     session: int
     limits: dict[str, int]
     version: int = PROTOCOL_VERSION
+    user: str | None = None
 
     def to_wire(self) -> list[Any]:
-        fields = {
+        fields: dict[str, Any] = {
             "version": self.version,
             "server": self.server,
             "session": self.session,
             "limits": self.limits,
         }
+        if self.user is not None:
+            fields["user"] = self.user
         return [WELCOME, fields]
 
 
@@ -159,11 +170,15 @@ def _hello(wire: list[Any]) -> Hello:
     token = fields.get("token")
     if token is not None:
         _check_str(token, "Hello token")
+    user_default = fields.get("user_default", False)
+    if not isinstance(user_default, bool):
+        raise WireError(f"Hello user_default must be a boolean, not {type(user_default).__name__}")
     return Hello(
         client=_check_str(_required(fields, "client", "Hello"), "Hello client"),
         user=_check_str(_required(fields, "user", "Hello"), "Hello user"),
         token=token,
         version=_check_uint(_required(fields, "version", "Hello"), "Hello version"),
+        user_default=user_default,
     )
 
 
@@ -172,11 +187,13 @@ def _welcome(wire: list[Any]) -> Welcome:
     limits = _fields(_required(fields, "limits", "Welcome"), "Welcome limits")
     for key, value in limits.items():
         _check_uint(value, f"Welcome limit {key}")
+    user = fields.get("user")
     return Welcome(
         server=_check_str(_required(fields, "server", "Welcome"), "Welcome server"),
         session=_check_uint(_required(fields, "session", "Welcome"), "Welcome session"),
         limits=limits,
         version=_check_uint(_required(fields, "version", "Welcome"), "Welcome version"),
+        user=None if user is None else _check_str(user, "Welcome user"),
     )
 
 

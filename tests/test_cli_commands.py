@@ -452,6 +452,17 @@ def test_negative_numbers_are_values_not_options(broker: BrokerProcess, cursor: 
     ok(cli(broker, cursor, "get", "--", "s"), "-5\n")
 
 
+def test_the_admin_token_alone_is_enough(short_dir: Path, tmp_path: Path) -> None:
+    with running_broker(tmp_path / "data", short_dir / "s.sock", extra=["--require-auth"]) as b:
+        token = (b.data_dir / "admin.token").read_text().strip()
+        as_owner = ["--url", b.url, "--json", "user", "list"]
+        listed = invoke(as_owner, PRONTODB_TOKEN=token, PRONTODB_USER=None)
+        assert listed.status == 0, listed.err
+        assert [u["name"] for u in json.loads(listed.out)] == ["admin"]
+        refused = invoke(["--user", "root", *as_owner], PRONTODB_TOKEN=token)
+        assert "belongs to 'admin', not 'root'" in error_line(refused, 1)
+
+
 # -- help -----------------------------------------------------------------------------------------
 
 

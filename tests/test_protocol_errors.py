@@ -172,6 +172,9 @@ FRESH_SERVER_BAD_INPUT: dict[str, bytes] = {
     "hello without version": packed([0, {"client": "c", "user": "u"}]),
     "hello client int": packed([0, {"version": 1, "client": 1, "user": "u"}]),
     "hello token int": packed([0, {"version": 1, "client": "c", "user": "u", "token": 1}]),
+    "hello user_default int": packed(
+        [0, {"version": 1, "client": "c", "user": "u", "user_default": 1}]
+    ),
     "hello version str": packed([0, {"version": "1", "client": "c", "user": "u"}]),
     "hello version negative": packed([0, {"version": -1, "client": "c", "user": "u"}]),
     "hello body nil": packed([0, None]),
@@ -197,6 +200,9 @@ CLIENT_BAD_INPUT: dict[str, bytes] = {
 
 # Byte strings a client that has sent Hello but not yet received Welcome must refuse.
 EARLY_CLIENT_BAD_INPUT: dict[str, bytes] = {
+    "welcome user int": packed(
+        [1, {"version": 1, "server": "s", "session": 1, "limits": {}, "user": 1}]
+    ),
     "response before welcome": packed([3, 1, None, None]),
     "push before welcome": packed([4, 1, {}]),
     "welcome without limits": packed([1, {"version": 1, "server": "s", "session": 1}]),

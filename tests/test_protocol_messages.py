@@ -74,9 +74,12 @@ def deliver(sender: Connection, receiver: Connection, message: Message) -> Event
     user=st.text(),
     token=st.none() | st.text(),
     version=uint64,
+    user_default=st.booleans(),
 )
-def test_hello_round_trips(client: str, user: str, token: str | None, version: int) -> None:
-    hello = Hello(client=client, user=user, token=token, version=version)
+def test_hello_round_trips(
+    client: str, user: str, token: str | None, version: int, user_default: bool
+) -> None:
+    hello = Hello(client, user, token, version, user_default)
     assert deliver(Connection(Role.CLIENT), Connection(Role.SERVER), hello) == hello
 
 
@@ -86,13 +89,21 @@ def test_hello_omits_a_missing_token() -> None:
         {"version": PROTOCOL_VERSION, "client": "c", "user": "u"},
     ]
     assert Hello("c", "u", "t").to_wire()[1]["token"] == "t"
+    assert Hello("c", "u", "t", user_default=True).to_wire()[1]["user_default"] is True
 
 
-@given(server=st.text(), session=uint64, limits=st.dictionaries(st.text(), uint64))
-def test_welcome_round_trips(server: str, session: int, limits: dict[str, int]) -> None:
+@given(
+    server=st.text(),
+    session=uint64,
+    limits=st.dictionaries(st.text(), uint64),
+    user=st.none() | st.text(),
+)
+def test_welcome_round_trips(
+    server: str, session: int, limits: dict[str, int], user: str | None
+) -> None:
     client, srv = Connection(Role.CLIENT), Connection(Role.SERVER)
     deliver(client, srv, Hello("c", "u"))
-    welcome = Welcome(server=server, session=session, limits=limits)
+    welcome = Welcome(server=server, session=session, limits=limits, user=user)
     assert deliver(srv, client, welcome) == welcome
 
 

@@ -16,9 +16,9 @@ import posixpath
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from prontodb.protocol import ErrorCode, ProntoError
+from prontodb.protocol import ErrorCode, Hello, ProntoError
 
 DEFAULT_CURSOR = "default"
 
@@ -90,6 +90,59 @@ def token_hash(token: str, salt: str) -> str:
 
 def token_matches(token: str, salt: str, expected: str) -> bool:
     return hmac.compare_digest(token_hash(token, salt), expected)
+
+
+class Known(Protocol):
+    """What the catalog keeps of a user (its ``User``), as far as a login needs it."""
+
+    @property
+    def salt(self) -> str: ...
+    @property
+    def hash(self) -> str: ...
+
+
+def token_owner(users: Mapping[str, Known], token: str | None) -> str | None:
+    """The user ``token`` belongs to, if any. Salted hashes cannot be looked up, so this tries
+    each user: one SHA-256 per user, paid only by a login that does not name its user."""
+    if token is None:
+        return None
+    return next((name for name, u in users.items() if token_matches(token, u.salt, u.hash)), None)
+
+
+def who_is(users: Mapping[str, Known], hello: Hello, *, must_prove: bool) -> tuple[str, str | None]:
+    """The user a connection greeted with ``hello`` acts for, and None; or, when it ``must_prove``
+    who it is and cannot, the sentence that refuses it.
+
+    A user the client only guessed (``user_default``: its login name) gives way to the owner of
+    its token, so that ``PRONTODB_TOKEN`` alone is enough.
+    """
+    claimed = users.get(hello.user)
+    token = hello.token
+    if (
+        token is not None
+        and claimed is not None
+        and token_matches(token, claimed.salt, claimed.hash)
+    ):
+        return hello.user, None
+    owner = token_owner(users, hello.token)
+    if owner is not None and hello.user_default:
+        return owner, None
+    if not must_prove:
+        return hello.user, None
+    if owner is not None:
+        return hello.user, (
+            f"This token belongs to {owner!r}, not {hello.user!r}: connect as {owner} "
+            f"(--user {owner}, or PRONTODB_USER={owner}), or use {hello.user}'s own token."
+        )
+    if hello.token is None:
+        return hello.user, (
+            f"This broker needs a token for {hello.user!r} here: set PRONTODB_TOKEN (an admin "
+            "makes one with `prontodb user add` or `user token`)."
+        )
+    return hello.user, (
+        f"This broker knows no user with that token (tried as {hello.user!r}): check "
+        "PRONTODB_TOKEN (an admin makes a new one with `prontodb user token NAME`)."
+    )
 
 
 def check(grants: Iterable[Grant], user: str, needs: Iterable[Need]) -> None:

@@ -39,7 +39,7 @@ from ..storage import StorageError
 # The modules that declare the broker's operations (each fills the registry as it loads); the
 # connection's own are in the session's parts below.
 from . import _backups, _broker_ops, _cursors, _users  # noqa: F401
-from ._access import token_matches
+from ._access import who_is
 from ._context import Context
 from ._database_ops import Call
 from ._databases import EMPTY
@@ -268,27 +268,15 @@ class Session(SessionClaims, SessionWatches):
             return Answer(
                 Goodbye(ErrorCode.UNAUTHENTICATED, "Say who you are: Hello needs a user.")
             )
-        if self.authenticate:
-            known = self.ctx.catalog.users.get(hello.user)
-            if (
-                hello.token is None
-                or known is None
-                or not token_matches(hello.token, known.salt, known.hash)
-            ):
-                self.ctx.quiet.info(
-                    "login", "session %d: %.80r failed to authenticate", self.number, hello.user
-                )
-                return Answer(
-                    Goodbye(
-                        ErrorCode.UNAUTHENTICATED,
-                        f"This broker needs a valid token for {hello.user!r} here: set "
-                        "PRONTODB_TOKEN (an admin makes one with `prontodb user add` or `user "
-                        "token`).",
-                    )
-                )
-        self.user = hello.user
+        user, refusal = who_is(self.ctx.catalog.users, hello, must_prove=self.authenticate)
+        if refusal is not None:
+            self.ctx.quiet.info(
+                "login", "session %d: %.80r failed to authenticate", self.number, hello.user
+            )
+            return Answer(Goodbye(ErrorCode.UNAUTHENTICATED, refusal))
+        self.user = user
         limits = self.conn.limits.as_dict()
-        return Answer(Welcome(self.ctx.server_name, self.number, limits))
+        return Answer(Welcome(self.ctx.server_name, self.number, limits, user=user))
 
     async def _execute(self, request: Request) -> Answer | None:
         """Run ``request`` as the registry declares its operation; its answer, or None when a

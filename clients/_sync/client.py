@@ -87,8 +87,8 @@ class Client(KeyOperations, ClaimOperations, AdminOperations):
 
         ``url`` is ``unix:///path/to/socket``, ``tcp://host:port`` or ``tcps://host:port`` (TLS)
         (None: ``$PRONTODB_URL``, else the default socket). ``user`` defaults to
-        ``$PRONTODB_USER``, else the login name; ``token`` is the user's secret, if the broker
-        wants one (None: ``$PRONTODB_TOKEN``). ``cursor`` is the database the client's
+        ``$PRONTODB_USER``, else the owner of the token, else the login name; ``token`` is the
+        user's secret, if the broker wants one (None: ``$PRONTODB_TOKEN``). ``cursor`` is the database the client's
         operations act on by default. ``timeout`` bounds the connection and the greeting in
         seconds (None: wait as long as it takes). ``name`` tells the broker which program this
         is. ``ca_file`` (None: ``$PRONTODB_CA_FILE``, else the system's CAs) is what a
@@ -100,6 +100,7 @@ class Client(KeyOperations, ClaimOperations, AdminOperations):
         if url is None:
             url = default_url()
         address = parse_url(url)
+        guessed = user is None and not os.environ.get("PRONTODB_USER")
         if user is None:
             user = os.environ.get("PRONTODB_USER") or _login_name()
         if token is None:
@@ -107,8 +108,10 @@ class Client(KeyOperations, ClaimOperations, AdminOperations):
         tls = None
         if address.scheme == "tcps":
             tls = tls_context(ca_file or os.environ.get("PRONTODB_CA_FILE") or None)
-        pipeline = Pipeline.open(address, url, Hello(name, user, token), timeout, tls)
-        client = cls(pipeline, url=url, user=user, cursor=cursor)
+        # A guessed user gives way to the token's owner; the Welcome says whom we act for.
+        hello = Hello(name, user, token, user_default=guessed and token is not None)
+        pipeline = Pipeline.open(address, url, hello, timeout, tls)
+        client = cls(pipeline, url=url, user=pipeline.welcome.user or user, cursor=cursor)
         client._again = (token, timeout, name, ca_file)
         return client
 
