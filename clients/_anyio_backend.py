@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import socket
 import ssl
+from collections.abc import Callable, Coroutine, Generator
 from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
+from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 import anyio.streams.tls
+import anyio.to_thread
 
 
 def Lock() -> anyio.Lock:  # named as the sync backend's threading.Lock
@@ -156,6 +159,44 @@ async def connect_tcp(
                 raise cause from None
             raise ssl.SSLError(f"TLS handshake failed: {cause or exc}") from exc
         return Stream(stream)
+
+
+class _Closable(Protocol):
+    async def aclose(self) -> None: ...
+
+
+_Opened = TypeVar("_Opened", bound=_Closable)
+
+
+class Connecting(Generic[_Opened]):
+    """A connection being opened: ``await`` it for the client, or enter it with ``async with``
+    (which closes the client on leaving), as httpx's and redis-py's clients allow."""
+
+    def __init__(self, opening: Coroutine[Any, Any, _Opened]) -> None:
+        self._opening = opening
+        self._opened: _Opened | None = None
+
+    def __await__(self) -> Generator[Any, None, _Opened]:
+        return self._opening.__await__()
+
+    async def __aenter__(self) -> _Opened:
+        self._opened = await self._opening
+        return self._opened
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._opened is not None:
+            await self._opened.aclose()
+
+
+async def run_blocking(work: Callable[[], None]) -> None:
+    """Run blocking ``work`` (starting a broker: file locks, a child's ready pipe) in a worker
+    thread, so that the event loop goes on meanwhile."""
+    await anyio.to_thread.run_sync(work)
 
 
 def shielded() -> AbstractContextManager[object]:

@@ -47,6 +47,29 @@ def answers(socket_path: str) -> bool:
     return True
 
 
+def start_default_broker() -> None:
+    """Return once a broker serves the default data directory on the default socket (the ones
+    the environment names, clients/_locations.py), starting one if none answers.
+
+    Raises ProntoError ``unavailable`` saying why none could be started.
+    """
+    from prontodb.protocol import ErrorCode, ProntoError
+
+    from ._locations import default_data_dir, default_socket_path
+
+    data_dir = default_data_dir()
+    try:
+        ensure_broker(data_dir, default_socket_path(data_dir))
+    except AutostartError as exc:
+        raise ProntoError(ErrorCode.UNAVAILABLE, str(exc)) from None
+    except OSError as exc:  # the data directory cannot be created or locked
+        raise ProntoError(
+            ErrorCode.UNAVAILABLE,
+            f"Cannot start a broker in {data_dir} ({exc.strerror}); set PRONTODB_DATA_DIR to a "
+            "writable directory, or pass --url.",
+        ) from None
+
+
 def ensure_broker(data_dir: str, socket_path: str, *, timeout: float = START_TIMEOUT) -> None:
     """Return once a broker serves ``data_dir`` on ``socket_path``, starting one if none answers.
 

@@ -206,52 +206,23 @@ def fail(error: ProntoError) -> int:
 # -- connecting ---------------------------------------------------------------------------------
 
 
-def _default_address() -> tuple[str, str]:
-    from ._locations import default_data_dir, default_socket_path
-
-    data_dir = default_data_dir()
-    return data_dir, default_socket_path(data_dir)
-
-
 def target_url(options: Globals) -> str:
     """The URL the command talks to."""
     if options.url is not None:
         return options.url
-    return "unix://" + _default_address()[1]
+    from ._locations import default_url
+
+    return default_url()
 
 
 def connect(options: Globals, *, start: bool = True) -> Client:
     """A client for ``options``; on the default socket, start a broker first if none answers
     (unless ``start`` is false). Raises ProntoError (BrokerUnavailable when nothing answers)."""
     from ._sync.client import Client
-    from ._types import BrokerUnavailable
 
-    def attempt(url: str) -> Client:
-        return Client.connect(url, user=options.user, cursor=options.cursor, name=CLIENT_NAME)
-
-    if options.url is not None:
-        return attempt(options.url)
-    data_dir, socket_path = _default_address()
-    try:
-        return attempt("unix://" + socket_path)
-    except BrokerUnavailable:
-        if not start:
-            raise
-    from prontodb.protocol import ErrorCode, ProntoError
-
-    from ._autostart import AutostartError, ensure_broker
-
-    try:
-        ensure_broker(data_dir, socket_path)
-    except AutostartError as exc:
-        raise ProntoError(ErrorCode.UNAVAILABLE, str(exc)) from None
-    except OSError as exc:  # the data directory cannot be created or locked
-        raise ProntoError(
-            ErrorCode.UNAVAILABLE,
-            f"Cannot start a broker in {data_dir} ({exc.strerror}); set PRONTODB_DATA_DIR to a "
-            "writable directory, or pass --url.",
-        ) from None
-    return attempt("unix://" + socket_path)
+    return Client.connect(
+        options.url, user=options.user, cursor=options.cursor, name=CLIENT_NAME, autostart=start
+    )
 
 
 def run(

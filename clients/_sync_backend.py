@@ -16,7 +16,10 @@ from types import TracebackType
 
 TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
 if TYPE_CHECKING:
-    from typing import Any
+    from collections.abc import Callable
+    from typing import Any, TypeVar
+
+    _Opened = TypeVar("_Opened")
 
 Lock = threading.Lock
 Event = threading.Event
@@ -105,6 +108,16 @@ def connect_tcp(host: str, port: int, timeout: float | None, tls: Any = None) ->
         sock.close()
         raise
     return Stream(sock)
+
+
+def Connecting(opened: _Opened) -> _Opened:  # named as the async backend's class
+    """The sync client is connected by the time ``connect`` returns: nothing to wrap."""
+    return opened
+
+
+def run_blocking(work: Callable[[], None]) -> None:
+    """Run ``work`` here: blocking is what this client does."""
+    work()
 
 
 def shielded() -> AbstractContextManager[object]:

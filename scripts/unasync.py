@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # Applied in order to the whole text, docstrings included (so that examples read right).
 SUBSTITUTIONS: list[tuple[str, str]] = [
     (r"\bAwaitable\[(\w+)\]", r"\1"),
+    # The sync client is connected when connect() returns: nothing to await or enter first.
+    (r"\bbackend\.Connecting\[(\w+)\]", r"\1"),
     (r"\basync def\b", "def"),
     (r"\basync with\b", "with"),
     (r"\basync for\b", "for"),

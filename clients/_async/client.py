@@ -14,7 +14,9 @@ from types import TracebackType
 
 from prontodb.protocol import Hello
 
+from .. import _anyio_backend as backend
 from .._locations import default_url
+from .._types import BrokerUnavailable
 from .._urls import parse_url, tls_context
 from ._admin import AdminOperations
 from ._claims import ClaimOperations
@@ -32,7 +34,7 @@ class AsyncClient(KeyOperations, ClaimOperations, AdminOperations):
 
     Open one with :meth:`connect` and close it with ``async with`` or :meth:`aclose`::
 
-        async with await AsyncClient.connect("unix:///run/prontodb.sock") as client:
+        async with AsyncClient.connect("unix:///run/prontodb.sock") as client:
             await client.set("project.status", "ready")
 
     Any number of callers may use one client at once: their requests are pipelined on the one
@@ -70,31 +72,43 @@ class AsyncClient(KeyOperations, ClaimOperations, AdminOperations):
     # -- opening and closing ---------------------------------------------------------------
 
     @classmethod
-    async def connect(
+    def connect(
         cls,
         url: str | None = None,
         *,
         user: str | None = None,
         token: str | None = None,
         cursor: str = "default",
-        timeout: float | None = 10.0,  # noqa: ASYNC109
+        timeout: float | None = 10.0,
         name: str = "prontodb-python",
         ca_file: str | None = None,
-    ) -> AsyncClient:
-        """Connect to the broker at ``url`` and greet it.
+        autostart: bool = False,
+    ) -> backend.Connecting[AsyncClient]:
+        """Connect to the broker at ``url`` and greet it; either form works::
+
+            client = await AsyncClient.connect(url)
+            async with AsyncClient.connect(url) as client:  # closed on leaving
+                ...
 
         ``url`` is ``unix:///path/to/socket``, ``tcp://host:port`` or ``tcps://host:port`` (TLS)
         (None: ``$PRONTODB_URL``, else the default socket). ``user`` defaults to
         ``$PRONTODB_USER``, else the owner of the token, else the login name; ``token`` is the
-        user's secret, if the broker wants one (None: ``$PRONTODB_TOKEN``). ``cursor`` is the database the client's
-        operations act on by default. ``timeout`` bounds the connection and the greeting in
-        seconds (None: wait as long as it takes). ``name`` tells the broker which program this
-        is. ``ca_file`` (None: ``$PRONTODB_CA_FILE``, else the system's CAs) is what a
-        ``tcps://`` broker's certificate is checked against.
+        user's secret, if the broker wants one (None: ``$PRONTODB_TOKEN``). ``cursor`` is the
+        database the client's operations act on by default. ``timeout`` bounds the connection
+        and the greeting in seconds (None: wait as long as it takes). ``name`` tells the broker
+        which program this is. ``ca_file`` (None: ``$PRONTODB_CA_FILE``, else the system's CAs)
+        is what a ``tcps://`` broker's certificate is checked against.
+
+        ``autostart=True`` does what the ``prontodb`` CLI does on the default socket (``url``
+        None and no ``$PRONTODB_URL``): if no broker answers, it starts one in the background
+        for the default data directory, which exits once idle. Off by default: a library should
+        not leave a process behind unasked.
 
         Raises :class:`BrokerUnavailable` when nothing answers at ``url``, and ProntoError when
-        the broker refuses the greeting (``unauthenticated``, ``protocol``) or hangs up.
+        the broker refuses the greeting (``unauthenticated``, ``protocol``) or hangs up (or,
+        with ``autostart``, ``unavailable`` saying why no broker could be started).
         """
+        start = autostart and url is None and not os.environ.get("PRONTODB_URL")
         if url is None:
             url = default_url()
         address = parse_url(url)
@@ -108,10 +122,23 @@ class AsyncClient(KeyOperations, ClaimOperations, AdminOperations):
             tls = tls_context(ca_file or os.environ.get("PRONTODB_CA_FILE") or None)
         # A guessed user gives way to the token's owner; the Welcome says whom we act for.
         hello = Hello(name, user, token, user_default=guessed and token is not None)
-        pipeline = await Pipeline.open(address, url, hello, timeout, tls)
-        client = cls(pipeline, url=url, user=pipeline.welcome.user or user, cursor=cursor)
-        client._again = (token, timeout, name, ca_file)
-        return client
+
+        async def opening() -> AsyncClient:
+            try:
+                pipeline = await Pipeline.open(address, url, hello, timeout, tls)
+            except BrokerUnavailable:
+                if not start:
+                    raise
+                # Imported here: its modules (socket, select) would slow every CLI start.
+                from .._autostart import start_default_broker
+
+                await backend.run_blocking(start_default_broker)
+                pipeline = await Pipeline.open(address, url, hello, timeout, tls)
+            client = cls(pipeline, url=url, user=pipeline.welcome.user or hello.user, cursor=cursor)
+            client._again = (token, timeout, name, ca_file)
+            return client
+
+        return backend.Connecting(opening())
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.url} user={self.user!r} cursor={self.cursor!r}>"

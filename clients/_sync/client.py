@@ -16,7 +16,9 @@ from types import TracebackType
 
 from prontodb.protocol import Hello
 
+from .. import _sync_backend as backend
 from .._locations import default_url
+from .._types import BrokerUnavailable
 from .._urls import parse_url, tls_context
 from ._admin import AdminOperations
 from ._claims import ClaimOperations
@@ -82,21 +84,33 @@ class Client(KeyOperations, ClaimOperations, AdminOperations):
         timeout: float | None = 10.0,
         name: str = "prontodb-python",
         ca_file: str | None = None,
+        autostart: bool = False,
     ) -> Client:
-        """Connect to the broker at ``url`` and greet it.
+        """Connect to the broker at ``url`` and greet it; either form works::
+
+            client = Client.connect(url)
+            with Client.connect(url) as client:  # closed on leaving
+                ...
 
         ``url`` is ``unix:///path/to/socket``, ``tcp://host:port`` or ``tcps://host:port`` (TLS)
         (None: ``$PRONTODB_URL``, else the default socket). ``user`` defaults to
         ``$PRONTODB_USER``, else the owner of the token, else the login name; ``token`` is the
-        user's secret, if the broker wants one (None: ``$PRONTODB_TOKEN``). ``cursor`` is the database the client's
-        operations act on by default. ``timeout`` bounds the connection and the greeting in
-        seconds (None: wait as long as it takes). ``name`` tells the broker which program this
-        is. ``ca_file`` (None: ``$PRONTODB_CA_FILE``, else the system's CAs) is what a
-        ``tcps://`` broker's certificate is checked against.
+        user's secret, if the broker wants one (None: ``$PRONTODB_TOKEN``). ``cursor`` is the
+        database the client's operations act on by default. ``timeout`` bounds the connection
+        and the greeting in seconds (None: wait as long as it takes). ``name`` tells the broker
+        which program this is. ``ca_file`` (None: ``$PRONTODB_CA_FILE``, else the system's CAs)
+        is what a ``tcps://`` broker's certificate is checked against.
+
+        ``autostart=True`` does what the ``prontodb`` CLI does on the default socket (``url``
+        None and no ``$PRONTODB_URL``): if no broker answers, it starts one in the background
+        for the default data directory, which exits once idle. Off by default: a library should
+        not leave a process behind unasked.
 
         Raises :class:`BrokerUnavailable` when nothing answers at ``url``, and ProntoError when
-        the broker refuses the greeting (``unauthenticated``, ``protocol``) or hangs up.
+        the broker refuses the greeting (``unauthenticated``, ``protocol``) or hangs up (or,
+        with ``autostart``, ``unavailable`` saying why no broker could be started).
         """
+        start = autostart and url is None and not os.environ.get("PRONTODB_URL")
         if url is None:
             url = default_url()
         address = parse_url(url)
@@ -110,10 +124,23 @@ class Client(KeyOperations, ClaimOperations, AdminOperations):
             tls = tls_context(ca_file or os.environ.get("PRONTODB_CA_FILE") or None)
         # A guessed user gives way to the token's owner; the Welcome says whom we act for.
         hello = Hello(name, user, token, user_default=guessed and token is not None)
-        pipeline = Pipeline.open(address, url, hello, timeout, tls)
-        client = cls(pipeline, url=url, user=pipeline.welcome.user or user, cursor=cursor)
-        client._again = (token, timeout, name, ca_file)
-        return client
+
+        def opening() -> Client:
+            try:
+                pipeline = Pipeline.open(address, url, hello, timeout, tls)
+            except BrokerUnavailable:
+                if not start:
+                    raise
+                # Imported here: its modules (socket, select) would slow every CLI start.
+                from .._autostart import start_default_broker
+
+                backend.run_blocking(start_default_broker)
+                pipeline = Pipeline.open(address, url, hello, timeout, tls)
+            client = cls(pipeline, url=url, user=pipeline.welcome.user or hello.user, cursor=cursor)
+            client._again = (token, timeout, name, ca_file)
+            return client
+
+        return backend.Connecting(opening())
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.url} user={self.user!r} cursor={self.cursor!r}>"

@@ -77,7 +77,7 @@ async def wait_for_completion(client: AsyncClient, total: int, from_rev: int) ->
 
 
 async def run(args: argparse.Namespace) -> int:
-    async with await AsyncClient.connect(args.url, user=USER, cursor="tasks") as client:
+    async with AsyncClient.connect(args.url, user=USER, cursor="tasks") as client:
         started = time.monotonic()
         from_rev = await fill(client, args.tasks, args.batch)
         if not args.wait:

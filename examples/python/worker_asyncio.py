@@ -120,7 +120,7 @@ class Worker:
 
 
 async def main(args: argparse.Namespace) -> int:
-    async with await AsyncClient.connect(args.url, user=args.name, cursor="tasks") as client:
+    async with AsyncClient.connect(args.url, user=args.name, cursor="tasks") as client:
         worker = Worker(client, args)
         await client.set(f"agents.{args.name}.status", "active", cursor="main")
         await client.set(f"agents.{args.name}.capabilities", "processing", cursor="main")

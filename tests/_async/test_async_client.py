@@ -131,6 +131,16 @@ async def test_every_method_round_trips(broker: BrokerProcess) -> None:
 
 
 @anyio_test
+async def test_connect_is_entered_directly_or_awaited_first(broker: BrokerProcess) -> None:
+    async with AsyncClient.connect(broker.url) as client:  # no await: closed on leaving
+        await client.set("entered", 1)
+    await expect_error(ErrorCode.UNAVAILABLE, lambda: client.get("entered"))
+    awaited = await AsyncClient.connect(broker.url)
+    async with awaited:
+        assert await awaited.get("entered") == 1
+
+
+@anyio_test
 async def test_cursor_selects_the_database(broker: BrokerProcess) -> None:
     async with (
         await AsyncClient.connect(broker.url) as default,

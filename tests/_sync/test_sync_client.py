@@ -130,6 +130,15 @@ def test_every_method_round_trips(broker: BrokerProcess) -> None:
         assert client.call("ping", {}) == "pong"
 
 
+def test_connect_is_entered_directly_or_awaited_first(broker: BrokerProcess) -> None:
+    with Client.connect(broker.url) as client:  # no await: closed on leaving
+        client.set("entered", 1)
+    expect_error(ErrorCode.UNAVAILABLE, lambda: client.get("entered"))
+    awaited = Client.connect(broker.url)
+    with awaited:
+        assert awaited.get("entered") == 1
+
+
 def test_cursor_selects_the_database(broker: BrokerProcess) -> None:
     with (
         Client.connect(broker.url) as default,
