@@ -12,7 +12,7 @@ The byte format is specified in docs/PROTOCOL.md.
 """
 
 from ._addresses import split_host_port
-from ._codec import check_value
+from ._codec import VALUE_TYPES, check_value
 from ._connection import NEED_DATA, Connection, ConnectionStatistics, Role
 from ._errors import (
     ERROR_TABLE,
@@ -96,6 +96,7 @@ __all__ = [
     "UnknownOp",
     "WrongType",
     "check_value",
+    "VALUE_TYPES",
     "ERROR_TABLE",
     "INT64_MAX",
     "INT64_MIN",

@@ -67,6 +67,14 @@ def pack(obj: Any, limits: Limits) -> bytes:
     return packed
 
 
+# What a stored value may be, in the words of every error that refuses one (the broker's and the
+# client's), so that they never disagree.
+VALUE_TYPES = (
+    "a value is a str, bytes, a number, a bool, a list or a dict with str keys; None only inside "
+    "lists and dicts (to remove a key, delete it)"
+)
+
+
 def check_value(obj: Any, limits: Limits) -> None:
     """Raise LocalProtocolError unless ``obj`` could be sent under ``limits``: plain msgpack types
     only, string map keys, nesting, container and string lengths within bounds.

@@ -7,7 +7,14 @@ from typing import Any
 
 import msgpack
 
-from prontodb.protocol import ErrorCode, Limits, LocalProtocolError, ProntoError, check_value
+from prontodb.protocol import (
+    VALUE_TYPES,
+    ErrorCode,
+    Limits,
+    LocalProtocolError,
+    ProntoError,
+    check_value,
+)
 
 _TOP_LEVEL = (str, bytes, int, float, bool, list, dict)
 
@@ -27,8 +34,7 @@ def pack_value(value: Any, max_size: int, max_depth: int) -> bytes:
     """
     if not isinstance(value, _TOP_LEVEL):
         raise ProntoError(
-            ErrorCode.BAD_REQUEST,
-            f"A value must be a string, bytes, a number, a list or a map, not {type(value).__name__}.",
+            ErrorCode.BAD_REQUEST, f"A {type(value).__name__} cannot be stored: {VALUE_TYPES}."
         )
     try:
         if isinstance(value, list | dict):  # a scalar needs no walk: packb and the size check do

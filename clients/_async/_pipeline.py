@@ -15,6 +15,7 @@ from collections.abc import Callable
 from prontodb.protocol import (
     NEED_DATA,
     PROTOCOL_VERSION,
+    VALUE_TYPES,
     Connection,
     ConnectionClosed,
     ErrorCode,
@@ -432,8 +433,7 @@ def _refused(exc: LocalProtocolError) -> ProntoError:
         )
     return ProntoError(
         ErrorCode.BAD_REQUEST,
-        f"The request cannot be sent ({exc.message}); values may be None, bools, numbers, "
-        "str, bytes, and lists and dicts (with str keys) of those.",
+        f"The request cannot be sent ({exc.message}); {VALUE_TYPES}.",
     )
 
 

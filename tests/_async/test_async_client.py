@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from prontodb.clients import (
     ProntoError,
     TxnResult,
 )
-from prontodb.protocol import Goodbye
+from prontodb.protocol import VALUE_TYPES, Goodbye
 
 
 @pytest.fixture
@@ -138,6 +139,20 @@ async def test_connect_is_entered_directly_or_awaited_first(broker: BrokerProces
     awaited = await AsyncClient.connect(broker.url)
     async with awaited:
         assert await awaited.get("entered") == 1
+
+
+@anyio_test
+async def test_values_refused_here_or_at_the_broker_are_described_alike(
+    broker: BrokerProcess,
+) -> None:
+    async with AsyncClient.connect(broker.url) as client:
+        at_broker = await expect_error(ErrorCode.BAD_REQUEST, lambda: client.set("k", None))
+        assert at_broker.message == f"A NoneType cannot be stored: {VALUE_TYPES}."
+        here = await expect_error(ErrorCode.BAD_REQUEST, lambda: client.set("k", datetime.now()))
+        assert here.message.endswith(f"; {VALUE_TYPES}.")
+        assert "datetime" in here.message
+        await client.set("k", [None, {"a": None}])  # None inside a list or a map is a value
+        assert await client.get("k") == [None, {"a": None}]
 
 
 @anyio_test

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from prontodb.clients import (
     ProntoError,
     TxnResult,
 )
-from prontodb.protocol import Goodbye
+from prontodb.protocol import VALUE_TYPES, Goodbye
 
 
 @pytest.fixture
@@ -137,6 +138,19 @@ def test_connect_is_entered_directly_or_awaited_first(broker: BrokerProcess) -> 
     awaited = Client.connect(broker.url)
     with awaited:
         assert awaited.get("entered") == 1
+
+
+def test_values_refused_here_or_at_the_broker_are_described_alike(
+    broker: BrokerProcess,
+) -> None:
+    with Client.connect(broker.url) as client:
+        at_broker = expect_error(ErrorCode.BAD_REQUEST, lambda: client.set("k", None))
+        assert at_broker.message == f"A NoneType cannot be stored: {VALUE_TYPES}."
+        here = expect_error(ErrorCode.BAD_REQUEST, lambda: client.set("k", datetime.now()))
+        assert here.message.endswith(f"; {VALUE_TYPES}.")
+        assert "datetime" in here.message
+        client.set("k", [None, {"a": None}])  # None inside a list or a map is a value
+        assert client.get("k") == [None, {"a": None}]
 
 
 def test_cursor_selects_the_database(broker: BrokerProcess) -> None:
