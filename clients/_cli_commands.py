@@ -621,6 +621,11 @@ def watch(
         deadline = None if timeout is None else time.monotonic() + timeout
         seen = 0
         with client.watch(prefix, from_rev=from_rev) as events:
+            head = events.head_rev
+            if from_rev is not None and head is not None and from_rev > head + 1:
+                say(
+                    f"note: revision {from_rev} is not there yet (the database is at {head}); waiting for it"
+                )
             while count is None or seen < count:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 event = events.next_event(remaining) if remaining is None or remaining > 0 else None
@@ -643,12 +648,17 @@ def watch(
 
 
 def cursor_set(options: Globals, name: str, path: str, *, mine: bool = False) -> int:
-    """``cursor set NAME PATH``: silent; a relative PATH is made absolute against the working
-    directory here, since the broker resolves nothing against its own."""
+    """``cursor set NAME PATH``: silent, but for a note when nothing is at PATH yet (a backup file
+    that is not there would otherwise pass for a new database); a relative PATH is made absolute
+    against the working directory here, since the broker resolves nothing against its own."""
     absolute = os.path.abspath(path)
 
     def body(client: Client) -> int:
         bound = client.cursor_set(name, absolute, mine=mine)
+        if not bound["exists"]:
+            say(
+                f"note: cursor {name} is a new, empty database at {absolute} (nothing is there yet)"
+            )
         if options.json:
             write_json(bound)
         return 0

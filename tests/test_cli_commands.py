@@ -255,6 +255,34 @@ def test_conditional_set(broker: BrokerProcess, cursor: str) -> None:
     ok(cli(broker, cursor, "get", "lock"), "worker3\n")
 
 
+def test_a_watch_past_the_current_revision_says_it_waits(
+    broker: BrokerProcess, cursor: str
+) -> None:
+    ok(cli(broker, cursor, "set", "k", "v"))
+    early = cli(broker, cursor, "watch", "--from-rev", "90", "--timeout", "0.001")
+    assert (early.status, early.out) == (4, "")
+    assert early.err == (
+        "prontodb: note: revision 90 is not there yet (the database is at 1); waiting for it\n"
+    )
+    ok(cli(broker, cursor, "watch", "--from-rev", "1", "--count", "1"), "1 put k=v\n")
+    next_one = cli(broker, cursor, "watch", "--from-rev", "2", "--timeout", "0.001")
+    assert (next_one.status, next_one.err) == (4, "")  # the next revision: no note
+
+
+def test_cursor_set_notes_that_nothing_is_at_the_path_yet(
+    broker: BrokerProcess, cursor: str, tmp_path: Path
+) -> None:
+    missing = tmp_path / "backups" / "x.db"  # a backup file that was never made
+    new = cli(broker, cursor, "cursor", "set", f"{cursor}_x", str(missing))
+    assert (new.status, new.out) == (0, "")
+    assert new.err == (
+        f"prontodb: note: cursor {cursor}_x is a new, empty database at {missing} "
+        "(nothing is there yet)\n"
+    )
+    ok(cli(broker, cursor, "--cursor", f"{cursor}_x", "set", "k", "v"))
+    ok(cli(broker, cursor, "cursor", "set", f"{cursor}_y", str(missing)))  # it exists now
+
+
 # -- counters -------------------------------------------------------------------------------------
 
 

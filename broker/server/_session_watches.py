@@ -13,7 +13,7 @@ from ._databases import OpenDatabase
 from ._outbox import Answer
 from ._registry import Layer, op
 from ._session_base import SessionBase
-from ._watches import WATCH_ARGS, replaced, start_revision, stream, watch_args
+from ._watches import WATCH_ARGS, in_place, replaced, start_revision, stream, watch_args
 
 
 class SessionWatches(SessionBase):
@@ -70,7 +70,7 @@ class SessionWatches(SessionBase):
                 with scope:
                     announced = db is None
                     if db is None:  # in place at once; its changes come once it exists
-                        await send(self.conn.pack_event({"events": [], "next_rev": start}), start)
+                        await send(self.conn.pack_event(in_place(start, 0)), start)
                         db = await self.ctx.databases.wait_for(name, self.user)
                         if db.engine.history.first > start:  # it came by a restore
                             raise replaced(db.engine.revision)

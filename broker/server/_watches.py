@@ -69,6 +69,12 @@ def start_revision(db: OpenDatabase, from_rev: int | None) -> int:
     return from_rev
 
 
+def in_place(start: int, head: int) -> dict[str, Any]:
+    """The first Push of a watch: it is in place, starts at ``start``, and the database's last
+    durable revision is ``head`` (so a watcher told to start past it knows it waits)."""
+    return {"events": [], "next_rev": start, "head_rev": head}
+
+
 async def stream(
     db: OpenDatabase,
     prefix: str,
@@ -86,7 +92,7 @@ async def stream(
     the same revision with the same prefix share one reading and encoding of their pushes
     (:func:`encoded`): a fan-out to many watchers does that work once."""
     if not announced:
-        await send(pack({"events": [], "next_rev": next_rev}), next_rev)
+        await send(pack(in_place(next_rev, db.durable_rev)), next_rev)
     told = next_rev  # the resume point the watcher last heard of
     while True:
         if db.replaced_at is not None:

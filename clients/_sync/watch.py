@@ -52,7 +52,9 @@ class Watch:
     so that a write made inside the block is seen, and closes it on exit.
 
     ``next_rev`` is where the watch would resume: pass it as ``from_rev`` to a later watch to go on
-    from here. ``start_rev`` is the revision the watch started at (known once it is open).
+    from here. ``start_rev`` is the revision the watch started at, and ``head_rev`` the
+    database's last durable revision then (both known once it is open): a ``from_rev`` past
+    ``head_rev + 1`` waits for revisions that do not exist yet.
 
     Raises ProntoError ``compacted`` (the start is older than the broker's history; details
     ``oldest_rev``), ``overflow`` (the consumer fell behind the history window; details
@@ -74,6 +76,7 @@ class Watch:
         self.cursor = cursor
         self.next_rev = from_rev
         self.start_rev: int | None = None
+        self.head_rev: int | None = None
         self._connect = connect
         self._reconnect = reconnect
         self._pipeline: Pipeline | None = None  # its own connection, once open
@@ -232,6 +235,7 @@ class Watch:
         self._confirmed = True
         if self.start_rev is None:
             self.start_rev = self.next_rev
+            self.head_rev = push.get("head_rev")
         self._lost_at = None
 
     def _end(self, response: Response) -> None:

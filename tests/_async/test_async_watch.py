@@ -39,11 +39,26 @@ def brief(events: list[WatchEvent]) -> list[tuple[int, str, str, object]]:
 
 
 @anyio_test
+async def test_a_watch_from_a_future_revision_knows_it_waits(broker: BrokerProcess) -> None:
+    async with AsyncClient.connect(broker.url, cursor="future") as client:
+        async with client.watch("", from_rev=5) as early:  # the database is not made yet
+            assert (early.start_rev, early.head_rev) == (5, 0)
+        await client.set("k", 1)
+        async with client.watch("", from_rev=5) as watch:
+            assert (watch.start_rev, watch.head_rev) == (5, 1)
+            for n in range(2, 6):
+                await client.set("k", n)
+            event = await watch.next_event(timeout=10)
+            assert event is not None
+            assert (event.rev, event.value) == (5, 5)
+
+
+@anyio_test
 async def test_a_watch_sees_writes_made_after_it_opened(broker: BrokerProcess) -> None:
     async with await AsyncClient.connect(broker.url, user="w1") as client:
         await client.set("other", 0)
         async with client.watch("jobs") as watch:
-            assert watch.start_rev == 2
+            assert (watch.start_rev, watch.head_rev) == (2, 1)
             await client.set("jobs.a", "new")
             await client.set("jobsx", "outside")
             await client.delete("jobs.a")

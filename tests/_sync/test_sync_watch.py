@@ -40,11 +40,25 @@ def brief(events: list[WatchEvent]) -> list[tuple[int, str, str, object]]:
     return [(e.rev, e.type, e.key, e.value) for e in events]
 
 
+def test_a_watch_from_a_future_revision_knows_it_waits(broker: BrokerProcess) -> None:
+    with Client.connect(broker.url, cursor="future") as client:
+        with client.watch("", from_rev=5) as early:  # the database is not made yet
+            assert (early.start_rev, early.head_rev) == (5, 0)
+        client.set("k", 1)
+        with client.watch("", from_rev=5) as watch:
+            assert (watch.start_rev, watch.head_rev) == (5, 1)
+            for n in range(2, 6):
+                client.set("k", n)
+            event = watch.next_event(timeout=10)
+            assert event is not None
+            assert (event.rev, event.value) == (5, 5)
+
+
 def test_a_watch_sees_writes_made_after_it_opened(broker: BrokerProcess) -> None:
     with Client.connect(broker.url, user="w1") as client:
         client.set("other", 0)
         with client.watch("jobs") as watch:
-            assert watch.start_rev == 2
+            assert (watch.start_rev, watch.head_rev) == (2, 1)
             client.set("jobs.a", "new")
             client.set("jobsx", "outside")
             client.delete("jobs.a")
