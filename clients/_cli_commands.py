@@ -621,11 +621,7 @@ def watch(
         deadline = None if timeout is None else time.monotonic() + timeout
         seen = 0
         with client.watch(prefix, from_rev=from_rev) as events:
-            head = events.head_rev
-            if from_rev is not None and head is not None and from_rev > head + 1:
-                say(
-                    f"note: revision {from_rev} is not there yet (the database is at {head}); waiting for it"
-                )
+            _note_if_ahead(from_rev, events.head_rev)
             while count is None or seen < count:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 event = events.next_event(remaining) if remaining is None or remaining > 0 else None
@@ -645,6 +641,14 @@ def watch(
         return 0
 
     return run(options, body)
+
+
+def _note_if_ahead(from_rev: int | None, head: int | None) -> None:
+    """A watch told to start past the current revision waits: say so, lest it seem stuck."""
+    if from_rev is not None and head is not None and from_rev > head + 1:
+        say(
+            f"note: revision {from_rev} is not there yet (the database is at {head}); waiting for it"
+        )
 
 
 def cursor_set(options: Globals, name: str, path: str, *, mine: bool = False) -> int:
