@@ -66,6 +66,11 @@ def test_restore_puts_back_every_database_and_only_them(
         assert everything(client, "tasks") == saved["tasks"]
         assert everything(client, "main") == {}  # untouched by a one-cursor restore
         done = client.restore(file)
+        # status shows the restored databases at once, not only once each is touched again
+        shown = {d["name"]: d for d in client.status()["databases"]}
+        assert {d["name"]: d["revision"] for d in done["databases"]}.items() <= {
+            name: d["revision"] for name, d in shown.items()
+        }.items()
         assert {c: everything(client, c) for c in saved} == saved
         # Revisions go on above what each database had, never back.
         revisions = {d["name"]: d["revision"] for d in done["databases"]}

@@ -9,6 +9,7 @@ Paths are the broker's own, absolute (the CLI resolves relative ones).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -116,6 +117,10 @@ async def restore_op(ctx: Context, user: str, args: Mapping[str, Any]) -> Any:
         section = contents.sections[index]
         build = _builder(ctx.databases, path, index, directory)
         revision = await databases.replace(name, directory, build)
+        # Open it again now, as it was (or would be by the next request), so that status lists
+        # it. One that will not open is for its next request to report: the rest go on.
+        with contextlib.suppress(ProntoError):
+            await databases.at(name, directory, create=False)
         restored.append(
             {
                 **section.as_dict(),
