@@ -1,15 +1,22 @@
-"""The fast path of the ``prontodb`` command: the forms scripts run in loops, parsed without click.
+"""The fast path of the ``prontodb`` command: the common forms, parsed without click.
 
-It recognises exactly::
+Importing click costs a command about 20 ms, more than the rest of its start-up together; a script
+that calls ``prontodb`` in a loop pays it every time. So the commands scripts run most are
+recognised here::
 
     [--user U] [--cursor C] [--url URL] [--json]   (global options, any order, `--opt=value` too)
-    get KEY | set KEY VALUE | del KEY | incr KEY [BY] | decr KEY [BY] | keys [PREFIX] | scan [PREFIX]
+    get KEY [--meta] | set KEY VALUE [--string] [--if-absent] [--if-rev N] [--ttl S]
+    del KEY... | exists KEY | mget KEY... | mset [--string] KEY VALUE...
+    incr KEY [BY] | decr KEY [BY] | keys [PREFIX] | scan [PREFIX] | cas KEY OLD NEW [--string]
+    expire KEY S | persist KEY | ttl KEY | caches | claims [PREFIX] | ping | status
     claim PREFIX [--wait S] [--lease S] [--max-deliveries N] | ack KEY --token T
-    release KEY --token T [--delay S]     (their options in any order, `--opt=value` too, --json)
+    release KEY --token T [--delay S] | extend KEY --token T --lease S
 
-and calls the same ``_cli_commands`` function as the click command would. Anything else (help,
-command options, usage errors, other commands, an argument that starts with ``-`` and is not a
-negative number) returns None and goes to click, so whatever this accepts it reads as click does.
+(a command's options anywhere among its arguments, `--opt=value` too, --json and the global
+value options after it as well), and each calls the same ``_cli_commands`` function as its click
+command. Anything else (help, usage errors, values from stdin or a file, other commands, an
+argument that starts with ``-`` and is not a negative number) returns None and goes to click, so
+whatever this accepts it reads as click does: tests/test_cli_parity.py runs each form both ways.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ def _seconds_or_zero(text: str) -> float | None:
     return commands.parse_seconds(text, allow_zero=True)
 
 
-def _token(text: str) -> int | None:
+def _whole(text: str) -> int | None:
     number = commands.parse_int(text)
     return number if number is not None and number >= 0 else None
 
@@ -43,47 +50,86 @@ def _deliveries(text: str) -> int | None:
     return number if number is not None and number >= 1 else None
 
 
-# Each queue command's options: option -> (keyword, parser), the parsers as click's callbacks.
-_QUEUE_OPTIONS: dict[str, dict[str, tuple[str, Callable[[str], Any]]]] = {
+FLAG = None  # an option that takes no value
+if TYPE_CHECKING:
+    Options = dict[str, tuple[str, Callable[[str], Any] | None]]
+_STRING: Options = {"--string": ("as_string", FLAG)}
+_TOKEN: Options = {"--token": ("token", _whole)}
+
+# Each command's own options: option -> (keyword, parser or FLAG), the parsers as click's callbacks.
+# A command not named here takes none (but --json, as every command does).
+_OPTIONS: dict[str, Options] = {
+    "get": {"--meta": ("meta", FLAG)},
+    "set": {
+        **_STRING,
+        "--if-absent": ("if_absent", FLAG),
+        "--if-rev": ("if_rev", _whole),
+        "--ttl": ("ttl", _seconds),
+    },
+    "mset": _STRING,
+    "cas": _STRING,
     "claim": {
         "--wait": ("wait", _seconds_or_zero),
         "--lease": ("lease", _seconds),
         "--max-deliveries": ("max_deliveries", _deliveries),
     },
-    "ack": {"--token": ("token", _token)},
-    "release": {"--token": ("token", _token), "--delay": ("delay", _seconds_or_zero)},
+    "ack": _TOKEN,
+    "release": {**_TOKEN, "--delay": ("delay", _seconds_or_zero)},
+    "extend": {**_TOKEN, "--lease": ("lease", _seconds)},
 }
 
 
-def _queue_options(
-    known: dict[str, tuple[str, Callable[[str], Any]]], args: Sequence[str]
-) -> tuple[list[str], dict[str, Any]] | None:
-    """Split a queue command's ``args`` into its positionals and its parsed options (``json``
-    for its own --json); None for anything click should see (an unknown option, a bad value)."""
-    positionals: list[str] = []
-    parsed: dict[str, Any] = {}
+# The global value options work after the command too, as click's group takes them there.
+_AFTER: Options = {name: (kw, str) for name, kw in commands.GLOBAL_VALUE_OPTIONS.items()}
+
+
+class _Split:
+    """A command's arguments taken apart as click takes them: positionals, its own options,
+    the global options given after it, and whether --json was."""
+
+    __slots__ = ("globals", "json", "options", "positionals")
+
+    def __init__(self) -> None:
+        self.positionals: list[str] = []
+        self.options: dict[str, Any] = {}
+        self.globals: dict[str, str] = {}
+        self.json = False
+
+
+def _split(known: Options, args: Sequence[str]) -> _Split | None:
+    """``args`` taken apart; None for anything click should see (an unknown option, a missing or
+    bad value, a value given to a flag, ``--``)."""
+    split = _Split()
     index = 0
     while index < len(args):
         arg = args[index]
         index += 1
+        if _positional(arg):
+            split.positionals.append(arg)
+            continue
         if arg == "--json":
-            parsed["json"] = True
+            split.json = True
             continue
         name, equals, text = arg.partition("=")
-        if name not in known:
-            positionals.append(arg)  # checked by the caller: an option-like one goes to click
+        spec = known.get(name) or _AFTER.get(name)
+        if spec is None:
+            return None
+        keyword, parse = spec
+        if parse is FLAG:
+            if equals:
+                return None  # click: the option does not take a value
+            split.options[keyword] = True
             continue
         if not equals:
             if index == len(args):
                 return None
             text = args[index]
             index += 1
-        keyword, parse = known[name]
         value = parse(text)
         if value is None:
             return None  # click says what is wrong with it
-        parsed[keyword] = value
-    return positionals, parsed
+        (split.options if name in known else split.globals)[keyword] = value
+    return split
 
 
 def _positional(arg: str) -> bool:
@@ -115,72 +161,95 @@ def _global_options(argv: Sequence[str]) -> tuple[dict[str, str], bool, int] | N
     return None
 
 
-def _claim(options: commands.Globals, args: Sequence[str], queue: dict[str, Any]) -> int | None:
-    return commands.claim(options, args[0], **queue) if len(args) == 1 else None
+# Each fast command's forms: (global options, positionals, its parsed options) -> its exit status,
+# or None when the arguments are not its form (one missing, or too many: click says so). The
+# arguments' counts are click's; each calls what the click command calls.
+if TYPE_CHECKING:
+    Form = Callable[[commands.Globals, Sequence[str], dict[str, Any]], int | None]
 
 
-def _ack(options: commands.Globals, args: Sequence[str], queue: dict[str, Any]) -> int | None:
-    if len(args) != 1 or "token" not in queue:
+def _one(call: Callable[..., int]) -> Form:
+    """A command of exactly one argument (and its options)."""
+    return lambda o, args, kw: call(o, args[0], **kw) if len(args) == 1 else None
+
+
+def _optional(call: Callable[..., int]) -> Form:
+    """A command of one optional argument (a prefix)."""
+    return lambda o, args, kw: call(o, *args, **kw) if len(args) <= 1 else None
+
+
+def _none(call: Callable[..., int]) -> Form:
+    """A command of no arguments."""
+    return lambda o, args, kw: call(o) if not args else None
+
+
+def _set(o: commands.Globals, args: Sequence[str], kw: dict[str, Any]) -> int | None:
+    return commands.set_(o, args[0], args[1], **kw) if len(args) == 2 else None
+
+
+def _mset(o: commands.Globals, args: Sequence[str], kw: dict[str, Any]) -> int | None:
+    return commands.mset(o, args, **kw) if args and len(args) % 2 == 0 else None
+
+
+def _cas(o: commands.Globals, args: Sequence[str], kw: dict[str, Any]) -> int | None:
+    return commands.cas(o, *args, **kw) if len(args) == 3 else None
+
+
+def _expire(o: commands.Globals, args: Sequence[str], kw: dict[str, Any]) -> int | None:
+    if len(args) != 2:
         return None
-    return commands.ack(options, args[0], queue["token"])
+    seconds = commands.parse_seconds(args[1], allow_zero=True)
+    return None if seconds is None else commands.expire(o, args[0], seconds)
 
 
-def _release(options: commands.Globals, args: Sequence[str], queue: dict[str, Any]) -> int | None:
-    if len(args) != 1 or "token" not in queue:
-        return None
-    return commands.release(options, args[0], queue["token"], queue.get("delay"))
+def _counter(decrement: bool) -> Form:
+    def form(o: commands.Globals, args: Sequence[str], kw: dict[str, Any]) -> int | None:
+        if len(args) not in (1, 2):
+            return None
+        by = commands.parse_int(args[1]) if len(args) == 2 else 1
+        if by is None:
+            return None
+        return commands.incr(o, args[0], by, decrement=decrement)
+
+    return form
 
 
-def _get(options: commands.Globals, args: Sequence[str], queue: dict[str, Any]) -> int | None:
-    return commands.get(options, args[0]) if len(args) == 1 else None
+def _with_token(call: Callable[..., int], *required: str) -> Form:
+    """A claim's follow-up (ack, release, extend): one key, and its --token (and ``required``)."""
+
+    def form(o: commands.Globals, args: Sequence[str], kw: dict[str, Any]) -> int | None:
+        if len(args) != 1 or any(name not in kw for name in ("token", *required)):
+            return None
+        return call(o, args[0], **kw)
+
+    return form
 
 
-def _set(options: commands.Globals, args: Sequence[str], queue: dict[str, Any]) -> int | None:
-    return commands.set_(options, args[0], args[1]) if len(args) == 2 else None
-
-
-def _delete(options: commands.Globals, args: Sequence[str], queue: dict[str, Any]) -> int | None:
-    return commands.delete(options, args[0]) if len(args) == 1 else None
-
-
-def _counter(options: commands.Globals, args: Sequence[str], decrement: bool) -> int | None:
-    if len(args) not in (1, 2):
-        return None
-    by = commands.parse_int(args[1]) if len(args) == 2 else 1
-    if by is None:
-        return None
-    return commands.incr(options, args[0], by, decrement=decrement)
-
-
-def _incr(options: commands.Globals, args: Sequence[str], queue: dict[str, Any]) -> int | None:
-    return _counter(options, args, decrement=False)
-
-
-def _decr(options: commands.Globals, args: Sequence[str], queue: dict[str, Any]) -> int | None:
-    return _counter(options, args, decrement=True)
-
-
-def _keys(options: commands.Globals, args: Sequence[str], queue: dict[str, Any]) -> int | None:
-    return commands.keys(options, *args) if len(args) <= 1 else None
-
-
-def _scan(options: commands.Globals, args: Sequence[str], queue: dict[str, Any]) -> int | None:
-    return commands.scan(options, *args) if len(args) <= 1 else None
-
-
-# Each fast command's form: (global options, positionals, parsed queue options) -> its exit status,
-# or None when the arguments are not that form (one missing or too many: click says so).
-_FORMS: dict[str, Callable[[commands.Globals, Sequence[str], dict[str, Any]], int | None]] = {
-    "claim": _claim,
-    "ack": _ack,
-    "release": _release,
-    "get": _get,
+_FORMS: dict[str, Form] = {
+    "get": _one(commands.get),
     "set": _set,
-    "del": _delete,
-    "incr": _incr,
-    "decr": _decr,
-    "keys": _keys,
-    "scan": _scan,
+    "del": lambda o, args, kw: commands.delete(o, *args) if args else None,
+    "exists": _one(commands.exists),
+    "mget": lambda o, args, kw: commands.mget(o, args) if args else None,
+    "mset": _mset,
+    "incr": _counter(decrement=False),
+    "decr": _counter(decrement=True),
+    "keys": _optional(commands.keys),
+    "scan": _optional(commands.scan),
+    "cas": _cas,
+    "expire": _expire,
+    "persist": _one(commands.persist),
+    "ttl": _one(commands.ttl),
+    "caches": _none(commands.caches),
+    "claim": _one(commands.claim),
+    "ack": _with_token(commands.ack),
+    "release": _with_token(
+        lambda o, key, token, delay=None: commands.release(o, key, token, delay)
+    ),
+    "extend": _with_token(commands.extend, "lease"),
+    "claims": _optional(commands.claims),
+    "ping": _none(commands.ping),
+    "status": _none(commands.status),
 }
 
 
@@ -190,22 +259,16 @@ def run(argv: Sequence[str]) -> int | None:
     if found is None:
         return None
     values, as_json, index = found
-    command, args = argv[index], argv[index + 1 :]
+    command = argv[index]
     form = _FORMS.get(command)
     if form is None:
         return None
-    queue_options: dict[str, Any] = {}
-    if command in _QUEUE_OPTIONS:  # a worker's loop: claim, then ack or release
-        parsed = _queue_options(_QUEUE_OPTIONS[command], args)
-        if parsed is None:
-            return None
-        args, queue_options = parsed
-        as_json = as_json or queue_options.pop("json", False)
-    if not all(_positional(arg) for arg in args):
+    split = _split(_OPTIONS.get(command, {}), argv[index + 1 :])
+    if split is None:
         return None
-    options = commands.Globals(json=as_json, **values)
+    options = commands.Globals(json=as_json or split.json, **{**values, **split.globals})
     try:
-        return form(options, args, queue_options)
+        return form(options, split.positionals, split.options)
     except BrokenPipeError:
         # The reader went away (`prontodb keys | head -1`): stop quietly, as click does.
         devnull = os.open(os.devnull, os.O_WRONLY)
