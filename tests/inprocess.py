@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import trio
 from wire import Wire
@@ -23,6 +24,14 @@ class Running:
     def socket(self) -> str:
         assert self.info.socket is not None
         return str(self.info.socket)
+
+    @property
+    def url(self) -> str:
+        return "unix://" + self.socket
+
+    def admin_token(self) -> str:
+        """The token of ``admin``, the user a new data directory gets."""
+        return (self.broker.config.data_dir / "admin.token").read_text().strip()
 
     async def wire(self, user: str = "tester") -> Wire:
         wire = await Wire.open(self.socket, user)
@@ -68,6 +77,13 @@ async def running_broker(
         broker.request_stop()
         for wire in running.wires:
             await wire.aclose()
+
+
+def guarded(directory: Path) -> ServerConfig:
+    """A broker in ``directory`` whose Unix socket wants tokens too (``serve --require-auth``)."""
+    return ServerConfig(
+        data_dir=directory / "data", socket_path=directory / "s.sock", require_auth=True
+    )
 
 
 async def until(condition: Callable[[], bool]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import inprocess
 import pytest
 from inprocess import Running, running_broker
 
@@ -15,15 +16,8 @@ from prontodb.clients import AsyncClient, ErrorCode, ProntoError, Unauthenticate
 
 @pytest.fixture
 async def guarded(short_dir: Path) -> AsyncIterator[Running]:
-    config = ServerConfig(
-        data_dir=short_dir / "data", socket_path=short_dir / "s.sock", require_auth=True
-    )
-    async with running_broker(config) as running:
+    async with running_broker(inprocess.guarded(short_dir)) as running:
         yield running
-
-
-def admin_token(server: Running) -> str:
-    return (server.broker.config.data_dir / "admin.token").read_text().strip()
 
 
 @pytest.fixture
@@ -34,8 +28,8 @@ def no_user(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("no_user")
 async def test_a_token_alone_acts_for_its_owner(guarded: Running) -> None:
-    url = "unix://" + guarded.socket
-    async with await AsyncClient.connect(url, token=admin_token(guarded)) as admin:
+    url = guarded.url
+    async with await AsyncClient.connect(url, token=guarded.admin_token()) as admin:
         assert admin.user == "admin"
         assert "user='admin'" in repr(admin)
         bob_token = await admin.user_add("bob")
@@ -53,17 +47,17 @@ async def test_a_token_alone_acts_for_its_owner(guarded: Running) -> None:
 async def test_the_environment_token_alone_is_enough(
     guarded: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PRONTODB_TOKEN", admin_token(guarded))
-    async with await AsyncClient.connect("unix://" + guarded.socket) as admin:
+    monkeypatch.setenv("PRONTODB_TOKEN", guarded.admin_token())
+    async with await AsyncClient.connect(guarded.url) as admin:
         assert admin.user == "admin"
 
 
 async def test_a_named_user_with_someone_elses_token_is_told_whose_it_is(
     guarded: Running,
 ) -> None:
-    url = "unix://" + guarded.socket
+    url = guarded.url
     with pytest.raises(Unauthenticated) as refused:
-        await AsyncClient.connect(url, user="root", token=admin_token(guarded))
+        await AsyncClient.connect(url, user="root", token=guarded.admin_token())
     assert "belongs to 'admin', not 'root'" in refused.value.message
     assert "--user admin" in refused.value.message
 
@@ -74,7 +68,7 @@ async def test_a_login_without_a_valid_token_says_what_to_set(
     guarded: Running, token: str | None
 ) -> None:
     with pytest.raises(Unauthenticated) as refused:
-        await AsyncClient.connect("unix://" + guarded.socket, user="bob", token=token)
+        await AsyncClient.connect(guarded.url, user="bob", token=token)
     assert "PRONTODB_TOKEN" in refused.value.message
 
 
@@ -84,8 +78,8 @@ async def test_a_socket_that_trusts_its_mode_still_names_the_tokens_owner(
 ) -> None:
     config = ServerConfig(data_dir=short_dir / "data", socket_path=short_dir / "s.sock")
     async with running_broker(config) as running:
-        url = "unix://" + running.socket
-        async with await AsyncClient.connect(url, token=admin_token(running)) as admin:
+        url = running.url
+        async with await AsyncClient.connect(url, token=running.admin_token()) as admin:
             assert admin.user == "admin"
         # An unknown token is no reason to refuse where none is needed: the login name stays.
         async with await AsyncClient.connect(url, token="stale") as anyone:

@@ -10,27 +10,23 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import inprocess
 import pytest
 import trio
 from inprocess import Running, running_broker, until
 
-from prontodb.broker.server import ServerConfig
 from prontodb.broker.server._databases import OpenDatabase
 from prontodb.clients import AsyncClient, ErrorCode, ProntoError
 
 
 @pytest.fixture
 async def guarded(short_dir: Path) -> AsyncIterator[Running]:
-    config = ServerConfig(
-        data_dir=short_dir / "data", socket_path=short_dir / "s.sock", require_auth=True
-    )
-    async with running_broker(config) as running:
+    async with running_broker(inprocess.guarded(short_dir)) as running:
         yield running
 
 
 async def admin_of(server: Running) -> AsyncClient:
-    token = (server.broker.config.data_dir / "admin.token").read_text().strip()
-    return await AsyncClient.connect("unix://" + server.socket, user="admin", token=token)
+    return await AsyncClient.connect(server.url, user="admin", token=server.admin_token())
 
 
 async def waiting(server: Running, prefix: str) -> None:
