@@ -143,3 +143,32 @@ def test_a_second_signal_drops_stuck_connections(
         assert broker.process.wait(30) == 0
     assert "dropping connections now" in broker.log_text()
     assert not Path(broker.socket).exists()
+
+
+def test_a_port_in_use_is_named_and_nothing_claims_to_have_served(short_dir: Path) -> None:
+    sock = short_dir / "s.sock"
+    with socket.socket() as held:  # the port, taken first by someone else
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        refused = subprocess.run(
+            serve_command(
+                "--data-dir",
+                str(short_dir / "data"),
+                "--socket",
+                str(sock),
+                "--tcp",
+                f"127.0.0.1:{port}",
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert refused.returncode == 1
+    # One line, the error, naming the address; no "stopped" for a broker that never served.
+    lines = refused.stderr.splitlines()
+    assert len(lines) == 1, refused.stderr
+    assert "ERROR" in lines[0]
+    assert f"127.0.0.1:{port}" in lines[0]
+    assert "in use" in lines[0]
+    assert not sock.exists()

@@ -44,6 +44,11 @@ _LISTEN_BACKLOG = 1024
 BACKUPS_DIR = "backups"  # in the data directory: the backups a cursor's admin may name
 
 
+class CannotListen(Exception):
+    """A listener could not be opened: the message names its address (``host:port``, or the
+    socket's path) and says what to do."""
+
+
 @dataclass(frozen=True, slots=True)
 class BrokerInfo:
     """Where a started broker listens (``tcp`` with the port it actually got)."""
@@ -111,36 +116,13 @@ class Broker:
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock = DataDirLock(config.data_dir)
         lock.acquire(self._lock_record(None))
-        socket_inode: tuple[int, int] | None = None
+        opened: list[trio.SocketListener] = []  # closed on the way out, however it goes
+        served = False  # "stopped" is said only of a broker that said it was serving
         try:
             catalog = self.databases.catalog = Catalog.load(config.data_dir)
             catalog.on_change = self.sessions.recheck_waits
             await bootstrap(catalog, config.data_dir, self.context.clock)
-            listeners: list[Listening] = []
-            if config.socket_path is not None:
-                unix, socket_inode = await _open_unix_listener(config.socket_path)
-                self._socket_inode = socket_inode
-                # The socket's file mode is the trust boundary, unless told to want tokens.
-                listeners.append(Listening(unix, config.require_auth))
-            tcp_name = None
-            if config.tcp is not None:
-                host, port = config.tcp
-                if config.tls is None and host not in LOOPBACK:
-                    logger.warning(
-                        "listening on TCP %s without TLS: tokens and data cross the network in "
-                        "clear; give --tls-cert and --tls-key",
-                        host,
-                    )
-                tcp_listeners = await trio.open_tcp_listeners(port, host=host)
-                bound = tcp_listeners[0].socket.getsockname()
-                wrapped: list[trio.abc.Listener[Any]] = list(tcp_listeners)
-                if config.tls is not None:
-                    context = _server_tls(*config.tls)
-                    wrapped = [trio.SSLListener(t, context) for t in tcp_listeners]
-                listeners.extend(Listening(t, not config.insecure) for t in wrapped)
-                tcp_name = (
-                    f"[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"{bound[0]}:{bound[1]}"
-                )
+            listeners, tcp_name = await self._open_listeners(opened)
             socket_name = None if config.socket_path is None else str(config.socket_path)
             self.info = BrokerInfo(os.getpid(), socket_name, tcp_name)
             lock.rewrite(self._lock_record(tcp_name))
@@ -152,15 +134,50 @@ class Broker:
                 f" and tcp {tcp_name}" if tcp_name else "",
                 config.fsync.value,
             )
+            served = True
             await self._run(listeners, handle_signals, task_status)
         finally:
+            for listener in opened:
+                listener.socket.close()  # closed already, unless serving never began
             with trio.CancelScope(shield=True):
                 await self.databases.close_all()
-            if config.socket_path is not None and socket_inode is not None:
-                _remove_socket(config.socket_path, socket_inode)
+            if config.socket_path is not None and self._socket_inode is not None:
+                _remove_socket(config.socket_path, self._socket_inode)
             lock.release()
             self.pending_input.close()
-            logger.info("broker %d stopped", self.info.pid)
+            if served:
+                logger.info("broker %d stopped", self.info.pid)
+
+    async def _open_listeners(
+        self, opened: list[trio.SocketListener]
+    ) -> tuple[list[Listening], str | None]:
+        """The listeners the config names (each also put in ``opened``), and the TCP address
+        bound (``host:port``, with the port port 0 got), or None."""
+        config = self.config
+        listeners: list[Listening] = []
+        if config.socket_path is not None:
+            unix, self._socket_inode = await _open_unix_listener(config.socket_path)
+            opened.append(unix)
+            # The socket's file mode is the trust boundary, unless told to want tokens.
+            listeners.append(Listening(unix, config.require_auth))
+        if config.tcp is None:
+            return listeners, None
+        host, port = config.tcp
+        if config.tls is None and host not in LOOPBACK:
+            logger.warning(
+                "listening on TCP %s without TLS: tokens and data cross the network in "
+                "clear; give --tls-cert and --tls-key",
+                host,
+            )
+        tcp_listeners = await _open_tcp_listeners(host, port)
+        opened.extend(tcp_listeners)
+        bound = tcp_listeners[0].socket.getsockname()
+        wrapped: list[trio.abc.Listener[Any]] = list(tcp_listeners)
+        if config.tls is not None:
+            context = _server_tls(*config.tls)
+            wrapped = [trio.SSLListener(t, context) for t in tcp_listeners]
+        listeners.extend(Listening(t, not config.insecure) for t in wrapped)
+        return listeners, _host_port(bound[0], bound[1])
 
     async def _run(
         self,
@@ -311,25 +328,52 @@ def _database_status(db: OpenDatabase) -> dict[str, Any]:
     }
 
 
+def _host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 host in brackets (``[::1]:7400``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _open_tcp_listeners(host: str, port: int) -> list[trio.SocketListener]:
+    """Listen on ``host:port``; CannotListen names the address when that fails."""
+    try:
+        return await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        address = _host_port(host, port)
+        if exc.errno == errno.EADDRINUSE:
+            why = (
+                "the address is in use (another broker or program listens there); stop it, "
+                "or pass another --tcp port (port 0 picks a free one)"
+            )
+        else:
+            why = f"{exc.strerror or exc}; check the --tcp address"
+        raise CannotListen(f"Cannot listen on TCP {address}: {why}.") from None
+
+
 async def _open_unix_listener(path: Path) -> tuple[trio.SocketListener, tuple[int, int]]:
     """Bind ``path`` with mode 0600 in a 0700 directory; refuse one a live broker answers on."""
-    _prepare_socket_path(path)
-    sock = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
     try:
-        await sock.bind(str(path))
-        # Before listen(), nobody can connect, so the mode is right before the first client.
-        os.chmod(path, 0o600)
-        sock.listen(_LISTEN_BACKLOG)
-        st = os.stat(path)
-    except BaseException:
-        sock.close()
-        raise
+        _prepare_socket_path(path)
+        sock = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+        try:
+            await sock.bind(str(path))
+            # Before listen(), nobody can connect, so the mode is right before the first client.
+            os.chmod(path, 0o600)
+            sock.listen(_LISTEN_BACKLOG)
+            st = os.stat(path)
+        except BaseException:
+            sock.close()
+            raise
+    except OSError as exc:
+        raise CannotListen(
+            f"Cannot listen on the Unix socket {path}: {exc.strerror or exc}; pass another "
+            "--socket (or set PRONTODB_SOCKET)."
+        ) from None
     return trio.SocketListener(sock), (st.st_dev, st.st_ino)
 
 
 def _prepare_socket_path(path: Path) -> None:
     if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
-        raise AlreadyServing(
+        raise CannotListen(
             f"The socket path {path} is longer than the {_MAX_SOCKET_PATH} bytes a Unix socket "
             "allows; pass a shorter --socket (or set PRONTODB_SOCKET)."
         )
