@@ -256,6 +256,12 @@ async def test_a_unix_socket_that_cannot_be_made_is_named(short_dir: Path) -> No
     inside_a_file = ServerConfig(data_dir=short_dir / "data", socket_path=short_dir / "file" / "s")
     with pytest.raises(CannotListen, match=f"Unix socket {short_dir / 'file' / 's'}: "):
         await Broker(inside_a_file).serve()
+    # A file that is not a socket is never taken for one a dead broker left (and removed).
+    (short_dir / "notes.txt").write_text("kept")
+    on_a_file = ServerConfig(data_dir=short_dir / "data", socket_path=short_dir / "notes.txt")
+    with pytest.raises(CannotListen, match=r"notes\.txt exists and is not a socket"):
+        await Broker(on_a_file).serve()
+    assert (short_dir / "notes.txt").read_text() == "kept"
     too_long = ServerConfig(data_dir=short_dir / "data", socket_path=short_dir / ("x" * 120))
     with pytest.raises(CannotListen, match="longer than the 107 bytes"):
         await Broker(too_long).serve()

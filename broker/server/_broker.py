@@ -13,6 +13,7 @@ import os
 import signal
 import socket as stdlib_socket
 import ssl
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -378,13 +379,22 @@ def _prepare_socket_path(path: Path) -> None:
             "allows; pass a shorter --socket (or set PRONTODB_SOCKET)."
         )
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.exists() or path.is_symlink():
-        if _answers(path):
-            raise AlreadyServing(
-                f"Something already listens on {path}; stop it (`prontodb stop`) or pass "
-                "another --socket."
-            )
-        path.unlink()  # left behind by a broker that died
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        # connect() to a regular file is refused just like a dead socket: never remove one.
+        raise CannotListen(
+            f"{path} exists and is not a socket; pass another --socket (or set "
+            "PRONTODB_SOCKET), or remove it if nothing needs it."
+        )
+    if _answers(path):
+        raise AlreadyServing(
+            f"Something already listens on {path}; stop it (`prontodb stop`) or pass "
+            "another --socket."
+        )
+    path.unlink()  # left behind by a broker that died
 
 
 def _answers(path: Path) -> bool:
