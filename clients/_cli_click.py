@@ -932,7 +932,16 @@ def stop_command(ctx: click.Context, as_json: bool) -> None:
     show_default=True,
     help="With --log-file: the size at which the log file is rotated.",
 )
+@click.option(
+    "--idle-exit",
+    type=click.FloatRange(min=0),
+    default=0,
+    metavar="SECONDS",
+    help="Stop after this long with no connection open (0: never, the default; an auto-started "
+    "broker gets 600, or $PRONTODB_IDLE_EXIT).",
+)
 @click.option("--ready-fd", type=int, hidden=True, help="Write one JSON line here once listening.")
+@click.option("--auto-started", is_flag=True, hidden=True, help="Started by a CLI that found none.")
 def serve(
     data_dir: str | None,
     socket_path: str | None,
@@ -946,7 +955,9 @@ def serve(
     tls_key: str | None,
     log_file: str | None,
     log_max_bytes: int,
+    idle_exit: float,
     ready_fd: int | None,
+    auto_started: bool,
 ) -> None:
     """Run the broker in the foreground until SIGTERM, SIGINT or `prontodb stop`."""
     import os
@@ -980,6 +991,8 @@ def serve(
         require_auth=require_auth,
         insecure=insecure,
         tls=None if tls_cert is None or tls_key is None else (Path(tls_cert), Path(tls_key)),
+        idle_exit=idle_exit or None,
+        auto_started=auto_started,
     )
     log = Path(os.path.abspath(log_file)) if log_file else None
     raise SystemExit(run(config, ready_fd=ready_fd, log_file=log, log_max_bytes=log_max_bytes))

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 CLIENT_NAME = "prontodb-cli"
 STOP_TIMEOUT = 30.0  # seconds `stop` waits for the socket to go (the broker's grace is 10 s)
 STOP_POLL = 0.01
+START_ROUNDS = 3  # connect, else start a broker and connect, this many times before giving up
 # Ctrl-C: the status shells give a command stopped by SIGINT (128 + 2), and click's words.
 EXIT_INTERRUPTED = 130
 INTERRUPTED = "Aborted!"
@@ -241,17 +242,25 @@ def connect(options: Globals, *, start: bool = True) -> Client:
 
     from ._autostart import AutostartError, ensure_broker
 
-    try:
-        ensure_broker(data_dir, socket_path)
-    except AutostartError as exc:
-        raise ProntoError(ErrorCode.UNAVAILABLE, str(exc)) from None
-    except OSError as exc:  # the data directory cannot be created or locked
-        raise ProntoError(
-            ErrorCode.UNAVAILABLE,
-            f"Cannot start a broker in {data_dir} ({exc.strerror}); set PRONTODB_DATA_DIR to a "
-            "writable directory, or pass --url.",
-        ) from None
-    return attempt("unix://" + socket_path)
+    # A broker that answered ensure_broker may begin to stop (its idle time up) before we
+    # connect: then it refuses us before any request, and the next round starts another.
+    for round_ in range(START_ROUNDS):
+        try:
+            ensure_broker(data_dir, socket_path)
+        except AutostartError as exc:
+            raise ProntoError(ErrorCode.UNAVAILABLE, str(exc)) from None
+        except OSError as exc:  # the data directory cannot be created or locked
+            raise ProntoError(
+                ErrorCode.UNAVAILABLE,
+                f"Cannot start a broker in {data_dir} ({exc.strerror}); set PRONTODB_DATA_DIR "
+                "to a writable directory, or pass --url.",
+            ) from None
+        try:
+            return attempt("unix://" + socket_path)
+        except BrokerUnavailable:
+            if round_ == START_ROUNDS - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def run(
@@ -1094,6 +1103,7 @@ def format_status(info: dict[str, Any]) -> str:
         ("tcp", info.get("tcp") or "off"),
         ("fsync", info.get("fsync")),
         ("connections", info.get("connections")),
+        ("idle_exit", _idle_exit(info)),
     ]
     databases = info.get("databases") or []
     rows.append(("databases", len(databases)))
@@ -1112,6 +1122,18 @@ def format_status(info: dict[str, Any]) -> str:
             for prefix, c in queues.items()
         )
     return "".join(line + "\n" for line in lines)
+
+
+def _idle_exit(info: dict[str, Any]) -> str:
+    """When the broker stops by itself (``never``), and whether a CLI started it."""
+    idle = info.get("idle_exit")
+    if not isinstance(idle, int | float):
+        text = "never"
+    elif idle < 60:
+        text = f"{seconds_text(idle)}s"  # to the millisecond: tests give fractions
+    else:
+        text = _duration(idle) or "-"
+    return text + (" (auto-started)" if info.get("auto_started") else "")
 
 
 def _duration(seconds: object) -> str | None:

@@ -352,6 +352,7 @@ def test_status(broker: BrokerProcess, cursor: str) -> None:
     assert int(fields["connections"]) >= 1
     assert re.fullmatch(r"(\d+[dhm] )*\d+s", fields["uptime"])
     assert fields["data_dir"] == str(broker.data_dir)
+    assert fields["idle_exit"] == "never"  # served, not auto-started
     database_lines = [line.split() for line in outcome.out.splitlines() if line.startswith("  ")]
     assert [cursor, "revision", "1,", "1", "keys,"] in [words[:5] for words in database_lines]
 
@@ -564,3 +565,36 @@ def test_cas_and_txn(broker: BrokerProcess, cursor: str) -> None:
     assert (refused.status, refused.out) == (5, "failed compares=0\n")
     ok(cli(broker, cursor, "get", "pools.cpu_cores"), "4\n")
     assert error_line(invoke(["--url", broker.url, "txn"], stdin="not json"), 1)
+
+
+@pytest.mark.parametrize(("refusals", "connected"), [(3, True), (4, False)])
+def test_a_broker_that_goes_as_we_connect_is_started_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, refusals: int, connected: bool
+) -> None:
+    # A broker answers ensure_broker, then stops (its idle time up) before we connect: the CLI
+    # starts the next one, three rounds at most.
+    from prontodb.clients import BrokerUnavailable, _autostart
+    from prontodb.clients import _cli_commands as commands
+    from prontodb.clients._sync import client as sync_client
+
+    monkeypatch.delenv("PRONTODB_URL", raising=False)
+    monkeypatch.delenv("PRONTODB_SOCKET", raising=False)
+    monkeypatch.setenv("PRONTODB_DATA_DIR", str(tmp_path))
+    calls: list[str] = []
+    client = object()
+
+    def connect(url: str, **options: object) -> object:
+        calls.append("connect")
+        if calls.count("connect") <= refusals:
+            raise BrokerUnavailable(url, "it is stopping")
+        return client
+
+    monkeypatch.setattr(sync_client.Client, "connect", connect)
+    monkeypatch.setattr(_autostart, "ensure_broker", lambda *args: calls.append("start"))
+    if connected:
+        assert commands.connect(commands.Globals()) is client
+    else:
+        with pytest.raises(BrokerUnavailable):
+            commands.connect(commands.Globals())
+    rounds = ["connect", "start", "connect", "start", "connect", "start", "connect"]
+    assert calls == rounds

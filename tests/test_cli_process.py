@@ -292,6 +292,64 @@ def test_a_call_while_the_broker_stops_waits_and_starts_a_new_one(home: Home) ->
     assert second["pid"] != first["pid"]
 
 
+def test_an_auto_started_broker_exits_once_idle_and_the_next_call_starts_one(home: Home) -> None:
+    home.env["PRONTODB_IDLE_EXIT"] = "0.5"
+    home.run("set", "k", "kept")
+    [pid] = serve_processes(home.data_dir)
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert argv[argv.index(b"--idle-exit") + 1] == b"0.5"
+    assert b"--auto-started" in argv
+    assert wait_for_exit(pid, RUN_TIMEOUT)  # half a second after the CLI left
+    log = (home.data_dir / "broker.log").read_text()
+    assert "no connection for 0.5 s: stopping (--idle-exit)" in log
+    assert f"broker {pid} stopped" in log
+    assert home.run("get", "k").stdout == "kept\n"
+    assert serve_processes(home.data_dir) not in ([], [pid])
+
+
+def test_an_auto_started_broker_says_its_idle_time(home: Home) -> None:
+    home.run("ping")
+    status = json.loads(home.run("status", "--json").stdout)
+    assert (status["idle_exit"], status["auto_started"]) == (600.0, True)
+    assert "idle_exit    10m 0s (auto-started)" in home.run("status").stdout
+    home.run("stop")
+    home.env["PRONTODB_IDLE_EXIT"] = "0"  # never
+    home.run("ping")
+    status = json.loads(home.run("status", "--json").stdout)
+    assert (status["idle_exit"], status["auto_started"]) == (None, True)
+    home.run("stop")
+    home.env["PRONTODB_IDLE_EXIT"] = "soon"
+    refused = home.run("ping", check=False)
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert "PRONTODB_IDLE_EXIT='soon' is not a number of seconds" in refused.stderr
+    assert serve_processes(home.data_dir) == []
+
+
+def test_calls_racing_a_broker_that_keeps_going_idle_all_succeed(home: Home) -> None:
+    # A broker that leaves 20 ms after its last connection, less than a CLI takes to start: calls
+    # come as it decides to go, as it stops, and once it has gone; each is served, by it or by
+    # the next one.
+    home.env["PRONTODB_IDLE_EXIT"] = "0.02"
+    env = {**home.env, "PATH": f"{Path(PRONTODB).parent}:{home.env.get('PATH', '/usr/bin:/bin')}"}
+    loop = "for i in $(seq 12); do prontodb incr n >/dev/null || exit 1; done"
+    loops = [
+        subprocess.Popen(["bash", "-c", loop], env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    try:
+        for process in loops:
+            _, err = process.communicate(timeout=600)
+            assert (process.returncode, err) == (0, "")
+    finally:
+        for process in loops:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert home.run("get", "n").stdout == "24\n"
+    starts = (home.data_dir / "broker.log").read_text().count(" serving ")
+    assert starts > 1, "the broker never went idle between calls"
+
+
 def start_home_broker(home: Home) -> str:
     """Start the home's broker the way users do (any command), and return its socket."""
     home.run("ping")

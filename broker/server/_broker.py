@@ -98,6 +98,7 @@ class Broker:
             backups=os.path.join(os.path.abspath(config.data_dir), BACKUPS_DIR),
             status=self.status,
             request_stop=self.request_stop,
+            stopping=self._stop.is_set,
         )
 
     def request_stop(self) -> None:
@@ -210,6 +211,8 @@ class Broker:
             self._sessions_scope = sessions.cancel_scope
             async with trio.open_nursery() as service:
                 service.start_soon(self._accept, listeners, sessions)
+                if self.config.idle_exit is not None:
+                    service.start_soon(self._exit_when_idle, self.config.idle_exit)
                 task_status.started(self.info)
                 await self._stop.wait()
                 logger.info("stopping: no new connections; finishing requests in flight")
@@ -222,6 +225,24 @@ class Broker:
             if grace.cancelled_caught:
                 logger.warning("%d connections did not finish in time", len(self.sessions))
             sessions.cancel_scope.cancel()
+
+    async def _exit_when_idle(self, seconds: float) -> None:
+        """Stop once no connection has been open for ``seconds`` (``serve --idle-exit``).
+
+        A watch or a claim waiting for an item holds a connection, so it keeps the broker up. A
+        client whose greeting comes once the stop has begun is told the broker is stopping
+        (Goodbye, ``unavailable``) before any request, so a CLI starts the next broker instead
+        of losing its command to this one's exit.
+        """
+        while True:
+            while self.sessions:
+                await self.sessions.wait_changed()
+            with trio.move_on_after(seconds) as idle:
+                await self.sessions.wait_changed()  # a connection came: start again
+            if idle.cancelled_caught and not self.sessions:
+                break
+        logger.info("no connection for %g s: stopping (--idle-exit)", seconds)
+        self.request_stop()
 
     async def _stop_listening(self, listeners: list[Listening]) -> None:
         """Close the listeners and remove the socket file now, not at exit: a client arriving
@@ -282,6 +303,8 @@ class Broker:
             "data_dir": str(self.config.data_dir),
             "fsync": self.config.fsync.value,
             "connections": len(self.sessions),
+            "idle_exit": self.config.idle_exit,
+            "auto_started": self.config.auto_started,
             "databases": [_database_status(db) for db in self.databases.opened()],
             "requests": dict(self.context.requests),
         }

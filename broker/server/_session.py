@@ -268,6 +268,10 @@ class Session(SessionClaims, SessionWatches):
             return Answer(
                 Goodbye(ErrorCode.UNAUTHENTICATED, "Say who you are: Hello needs a user.")
             )
+        if self.ctx.stopping():
+            # Arrived as the broker began to stop (an idle exit's moment, or a stop's): no
+            # Welcome, so the client knows before any request that nothing was done here.
+            return Answer(self._farewell)
         if self.authenticate:
             known = self.ctx.catalog.users.get(hello.user)
             if (
