@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from brokers import running_broker
+from brokers import running_broker, start_broker
 from cli_support import (
     PRONTODB_VARIABLES,
     serve_processes,
@@ -75,6 +75,7 @@ class Home:
 def make_home(root: Path, **variables: str) -> Home:
     env = {k: v for k, v in os.environ.items() if k not in PRONTODB_VARIABLES}
     env.pop("XDG_RUNTIME_DIR", None)
+    env["XDG_STATE_HOME"] = str(root / "state")  # its brokers' roster, unless a runtime dir
     env["PRONTODB_DATA_DIR"] = str(root / "data")
     env.update(variables)
     return Home(root, root / "data", env)
@@ -348,6 +349,114 @@ def test_calls_racing_a_broker_that_keeps_going_idle_all_succeed(home: Home) -> 
     assert home.run("get", "n").stdout == "24\n"
     starts = (home.data_dir / "broker.log").read_text().count(" serving ")
     assert starts > 1, "the broker never went idle between calls"
+
+
+def test_ps_lists_every_broker_of_the_user_and_stop_all_stops_them(home: Home) -> None:
+    # Two data directories touched by the CLI, and one broker run with `prontodb serve`.
+    home.run("set", "k", "a")
+    other = {**home.env, "PRONTODB_DATA_DIR": str(home.root / "other")}
+    subprocess.run([PRONTODB, "set", "k", "b"], env=other, check=True, timeout=RUN_TIMEOUT)
+    served = start_broker(
+        home.root / "served",
+        home.root / "served.sock",
+        tcp=True,
+        env={**home.env, "PRONTODB_DATA_DIR": str(home.root / "served")},
+    )
+    try:
+        [first] = serve_processes(home.data_dir)
+        [second] = serve_processes(home.root / "other")
+        with Client.connect(served.url) as held:  # one connection that stays while ps looks
+            held.ping()
+            listed = json.loads(home.run("ps", "--json").stdout)
+        assert [(b["pid"], b["data_dir"]) for b in listed] == [
+            (first, str(home.data_dir)),
+            (second, str(home.root / "other")),
+            (served.pid, str(home.root / "served")),
+        ]
+        # Connections not counting ps's own; the served one's idle exit is never.
+        assert [b["connections"] for b in listed] == [0, 0, 1]
+        assert [(b["auto_started"], b["idle_exit"]) for b in listed] == [
+            (True, 600.0),
+            (True, 600.0),
+            (False, None),
+        ]
+        assert listed[2]["socket"] == str(home.root / "served.sock")
+        assert listed[2]["tcp"] == served.tcp
+        assert all(b["uptime"] >= 0 and b["version"] for b in listed)
+        table = home.run("ps").stdout.splitlines()
+        assert table[0].split() == [
+            "PID",
+            "UPTIME",
+            "CONNECTIONS",
+            "IDLE",
+            "EXIT",
+            "DATA",
+            "DIR",
+            "ADDRESS",
+        ]
+        assert [line.split()[0] for line in table[1:]] == [str(first), str(second), str(served.pid)]
+        assert table[3].endswith(f"{served.socket} tcp://{served.tcp}")
+        assert "10m 0s (auto-started)" in table[1]
+        # stop --all: each one, whatever its data directory; it returns once they have exited.
+        stopped = home.run("stop", "--all")
+        assert stopped.stdout.splitlines() == [
+            f"stopped {first} {home.data_dir}",
+            f"stopped {second} {home.root / 'other'}",
+            f"stopped {served.pid} {home.root / 'served'}",
+        ]
+        assert served.process.wait(0) == 0  # a clean stop (SIGTERM)
+        assert wait_for_exit(first, 0)
+        assert wait_for_exit(second, 0)
+        assert [line.split() for line in home.run("ps").stdout.splitlines()] == [table[0].split()]
+        assert list((home.root / "run" / "prontodb" / "brokers").iterdir()) == []
+        again = home.run("stop", "--all")
+        assert (again.stdout, again.stderr) == (
+            "",
+            "prontodb: no broker is running; nothing to stop.\n",
+        )
+        assert home.run("--json", "stop", "--all").stdout == "[]\n"
+        assert home.run("ps", "--json").stdout == "[]\n"
+    finally:
+        stop_brokers(home.root / "other")
+        if served.process.poll() is None:
+            served.kill()
+
+
+def test_ps_forgets_a_killed_broker_and_stop_all_never_signals_its_pid(home: Home) -> None:
+    home.run("ping")
+    [pid] = serve_processes(home.data_dir)
+    roster = home.root / "run" / "prontodb" / "brokers"
+    [entry] = roster.iterdir()
+    os.kill(pid, signal.SIGKILL)  # no clean stop: its entry stays behind
+    assert wait_for_exit(pid, RUN_TIMEOUT)
+    # Say the pid was taken since by a process that is no broker: only the lock counts.
+    bystander = subprocess.Popen([sys.executable, "-c", "input()"], stdin=subprocess.PIPE)
+    try:
+        entry.write_text(entry.read_text().replace(f'"pid": {pid}', f'"pid": {bystander.pid}'))
+        assert (
+            home.run("stop", "--all").stderr == "prontodb: no broker is running; nothing to stop.\n"
+        )
+        assert bystander.poll() is None
+        assert not entry.exists()  # removed on the way
+        assert home.run("ps", "--json").stdout == "[]\n"
+    finally:
+        bystander.kill()
+        bystander.communicate()
+
+
+def test_ps_shows_a_broker_that_does_not_answer(home: Home) -> None:
+    home.run("ping")
+    [pid] = serve_processes(home.data_dir)
+    os.kill(pid, signal.SIGSTOP)  # alive (its lock held) but answering nothing
+    try:
+        listed = home.run("ps")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert listed.stderr == ""
+    [row] = listed.stdout.splitlines()[1:]
+    pid_text, _uptime, connections, *_ = row.split()
+    assert (pid_text, connections) == (str(pid), "-")  # listed, its connections unknown
+    assert json.loads(home.run("ps", "--json").stdout)[0]["connections"] == 0  # answering again
 
 
 def start_home_broker(home: Home) -> str:

@@ -33,6 +33,7 @@ from ._databases import Databases, OpenDatabase
 from ._lockfile import AlreadyServing, DataDirLock
 from ._pending_input import PendingInput
 from ._quiet_log import QuietLog
+from ._roster import RosterEntry
 from ._session import Session
 from ._sessions import Sessions
 from ._users import bootstrap
@@ -119,6 +120,7 @@ class Broker:
         lock = DataDirLock(config.data_dir)
         lock.acquire(self._lock_record(None))
         opened: list[trio.SocketListener] = []  # closed on the way out, however it goes
+        roster: RosterEntry | None = None
         served = False  # "stopped" is said only of a broker that said it was serving
         try:
             catalog = self.databases.catalog = Catalog.load(config.data_dir)
@@ -128,6 +130,8 @@ class Broker:
             socket_name = None if config.socket_path is None else str(config.socket_path)
             self.info = BrokerInfo(os.getpid(), socket_name, tcp_name)
             lock.rewrite(self._lock_record(tcp_name))
+            if config.roster is not None:
+                roster = RosterEntry.enter(config.roster, self._roster_record())
             logger.info(
                 "broker %d serving %s on %s%s (fsync %s)",
                 self.info.pid,
@@ -146,6 +150,8 @@ class Broker:
             if config.socket_path is not None and self._socket_inode is not None:
                 _remove_socket(config.socket_path, self._socket_inode)
             lock.release()
+            if roster is not None:
+                roster.leave()  # after the data directory is free: a broker ps lists holds it
             self.pending_input.close()
             if served:
                 logger.info("broker %d stopped", self.info.pid)
@@ -307,6 +313,17 @@ class Broker:
             "auto_started": self.config.auto_started,
             "databases": [_database_status(db) for db in self.databases.opened()],
             "requests": dict(self.context.requests),
+        }
+
+    def _roster_record(self) -> dict[str, Any]:
+        """What the broker's roster entry says of it (_roster.py)."""
+        return {
+            **self.info.as_dict(),
+            "data_dir": str(self.config.data_dir.absolute()),
+            "started": self.started,
+            "auto_started": self.config.auto_started,
+            "idle_exit": self.config.idle_exit,
+            "version": self.server_name.partition("/")[2],
         }
 
     def _lock_record(self, tcp: str | None) -> dict[str, Any]:

@@ -38,6 +38,9 @@ class ServerConfig:
     idle_exit: float | None = None
     # Started in the background by a CLI that found none (``prontodb ps`` and status say so).
     auto_started: bool = False
+    # The user's roster directory, where the broker lists itself while it runs, for ``prontodb
+    # ps`` and ``stop --all`` (``serve`` gives the user's; None: not listed).
+    roster: Path | None = None
 
 
 def parse_tcp(text: str) -> tuple[str, int]:
