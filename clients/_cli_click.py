@@ -1002,6 +1002,8 @@ def serve(
         )
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("TLS needs both --tls-cert and --tls-key.")
+    if not idle_exit < float("inf"):  # inf and nan pass FloatRange
+        raise click.BadParameter("a number of seconds (0 for never)", param_hint="--idle-exit")
     config = ServerConfig(
         data_dir=Path(data),
         socket_path=Path(sock),

@@ -31,8 +31,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-# Every broker `prontodb serve` runs lists itself in the user's roster, under $XDG_RUNTIME_DIR
-# or $XDG_STATE_HOME (docs/CLI.md, "ps"), where `prontodb ps` and `stop --all` find it. The
+# Every broker `prontodb serve` runs lists itself in the user's roster, under $XDG_RUNTIME_DIR or
+# $XDG_STATE_HOME (docs/CLI.md, "Your brokers"), where `prontodb ps` and `stop --all` find it. The
 # session gets both of its own, so that no test broker shows in the developer's `prontodb ps` (or
 # is stopped by their `stop --all`), and no test's `stop --all` reaches the developer's brokers.
 # Tests that look at rosters give each broker its own (tests/test_cli_process.py, make_home).

@@ -598,3 +598,10 @@ def test_a_broker_that_goes_as_we_connect_is_started_again(
             commands.connect(commands.Globals())
     rounds = ["connect", "start", "connect", "start", "connect", "start", "connect"]
     assert calls == rounds
+
+
+@pytest.mark.parametrize("seconds", ["nan", "inf", "-1", "soon"])
+def test_serve_takes_an_idle_exit_in_seconds(seconds: str) -> None:
+    outcome = invoke(["serve", "--idle-exit", seconds])
+    assert outcome.status == 2
+    assert "--idle-exit" in outcome.err

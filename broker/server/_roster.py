@@ -1,8 +1,8 @@
 """The broker's entry in its user's roster: how ``prontodb ps`` and ``stop --all`` find it.
 
-One file per running broker in the roster directory (``ServerConfig.roster``; the CLI names it,
-docs/CLI.md, "ps"), ``broker-PID-NANOSECONDS.json``: a name no other broker will ever take, so
-whoever removes an entry its broker left can never remove a live one. The broker holds an
+One file per running broker in the roster directory (``ServerConfig.roster``, which the CLI
+names: docs/CLI.md, "Your brokers"), ``broker-PID-NANOSECONDS.json``: a name no other broker will
+ever take, so whoever removes an entry its broker left can never remove a live one. The broker holds an
 exclusive ``flock`` on its entry for as long as it runs, so an entry whose lock is free is stale,
 however its broker died (kill -9 too) and whatever process has its pid now; a clean stop deletes
 it. The JSON inside: ``pid``, ``data_dir``, ``socket``, ``tcp``, ``started`` (epoch seconds),
