@@ -29,6 +29,11 @@ START_TIMEOUT = 10.0
 LOCK_TIMEOUT = START_TIMEOUT + 5.0
 LOCK_POLL = 0.01  # seconds between tries of the lock; flock has no timeout of its own
 LOG_TAIL_LINES = 10
+# An auto-started broker stops after this long with no connection (serve --idle-exit), so that the
+# brokers of data directories no longer used do not pile up; $PRONTODB_IDLE_EXIT (seconds, 0:
+# never) overrides it. Ten minutes keeps one up across the pauses of an interactive session.
+IDLE_EXIT = 600.0
+IDLE_EXIT_VARIABLE = "PRONTODB_IDLE_EXIT"
 
 
 class AutostartError(Exception):
@@ -157,8 +162,26 @@ def _holder(fd: int) -> dict[str, object]:
     return record if isinstance(record, dict) else {}
 
 
+def idle_exit() -> float:
+    """The ``--idle-exit`` an auto-started broker gets: $PRONTODB_IDLE_EXIT, else IDLE_EXIT."""
+    text = os.environ.get(IDLE_EXIT_VARIABLE) or ""
+    if not text:
+        return IDLE_EXIT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise AutostartError(
+            f"{IDLE_EXIT_VARIABLE}={text!r} is not a number of seconds (0 for never); fix or "
+            "unset it."
+        )
+    return seconds
+
+
 def _spawn_and_wait(data_dir: str, socket_path: str, timeout: float) -> int:
     """Start ``prontodb serve`` detached; return its pid once it listens."""
+    idle = idle_exit()  # before anything is opened: a bad value starts nothing
     log_path = os.path.join(data_dir, LOG_NAME)
     read_fd, write_fd = os.pipe()  # both non-inheritable (PEP 446) ...
     log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -180,6 +203,9 @@ def _spawn_and_wait(data_dir: str, socket_path: str, timeout: float) -> int:
             log_path,
             "--ready-fd",
             str(write_fd),
+            "--idle-exit",
+            repr(idle),
+            "--auto-started",
         ]
         # posix_spawn rather than subprocess: a new session (so the terminal's signals do not reach
         # the broker), no Popen object to warn that its child outlives it, and no subprocess import.

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from . import _cli_commands as commands
-from ._locations import default_data_dir, default_socket_path
+from ._locations import default_data_dir, default_socket_path, roster_dir
 
 # A character argv cannot contain, so it cannot collide with a real argument.
 _MARK = "\x00"
@@ -861,11 +861,31 @@ def status_command(ctx: click.Context, as_json: bool) -> None:
 
 
 @cli.command("stop")
+@click.option(
+    "--all", "every", is_flag=True, help="Stop every broker of yours that `prontodb ps` lists."
+)
 @_json_option
 @click.pass_context
-def stop_command(ctx: click.Context, as_json: bool) -> None:
-    """Stop the broker and wait until it is gone (exit 0, with a note, if none runs)."""
-    _finish(commands.stop(_globals(ctx, as_json)))
+def stop_command(ctx: click.Context, every: bool, as_json: bool) -> None:
+    """Stop the broker and wait until it is gone (exit 0, with a note, if none runs).
+
+    With --all, every broker of yours, whatever its data directory (SIGTERM to each, then wait
+    for each to exit): one line `stopped PID DATA_DIR` per broker.
+    """
+    options = _globals(ctx, as_json)
+    _finish(commands.stop_all(options) if every else commands.stop(options))
+
+
+@cli.command("ps")
+@_json_option
+@click.pass_context
+def ps_command(ctx: click.Context, as_json: bool) -> None:
+    """List your running brokers: pid, uptime, connections, idle exit, data directory, address.
+
+    Every broker that `prontodb serve` runs (those the CLI starts too) lists itself while it
+    runs; a header alone when none does. Never starts a broker.
+    """
+    _finish(commands.ps(_globals(ctx, as_json)))
 
 
 @cli.command()
@@ -932,7 +952,16 @@ def stop_command(ctx: click.Context, as_json: bool) -> None:
     show_default=True,
     help="With --log-file: the size at which the log file is rotated.",
 )
+@click.option(
+    "--idle-exit",
+    type=click.FloatRange(min=0),
+    default=0,
+    metavar="SECONDS",
+    help="Stop after this long with no connection open (0: never, the default; an auto-started "
+    "broker gets 600, or $PRONTODB_IDLE_EXIT).",
+)
 @click.option("--ready-fd", type=int, hidden=True, help="Write one JSON line here once listening.")
+@click.option("--auto-started", is_flag=True, hidden=True, help="Started by a CLI that found none.")
 def serve(
     data_dir: str | None,
     socket_path: str | None,
@@ -946,7 +975,9 @@ def serve(
     tls_key: str | None,
     log_file: str | None,
     log_max_bytes: int,
+    idle_exit: float,
     ready_fd: int | None,
+    auto_started: bool,
 ) -> None:
     """Run the broker in the foreground until SIGTERM, SIGINT or `prontodb stop`."""
     import os
@@ -971,6 +1002,8 @@ def serve(
         )
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("TLS needs both --tls-cert and --tls-key.")
+    if not idle_exit < float("inf"):  # inf and nan pass FloatRange
+        raise click.BadParameter("a number of seconds (0 for never)", param_hint="--idle-exit")
     config = ServerConfig(
         data_dir=Path(data),
         socket_path=Path(sock),
@@ -980,6 +1013,9 @@ def serve(
         require_auth=require_auth,
         insecure=insecure,
         tls=None if tls_cert is None or tls_key is None else (Path(tls_cert), Path(tls_key)),
+        idle_exit=idle_exit or None,
+        auto_started=auto_started,
+        roster=Path(roster_dir()),
     )
     log = Path(os.path.abspath(log_file)) if log_file else None
     raise SystemExit(run(config, ready_fd=ready_fd, log_file=log, log_max_bytes=log_max_bytes))

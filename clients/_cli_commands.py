@@ -1021,6 +1021,174 @@ def stop(options: Globals) -> int:
     return 0
 
 
+def _roster() -> list[dict[str, Any]]:
+    from ._locations import roster_dirs
+    from ._roster import live_brokers
+
+    return live_brokers(roster_dirs())
+
+
+def ps(options: Globals) -> int:
+    """``ps``: this user's running brokers, from the roster, each asked for its connections."""
+    import time
+
+    brokers = _roster()
+    connections = _ask_connections(options, brokers)
+    now = time.time()
+    rows: list[dict[str, Any]] = []
+    for broker, count in zip(brokers, connections, strict=True):
+        started = broker.get("started")
+        rows.append(
+            {
+                "pid": broker["pid"],
+                "data_dir": broker.get("data_dir"),
+                "socket": broker.get("socket"),
+                "tcp": broker.get("tcp"),
+                "started": started,
+                "uptime": now - started if isinstance(started, int | float) else None,
+                "connections": count,
+                "idle_exit": broker.get("idle_exit"),
+                "auto_started": bool(broker.get("auto_started")),
+                "version": broker.get("version"),
+            }
+        )
+    if options.json:
+        write_json(rows)
+    else:
+        write(format_ps(rows).encode())
+    return 0
+
+
+PS_TIMEOUT = 2.0  # seconds ps waits for the brokers' answers, all asked at once
+
+
+def _ask_connections(options: Globals, brokers: list[dict[str, Any]]) -> list[int | None]:
+    """Each broker's open connections, not counting the one that asks; None if it does not
+    answer in time (stopping, stuck, or wanting a token that $PRONTODB_TOKEN is not)."""
+    import threading
+    import time
+
+    answers: list[int | None] = [None] * len(brokers)
+
+    def ask(index: int, socket: str) -> None:
+        from prontodb.protocol import ProntoError
+
+        from ._sync.client import Client
+
+        try:
+            with Client.connect(
+                "unix://" + socket, user=options.user, timeout=PS_TIMEOUT, name=CLIENT_NAME
+            ) as client:
+                count = client.status().get("connections")
+        except (ProntoError, OSError):
+            return
+        if isinstance(count, int):
+            answers[index] = max(0, count - 1)
+
+    # Daemon threads: one that hangs (a broker that greets and never answers) is left behind.
+    deadline = time.monotonic() + PS_TIMEOUT
+    threads = [
+        threading.Thread(target=ask, args=(index, broker["socket"]), daemon=True)
+        for index, broker in enumerate(brokers)
+        if isinstance(broker.get("socket"), str)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return list(answers)
+
+
+def format_ps(rows: list[dict[str, Any]]) -> str:
+    """``ps`` for people: a header and one line per broker, in columns."""
+    table = [["PID", "UPTIME", "CONNECTIONS", "IDLE EXIT", "DATA DIR", "ADDRESS"]]
+    for row in rows:
+        address = row["socket"] or "-"
+        if row["tcp"]:
+            address += f" tcp://{row['tcp']}"
+        table.append(
+            [
+                str(row["pid"]),
+                _duration(row["uptime"]) or "-",
+                "-" if row["connections"] is None else str(row["connections"]),
+                _idle_exit(row),
+                str(row["data_dir"] or "-"),
+                address,
+            ]
+        )
+    widths = [max(len(line[column]) for line in table) for column in range(len(table[0]) - 1)]
+    return "".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False))
+        + "  "
+        + line[-1]
+        + "\n"
+        for line in table
+    )
+
+
+def stop_all(options: Globals) -> int:
+    """``stop --all``: SIGTERM to each broker of the roster, then wait until each has exited."""
+    from ._roster import signal_if_live
+
+    waiting: list[tuple[dict[str, Any], int]] = []
+    try:
+        for broker in _roster():
+            pidfd = signal_if_live(broker)
+            if pidfd is not None:
+                waiting.append((broker, pidfd))
+        if not waiting:
+            say("no broker is running; nothing to stop.")
+            if options.json:
+                write_json([])
+            return 0
+        gone = _wait_for_pidfds([pidfd for _, pidfd in waiting], STOP_TIMEOUT)
+    finally:
+        for _, pidfd in waiting:
+            os.close(pidfd)
+    report = [
+        {"pid": broker["pid"], "data_dir": broker.get("data_dir"), "stopped": stopped}
+        for (broker, _), stopped in zip(waiting, gone, strict=True)
+    ]
+    if options.json:
+        write_json(report)
+    else:
+        write(
+            "".join(
+                f"stopped {r['pid']} {r['data_dir']}\n" for r in report if r["stopped"]
+            ).encode()
+        )
+    left = [str(r["pid"]) for r in report if not r["stopped"]]
+    if not left:
+        return 0
+    from prontodb.protocol import ErrorCode, ProntoError
+
+    return fail(
+        ProntoError(
+            ErrorCode.TIMED_OUT,
+            f"Asked to stop, the brokers {', '.join(left)} are still there after "
+            f"{STOP_TIMEOUT:.0f} s; check their logs, or `prontodb ps`.",
+        )
+    )
+
+
+def _wait_for_pidfds(pidfds: list[int], timeout: float) -> list[bool]:
+    """Whether each process has exited, waiting until all have or ``timeout`` has passed."""
+    import select
+    import time
+
+    deadline = time.monotonic() + timeout
+    exited = [False] * len(pidfds)
+    while not all(exited):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        pending = [fd for fd, done in zip(pidfds, exited, strict=True) if not done]
+        ready, _, _ = select.select(pending, [], [], remaining)
+        for fd in ready:
+            exited[pidfds.index(fd)] = True
+    return exited
+
+
 def _wait_until_gone(url: str, pid: object) -> None:
     """Wait for a stopped broker to end: its process, when it runs on this host (it removes its
     socket as soon as it stops listening, before it has flushed and exited); a TCP one, until it
@@ -1079,6 +1247,7 @@ def format_status(info: dict[str, Any]) -> str:
         ("tcp", info.get("tcp") or "off"),
         ("fsync", info.get("fsync")),
         ("connections", info.get("connections")),
+        ("idle_exit", _idle_exit(info)),
     ]
     databases = info.get("databases") or []
     rows.append(("databases", len(databases)))
@@ -1097,6 +1266,18 @@ def format_status(info: dict[str, Any]) -> str:
             for prefix, c in queues.items()
         )
     return "".join(line + "\n" for line in lines)
+
+
+def _idle_exit(info: dict[str, Any]) -> str:
+    """When the broker stops by itself (``never``), and whether a CLI started it."""
+    idle = info.get("idle_exit")
+    if not isinstance(idle, int | float):
+        text = "never"
+    elif idle < 60:
+        text = f"{seconds_text(idle)}s"  # to the millisecond: tests give fractions
+    else:
+        text = _duration(idle) or "-"
+    return text + (" (auto-started)" if info.get("auto_started") else "")
 
 
 def _duration(seconds: object) -> str | None:

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,8 +73,10 @@ def start_broker(
     *,
     tcp: bool = False,
     extra: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> BrokerProcess:
-    """Start ``prontodb serve`` on ``data_dir`` and wait until it listens."""
+    """Start ``prontodb serve`` on ``data_dir`` and wait until it listens (in ``env``, else the
+    test's environment)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     socket = socket or data_dir / "test.sock"
     log = data_dir.parent / f"{data_dir.name}.log"
@@ -89,6 +91,7 @@ def start_broker(
             stdout=log_file,
             stderr=log_file,
             pass_fds=(write_fd,),
+            env=env,
         )
     os.close(write_fd)
     try:
@@ -102,7 +105,7 @@ def start_broker(
         process.wait(STOP_TIMEOUT)
         raise RuntimeError(f"the broker did not start; its log:\n{log.read_text(errors='replace')}")
     info = json.loads(line)
-    return BrokerProcess(process, data_dir, info["socket"], info.get("tcp"), log)
+    return BrokerProcess(process, data_dir, info["socket"], info.get("tcp"), log, dict(env or {}))
 
 
 @contextmanager

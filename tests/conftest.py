@@ -31,6 +31,17 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+# Every broker `prontodb serve` runs lists itself in the user's roster, under $XDG_RUNTIME_DIR or
+# $XDG_STATE_HOME (docs/CLI.md, "Your brokers"), where `prontodb ps` and `stop --all` find it. The
+# session gets both of its own, so that no test broker shows in the developer's `prontodb ps` (or
+# is stopped by their `stop --all`), and no test's `stop --all` reaches the developer's brokers.
+# Tests that look at rosters give each broker its own (tests/test_cli_process.py, make_home).
+_XDG = Path(tempfile.mkdtemp(prefix="pdb-xdg-", dir="/tmp"))
+for _name in ("run", "state"):
+    (_XDG / _name).mkdir(mode=0o700)
+os.environ["XDG_RUNTIME_DIR"] = str(_XDG / "run")
+os.environ["XDG_STATE_HOME"] = str(_XDG / "state")
+
 _FIGURES: list[dict[str, object]] = []  # every reliability case's figures, in the order they ran
 
 
@@ -111,3 +122,4 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     target = os.environ.get("PRONTODB_RELIABILITY_FIGURES")
     if target and _FIGURES:
         Path(target).write_text(json.dumps(_FIGURES, indent=1) + "\n")
+    shutil.rmtree(_XDG, ignore_errors=True)

@@ -13,7 +13,17 @@ import trio
 from brokers import BrokerProcess, serve_command, start_broker
 from wire import Wire
 
-from prontodb.protocol import Connection, ErrorCode, Goodbye, Hello, Request, Response, Role
+from prontodb.clients import Client
+from prontodb.protocol import (
+    NEED_DATA,
+    Connection,
+    ErrorCode,
+    Goodbye,
+    Hello,
+    Request,
+    Response,
+    Role,
+)
 
 
 async def start(data_dir: Path, socket: Path) -> BrokerProcess:
@@ -143,3 +153,59 @@ def test_a_second_signal_drops_stuck_connections(
         assert broker.process.wait(30) == 0
     assert "dropping connections now" in broker.log_text()
     assert not Path(broker.socket).exists()
+
+
+def test_a_port_in_use_is_named_and_nothing_claims_to_have_served(short_dir: Path) -> None:
+    sock = short_dir / "s.sock"
+    with socket.socket() as held:  # the port, taken first by someone else
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        refused = subprocess.run(
+            serve_command(
+                "--data-dir",
+                str(short_dir / "data"),
+                "--socket",
+                str(sock),
+                "--tcp",
+                f"127.0.0.1:{port}",
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert refused.returncode == 1
+    # One line, the error, naming the address; no "stopped" for a broker that never served.
+    lines = refused.stderr.splitlines()
+    assert len(lines) == 1, refused.stderr
+    assert "ERROR" in lines[0]
+    assert f"127.0.0.1:{port}" in lines[0]
+    assert "in use" in lines[0]
+    assert not sock.exists()
+
+
+def test_an_idle_exit_ends_the_process_cleanly(
+    short_dir: Path, brokers: list[BrokerProcess]
+) -> None:
+    data, sock = short_dir / "data", short_dir / "s.sock"
+    broker = start_broker(data, sock, extra=("--idle-exit", "0.5"))
+    brokers.append(broker)
+    with socket.socket(socket.AF_UNIX) as client:  # one connection: the time starts once it ends
+        client.connect(str(sock))
+        conn = Connection(Role.CLIENT)
+        client.sendall(conn.send(Hello(client="t", user="u")))
+        client.sendall(conn.send(Request(1, "set", {"key": "k", "value": "kept"})))
+        answers: list[object] = []
+        while len(answers) < 2:  # the Welcome, then the set's answer (durable)
+            conn.receive_data(client.recv(65536))
+            while (event := conn.next_event()) is not NEED_DATA:
+                answers.append(event)
+    assert broker.process.wait(30) == 0  # by itself: no signal, no stop
+    log = broker.log_text()
+    assert "no connection for 0.5 s: stopping (--idle-exit)" in log
+    assert f"broker {broker.pid} stopped" in log
+    assert not sock.exists()
+    again = start_broker(data, sock)  # the data directory is free, and the write was kept
+    brokers.append(again)
+    with Client.connect(again.url) as reader:
+        assert reader.get("k") == "kept"

@@ -6,6 +6,7 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -380,6 +381,7 @@ def test_status(broker: BrokerProcess, cursor: str) -> None:
     assert int(fields["connections"]) >= 1
     assert re.fullmatch(r"(\d+[dhm] )*\d+s", fields["uptime"])
     assert fields["data_dir"] == str(broker.data_dir)
+    assert fields["idle_exit"] == "never"  # served, not auto-started
     database_lines = [line.split() for line in outcome.out.splitlines() if line.startswith("  ")]
     assert [cursor, "revision", "1,", "1", "keys,"] in [words[:5] for words in database_lines]
 
@@ -603,3 +605,43 @@ def test_cas_and_txn(broker: BrokerProcess, cursor: str) -> None:
     assert (refused.status, refused.out) == (5, "failed compares=0\n")
     ok(cli(broker, cursor, "get", "pools.cpu_cores"), "4\n")
     assert error_line(invoke(["--url", broker.url, "txn"], stdin="not json"), 1)
+
+
+@pytest.mark.parametrize(("refusals", "connected"), [(3, True), (4, False)])
+def test_a_broker_that_goes_as_we_connect_is_started_again(
+    monkeypatch: pytest.MonkeyPatch, broker: BrokerProcess, refusals: int, connected: bool
+) -> None:
+    # A broker answers the start, then stops (its idle time up) before we connect: the client
+    # (the CLI's, with autostart) starts the next one, three rounds at most. The refusals are
+    # made up here (the race is rare); the last connection is real.
+    from prontodb.clients import BrokerUnavailable, _autostart
+    from prontodb.clients._sync import _pipeline
+
+    monkeypatch.delenv("PRONTODB_URL", raising=False)
+    monkeypatch.setenv("PRONTODB_SOCKET", broker.socket)
+    calls: list[str] = []
+    real_open = _pipeline.Pipeline.open
+
+    def open_(*args: Any) -> Any:
+        calls.append("connect")
+        if calls.count("connect") <= refusals:
+            raise BrokerUnavailable(broker.url, "it is stopping")
+        return real_open(*args)
+
+    monkeypatch.setattr(_pipeline.Pipeline, "open", open_)
+    monkeypatch.setattr(_autostart, "start_default_broker", lambda: calls.append("start"))
+    if connected:
+        with Client.connect(autostart=True) as client:
+            client.ping()
+    else:
+        with pytest.raises(BrokerUnavailable):
+            Client.connect(autostart=True)
+    rounds = ["connect", "start", "connect", "start", "connect", "start", "connect"]
+    assert calls == rounds
+
+
+@pytest.mark.parametrize("seconds", ["nan", "inf", "-1", "soon"])
+def test_serve_takes_an_idle_exit_in_seconds(seconds: str) -> None:
+    outcome = invoke(["serve", "--idle-exit", seconds])
+    assert outcome.status == 2
+    assert "--idle-exit" in outcome.err

@@ -135,7 +135,6 @@ CASES: list[tuple[list[str], bool]] = [
     (["extend", "queue.task_1", "--token", "1"], False),
     (["ping", "now"], False),
     (["status", "-5"], False),
-    (["stop", "--all"], False),
     (["claim", "queue", "--lease", "0"], False),
     (["claim", "queue", "--wait", "x"], False),
     (["claim", "queue", "--max-deliveries", "0"], False),

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from brokers import running_broker
+from brokers import running_broker, start_broker
 from cli_support import (
     PRONTODB_VARIABLES,
     serve_processes,
@@ -75,6 +75,7 @@ class Home:
 def make_home(root: Path, **variables: str) -> Home:
     env = {k: v for k, v in os.environ.items() if k not in PRONTODB_VARIABLES}
     env.pop("XDG_RUNTIME_DIR", None)
+    env["XDG_STATE_HOME"] = str(root / "state")  # its brokers' roster, unless a runtime dir
     env["PRONTODB_DATA_DIR"] = str(root / "data")
     env.update(variables)
     return Home(root, root / "data", env)
@@ -290,6 +291,172 @@ def test_a_call_while_the_broker_stops_waits_and_starts_a_new_one(home: Home) ->
     assert result.stderr == ""
     second = json.loads(home.run("status", "--json").stdout)
     assert second["pid"] != first["pid"]
+
+
+def test_an_auto_started_broker_exits_once_idle_and_the_next_call_starts_one(home: Home) -> None:
+    home.env["PRONTODB_IDLE_EXIT"] = "0.5"
+    home.run("set", "k", "kept")
+    [pid] = serve_processes(home.data_dir)
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert argv[argv.index(b"--idle-exit") + 1] == b"0.5"
+    assert b"--auto-started" in argv
+    assert wait_for_exit(pid, RUN_TIMEOUT)  # half a second after the CLI left
+    log = (home.data_dir / "broker.log").read_text()
+    assert "no connection for 0.5 s: stopping (--idle-exit)" in log
+    assert f"broker {pid} stopped" in log
+    assert home.run("get", "k").stdout == "kept\n"
+    assert serve_processes(home.data_dir) not in ([], [pid])
+
+
+def test_an_auto_started_broker_says_its_idle_time(home: Home) -> None:
+    home.run("ping")
+    status = json.loads(home.run("status", "--json").stdout)
+    assert (status["idle_exit"], status["auto_started"]) == (600.0, True)
+    assert "idle_exit    10m 0s (auto-started)" in home.run("status").stdout
+    home.run("stop")
+    home.env["PRONTODB_IDLE_EXIT"] = "0"  # never
+    home.run("ping")
+    status = json.loads(home.run("status", "--json").stdout)
+    assert (status["idle_exit"], status["auto_started"]) == (None, True)
+    home.run("stop")
+    home.env["PRONTODB_IDLE_EXIT"] = "soon"
+    refused = home.run("ping", check=False)
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert "PRONTODB_IDLE_EXIT='soon' is not a number of seconds" in refused.stderr
+    assert serve_processes(home.data_dir) == []
+
+
+def test_calls_racing_a_broker_that_keeps_going_idle_all_succeed(home: Home) -> None:
+    # A broker that leaves 20 ms after its last connection, less than a CLI takes to start: calls
+    # come as it decides to go, as it stops, and once it has gone; each is served, by it or by
+    # the next one.
+    home.env["PRONTODB_IDLE_EXIT"] = "0.02"
+    env = {**home.env, "PATH": f"{Path(PRONTODB).parent}:{home.env.get('PATH', '/usr/bin:/bin')}"}
+    loop = "for i in $(seq 12); do prontodb incr n >/dev/null || exit 1; done"
+    loops = [
+        subprocess.Popen(["bash", "-c", loop], env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    try:
+        for process in loops:
+            _, err = process.communicate(timeout=600)
+            assert (process.returncode, err) == (0, "")
+    finally:
+        for process in loops:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert home.run("get", "n").stdout == "24\n"
+    starts = (home.data_dir / "broker.log").read_text().count(" serving ")
+    assert starts > 1, "the broker never went idle between calls"
+
+
+def test_ps_lists_every_broker_of_the_user_and_stop_all_stops_them(home: Home) -> None:
+    # Two data directories touched by the CLI, and one broker run with `prontodb serve`.
+    home.run("set", "k", "a")
+    other = {**home.env, "PRONTODB_DATA_DIR": str(home.root / "other")}
+    subprocess.run([PRONTODB, "set", "k", "b"], env=other, check=True, timeout=RUN_TIMEOUT)
+    served = start_broker(
+        home.root / "served",
+        home.root / "served.sock",
+        tcp=True,
+        env={**home.env, "PRONTODB_DATA_DIR": str(home.root / "served")},
+    )
+    try:
+        [first] = serve_processes(home.data_dir)
+        [second] = serve_processes(home.root / "other")
+        with Client.connect(served.url) as held:  # one connection that stays while ps looks
+            held.ping()
+            listed = json.loads(home.run("ps", "--json").stdout)
+        assert [(b["pid"], b["data_dir"]) for b in listed] == [
+            (first, str(home.data_dir)),
+            (second, str(home.root / "other")),
+            (served.pid, str(home.root / "served")),
+        ]
+        # Connections not counting ps's own; the served one's idle exit is never.
+        assert [b["connections"] for b in listed] == [0, 0, 1]
+        assert [(b["auto_started"], b["idle_exit"]) for b in listed] == [
+            (True, 600.0),
+            (True, 600.0),
+            (False, None),
+        ]
+        assert listed[2]["socket"] == str(home.root / "served.sock")
+        assert listed[2]["tcp"] == served.tcp
+        assert all(b["uptime"] >= 0 and b["version"] for b in listed)
+        table = home.run("ps").stdout.splitlines()
+        assert table[0].split() == [
+            "PID",
+            "UPTIME",
+            "CONNECTIONS",
+            "IDLE",
+            "EXIT",
+            "DATA",
+            "DIR",
+            "ADDRESS",
+        ]
+        assert [line.split()[0] for line in table[1:]] == [str(first), str(second), str(served.pid)]
+        assert table[3].endswith(f"{served.socket} tcp://{served.tcp}")
+        assert "10m 0s (auto-started)" in table[1]
+        # stop --all: each one, whatever its data directory; it returns once they have exited.
+        stopped = home.run("stop", "--all")
+        assert stopped.stdout.splitlines() == [
+            f"stopped {first} {home.data_dir}",
+            f"stopped {second} {home.root / 'other'}",
+            f"stopped {served.pid} {home.root / 'served'}",
+        ]
+        assert served.process.wait(0) == 0  # a clean stop (SIGTERM)
+        assert wait_for_exit(first, 0)
+        assert wait_for_exit(second, 0)
+        assert [line.split() for line in home.run("ps").stdout.splitlines()] == [table[0].split()]
+        assert list((home.root / "run" / "prontodb" / "brokers").iterdir()) == []
+        again = home.run("stop", "--all")
+        assert (again.stdout, again.stderr) == (
+            "",
+            "prontodb: no broker is running; nothing to stop.\n",
+        )
+        assert home.run("--json", "stop", "--all").stdout == "[]\n"
+        assert home.run("ps", "--json").stdout == "[]\n"
+    finally:
+        stop_brokers(home.root / "other")
+        if served.process.poll() is None:
+            served.kill()
+
+
+def test_ps_forgets_a_killed_broker_and_stop_all_never_signals_its_pid(home: Home) -> None:
+    home.run("ping")
+    [pid] = serve_processes(home.data_dir)
+    roster = home.root / "run" / "prontodb" / "brokers"
+    [entry] = roster.iterdir()
+    os.kill(pid, signal.SIGKILL)  # no clean stop: its entry stays behind
+    assert wait_for_exit(pid, RUN_TIMEOUT)
+    # Say the pid was taken since by a process that is no broker: only the lock counts.
+    bystander = subprocess.Popen([sys.executable, "-c", "input()"], stdin=subprocess.PIPE)
+    try:
+        entry.write_text(entry.read_text().replace(f'"pid": {pid}', f'"pid": {bystander.pid}'))
+        assert (
+            home.run("stop", "--all").stderr == "prontodb: no broker is running; nothing to stop.\n"
+        )
+        assert bystander.poll() is None
+        assert not entry.exists()  # removed on the way
+        assert home.run("ps", "--json").stdout == "[]\n"
+    finally:
+        bystander.kill()
+        bystander.communicate()
+
+
+def test_ps_shows_a_broker_that_does_not_answer(home: Home) -> None:
+    home.run("ping")
+    [pid] = serve_processes(home.data_dir)
+    os.kill(pid, signal.SIGSTOP)  # alive (its lock held) but answering nothing
+    try:
+        listed = home.run("ps")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert listed.stderr == ""
+    [row] = listed.stdout.splitlines()[1:]
+    pid_text, _uptime, connections, *_ = row.split()
+    assert (pid_text, connections) == (str(pid), "-")  # listed, its connections unknown
+    assert json.loads(home.run("ps", "--json").stdout)[0]["connections"] == 0  # answering again
 
 
 def start_home_broker(home: Home) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from inprocess import FakeClock, Running, running_broker
 from wire import Wire
 
 from prontodb.broker.engine import HistoryLimits
-from prontodb.broker.server import AlreadyServing, Broker, ServerConfig
+from prontodb.broker.server import AlreadyServing, Broker, CannotListen, ServerConfig
 from prontodb.broker.server import _database_ops as ops
 from prontodb.broker.server._registry import REGISTRY
 from prontodb.broker.storage import StorageOptions
@@ -223,6 +225,46 @@ async def test_a_second_broker_on_the_same_data_dir_is_refused(
     second = ServerConfig(data_dir=short_dir / "data2", socket_path=Path(server.socket))
     with pytest.raises(AlreadyServing, match="already listens"):
         await Broker(second).serve()
+
+
+async def test_a_port_in_use_is_named_and_the_broker_never_says_it_stopped(
+    short_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as held:  # someone else's listener on the port
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        config = ServerConfig(
+            data_dir=short_dir / "data", socket_path=short_dir / "s.sock", tcp=("127.0.0.1", port)
+        )
+        with (
+            caplog.at_level(logging.INFO, "prontodb.server"),
+            pytest.raises(CannotListen, match=f"TCP 127.0.0.1:{port}: the address is in use"),
+        ):
+            await Broker(config).serve()
+    # It never served, so it says neither that it serves nor that it stopped; the Unix socket it
+    # had bound is gone, and the data directory is free for the next one.
+    assert "serving" not in caplog.text
+    assert "stopped" not in caplog.text
+    assert not (short_dir / "s.sock").exists()
+    async with running_broker(ServerConfig(short_dir / "data", short_dir / "s.sock")) as running:
+        assert await (await running.wire()).result("ping") == "pong"
+
+
+async def test_a_unix_socket_that_cannot_be_made_is_named(short_dir: Path) -> None:
+    (short_dir / "file").write_text("")
+    inside_a_file = ServerConfig(data_dir=short_dir / "data", socket_path=short_dir / "file" / "s")
+    with pytest.raises(CannotListen, match=f"Unix socket {short_dir / 'file' / 's'}: "):
+        await Broker(inside_a_file).serve()
+    # A file that is not a socket is never taken for one a dead broker left (and removed).
+    (short_dir / "notes.txt").write_text("kept")
+    on_a_file = ServerConfig(data_dir=short_dir / "data", socket_path=short_dir / "notes.txt")
+    with pytest.raises(CannotListen, match=r"notes\.txt exists and is not a socket"):
+        await Broker(on_a_file).serve()
+    assert (short_dir / "notes.txt").read_text() == "kept"
+    too_long = ServerConfig(data_dir=short_dir / "data", socket_path=short_dir / ("x" * 120))
+    with pytest.raises(CannotListen, match="longer than the 107 bytes"):
+        await Broker(too_long).serve()
 
 
 async def test_compaction_runs_beside_the_writes(short_dir: Path) -> None:

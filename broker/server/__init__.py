@@ -5,7 +5,7 @@
 (docs/ARCHITECTURE.md).
 """
 
-from ._broker import Broker, BrokerInfo
+from ._broker import Broker, BrokerInfo, CannotListen
 from ._config import ServerConfig, parse_tcp
 from ._lockfile import AlreadyServing
 from ._registry import REGISTRY, Layer, OpSpec
@@ -16,6 +16,7 @@ __all__ = [
     "AlreadyServing",
     "Broker",
     "BrokerInfo",
+    "CannotListen",
     "Layer",
     "OpSpec",
     "ServerConfig",

@@ -13,6 +13,7 @@ import os
 import signal
 import socket as stdlib_socket
 import ssl
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from ._databases import Databases, OpenDatabase
 from ._lockfile import AlreadyServing, DataDirLock
 from ._pending_input import PendingInput
 from ._quiet_log import QuietLog
+from ._roster import RosterEntry
 from ._session import Session
 from ._sessions import Sessions
 from ._users import bootstrap
@@ -42,6 +44,11 @@ logger = logging.getLogger("prontodb.server")
 _MAX_SOCKET_PATH = 107
 _LISTEN_BACKLOG = 1024
 BACKUPS_DIR = "backups"  # in the data directory: the backups a cursor's admin may name
+
+
+class CannotListen(Exception):
+    """A listener could not be opened: the message names its address (``host:port``, or the
+    socket's path) and says what to do."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +99,7 @@ class Broker:
             backups=os.path.join(os.path.abspath(config.data_dir), BACKUPS_DIR),
             status=self.status,
             request_stop=self.request_stop,
+            stopping=self._stop.is_set,
         )
 
     def request_stop(self) -> None:
@@ -111,39 +119,19 @@ class Broker:
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock = DataDirLock(config.data_dir)
         lock.acquire(self._lock_record(None))
-        socket_inode: tuple[int, int] | None = None
+        opened: list[trio.SocketListener] = []  # closed on the way out, however it goes
+        roster: RosterEntry | None = None
+        served = False  # "stopped" is said only of a broker that said it was serving
         try:
             catalog = self.databases.catalog = Catalog.load(config.data_dir)
             catalog.on_change = self.sessions.recheck_waits
             await bootstrap(catalog, config.data_dir, self.context.clock)
-            listeners: list[Listening] = []
-            if config.socket_path is not None:
-                unix, socket_inode = await _open_unix_listener(config.socket_path)
-                self._socket_inode = socket_inode
-                # The socket's file mode is the trust boundary, unless told to want tokens.
-                listeners.append(Listening(unix, config.require_auth))
-            tcp_name = None
-            if config.tcp is not None:
-                host, port = config.tcp
-                if config.tls is None and host not in LOOPBACK:
-                    logger.warning(
-                        "listening on TCP %s without TLS: tokens and data cross the network in "
-                        "clear; give --tls-cert and --tls-key",
-                        host,
-                    )
-                tcp_listeners = await trio.open_tcp_listeners(port, host=host)
-                bound = tcp_listeners[0].socket.getsockname()
-                wrapped: list[trio.abc.Listener[Any]] = list(tcp_listeners)
-                if config.tls is not None:
-                    context = _server_tls(*config.tls)
-                    wrapped = [trio.SSLListener(t, context) for t in tcp_listeners]
-                listeners.extend(Listening(t, not config.insecure) for t in wrapped)
-                tcp_name = (
-                    f"[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"{bound[0]}:{bound[1]}"
-                )
+            listeners, tcp_name = await self._open_listeners(opened)
             socket_name = None if config.socket_path is None else str(config.socket_path)
             self.info = BrokerInfo(os.getpid(), socket_name, tcp_name)
             lock.rewrite(self._lock_record(tcp_name))
+            if config.roster is not None:
+                roster = RosterEntry.enter(config.roster, self._roster_record())
             logger.info(
                 "broker %d serving %s on %s%s (fsync %s)",
                 self.info.pid,
@@ -152,15 +140,52 @@ class Broker:
                 f" and tcp {tcp_name}" if tcp_name else "",
                 config.fsync.value,
             )
+            served = True
             await self._run(listeners, handle_signals, task_status)
         finally:
+            for listener in opened:
+                listener.socket.close()  # closed already, unless serving never began
             with trio.CancelScope(shield=True):
                 await self.databases.close_all()
-            if config.socket_path is not None and socket_inode is not None:
-                _remove_socket(config.socket_path, socket_inode)
+            if config.socket_path is not None and self._socket_inode is not None:
+                _remove_socket(config.socket_path, self._socket_inode)
             lock.release()
+            if roster is not None:
+                roster.leave()  # after the data directory is free: a broker ps lists holds it
             self.pending_input.close()
-            logger.info("broker %d stopped", self.info.pid)
+            if served:
+                logger.info("broker %d stopped", self.info.pid)
+
+    async def _open_listeners(
+        self, opened: list[trio.SocketListener]
+    ) -> tuple[list[Listening], str | None]:
+        """The listeners the config names (each also put in ``opened``), and the TCP address
+        bound (``host:port``, with the port port 0 got), or None."""
+        config = self.config
+        listeners: list[Listening] = []
+        if config.socket_path is not None:
+            unix, self._socket_inode = await _open_unix_listener(config.socket_path)
+            opened.append(unix)
+            # The socket's file mode is the trust boundary, unless told to want tokens.
+            listeners.append(Listening(unix, config.require_auth))
+        if config.tcp is None:
+            return listeners, None
+        host, port = config.tcp
+        if config.tls is None and host not in LOOPBACK:
+            logger.warning(
+                "listening on TCP %s without TLS: tokens and data cross the network in "
+                "clear; give --tls-cert and --tls-key",
+                host,
+            )
+        tcp_listeners = await _open_tcp_listeners(host, port)
+        opened.extend(tcp_listeners)
+        bound = tcp_listeners[0].socket.getsockname()
+        wrapped: list[trio.abc.Listener[Any]] = list(tcp_listeners)
+        if config.tls is not None:
+            context = _server_tls(*config.tls)
+            wrapped = [trio.SSLListener(t, context) for t in tcp_listeners]
+        listeners.extend(Listening(t, not config.insecure) for t in wrapped)
+        return listeners, _host_port(bound[0], bound[1])
 
     async def _run(
         self,
@@ -192,6 +217,8 @@ class Broker:
             self._sessions_scope = sessions.cancel_scope
             async with trio.open_nursery() as service:
                 service.start_soon(self._accept, listeners, sessions)
+                if self.config.idle_exit is not None:
+                    service.start_soon(self._exit_when_idle, self.config.idle_exit)
                 task_status.started(self.info)
                 await self._stop.wait()
                 logger.info("stopping: no new connections; finishing requests in flight")
@@ -204,6 +231,24 @@ class Broker:
             if grace.cancelled_caught:
                 logger.warning("%d connections did not finish in time", len(self.sessions))
             sessions.cancel_scope.cancel()
+
+    async def _exit_when_idle(self, seconds: float) -> None:
+        """Stop once no connection has been open for ``seconds`` (``serve --idle-exit``).
+
+        A watch or a claim waiting for an item holds a connection, so it keeps the broker up. A
+        client whose greeting comes once the stop has begun is told the broker is stopping
+        (Goodbye, ``unavailable``) before any request, so a CLI starts the next broker instead
+        of losing its command to this one's exit.
+        """
+        while True:
+            while self.sessions:
+                await self.sessions.wait_changed()
+            with trio.move_on_after(seconds) as idle:
+                await self.sessions.wait_changed()  # a connection came: start again
+            if idle.cancelled_caught and not self.sessions:
+                break
+        logger.info("no connection for %g s: stopping (--idle-exit)", seconds)
+        self.request_stop()
 
     async def _stop_listening(self, listeners: list[Listening]) -> None:
         """Close the listeners and remove the socket file now, not at exit: a client arriving
@@ -264,8 +309,21 @@ class Broker:
             "data_dir": str(self.config.data_dir),
             "fsync": self.config.fsync.value,
             "connections": len(self.sessions),
+            "idle_exit": self.config.idle_exit,
+            "auto_started": self.config.auto_started,
             "databases": [_database_status(db) for db in self.databases.opened()],
             "requests": dict(self.context.requests),
+        }
+
+    def _roster_record(self) -> dict[str, Any]:
+        """What the broker's roster entry says of it (_roster.py)."""
+        return {
+            **self.info.as_dict(),
+            "data_dir": str(self.config.data_dir.absolute()),
+            "started": self.started,
+            "auto_started": self.config.auto_started,
+            "idle_exit": self.config.idle_exit,
+            "version": self.server_name.partition("/")[2],
         }
 
     def _lock_record(self, tcp: str | None) -> dict[str, Any]:
@@ -311,36 +369,72 @@ def _database_status(db: OpenDatabase) -> dict[str, Any]:
     }
 
 
+def _host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 host in brackets (``[::1]:7400``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _open_tcp_listeners(host: str, port: int) -> list[trio.SocketListener]:
+    """Listen on ``host:port``; CannotListen names the address when that fails."""
+    try:
+        return await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        address = _host_port(host, port)
+        if exc.errno == errno.EADDRINUSE:
+            why = (
+                "the address is in use (another broker or program listens there); stop it, "
+                "or pass another --tcp port (port 0 picks a free one)"
+            )
+        else:
+            why = f"{exc.strerror or exc}; check the --tcp address"
+        raise CannotListen(f"Cannot listen on TCP {address}: {why}.") from None
+
+
 async def _open_unix_listener(path: Path) -> tuple[trio.SocketListener, tuple[int, int]]:
     """Bind ``path`` with mode 0600 in a 0700 directory; refuse one a live broker answers on."""
-    _prepare_socket_path(path)
-    sock = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
     try:
-        await sock.bind(str(path))
-        # Before listen(), nobody can connect, so the mode is right before the first client.
-        os.chmod(path, 0o600)
-        sock.listen(_LISTEN_BACKLOG)
-        st = os.stat(path)
-    except BaseException:
-        sock.close()
-        raise
+        _prepare_socket_path(path)
+        sock = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+        try:
+            await sock.bind(str(path))
+            # Before listen(), nobody can connect, so the mode is right before the first client.
+            os.chmod(path, 0o600)
+            sock.listen(_LISTEN_BACKLOG)
+            st = os.stat(path)
+        except BaseException:
+            sock.close()
+            raise
+    except OSError as exc:
+        raise CannotListen(
+            f"Cannot listen on the Unix socket {path}: {exc.strerror or exc}; pass another "
+            "--socket (or set PRONTODB_SOCKET)."
+        ) from None
     return trio.SocketListener(sock), (st.st_dev, st.st_ino)
 
 
 def _prepare_socket_path(path: Path) -> None:
     if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
-        raise AlreadyServing(
+        raise CannotListen(
             f"The socket path {path} is longer than the {_MAX_SOCKET_PATH} bytes a Unix socket "
             "allows; pass a shorter --socket (or set PRONTODB_SOCKET)."
         )
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.exists() or path.is_symlink():
-        if _answers(path):
-            raise AlreadyServing(
-                f"Something already listens on {path}; stop it (`prontodb stop`) or pass "
-                "another --socket."
-            )
-        path.unlink()  # left behind by a broker that died
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        # connect() to a regular file is refused just like a dead socket: never remove one.
+        raise CannotListen(
+            f"{path} exists and is not a socket; pass another --socket (or set "
+            "PRONTODB_SOCKET), or remove it if nothing needs it."
+        )
+    if _answers(path):
+        raise AlreadyServing(
+            f"Something already listens on {path}; stop it (`prontodb stop`) or pass "
+            "another --socket."
+        )
+    path.unlink()  # left behind by a broker that died
 
 
 def _answers(path: Path) -> bool:

@@ -33,6 +33,14 @@ class ServerConfig:
     # How much of each database's recent changes watchers may start from (docs/FORMAT.md); a
     # watcher that falls out of this window is cut off with ``overflow``.
     history: HistoryLimits = field(default_factory=HistoryLimits)
+    # Seconds with no connection open after which the broker stops by itself (``serve
+    # --idle-exit``; the CLI gives its auto-started brokers one); None: never.
+    idle_exit: float | None = None
+    # Started in the background by a CLI that found none (``prontodb ps`` and status say so).
+    auto_started: bool = False
+    # The user's roster directory, where the broker lists itself while it runs, for ``prontodb
+    # ps`` and ``stop --all`` (``serve`` gives the user's; None: not listed).
+    roster: Path | None = None
 
 
 def parse_tcp(text: str) -> tuple[str, int]:

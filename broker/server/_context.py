@@ -30,6 +30,7 @@ class Context:
     backups: str  # DATA_DIR/backups, absolute: where a cursor's admin may write its backups
     status: Callable[[], dict[str, Any]]  # what `prontodb status` shows
     request_stop: Callable[[], None]  # begin a clean shutdown
+    stopping: Callable[[], bool]  # whether a shutdown has begun
     # Requests served since the start, by operation (the registry's names, and one name for
     # every unknown one: the keys stay bounded).
     requests: dict[str, int] = field(default_factory=dict)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import trio
 
-from ._broker import Broker, BrokerInfo
+from ._broker import Broker, BrokerInfo, CannotListen
 from ._catalog import CatalogError
 from ._config import ServerConfig
 from ._lockfile import AlreadyServing
@@ -99,7 +99,7 @@ def run(
     # trio may hand these back inside an exception group (a nursery's), hence except*.
     try:
         trio.run(main)
-    except* (AlreadyServing, CatalogError) as refused:
+    except* (AlreadyServing, CannotListen, CatalogError) as refused:
         for exc in refused.exceptions:
             logger.error("%s", exc)
         status = 1

@@ -268,6 +268,10 @@ class Session(SessionClaims, SessionWatches):
             return Answer(
                 Goodbye(ErrorCode.UNAUTHENTICATED, "Say who you are: Hello needs a user.")
             )
+        if self.ctx.stopping():
+            # Arrived as the broker began to stop (an idle exit's moment, or a stop's): no
+            # Welcome, so the client knows before any request that nothing was done here.
+            return Answer(self._farewell)
         user, refusal = who_is(self.ctx.catalog.users, hello, must_prove=self.authenticate)
         if refusal is not None:
             self.ctx.quiet.info(

@@ -46,14 +46,18 @@ class Sessions(Generic[S]):
 
     def add(self, session: S) -> None:
         self._live.add(session)
+        self._signal_change()
 
     def discard(self, session: S) -> None:
         self._live.discard(session)
+        self._signal_change()
+
+    def _signal_change(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
 
     async def wait_changed(self) -> None:
-        """Until a connection ends."""
+        """Until a connection comes or ends."""
         await self._changed.wait()
 
     def stop_reading(self) -> None:

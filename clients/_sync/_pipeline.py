@@ -499,6 +499,10 @@ def _handshake(stream: backend.Stream, conn: Connection, hello: Hello, url: str)
                 )
             return event
         elif isinstance(event, Goodbye):
-            raise ProntoError(event.code or ErrorCode.UNAVAILABLE, event.message)
+            if event.code in (None, ErrorCode.UNAVAILABLE):
+                # A broker stopping (an idle exit, a stop) as we came: nothing answers here
+                # for us, as if it had gone already, so a CLI starts the next one.
+                raise BrokerUnavailable(url, "it is stopping")
+            raise ProntoError(event.code, event.message)
         else:
             raise BrokerUnavailable(url, "it closed the connection before a greeting; stopping?")

@@ -31,6 +31,10 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+# With autostart: start a broker and connect, this many times before giving up.
+_START_ROUNDS = 3
+
+
 class Client(KeyOperations, ClaimOperations, AdminOperations):
     """A connection to a ProntoDB broker; its methods are the broker's operations.
 
@@ -126,16 +130,21 @@ class Client(KeyOperations, ClaimOperations, AdminOperations):
         hello = Hello(name, user, token, user_default=guessed and token is not None)
 
         def opening() -> Client:
-            try:
-                pipeline = Pipeline.open(address, url, hello, timeout, tls)
-            except BrokerUnavailable:
-                if not start:
-                    raise
+            rounds = 0
+            while True:
+                try:
+                    pipeline = Pipeline.open(address, url, hello, timeout, tls)
+                    break
+                except BrokerUnavailable:
+                    # A broker that answered the start may begin to stop (its idle time up)
+                    # before we connect: it refuses us before any request; start the next one.
+                    rounds += 1
+                    if not start or rounds > _START_ROUNDS:
+                        raise
                 # Imported here: its modules (socket, select) would slow every CLI start.
                 from .._autostart import start_default_broker
 
                 backend.run_blocking(start_default_broker)
-                pipeline = Pipeline.open(address, url, hello, timeout, tls)
             client = cls(pipeline, url=url, user=pipeline.welcome.user or hello.user, cursor=cursor)
             client._again = (token, timeout, name, ca_file)
             return client

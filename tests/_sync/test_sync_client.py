@@ -552,3 +552,12 @@ def test_a_goodbye_instead_of_welcome_is_raised_by_connect(short_dir: Path) -> N
         pass
     assert (info.value.code, info.value.message) == (ErrorCode.UNAUTHENTICATED, "Pass a token.")
     assert not isinstance(info.value, BrokerUnavailable)
+
+
+def test_a_broker_stopping_as_we_greet_it_is_as_good_as_none(short_dir: Path) -> None:
+    # Its stop began as we connected (an idle exit): nothing was done here, and a caller that
+    # starts brokers (the CLI) starts the next one.
+    stopping = Goodbye(ErrorCode.UNAVAILABLE, "The broker is stopping.")
+    with pytest.raises(BrokerUnavailable) as info, scripted(short_dir, hello=stopping):
+        pass
+    assert info.value.reason == "it is stopping"
