@@ -18,11 +18,11 @@ echo "== mypy --strict"
 # The folders install as prontodb.<part> through a path mapping that mypy cannot follow,
 # so it reads them through a tree of links laid out the way they install.
 mkdir -p .typecheck/prontodb
-for part in protocol broker clients; do
+for part in protocol broker clients testing; do
     ln -sfn "../../$part" ".typecheck/prontodb/$part"
 done
 export MYPYPATH=.typecheck
-"$bin/mypy" -p prontodb.protocol -p prontodb.broker -p prontodb.clients | sed 's#^\.typecheck/prontodb/##'
+"$bin/mypy" -p prontodb.protocol -p prontodb.broker -p prontodb.clients -p prontodb.testing | sed 's#^\.typecheck/prontodb/##'
 "$bin/mypy" tests examples bench
 
 echo "== import contracts (lint-imports)"
