@@ -8,7 +8,7 @@ clients as fixtures: ``prontodb_client``, ``prontodb_async_client``, ``prontodb_
 (docs/TESTING.md). What they hand out is defined here, with the standard library alone, and
 serves without pytest too::
 
-    with BrokerFactory(lambda: Path(tempfile.mkdtemp())) as start:
+    with BrokerFactory(lambda: Path(tempfile.mkdtemp(dir=scratch))) as start:
         broker = start(fsync="never")
         with Client.connect(broker.url) as client:
             ...

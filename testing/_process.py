@@ -159,8 +159,8 @@ class BrokerProcess:
         return self._process.wait(timeout)
 
     def kill(self) -> None:
-        """SIGKILL, the crash case: no shutdown, and what the fsync policy had not made durable
-        may be lost. Returns once the process is gone."""
+        """SIGKILL, the crash case: no clean shutdown, the data directory left as a crash leaves
+        it. Returns once the process is gone."""
         if self._process is not None and self._process.poll() is None:
             self._process.kill()
             self._process.wait()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -111,10 +112,14 @@ def test_sync_trio_and_asyncio_tests_share_one_broker_a_database_each(
 
 
 ISOLATION = """
+BOUND = SEEN.parent / "bound.db"  # outside the data directory
+
 def test_first(prontodb_client, prontodb_broker, prontodb_cursor):
     note(prontodb_broker, prontodb_cursor)
     prontodb_client.set("left.behind", 1)
     prontodb_client.set("elsewhere", 1, cursor=prontodb_cursor + "-more")
+    prontodb_client.cursor_set(prontodb_cursor + "-bound", str(BOUND))
+    prontodb_client.set("bound", 1, cursor=prontodb_cursor + "-bound")
     assert len(prontodb_cursor) <= 48
 
 
@@ -141,6 +146,7 @@ def test_a_tests_keys_and_databases_are_gone_before_the_next_test(
     cursors = [str(t["cursor"]) for t in notes(seen)]
     assert len(set(cursors)) == 3
     assert all(c.startswith("t") for c in cursors), cursors
+    assert not (pytester.path / "bound.db").exists()  # purged, and its binding forgotten
 
 
 FAULTS = """
@@ -241,3 +247,21 @@ def test_a_killed_test_run_leaves_no_broker_behind(pytester: pytest.Pytester) ->
     assert isinstance(pid, int)
     assert wait_for_exit(pid, 30)  # its lifeline pipe closed with the killed pytest
     assert os.path.isdir(str(killed["data_dir"]))
+
+
+def python_blocks() -> list[str]:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "TESTING.md").read_text()
+    return re.findall(r"```python\n(.*?)```", text, re.S)
+
+
+def test_the_test_files_of_the_docs_run_as_written(pytester: pytest.Pytester) -> None:
+    files = [b for b in python_blocks() if b.startswith("# test_")]
+    for text in files:
+        pytester.path.joinpath(text.split("\n", 1)[0].removeprefix("# ")).write_text(text)
+    assert len(files) == 2
+    pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(passed=6)
+
+
+def test_the_docs_use_without_pytest_runs_as_written() -> None:
+    (script,) = [b for b in python_blocks() if not b.startswith("# test_")]
+    exec(compile(script, "docs/TESTING.md", "exec"), {})
