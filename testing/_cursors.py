@@ -12,9 +12,8 @@ from __future__ import annotations
 import itertools
 import re
 
-from prontodb.clients import Client, ProntoError
+from prontodb.clients import BadRequest, Client
 
-USER = "pytest"  # the user the plugin's clients connect as: the writer of their changes
 BASE_LENGTH = 48  # of a cursor's 64 characters: room for "-" and 15 more in derived names
 _NOT_IN_NAME = re.compile(r"[^A-Za-z0-9_]+")
 
@@ -37,12 +36,12 @@ def belongs_to(name: str, base: str) -> bool:
     return name == base or name.startswith(base + "-")
 
 
-def purge(url: str, base: str) -> list[str]:
+def purge(url: str, base: str, user: str) -> list[str]:
     """Delete every database named ``base`` or ``base-...`` and forget such cursor bindings;
     the names purged. A binding to a directory that also holds other files is only forgotten
     (the broker refuses to delete those files)."""
     purged = []
-    with Client.connect(url, user=USER) as admin:
+    with Client.connect(url, user=user) as admin:
         for cursor in admin.cursors():
             name = cursor["name"]
             if not belongs_to(name, base):
@@ -50,7 +49,7 @@ def purge(url: str, base: str) -> list[str]:
             mine = cursor["owner"] is not None
             try:
                 admin.cursor_delete(name, mine=mine, purge=True)
-            except ProntoError:
+            except BadRequest:  # the broker deletes nothing but a database's files
                 admin.cursor_delete(name, mine=mine)
             purged.append(name)
     return purged

@@ -22,10 +22,12 @@ LOG_TAIL = 2000  # characters of the broker's log shown when it is found gone
 
 
 class SharedBroker:
-    """``broker`` and the cursor names handed to the tests on it."""
+    """``broker`` and the cursor names handed to the tests on it; ``user`` purges their
+    databases."""
 
-    def __init__(self, broker: BrokerProcess) -> None:
+    def __init__(self, broker: BrokerProcess, user: str) -> None:
         self.broker = broker
+        self.user = user
         self._names = CursorNames()
         self._last = ""  # the test that last had a database on it
 
@@ -40,7 +42,7 @@ class SharedBroker:
     def end(self, cursor: str) -> None:
         """Purge the test's databases; a failure if the broker went away meanwhile."""
         try:
-            purge(self.broker.url, cursor)
+            purge(self.broker.url, cursor, self.user)
         except Unavailable:
             # A stop request is answered before the broker exits: give it time to.
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -13,16 +13,18 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from prontodb.clients import Client
-
-from ._cursors import USER
 from ._factory import BrokerFactory
 from ._process import FSYNC_POLICIES, BrokerProcess
-from ._shared import SharedBroker
 
+# Every pytest run of the environment imports this module, most of them for tests that never use
+# ProntoDB: the clients load when a fixture first needs them, not here.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from prontodb.clients import AsyncClient
+    from prontodb.clients import AsyncClient, Client
+
+    from ._shared import SharedBroker
+
+USER = "pytest"  # whom the fixtures' clients connect as: the writer of the tests' changes
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -51,8 +53,10 @@ def _factory(tmp_path_factory: pytest.TempPathFactory, config: pytest.Config) ->
 def _prontodb_shared(
     tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
 ) -> Iterator[SharedBroker]:
+    from ._shared import SharedBroker
+
     with _factory(tmp_path_factory, pytestconfig) as start:
-        yield SharedBroker(start())
+        yield SharedBroker(start(), USER)
 
 
 @pytest.fixture(scope="session")
@@ -86,6 +90,8 @@ def prontodb_cursor(
 def prontodb_client(prontodb_url: str, prontodb_cursor: str) -> Iterator[Client]:
     """A :class:`~prontodb.clients.Client` connected to the session's broker, its cursor the
     test's own (``prontodb_cursor``), as user ``pytest``; closed after the test."""
+    from prontodb.clients import Client
+
     with Client.connect(prontodb_url, user=USER, cursor=prontodb_cursor) as client:
         yield client
 

@@ -49,6 +49,12 @@ def test_the_testing_package_is_the_standard_library_alone() -> None:
     assert "prontodb.clients" not in imported_modules("prontodb.testing")
 
 
+def test_the_pytest_plugin_loads_the_clients_only_for_its_fixtures() -> None:
+    # Every pytest run of an environment with ProntoDB installed imports the plugin.
+    loaded = imported_modules("prontodb.testing.plugin")
+    assert not {"prontodb.clients", "prontodb.protocol", "prontodb.broker", "msgpack"} & loaded
+
+
 def test_cli_has_help_and_version() -> None:
     runner = CliRunner()
     result = runner.invoke(main, ["--help"])

@@ -113,6 +113,7 @@ def test_sync_trio_and_asyncio_tests_share_one_broker_a_database_each(
 
 ISOLATION = """
 BOUND = SEEN.parent / "bound.db"  # outside the data directory
+STRAY = SEEN.parent / "stray"  # holds a file of the user's: forgotten, not deleted
 
 def test_first(prontodb_client, prontodb_broker, prontodb_cursor):
     note(prontodb_broker, prontodb_cursor)
@@ -120,6 +121,9 @@ def test_first(prontodb_client, prontodb_broker, prontodb_cursor):
     prontodb_client.set("elsewhere", 1, cursor=prontodb_cursor + "-more")
     prontodb_client.cursor_set(prontodb_cursor + "-bound", str(BOUND))
     prontodb_client.set("bound", 1, cursor=prontodb_cursor + "-bound")
+    STRAY.mkdir()
+    (STRAY / "notes.txt").write_text("not a database's")
+    prontodb_client.cursor_set(prontodb_cursor + "-stray", str(STRAY))
     assert len(prontodb_cursor) <= 48
 
 
@@ -147,6 +151,7 @@ def test_a_tests_keys_and_databases_are_gone_before_the_next_test(
     assert len(set(cursors)) == 3
     assert all(c.startswith("t") for c in cursors), cursors
     assert not (pytester.path / "bound.db").exists()  # purged, and its binding forgotten
+    assert (pytester.path / "stray" / "notes.txt").exists()  # its binding forgotten only
 
 
 FAULTS = """
