@@ -31,4 +31,4 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
 fi
 # Bytecode for our sources, as a regular install would have it: the CLI starts in loops, and
 # without .pyc files (PYTHONDONTWRITEBYTECODE is set on some machines) every start recompiles.
-.venv/bin/python -m compileall -q protocol broker clients >/dev/null
+.venv/bin/python -m compileall -q protocol broker clients testing >/dev/null

@@ -1,5 +1,7 @@
 """The async client where the sync one has no counterpart: callers cancelled mid-call, and a clock
 that jumps. Run on trio and asyncio (``anyio_test``) against real brokers and a scripted peer.
+Most use the session's broker, through the project's own pytest plugin (``prontodb_url`` and a
+database of the test's own, ``prontodb_cursor``: docs/TESTING.md), as its users' tests would.
 
 The rest of the async client's tests are written once for both clients: tests/_async/.
 """
@@ -23,12 +25,6 @@ from prontodb.clients import AsyncClient, BrokerUnavailable, ErrorCode, ProntoEr
 
 
 @pytest.fixture
-def broker(tmp_path: Path, short_dir: Path) -> Iterator[BrokerProcess]:
-    with running_broker(tmp_path / "data", short_dir / "b.sock") as process:
-        yield process
-
-
-@pytest.fixture
 def fast_broker(tmp_path: Path, short_dir: Path) -> Iterator[BrokerProcess]:
     """A broker that skips fsync, for tests that write thousands of keys."""
     with running_broker(
@@ -41,8 +37,10 @@ def fast_broker(tmp_path: Path, short_dir: Path) -> Iterator[BrokerProcess]:
 
 
 @anyio_test
-async def test_cancelled_callers_do_not_break_the_next_ones(broker: BrokerProcess) -> None:
-    async with await AsyncClient.connect(broker.url) as client:
+async def test_cancelled_callers_do_not_break_the_next_ones(
+    prontodb_url: str, prontodb_cursor: str
+) -> None:
+    async with await AsyncClient.connect(prontodb_url, cursor=prontodb_cursor) as client:
         finished = 0
 
         async def incr() -> None:
@@ -90,8 +88,10 @@ async def test_an_abandoned_large_answer_does_not_block_a_large_request(
 
 
 @anyio_test
-async def test_closing_the_client_ends_a_call_blocked_reading(broker: BrokerProcess) -> None:
-    client = await AsyncClient.connect(broker.url)
+async def test_closing_the_client_ends_a_call_blocked_reading(
+    prontodb_url: str, prontodb_cursor: str
+) -> None:
+    client = await AsyncClient.connect(prontodb_url, cursor=prontodb_cursor)
     ended = anyio.Event()
 
     async def blocked() -> None:
@@ -105,7 +105,7 @@ async def test_closing_the_client_ends_a_call_blocked_reading(broker: BrokerProc
         with anyio.fail_after(10):
             await ended.wait()
     # The closed socket's fd number may come back at once: a new client must work on it.
-    async with await AsyncClient.connect(broker.url) as again:
+    async with await AsyncClient.connect(prontodb_url) as again:
         await again.ping()
 
 
@@ -213,9 +213,9 @@ async def give_up_a_waiting_claim(client: AsyncClient) -> None:
 
 @anyio_test
 async def test_a_cancelled_waiting_claim_does_not_hold_up_the_next_calls(
-    broker: BrokerProcess,
+    prontodb_url: str, prontodb_cursor: str
 ) -> None:
-    async with await AsyncClient.connect(broker.url, cursor="waits") as client:
+    async with await AsyncClient.connect(prontodb_url, cursor=prontodb_cursor) as client:
         await give_up_a_waiting_claim(client)
         with anyio.fail_after(30):  # not the claim's 300 s
             assert await client.set("after", 1) > 0
@@ -223,9 +223,9 @@ async def test_a_cancelled_waiting_claim_does_not_hold_up_the_next_calls(
 
 @anyio_test
 async def test_a_cancelled_waiting_claim_gives_up_its_place_at_the_broker(
-    broker: BrokerProcess,
+    prontodb_url: str, prontodb_cursor: str
 ) -> None:
-    async with await AsyncClient.connect(broker.url, cursor="cancels") as client:
+    async with await AsyncClient.connect(prontodb_url, cursor=prontodb_cursor) as client:
         await give_up_a_waiting_claim(client)
         # The cancel went out as the claim was given up, before this set on the same
         # connection: the broker no longer waits for that claim, so nothing is claimed for it
@@ -238,12 +238,12 @@ async def test_a_cancelled_waiting_claim_gives_up_its_place_at_the_broker(
 
 @anyio_test
 async def test_a_claim_cancelled_as_the_connection_fails_still_ends_as_cancelled(
-    broker: BrokerProcess,
+    prontodb_url: str, prontodb_cursor: str
 ) -> None:
     # The cancel is sent from the cancelled call's `finally`: if the connection fails while it
     # waits to send, that failure must not replace the cancellation (a move_on block around
     # the claim moves on).
-    async with await AsyncClient.connect(broker.url, cursor="cancels") as client:
+    async with await AsyncClient.connect(prontodb_url, cursor=prontodb_cursor) as client:
         outcome: list[object] = []
         scope = anyio.CancelScope()
 

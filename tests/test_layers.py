@@ -13,10 +13,14 @@ from prontodb.clients.cli import main
 IO_MODULES = {"trio", "anyio", "socket", "selectors", "asyncio", "threading", "subprocess"}
 
 
-def imported_by(module: str) -> set[str]:
+def imported_modules(module: str) -> set[str]:
     code = f"import sys, {module}; print(' '.join(sorted(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-    return {name.split(".")[0] for name in out.stdout.split()}
+    return set(out.stdout.split())
+
+
+def imported_by(module: str) -> set[str]:
+    return {name.split(".")[0] for name in imported_modules(module)}
 
 
 @pytest.mark.parametrize("module", ["prontodb.protocol", "prontodb.broker.engine"])
@@ -35,6 +39,20 @@ def test_sync_client_imports_neither_trio_nor_anyio(module: str) -> None:
 
 def test_storage_imports_no_event_loop() -> None:
     assert imported_by("prontodb.broker.storage") & {"trio", "anyio", "asyncio"} == set()
+
+
+def test_the_testing_package_is_the_standard_library_alone() -> None:
+    # Its brokers start through it (python -m prontodb.testing._serve): importing pytest would
+    # add about 0.1 s to each start (of about 0.2 s). Only its plugin module imports pytest.
+    found = imported_by("prontodb.testing")
+    assert found & {"pytest", "_pytest", "trio", "anyio", "asyncio", "prontodb"} == {"prontodb"}
+    assert "prontodb.clients" not in imported_modules("prontodb.testing")
+
+
+def test_the_pytest_plugin_loads_the_clients_only_for_its_fixtures() -> None:
+    # Every pytest run of an environment with ProntoDB installed imports the plugin.
+    loaded = imported_modules("prontodb.testing.plugin")
+    assert not {"prontodb.clients", "prontodb.protocol", "prontodb.broker", "msgpack"} & loaded
 
 
 def test_cli_has_help_and_version() -> None:

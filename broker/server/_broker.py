@@ -195,10 +195,12 @@ class Broker:
     ) -> None:
         async with trio.open_nursery() as outer:
             # The signal watcher lives until the very end, so that a second signal during the
-            # grace period drops the connections instead of killing the process.
+            # grace period drops the connections instead of killing the process. It is started
+            # (its handlers in place) before the broker says it listens: a SIGTERM sent on
+            # seeing the ready line must stop it cleanly, not kill it.
             signals = trio.CancelScope()
             if handle_signals:
-                outer.start_soon(self._watch_signals, signals)
+                await outer.start(self._watch_signals, signals)
             async with trio.open_nursery() as background:  # compactions: outlive every session
                 self.databases.background = background
                 async with trio.open_nursery() as flushers:
@@ -285,8 +287,11 @@ class Broker:
         finally:
             self.sessions.discard(session)
 
-    async def _watch_signals(self, scope: trio.CancelScope) -> None:
+    async def _watch_signals(
+        self, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]
+    ) -> None:
         with scope, trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if self._stop.is_set():
