@@ -204,7 +204,10 @@ def restore_into(
             os.rename(directory, aside)
             database = Database.open(directory, options=options, limits=limits)
         try:
-            engine.rebase(max(engine.revision, database.engine.revision, above) + 1)
+            engine.rebase(
+                max(engine.revision, database.engine.revision, above) + 1,
+                database.engine.next_session,
+            )
             database.engine = engine
             database.compact()
         finally:

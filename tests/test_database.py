@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -253,3 +254,58 @@ def test_a_repeated_record_is_refused_naming_its_file_and_offset(
     assert caught.value.offset == 32 + len(first)
     assert f"{damaged} at byte offset {32 + len(first)}" in str(caught.value)
     assert "cannot be replayed" in str(caught.value)
+
+
+def test_keys_of_an_expired_session_are_gone_when_the_timer_fires_and_after_a_reopen(
+    tmp_path: Path,
+) -> None:
+    t0 = 1_000.0
+    db = Database.open(tmp_path / "main", options=SMALL)
+    session = db.write(db.engine.session_grant(10, owner="o", now=t0))
+    db.write(db.engine.set("locks.a", "me", writer="o", now=t0, session=session))
+    db.write(db.engine.set("kept", 1, writer="o", now=t0))
+    db.engine.session_keepalive(session, now=t0 + 5)
+    fires = db.engine.next_deadline()  # what the broker's timer sleeps until
+    assert fires == t0 + 15
+    assert db.write(db.engine.expire_due(fires - 0.5)) == []
+    assert db.write(db.engine.expire_due(fires)) == ["locks.a"]
+    assert db.engine.keys() == ["kept"]
+    assert db.engine.next_deadline() is None
+    db.close()
+    again = Database.open(tmp_path / "main", options=SMALL)
+    try:
+        assert again.engine.keys() == ["kept"]  # the end was logged
+        assert again.engine.sessions() == []
+        assert again.write(again.engine.session_grant(5, owner="o", now=t0)) == session + 1
+    finally:
+        again.close()
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_a_reopen_gives_every_session_its_full_ttl_again(tmp_path: Path, compact: bool) -> None:
+    t0 = 1_000.0
+    db = Database.open(tmp_path / "main", options=SMALL)
+    session = db.write(db.engine.session_grant(10, owner="o", now=t0))
+    db.write(db.engine.set("locks.a", "me", writer="o", now=t0, session=session))
+    db.write(db.engine.set("kept", 1, writer="o", now=t0))
+    if compact:
+        db.compact()
+    db.close()  # "a crash": the keep-alives of the session were never logged
+    again = Database.open(tmp_path / "main", options=SMALL)
+    try:
+        entry = again.engine.get("locks.a")
+        assert entry is not None
+        assert entry.session == session
+        assert again.engine.next_deadline() == -math.inf  # the timer fires at once...
+        later = t0 + 3600
+        assert again.write(again.engine.expire_due(later)) == []  # ...and starts the clock
+        assert again.engine.next_deadline() == later + 10
+        assert again.write(again.engine.expire_due(later + 10)) == ["locks.a"]
+    finally:
+        again.close()
+    last = Database.open(tmp_path / "main", options=SMALL)
+    try:
+        assert last.engine.keys() == ["kept"]
+        assert last.engine.next_session == session + 1
+    finally:
+        last.close()

@@ -2,10 +2,16 @@
 
 The model keeps TTL deadlines beside the keys: a set without a TTL clears one (no caches here), incr
 keeps it, and keys leave only when the machine advances the clock and asks for expire_due.
+
+It keeps sessions too: their TTLs and deadlines (None after a restore, until the next expire_due
+starts them again), and which session each attached key belongs to (a write without one detaches
+it, incr keeps it). The machine may also carry on with an engine restored from its records or a
+snapshot.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from hypothesis import strategies as st
@@ -26,6 +32,7 @@ VALUES = st.one_of(
     st.dictionaries(st.text(max_size=3), SCALARS, max_size=3),
 )
 STEPS = st.integers(-1000, 1000)
+SESSION_IDS = st.integers(1, 6)
 
 
 def under(key: str, prefix: str) -> bool:
@@ -43,10 +50,14 @@ class EngineMachine(RuleBasedStateMachine):
         self.records: list[Record] = []
         self.now = 0.0
         self.deadlines: dict[str, float] = {}
+        self.sessions: dict[int, tuple[float, float | None]] = {}  # id -> (ttl, deadline)
+        self.attached: dict[str, int] = {}  # key -> its session
+        self.next_session = 1
 
     def _put(self, key: str, value: Any, *, keep_ttl: bool = False) -> None:
         if not keep_ttl:
             self.deadlines.pop(key, None)
+            self.attached.pop(key, None)
         self.revision += 1
         old = self.model.get(key)
         create, version = (old[1], old[3] + 1) if old else (self.revision, 1)
@@ -73,14 +84,86 @@ class EngineMachine(RuleBasedStateMachine):
     @rule(seconds=st.integers(0, 4))
     def advance_and_expire(self, seconds: int) -> None:
         self.now += seconds
-        due = sorted((d, k) for k, d in self.deadlines.items() if d <= self.now)
-        expired = self._do(self.engine.expire_due(self.now))
-        assert expired == [k for _, k in due]
+        now = self.now
+        due = sorted((d, k) for k, d in self.deadlines.items() if d <= now)
+        expired = self._do(self.engine.expire_due(now))
+        expected = [k for _, k in due]
         if due:
             self.revision += 1
             for _, key in due:
                 del self.model[key]
                 del self.deadlines[key]
+        for session, (ttl, deadline) in self.sessions.items():
+            if deadline is None:  # restored: the clock starts again now, with a full TTL
+                self.sessions[session] = (ttl, now + ttl)
+        ended = sorted((d, i) for i, (_, d) in self.sessions.items() if d is not None and d <= now)
+        for _, session in ended:
+            expected += self._end(session)
+        assert expired == expected
+
+    def _end(self, session: int) -> list[str]:
+        """End ``session`` in the model; its keys, which went at one revision."""
+        del self.sessions[session]
+        keys = sorted(k for k, s in self.attached.items() if s == session)
+        if keys:
+            self.revision += 1
+        for key in keys:
+            del self.model[key]
+            del self.attached[key]
+        return keys
+
+    def _live(self, session: int) -> bool:
+        deadline = self.sessions.get(session, (0.0, 0.0))[1]
+        return deadline is None or deadline > self.now
+
+    @rule(ttl=st.integers(1, 6))
+    def session_grant(self, ttl: int) -> None:
+        deadline = self.now + ttl
+        session = self._do(self.engine.session_grant(ttl, owner="o", now=self.now))
+        assert session == self.next_session
+        self.next_session += 1
+        self.sessions[session] = (ttl, deadline)
+
+    @rule(session=SESSION_IDS)
+    def session_keepalive(self, session: int) -> None:
+        now = self.now
+        try:
+            deadline = self._do(self.engine.session_keepalive(session, now=now))
+        except ProntoError as exc:
+            assert exc.code is ErrorCode.NOT_FOUND
+            assert not self._live(session)
+        else:
+            ttl = self.sessions[session][0]
+            assert deadline == now + ttl
+            self.sessions[session] = (ttl, deadline)
+
+    @rule(session=SESSION_IDS)
+    def session_revoke(self, session: int) -> None:
+        try:
+            keys = self._do(self.engine.session_revoke(session, writer="w", now=self.now))
+        except ProntoError as exc:
+            assert exc.code is ErrorCode.NOT_FOUND
+            assert session not in self.sessions
+        else:
+            assert keys == self._end(session)
+
+    @rule(key=KEYS, value=VALUES, session=SESSION_IDS)
+    def set_in_session(self, key: str, value: Any, session: int) -> None:
+        try:
+            self._do(self.engine.set(key, value, writer="w", now=self.now, session=session))
+        except ProntoError as exc:
+            assert exc.code is ErrorCode.NOT_FOUND
+            assert not self._live(session)
+        else:
+            self._put(key, value)
+            self.attached[key] = session
+
+    @rule(from_snapshot=st.booleans())
+    def carry_on_restored(self, from_snapshot: bool) -> None:
+        """Go on with an engine rebuilt as an open would: every session waits for its clock."""
+        source = self.engine.snapshot() if from_snapshot else self.records
+        self.engine = Engine.restore(source)
+        self.sessions = {i: (ttl, None) for i, (ttl, _) in self.sessions.items()}
 
     @rule(key=KEYS, value=VALUES)
     def set_if_absent(self, key: str, value: Any) -> None:
@@ -114,6 +197,7 @@ class EngineMachine(RuleBasedStateMachine):
         if existed:
             del self.model[key]
             self.deadlines.pop(key, None)
+            self.attached.pop(key, None)
             self.revision += 1
 
     @rule(key=KEYS, by=STEPS)
@@ -161,6 +245,7 @@ class EngineMachine(RuleBasedStateMachine):
         for k, v in writes:
             current = self.model.get(k)
             self.deadlines.pop(k, None)
+            self.attached.pop(k, None)
             if v is None:
                 self.model.pop(k, None)
             else:
@@ -191,14 +276,29 @@ class EngineMachine(RuleBasedStateMachine):
         assert state == self.model
         deadlines = {k: e.expires for k, e in self.engine.scan() if e.expires is not None}
         assert deadlines == self.deadlines
-        assert self.engine.next_deadline() == min(self.deadlines.values(), default=None)
+        attached = {k: e.session for k, e in self.engine.scan() if e.session is not None}
+        assert attached == self.attached
+        counts = {i: sum(s == i for s in self.attached.values()) for i in self.sessions}
+        assert [(i.id, i.ttl, i.deadline, i.keys) for i in self.engine.sessions()] == [
+            (i, ttl, deadline, counts[i]) for i, (ttl, deadline) in sorted(self.sessions.items())
+        ]
+        assert self.engine.next_session == self.next_session
+        times: list[float] = list(self.deadlines.values())
+        for _, deadline in self.sessions.values():
+            times.append(-math.inf if deadline is None else deadline)
+        assert self.engine.next_deadline() == min(times, default=None)
 
 
-def dump(engine: Engine) -> tuple[int, list[tuple[Any, ...]]]:
-    return engine.revision, [
-        (k, e.value, e.create_rev, e.mod_rev, e.version, e.writer, e.time, e.size, e.expires)
-        for k, e in engine.scan()
-    ]
+def dump(engine: Engine) -> tuple[Any, ...]:
+    return (
+        engine.revision,
+        [
+            (k, *e[1:], e.value)  # every field, the session included (the value compared last)
+            for k, e in engine.scan()
+        ],
+        [(i.id, i.owner, i.ttl, i.keys) for i in engine.sessions()],
+        engine.next_session,
+    )
 
 
 TestEngineMachine = EngineMachine.TestCase

@@ -335,6 +335,27 @@ async def test_the_sweeper_expires_keys_when_nobody_asks(
     assert engine.revision == 4
 
 
+async def test_the_sweeper_ends_sessions_when_nobody_asks(
+    clocked: tuple[Running, FakeClock], autojump_clock: trio.testing.MockClock
+) -> None:
+    # No operation grants sessions yet: this drives the open database's engine as one would.
+    server, clock = clocked
+    w = await server.wire()
+    await w.result("set", key="kept", value=1)
+    db = server.broker.databases.opened()[0]
+    granted = db.engine.session_grant(10, owner="tester", now=clock())
+    db.submit(granted)
+    session = granted.result
+    db.submit(db.engine.set("locks.a", "me", writer="tester", now=clock(), session=session))
+    db.deadlines_changed()  # as a write op does: the sweeper wakes for the session's deadline
+    await trio.sleep(9.5)  # mock time: no real waiting
+    assert db.engine.keys() == ["kept", "locks.a"]
+    await trio.sleep(1)
+    assert db.engine.keys() == ["kept"]
+    assert db.engine.sessions() == []
+    assert await w.result("keys") == {"keys": ["kept"], "more": False}
+
+
 async def test_caches_expire_persist_over_the_wire(
     clocked: tuple[Running, FakeClock], autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -18,6 +18,7 @@ from ._entry import Entry
 from ._history import Batch, Change, HistoryLimits, change_cost
 from ._keys import validate_key, validate_prefix
 from ._records import Record, RecordKind, ReplayError
+from ._sessions import SessionInfo
 
 __all__ = [
     "DEAD_PREFIX",
@@ -37,6 +38,7 @@ __all__ = [
     "Record",
     "RecordKind",
     "ReplayError",
+    "SessionInfo",
     "change_cost",
     "Target",
     "TxnOp",

@@ -122,12 +122,14 @@ class OpKind(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class TxnOp:
-    """One operation of a transaction: get, set (with ``value``), del, or incr (by ``by``)."""
+    """One operation of a transaction: get, set (with ``value``, attached to ``session`` if
+    given), del, or incr (by ``by``)."""
 
     kind: OpKind
     key: str
     value: Any = None
     by: int = 1
+    session: int | None = None
 
     @classmethod
     def from_wire(cls, raw: object) -> TxnOp:

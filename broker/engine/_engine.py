@@ -26,6 +26,7 @@ from ._entry import Entry
 from ._history import Change, History, HistoryLimits
 from ._keys import SEPARATOR, descendant_range, validate_key, validate_prefix
 from ._records import Record, ReplayError
+from ._sessions import Session, SessionBook, SessionInfo
 from ._values import is_integer, pack_value
 
 T = TypeVar("T")
@@ -52,6 +53,10 @@ class EngineLimits:
     max_value_size: int = 1 << 20  # bytes of the msgpack-encoded value
     max_value_depth: int = 20  # nesting of lists and maps inside one value
     max_txn_ops: int = 128  # compares and operations, each
+    max_session_ttl: float = 86_400.0  # a session's TTL, in seconds: a day at most
+    # Keys attached to one session: all of them go in one record when it ends, which must fit
+    # max_record_size even with keys of max_key_len.
+    max_session_keys: int = 10_000
     # Largest record the engine hands to storage; must not exceed storage's max_record_size, so
     # that a change the engine has applied can always be written.
     max_record_size: int = 16 << 20
@@ -121,6 +126,7 @@ class Engine:
         self._expiring = 0  # live keys with a deadline
         self._caches: dict[str, float] = {}
         self._book = ClaimBook()
+        self._sessions = SessionBook()
         self.history = History(self.limits.history)
 
     # -- reads ---------------------------------------------------------------------------------
@@ -181,18 +187,26 @@ class Engine:
         if_rev: int | None = None,
         if_value: Any = MISSING,
         ttl: float | None = None,
+        session: int | None = None,
     ) -> Applied[Entry]:
         """Write ``value`` at ``key``, optionally only if it is absent, at a modify revision, or
         holds ``if_value`` (compare-and-set). A failed condition raises compare_failed.
 
         The key expires ``ttl`` seconds from ``now``; without ``ttl``, after its cache's TTL if it
-        is under a cache prefix, else never. A set always restarts the clock."""
+        is under a cache prefix, else never. A set always restarts the clock.
+
+        With ``session`` the key is attached to that session instead (no TTL, no cache's): it is
+        deleted when the session ends. A set without ``session`` detaches it."""
         key = self._key(key)
         packed = self._pack(value)
-        expires = self._deadline(key, ttl, now)
+        if session is None:
+            expires = self._deadline(key, ttl, now)
+        else:
+            self._attachable(key, session, ttl, now)
+            expires = None
         prev = self._entries.get(key)
         self._require(key, prev, self._conditions(key, if_absent, if_rev, if_value))
-        return self._put(key, prev, value, packed, writer, now, expires)
+        return self._put(key, prev, value, packed, writer, now, expires, session)
 
     def delete(
         self,
@@ -222,9 +236,13 @@ class Engine:
         key = self._key(key)
         prev = self._entries.get(key)
         total = _incremented(prev, by)
-        # An existing key keeps its deadline (a fixed window); a new one takes its cache's TTL.
-        expires = self._deadline(key, None, now) if prev is None else prev.expires
-        applied = self._put(key, prev, total, self._pack(total), writer, now, expires)
+        # An existing key keeps its deadline (a fixed window) and its session; a new one takes
+        # its cache's TTL.
+        if prev is None:
+            expires, session = self._deadline(key, None, now), None
+        else:
+            expires, session = prev.expires, prev.session
+        applied = self._put(key, prev, total, self._pack(total), writer, now, expires, session)
         return Applied(total, applied.records, applied.changes)
 
     def decr(self, key: str, by: int = 1, *, writer: str, now: float) -> Applied[int]:
@@ -242,10 +260,13 @@ class Engine:
         writer: str,
         now: float,
         expires: float | None,
+        session: int | None = None,
     ) -> Applied[Entry]:
         """Write one key at the next revision; everything that can fail is checked first."""
         rev = self.revision + 1
-        entry = _next_entry(prev, _owned(value, packed), len(packed), rev, writer, now, expires)
+        entry = _next_entry(
+            prev, _owned(value, packed), len(packed), rev, writer, now, expires, session
+        )
         record = self._fits(rec.encode_put(rev, writer, now, key, packed, entry))
         self.revision = rev
         self._store(key, entry)
@@ -265,6 +286,12 @@ class Engine:
             return Applied(False, [], [])
         if seconds <= 0:
             return Applied(True, *self._expire_keys([key], now))
+        if prev.session is not None:
+            raise ProntoError(
+                ErrorCode.BAD_REQUEST,
+                f"{key!r} is attached to session {prev.session}, which decides when it goes; "
+                "set it again without the session to give it a TTL.",
+            )
         applied = self._put(
             key, prev, prev.value, self._pack(prev.value), writer, now, now + seconds
         )
@@ -281,7 +308,12 @@ class Engine:
 
     def expire_due(self, now: float) -> Applied[list[str]]:
         """Remove every key whose deadline is ``now`` or earlier, at one new revision (one EXPIRE
-        record); the result lists them in deadline order. Nothing due: nothing changes."""
+        record), then end every session whose deadline is, each as :meth:`session_revoke` would
+        but with its keys expiring (by ""); the result lists the keys gone, in that order (each
+        session's sorted). Nothing due: nothing changes.
+
+        The first call after a restore also starts the clock of every replayed session: each has
+        its full TTL from ``now`` (keep-alives are not logged)."""
         due: dict[str, None] = {}  # ordered, and a key pushed twice is listed once
         heap = self._deadlines
         while heap and heap[0][0] <= now:
@@ -289,10 +321,14 @@ class Engine:
             entry = self._entries.get(key)
             if entry is not None and entry.expires == deadline:
                 due[key] = None
-        if not due:
-            return Applied([], [], [])
         keys = list(due)
-        return Applied(keys, *self._expire_keys(keys, now))
+        records, changes = self._expire_keys(keys, now) if keys else ([], [])
+        for session in self._sessions.due(now):
+            ended = self._end_session(session, "", now, expired=True)
+            keys += ended.result
+            records += ended.records
+            changes += ended.changes
+        return Applied(keys, records, changes)
 
     def _expire_keys(self, keys: list[str], now: float) -> tuple[list[Record], list[Change]]:
         rev = self.revision + 1
@@ -305,15 +341,21 @@ class Engine:
         return [record], changes
 
     def next_deadline(self) -> float | None:
-        """The earliest deadline of a live key, or None: when :meth:`expire_due` has work."""
+        """The earliest deadline of a live key or session, or None: when :meth:`expire_due` has
+        work (minus infinity after a restore with sessions, until it starts their clocks)."""
         heap = self._deadlines
+        key_deadline = None
         while heap:
             deadline, key = heap[0]
             entry = self._entries.get(key)
             if entry is not None and entry.expires == deadline:
-                return deadline
+                key_deadline = deadline
+                break
             heapq.heappop(heap)  # stale: the key was rewritten, persisted or deleted since
-        return None
+        session_deadline = self._sessions.next_deadline()
+        if key_deadline is None or session_deadline is None:
+            return key_deadline if session_deadline is None else session_deadline
+        return min(key_deadline, session_deadline)
 
     def next_timer(self) -> float | None:
         """The earliest moment either :meth:`expire_due` or :meth:`claims_due` has work."""
@@ -344,6 +386,88 @@ class Engine:
     def caches(self) -> dict[str, float]:
         """Every cache prefix with its TTL in seconds, sorted by prefix."""
         return dict(sorted(self._caches.items()))
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    def session_grant(self, ttl: float, *, owner: str, now: float) -> Applied[int]:
+        """A new session for ``owner``, alive ``ttl`` seconds from ``now`` and from each
+        keep-alive; the result is its id (ids are never reused). Logged without a revision."""
+        ttl = _seconds(ttl, "ttl")
+        limit = self.limits.max_session_ttl
+        if ttl > limit:
+            raise ProntoError(
+                ErrorCode.BAD_REQUEST,
+                f"A session's 'ttl' is at most {limit:g} seconds; keep it alive more often instead.",
+            )
+        session = self._sessions.grant(owner, ttl, now + ttl)
+        return Applied(session, [rec.SessionGrant(session, owner, ttl, now).encode()], [])
+
+    def session_keepalive(self, session: int, *, now: float) -> Applied[float]:
+        """Keep ``session`` alive for its TTL from ``now``; the result is its new deadline. Not
+        logged: a restart gives every session its full TTL again instead."""
+        held = self._live_session(session, now)
+        deadline = now + held.ttl
+        self._sessions.renew(session, deadline)
+        return Applied(deadline, [], [])
+
+    def session_revoke(self, session: int, *, writer: str, now: float) -> Applied[list[str]]:
+        """End ``session`` now: every key attached to it is deleted at one new revision (none if
+        it had no keys), as deletes by ``writer``; the result lists them, sorted."""
+        if not is_integer(session) or session not in self._sessions.sessions:
+            raise _no_session(session)
+        return self._end_session(session, writer, now, expired=False)
+
+    def sessions(self) -> list[SessionInfo]:
+        """Every live session, by id."""
+        return self._sessions.info()
+
+    @property
+    def next_session(self) -> int:
+        """The id the next session will get."""
+        return self._sessions.next_id
+
+    def _live_session(self, session: Any, now: float) -> Session:
+        """The session ``session``, refused (not_found) if it ended or its deadline has passed
+        (it ends at the next :meth:`expire_due`)."""
+        held = self._sessions.sessions.get(session) if is_integer(session) else None
+        if held is None or (held.deadline is not None and held.deadline <= now):
+            raise _no_session(session)
+        return held
+
+    def _attachable(self, key: str, session: int, ttl: float | None, now: float) -> None:
+        """Check that ``key`` may be attached to ``session`` now (it then has no deadline: the
+        session, not a clock, decides when it goes)."""
+        if ttl is not None:
+            raise ProntoError(
+                ErrorCode.BAD_REQUEST,
+                "A key attached to a session lives as long as the session: give 'ttl' or "
+                "'session', not both.",
+            )
+        held = self._live_session(session, now)
+        limit = self.limits.max_session_keys
+        if len(held.keys) >= limit and key not in held.keys:
+            raise ProntoError(
+                ErrorCode.TOO_LARGE,
+                f"Session {session} holds {limit} keys, the most one may; "
+                "grant another session for more.",
+            )
+
+    def _end_session(
+        self, session: int, writer: str, now: float, *, expired: bool
+    ) -> Applied[list[str]]:
+        keys = sorted(self._sessions.sessions[session].keys)
+        rev = self.revision + 1 if keys else None
+        record = self._fits(rec.SessionEnd(rev, writer, now, session, expired, keys).encode())
+        self._sessions.end(session)
+        if rev is None:
+            return Applied(keys, [record], [])
+        self.revision = rev
+        for key in keys:
+            self._remove(key)
+        kind = ChangeKind.EXPIRE if expired else ChangeKind.DELETE
+        changes = [Change(rev, kind, key, None, writer) for key in keys]
+        self.history.add(changes, now)
+        return Applied(keys, [record], changes)
 
     # -- claims --------------------------------------------------------------------------------
 
@@ -604,15 +728,22 @@ class Engine:
             if current is not None:
                 staged[op.key] = None
             return current is not None
-        if op.kind is OpKind.INCR:  # as incr outside a transaction: an existing key keeps its TTL
+        if op.kind is OpKind.INCR:  # as incr outside a transaction: a key keeps TTL and session
             value = _incremented(current, op.by)
-            expires = current.expires if current is not None else self._deadline(op.key, None, now)
+            if current is None:
+                expires, session = self._deadline(op.key, None, now), None
+            else:
+                expires, session = current.expires, current.session
         else:
-            value = op.value
-            expires = self._deadline(op.key, None, now)
+            value, session = op.value, op.session
+            if session is None:
+                expires = self._deadline(op.key, None, now)
+            else:
+                self._attachable(op.key, session, None, now)
+                expires = None
         packed = self._pack(value)
         stored = _owned(value, packed)
-        entry = _next_entry(current, stored, len(packed), rev, writer, now, expires)
+        entry = _next_entry(current, stored, len(packed), rev, writer, now, expires, session)
         staged[op.key] = (packed, entry)
         return value if op.kind is OpKind.INCR else rev
 
@@ -660,7 +791,7 @@ class Engine:
         self.revision = rev
         self.history.add(changes, time)
 
-    def _replay_put(self, record: rec.Put | rec.PutTtl) -> None:
+    def _replay_put(self, record: rec.Put | rec.PutTtl | rec.PutSession) -> None:
         rev = self._follows(record.rev)
         key, writer = record.key, record.writer
         entry = self._replay_entry(key, record, rev, writer, record.time)
@@ -691,6 +822,24 @@ class Engine:
         for key in record.keys:
             self._remove(key)
         changes = [Change(rev, ChangeKind.EXPIRE, key, None) for key in record.keys]
+        self._replayed(rev, changes, record.time)
+
+    def _replay_session_grant(self, record: rec.SessionGrant) -> None:
+        self._sessions.add(record.session, record.owner, record.ttl, None)
+
+    def _replay_session_end(self, record: rec.SessionEnd) -> None:
+        if record.session not in self._sessions.sessions:
+            raise ReplayError(f"session {record.session} ends, but it is not live")
+        self._sessions.end(record.session)
+        if record.rev is None:
+            if record.keys:
+                raise ReplayError(f"session {record.session} ends with keys but no revision")
+            return
+        rev = self._follows(record.rev)
+        for key in record.keys:
+            self._remove(key)
+        kind = ChangeKind.EXPIRE if record.expired else ChangeKind.DELETE
+        changes = [Change(rev, kind, key, None, record.writer) for key in record.keys]
         self._replayed(rev, changes, record.time)
 
     def _replay_claim(self, record: rec.Claim) -> None:
@@ -768,18 +917,35 @@ class Engine:
     def _replay_snapshot_history(self, record: rec.SnapshotHistory) -> None:
         self.history.load(record.first, record.batches)
 
+    def _replay_snapshot_sessions(self, record: rec.SnapshotSessions) -> None:
+        self._sessions.load(record.next_id, record.sessions)
+
+    def _replay_snapshot_attached(self, record: rec.SnapshotAttached) -> None:
+        for key, session in record.keys:
+            if session not in self._sessions.sessions:
+                raise ReplayError(f"{key!r} is attached to session {session}, which is not live")
+            self._store(key, self._entries[key]._replace(session=session))
+
     def _replay_entry(
         self,
         key: str,
-        write: rec.Put | rec.PutTtl | rec.TxnPut | rec.TxnPutTtl,
+        write: rec.Put
+        | rec.PutTtl
+        | rec.PutSession
+        | rec.TxnPut
+        | rec.TxnPutTtl
+        | rec.TxnPutSession,
         rev: int,
         writer: str,
         time: float,
     ) -> Entry:
         value = write.value
         size = len(rec.pack(value))
+        session = write.session
+        if session is not None and session not in self._sessions.sessions:
+            raise ReplayError(f"{key!r} is attached to session {session}, which is not live")
         entry = Entry(
-            value, write.create_rev, rev, write.version, writer, time, size, write.expires
+            value, write.create_rev, rev, write.version, writer, time, size, write.expires, session
         )
         self._store(key, entry)
         return entry
@@ -799,6 +965,12 @@ class Engine:
                 list(book.delayed.items()),
             )
         history = self.history
+        sessions = None
+        if self._sessions.next_id > 1:  # the counter outlives the sessions: ids are not reused
+            sessions = rec.SnapshotSessions(
+                self._sessions.next_id,
+                [(info.id, info.owner, info.ttl) for info in self._sessions.info()],
+            )
         return rec.encode_snapshot(
             self.revision,
             pairs,
@@ -806,12 +978,16 @@ class Engine:
             dict(self._caches),
             claims,
             (history.first, history.batches()),
+            sessions,
         )
 
-    def rebase(self, revision: int) -> None:
+    def rebase(self, revision: int, next_session: int = 1) -> None:
         """Go on from ``revision`` (if above the current one) with no history before it: what a
-        database restored from a backup does, so that no old resume point reads as valid."""
+        database restored from a backup does, so that no old resume point reads as valid. New
+        sessions get ids from ``next_session`` up (if above), so that none reuses the id of a
+        session the replaced database had."""
         self.revision = max(self.revision, revision)
+        self._sessions.next_id = max(self._sessions.next_id, next_session)
         self.history.reset(self.revision + 1)
 
     def statistics(self) -> dict[str, int]:
@@ -820,6 +996,7 @@ class Engine:
             "revision": self.revision,
             "keys": len(self._entries),
             "expiring": self._expiring,
+            "sessions": len(self._sessions.sessions),
             "live_bytes": self.live_bytes,
             "history_first": self.history.first,
             "history_bytes": self.history.bytes,
@@ -882,6 +1059,9 @@ class Engine:
         else:
             self.live_bytes -= _footprint(key, prev)
             self._expiring -= prev.expires is not None
+            if prev.session != entry.session:
+                self._sessions.detach(key, prev.session)
+        self._sessions.attach(key, entry.session)
         self._entries[key] = entry
         self.live_bytes += _footprint(key, entry)
         recreated = prev is not None and prev.create_rev != entry.create_rev
@@ -903,6 +1083,7 @@ class Engine:
                 self._index.remove(key)
             self.live_bytes -= _footprint(key, prev)
             self._expiring -= prev.expires is not None
+            self._sessions.detach(key, prev.session)
             self._book.removed(key, prev)
 
     def _rebuild_deadlines(self) -> None:
@@ -924,6 +1105,9 @@ _REPLAY: dict[type[Any], Callable[[Engine, Any], None]] = {
     rec.Release: Engine._replay_release,
     rec.Returned: Engine._replay_returned,
     rec.Extend: Engine._replay_extend,
+    rec.SessionGrant: Engine._replay_session_grant,
+    rec.SessionEnd: Engine._replay_session_end,
+    rec.PutSession: Engine._replay_put,
     rec.Cache: Engine._replay_cache,
     rec.SnapshotMeta: Engine._replay_snapshot_meta,
     rec.SnapshotEntries: Engine._replay_snapshot_entries,
@@ -931,6 +1115,8 @@ _REPLAY: dict[type[Any], Callable[[Engine, Any], None]] = {
     rec.SnapshotCaches: Engine._replay_snapshot_caches,
     rec.SnapshotClaims: Engine._replay_snapshot_claims,
     rec.SnapshotHistory: Engine._replay_snapshot_history,
+    rec.SnapshotSessions: Engine._replay_snapshot_sessions,
+    rec.SnapshotAttached: Engine._replay_snapshot_attached,
 }
 
 
@@ -952,10 +1138,11 @@ def _next_entry(
     writer: str,
     now: float,
     expires: float | None,
+    session: int | None = None,
 ) -> Entry:
     if prev is None:
-        return Entry(value, rev, rev, 1, writer, now, size, expires)
-    return Entry(value, prev.create_rev, rev, prev.version + 1, writer, now, size, expires)
+        return Entry(value, rev, rev, 1, writer, now, size, expires, session)
+    return Entry(value, prev.create_rev, rev, prev.version + 1, writer, now, size, expires, session)
 
 
 def _seconds(value: Any, name: str, *, allow_past: bool = False) -> float:
@@ -966,6 +1153,14 @@ def _seconds(value: Any, name: str, *, allow_past: bool = False) -> float:
     if value <= 0 and not allow_past:
         raise ProntoError(ErrorCode.BAD_REQUEST, f"{name!r} must be more than 0 seconds.")
     return float(value)
+
+
+def _no_session(session: Any) -> ProntoError:
+    return ProntoError(
+        ErrorCode.NOT_FOUND,
+        f"There is no session {session!r}: it ended (it expired or was revoked) or was never "
+        "granted. Grant a new session, and attach its keys again.",
+    )
 
 
 def _incremented(entry: Entry | None, by: int) -> int:

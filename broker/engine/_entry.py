@@ -21,6 +21,7 @@ class Entry(NamedTuple):
     time: float  # the caller's clock at the last write, in seconds since the epoch
     size: int  # bytes of the msgpack-encoded value
     expires: float | None = None  # absolute deadline, seconds since the epoch; None: no TTL
+    session: int | None = None  # the session the key is attached to (it goes when that ends)
 
     def meta(self) -> dict[str, Any]:
         """The metadata without the value, as ``get --meta`` shows it."""
@@ -32,4 +33,5 @@ class Entry(NamedTuple):
             "time": self.time,
             "size": self.size,
             "expires": self.expires,
+            "session": self.session,
         }

@@ -177,12 +177,21 @@ def change_cost(change: Change) -> int:
 
 
 def encode_batch(batch: Batch) -> list[Any]:
-    """A batch as a snapshot keeps it: ``[rev, time, [[kind, key, by, entry or nil], ...]]``."""
+    """A batch as a snapshot keeps it: ``[rev, time, [[kind, key, by, entry or nil], ...]]``,
+    entry = ``[value, create_rev, mod_rev, version, writer, time, size, expires(, session)]``."""
     return [
         batch.revision,
         batch.time,
-        [[c.kind, c.key, c.by, None if c.entry is None else list(c.entry)] for c in batch.changes],
+        [[c.kind, c.key, c.by, _encode_entry(c.entry)] for c in batch.changes],
     ]
+
+
+def _encode_entry(entry: Entry | None) -> list[Any] | None:
+    """An entry's fields; the session only when there is one, so that every other entry keeps
+    the eight fields older versions wrote (and read)."""
+    if entry is None:
+        return None
+    return list(entry) if entry.session is not None else list(entry[:-1])
 
 
 def decode_batch(fields: list[Any]) -> Batch:

@@ -39,12 +39,17 @@ class RecordKind(enum.IntEnum):
     RELEASE = 9  # Release
     RETURNED = 10  # Returned
     EXTEND = 11  # Extend (no revision)
+    SESSION_GRANT = 12  # SessionGrant (no revision)
+    SESSION_END = 13  # SessionEnd (a revision only if the session had keys)
+    PUT_SESSION = 14  # PutSession
     SNAPSHOT_META = 16  # SnapshotMeta
     SNAPSHOT_ENTRIES = 17  # SnapshotEntries
     SNAPSHOT_EXPIRING = 18  # SnapshotExpiring
     SNAPSHOT_CACHES = 19  # SnapshotCaches
     SNAPSHOT_CLAIMS = 20  # SnapshotClaims
     SNAPSHOT_HISTORY = 21  # SnapshotHistory
+    SNAPSHOT_SESSIONS = 22  # SnapshotSessions
+    SNAPSHOT_ATTACHED = 23  # SnapshotAttached
 
 
 class ReplayError(Exception):
@@ -55,6 +60,7 @@ class ReplayError(Exception):
 TXN_PUT = 1
 TXN_DELETE = 2
 TXN_PUT_TTL = 3
+TXN_PUT_SESSION = 4
 SNAPSHOT_FORMAT = 1
 # A snapshot chunk closes at this many entries or bytes, whichever comes first: big enough that
 # replay is one unpackb call per thousand keys, small enough to stay far below the record limit.
@@ -115,6 +121,11 @@ class Put(NamedTuple):
         """A PUT's key has no deadline (a PUT_TTL's has)."""
         return None
 
+    @property
+    def session(self) -> None:
+        """A PUT's key is attached to no session (a PUT_SESSION's is)."""
+        return None
+
     def encode(self, packed_value: bytes | None = None) -> Record:
         """(kind, payload); ``packed_value`` is the value's encoding, if already made."""
         return RecordKind.PUT, _ending_with_value(self, packed_value)
@@ -132,16 +143,50 @@ class PutTtl(NamedTuple):
     expires: float
     value: Any
 
+    @property
+    def session(self) -> None:
+        """A key with a deadline is attached to no session."""
+        return None
+
     def encode(self, packed_value: bytes | None = None) -> Record:
         """(kind, payload); ``packed_value`` is the value's encoding, if already made."""
         return RecordKind.PUT_TTL, _ending_with_value(self, packed_value)
 
 
+class PutSession(NamedTuple):
+    """PUT_SESSION: a PUT of a key attached to ``session`` (such a key has no deadline of its
+    own: it goes when the session ends)."""
+
+    rev: int
+    writer: str
+    time: float
+    key: str
+    create_rev: int
+    version: int
+    session: int
+    value: Any
+
+    @property
+    def expires(self) -> None:
+        """A key attached to a session has no deadline of its own."""
+        return None
+
+    def encode(self, packed_value: bytes | None = None) -> Record:
+        """(kind, payload); ``packed_value`` is the value's encoding, if already made."""
+        return RecordKind.PUT_SESSION, _ending_with_value(self, packed_value)
+
+
 def encode_put(
     rev: int, writer: str, time: float, key: str, packed_value: bytes, entry: Entry
 ) -> Record:
-    """The PUT (or, for a key with a deadline, PUT_TTL) record of ``entry``, written at ``rev``,
-    around ``packed_value``, the encoding of ``entry.value``."""
+    """The PUT (or, for a key with a deadline, PUT_TTL; for one attached to a session,
+    PUT_SESSION) record of ``entry``, written at ``rev``, around ``packed_value``, the encoding of
+    ``entry.value``."""
+    if entry.session is not None:
+        attached = PutSession(
+            rev, writer, time, key, entry.create_rev, entry.version, entry.session, entry.value
+        )
+        return attached.encode(packed_value)
     if entry.expires is None:
         put = Put(rev, writer, time, key, entry.create_rev, entry.version, entry.value)
         return put.encode(packed_value)
@@ -177,6 +222,11 @@ class TxnPut(NamedTuple):
         """This put's key has no deadline (a TxnPutTtl's has)."""
         return None
 
+    @property
+    def session(self) -> None:
+        """This put's key is attached to no session (a TxnPutSession's is)."""
+        return None
+
     def encode(self, packed_value: bytes | None = None) -> bytes:
         """The operation's array; ``packed_value`` is the value's encoding, if already made."""
         return _ending_with_value((TXN_PUT, *self), packed_value)
@@ -192,9 +242,34 @@ class TxnPutTtl(NamedTuple):
     expires: float
     value: Any
 
+    @property
+    def session(self) -> None:
+        """A key with a deadline is attached to no session."""
+        return None
+
     def encode(self, packed_value: bytes | None = None) -> bytes:
         """The operation's array; ``packed_value`` is the value's encoding, if already made."""
         return _ending_with_value((TXN_PUT_TTL, *self), packed_value)
+
+
+class TxnPutSession(NamedTuple):
+    """A TXN's put of a key attached to a session: ``[TXN_PUT_SESSION, key, create_rev,
+    version, session, value]``."""
+
+    key: str
+    create_rev: int
+    version: int
+    session: int
+    value: Any
+
+    @property
+    def expires(self) -> None:
+        """A key attached to a session has no deadline of its own."""
+        return None
+
+    def encode(self, packed_value: bytes | None = None) -> bytes:
+        """The operation's array; ``packed_value`` is the value's encoding, if already made."""
+        return _ending_with_value((TXN_PUT_SESSION, *self), packed_value)
 
 
 class TxnDelete(NamedTuple):
@@ -207,7 +282,7 @@ class TxnDelete(NamedTuple):
         return _pack((TXN_DELETE, self.key))
 
 
-TxnWrite = TxnPut | TxnPutTtl | TxnDelete
+TxnWrite = TxnPut | TxnPutTtl | TxnPutSession | TxnDelete
 
 
 def _decode_txn_write(op: list[Any]) -> TxnWrite:
@@ -216,6 +291,8 @@ def _decode_txn_write(op: list[Any]) -> TxnWrite:
         return TxnPut._make(op[1:])
     if tag == TXN_PUT_TTL:
         return TxnPutTtl._make(op[1:])
+    if tag == TXN_PUT_SESSION:
+        return TxnPutSession._make(op[1:])
     if tag == TXN_DELETE:
         return TxnDelete(op[1])
     raise ReplayError(f"unknown transaction operation {tag!r}")
@@ -259,6 +336,10 @@ def encode_txn(
     for key, packed_value, entry in writes:
         if entry is None or packed_value is None:
             ops.append(TxnDelete(key))
+        elif entry.session is not None:
+            ops.append(
+                TxnPutSession(key, entry.create_rev, entry.version, entry.session, entry.value)
+            )
         elif entry.expires is None:
             ops.append(TxnPut(key, entry.create_rev, entry.version, entry.value))
         else:
@@ -337,7 +418,37 @@ class Returned(NamedTuple):
         return RecordKind.RETURNED, _pack(self)
 
 
+class SessionEnd(NamedTuple):
+    """SESSION_END: ``session`` is over (revoked by ``writer``, or ``expired``: then ``writer`` is
+    "") and its ``keys`` are gone at ``rev``; ``rev`` is None when it had none."""
+
+    rev: int | None
+    writer: str
+    time: float
+    session: int
+    expired: bool
+    keys: list[str]
+
+    def encode(self) -> Record:
+        """(kind, payload)."""
+        return RecordKind.SESSION_END, _pack(self)
+
+
 # -- settings without a revision -----------------------------------------------------------------
+
+
+class SessionGrant(NamedTuple):
+    """SESSION_GRANT: the session ``session`` begins, for ``owner``, kept for ``ttl`` seconds
+    after each keep-alive (which is not logged)."""
+
+    session: int
+    owner: str
+    ttl: float
+    time: float
+
+    def encode(self) -> Record:
+        """(kind, payload)."""
+        return RecordKind.SESSION_GRANT, _pack(self)
 
 
 class Cache(NamedTuple):
@@ -499,6 +610,40 @@ class SnapshotHistory(NamedTuple):
         return cls(first, [decode_batch(batch) for batch in batches])
 
 
+class SnapshotSessions(NamedTuple):
+    """SNAPSHOT_SESSIONS: the next session id, then the live sessions, each on the wire ``[id,
+    owner, ttl]`` (their keys come in SNAPSHOT_ATTACHED)."""
+
+    next_id: int
+    sessions: list[tuple[int, str, float]]
+
+    def encode(self) -> Record:
+        """(kind, payload)."""
+        return RecordKind.SNAPSHOT_SESSIONS, _pack(self)
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> SnapshotSessions:
+        """The record a decoded payload describes."""
+        next_id, sessions = fields
+        return cls(next_id, [(session, owner, ttl) for session, owner, ttl in sessions])
+
+
+class SnapshotAttached(NamedTuple):
+    """SNAPSHOT_ATTACHED: keys listed in the entries before it, each with the session it is
+    attached to."""
+
+    keys: list[tuple[str, int]]
+
+    def encode(self) -> Record:
+        """(kind, payload)."""
+        return RecordKind.SNAPSHOT_ATTACHED, _pack(self.keys)
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> SnapshotAttached:
+        """The record a decoded payload describes."""
+        return cls([(key, session) for key, session in fields])
+
+
 def encode_snapshot(
     revision: int,
     entries: Iterable[tuple[str, Entry]],
@@ -506,13 +651,16 @@ def encode_snapshot(
     caches: dict[str, float] | None = None,
     claims: SnapshotClaims | None = None,
     history: tuple[int, list[Batch]] | None = None,
+    sessions: SnapshotSessions | None = None,
 ) -> Iterator[Record]:
     """The records of a snapshot: a META record, the entries in chunks, then the deadlines of
     the keys that have one and the caches (sections of their own, so that the entries, which
-    every open reads, keep their compact shape), the claims and the history."""
+    every open reads, keep their compact shape), the claims, the sessions with their keys, and
+    the history."""
     yield SnapshotMeta(SNAPSHOT_FORMAT, revision, count).encode()
     expiring: list[tuple[str, float]] = []
-    for chunk in _chunked(_entry_items(entries, expiring)):
+    attached: list[tuple[str, int]] = []
+    for chunk in _chunked(_entry_items(entries, expiring, attached)):
         yield SnapshotEntries.join(chunk)
     for start in range(0, len(expiring), SNAPSHOT_CHUNK_ENTRIES):
         yield SnapshotExpiring(expiring[start : start + SNAPSHOT_CHUNK_ENTRIES]).encode()
@@ -520,6 +668,12 @@ def encode_snapshot(
         yield SnapshotCaches(caches).encode()
     if claims is not None:
         yield claims.encode()
+    if sessions is not None:
+        for start in range(0, max(len(sessions.sessions), 1), SNAPSHOT_CHUNK_ENTRIES):
+            some = sessions.sessions[start : start + SNAPSHOT_CHUNK_ENTRIES]
+            yield SnapshotSessions(sessions.next_id, some).encode()
+        for start in range(0, len(attached), SNAPSHOT_CHUNK_ENTRIES):
+            yield SnapshotAttached(attached[start : start + SNAPSHOT_CHUNK_ENTRIES]).encode()
     if history is not None and history[1]:
         first, batches = history
         for chunk in _chunked(SnapshotHistory.pack_item(batch) for batch in batches):
@@ -527,15 +681,19 @@ def encode_snapshot(
 
 
 def _entry_items(
-    entries: Iterable[tuple[str, Entry]], expiring: list[tuple[str, float]]
+    entries: Iterable[tuple[str, Entry]],
+    expiring: list[tuple[str, float]],
+    attached: list[tuple[str, int]],
 ) -> Iterator[bytes]:
-    """Each entry's element, noting in ``expiring`` the deadlines met on the way (one pass: the
-    entries may be an iterator)."""
+    """Each entry's element, noting in ``expiring`` the deadlines and in ``attached`` the
+    sessions met on the way (one pass: the entries may be an iterator)."""
     pack_item = SnapshotEntries.pack_item
     for key, entry in entries:
         yield pack_item(key, entry)
         if entry.expires is not None:
             expiring.append((key, entry.expires))
+        if entry.session is not None:
+            attached.append((key, entry.session))
 
 
 def _chunked(items: Iterable[bytes]) -> Iterator[list[bytes]]:
@@ -565,12 +723,17 @@ LogRecord = (
     | Release
     | Returned
     | Extend
+    | SessionGrant
+    | SessionEnd
+    | PutSession
     | SnapshotMeta
     | SnapshotEntries
     | SnapshotExpiring
     | SnapshotCaches
     | SnapshotClaims
     | SnapshotHistory
+    | SnapshotSessions
+    | SnapshotAttached
 )
 """Any typed record."""
 
@@ -599,12 +762,17 @@ _DECODERS: dict[int, Callable[[Any], LogRecord]] = {
     RecordKind.RELEASE: _leading(Release),
     RecordKind.RETURNED: _leading(Returned),
     RecordKind.EXTEND: Extend._make,
+    RecordKind.SESSION_GRANT: SessionGrant._make,
+    RecordKind.SESSION_END: SessionEnd._make,
+    RecordKind.PUT_SESSION: PutSession._make,
     RecordKind.SNAPSHOT_META: SnapshotMeta._make,
     RecordKind.SNAPSHOT_ENTRIES: SnapshotEntries.from_fields,
     RecordKind.SNAPSHOT_EXPIRING: SnapshotExpiring.from_fields,
     RecordKind.SNAPSHOT_CACHES: SnapshotCaches.from_fields,
     RecordKind.SNAPSHOT_CLAIMS: SnapshotClaims.from_fields,
     RecordKind.SNAPSHOT_HISTORY: SnapshotHistory.from_fields,
+    RecordKind.SNAPSHOT_SESSIONS: SnapshotSessions.from_fields,
+    RecordKind.SNAPSHOT_ATTACHED: SnapshotAttached.from_fields,
 }
 
 
