@@ -335,6 +335,34 @@ def test_claims(broker: BrokerProcess) -> None:
         expect_error(ErrorCode.TIMED_OUT, lambda: client.claiming("jobs").__enter__())
 
 
+def test_sessions(broker: BrokerProcess) -> None:
+    with Client.connect(broker.url, cursor="sessions", user="w1") as client:
+        session = client.session_grant(600)
+        client.set("locks.a", "w1", session=session)
+        info = client.get_info("locks.a")
+        assert info is not None
+        assert (info.session, info.expires) == (session, None)
+        assert client.session_keepalive(session) > info.time
+        listed = client.sessions()
+        assert [(s.id, s.owner, s.ttl, s.keys) for s in listed] == [(session, "w1", 600.0, 1)]
+        expect_error(
+            ErrorCode.BAD_REQUEST, lambda: client.set("locks.b", 1, ttl=5, session=session)
+        )
+        assert client.session_revoke(session) == ["locks.a"]
+        assert client.get("locks.a") is None
+        expect_error(ErrorCode.NOT_FOUND, lambda: client.session_keepalive(session))
+        expect_error(ErrorCode.NOT_FOUND, lambda: client.set("k", 1, session=session))
+        bound_client = Client.connect(broker.url, cursor="sessions")
+        bound = bound_client.session_grant(600, bound=True)
+        revision = bound_client.set("locks.b", 1, session=bound)
+        with client.watch("locks", from_rev=revision + 1) as watch:
+            bound_client.close()  # the broker ends the session with the connection
+            for event in watch:
+                assert (event.type, event.key) == ("delete", "locks.b")
+                break
+        assert client.sessions() == []
+
+
 def test_claiming_acks_or_releases(broker: BrokerProcess) -> None:
     with Client.connect(broker.url, cursor="claims") as client:
         client.set("jobs.a", 1)
