@@ -166,3 +166,25 @@ async def test_sessions_need_write_somewhere_in_the_cursor(guarded: Running) -> 
             assert await eve.get("locks.a") == 1
             assert await admin.sessions() != []
             assert await bob.session_revoke(session) == ["locks.a"]
+
+
+async def test_a_dropped_connection_ends_its_bound_sessions_in_every_database(
+    clocked: tuple[Running, FakeClock], autojump_clock: trio.testing.MockClock
+) -> None:
+    server, _clock = clocked
+    holder, other = await server.wire("holder"), await server.wire("other")
+    for cursor in ("one", "two"):
+        granted = await holder.result("session_grant", ttl=60, bound=True, cursor=cursor)
+        await holder.result("set", key="locks.a", value=1, session=granted["id"], cursor=cursor)
+    kept = await other.result("session_grant", ttl=60, bound=True, cursor="one")
+    await other.result("set", key="locks.b", value=1, session=kept["id"], cursor="one")
+    # A claim left waiting, then the socket dropped with no Goodbye.
+    await holder.send(holder.request("claim", prefix="jobs", wait=100, cursor="one"))
+    await holder.stream.aclose()
+    databases = server.broker.databases
+    await until(lambda: all(db.engine.get("locks.a") is None for db in databases.opened()))
+    assert await other.result("keys", cursor="one") == {"keys": ["locks.b"], "more": False}
+    assert await other.result("keys", cursor="two") == {"keys": [], "more": False}
+    listed = await other.result("sessions", cursor="one")
+    assert [s["id"] for s in listed] == [kept["id"]]
+    await other.aclose()
