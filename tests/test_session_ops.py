@@ -188,3 +188,39 @@ async def test_a_dropped_connection_ends_its_bound_sessions_in_every_database(
     listed = await other.result("sessions", cursor="one")
     assert [s["id"] for s in listed] == [kept["id"]]
     await other.aclose()
+
+
+async def test_keep_session_renews_in_the_background_and_revokes_at_the_end(
+    clocked: tuple[Running, FakeClock], autojump_clock: trio.testing.MockClock
+) -> None:
+    server, _clock = clocked
+    async with await AsyncClient.connect(server.url, user="holder") as client:
+        async with client.keep_session(9) as session:
+            await client.set("locks.a", 1, session=session)
+            await trio.sleep(100)  # mock time: eleven TTLs, each renewed within
+            assert await client.get("locks.a") == 1
+        assert await client.get("locks.a") is None
+        assert await client.sessions() == []
+
+
+async def test_keep_session_cancels_the_block_when_the_session_is_lost(
+    clocked: tuple[Running, FakeClock], autojump_clock: trio.testing.MockClock
+) -> None:
+    server, _clock = clocked
+    async with await AsyncClient.connect(server.url, user="holder") as client:
+        other = await AsyncClient.connect(server.url, user="holder")
+        reached: list[str] = []
+
+        async def lose_it() -> None:
+            async with client.keep_session(9) as session:
+                await client.set("locks.a", 1, session=session)
+                assert await other.session_revoke(session) == ["locks.a"]
+                reached.append("revoked")
+                await trio.sleep(100)  # cancelled at the next keep-alive, 3 s from the grant
+                reached.append("slept")
+
+        with pytest.raises(ProntoError) as lost:
+            await lose_it()
+        assert lost.value.code is ErrorCode.NOT_FOUND
+        assert reached == ["revoked"]
+        await other.aclose()

@@ -4,8 +4,17 @@ to). Keys are attached with ``set(..., session=id)``."""
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
+from prontodb.protocol import ErrorCode, ProntoError
+
+from .. import _anyio_backend as backend
 from .._types import SessionInfo
 from ._base import ClientBase
+
+TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 
 class SessionOperations(ClientBase):
@@ -23,6 +32,37 @@ class SessionOperations(ClientBase):
         granted = await self._call("session_grant", args)
         session: int = granted["id"]
         return session
+
+    @asynccontextmanager
+    async def keep_session(
+        self, ttl: float, *, bound: bool = False, cursor: str | None = None
+    ) -> AsyncIterator[int]:
+        """A session for the ``with`` block (its id), kept alive every ``ttl``/3 seconds in
+        the background and revoked when the block ends (its keys are deleted).
+
+        A keep-alive that fails (the session ended: ``not_found``; the connection is gone:
+        ``unavailable``) means the keys may be gone: the async client cancels the block at once,
+        the sync client's block runs on (a thread cannot stop it); either way the block's end
+        raises that error."""
+        session = await self.session_grant(ttl, bound=bound, cursor=cursor)
+
+        async def renew() -> None:
+            await self.session_keepalive(session, cursor=cursor)
+
+        async with backend.Renewing(renew, ttl / 3):
+            try:
+                yield session
+            finally:
+                with backend.shielded():
+                    await self._revoke_quietly(session, cursor)
+
+    async def _revoke_quietly(self, session: int, cursor: str | None) -> None:
+        """Revoke ``session``, if it is still there to revoke."""
+        try:
+            await self.session_revoke(session, cursor=cursor)
+        except ProntoError as err:
+            if err.code not in (ErrorCode.NOT_FOUND, ErrorCode.UNAVAILABLE):
+                raise
 
     async def session_keepalive(self, session: int, *, cursor: str | None = None) -> float:
         """Keep ``session`` alive for its TTL from now; its new deadline (seconds since the

@@ -6,8 +6,17 @@ to). Keys are attached with ``set(..., session=id)``."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
+from prontodb.protocol import ErrorCode, ProntoError
+
+from .. import _sync_backend as backend
 from .._types import SessionInfo
 from ._base import ClientBase
+
+TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 class SessionOperations(ClientBase):
@@ -23,6 +32,37 @@ class SessionOperations(ClientBase):
         granted = self._call("session_grant", args)
         session: int = granted["id"]
         return session
+
+    @contextmanager
+    def keep_session(
+        self, ttl: float, *, bound: bool = False, cursor: str | None = None
+    ) -> Iterator[int]:
+        """A session for the ``with`` block (its id), kept alive every ``ttl``/3 seconds in
+        the background and revoked when the block ends (its keys are deleted).
+
+        A keep-alive that fails (the session ended: ``not_found``; the connection is gone:
+        ``unavailable``) means the keys may be gone: the async client cancels the block at once,
+        the sync client's block runs on (a thread cannot stop it); either way the block's end
+        raises that error."""
+        session = self.session_grant(ttl, bound=bound, cursor=cursor)
+
+        def renew() -> None:
+            self.session_keepalive(session, cursor=cursor)
+
+        with backend.Renewing(renew, ttl / 3):
+            try:
+                yield session
+            finally:
+                with backend.shielded():
+                    self._revoke_quietly(session, cursor)
+
+    def _revoke_quietly(self, session: int, cursor: str | None) -> None:
+        """Revoke ``session``, if it is still there to revoke."""
+        try:
+            self.session_revoke(session, cursor=cursor)
+        except ProntoError as err:
+            if err.code not in (ErrorCode.NOT_FOUND, ErrorCode.UNAVAILABLE):
+                raise
 
     def session_keepalive(self, session: int, *, cursor: str | None = None) -> float:
         """Keep ``session`` alive for its TTL from now; its new deadline (seconds since the

@@ -385,6 +385,25 @@ async def test_sessions(broker: BrokerProcess) -> None:
 
 
 @anyio_test
+async def test_keep_session_holds_a_session_for_its_block(broker: BrokerProcess) -> None:
+    async with await AsyncClient.connect(broker.url, cursor="kept") as client:
+        async with client.keep_session(600, bound=True) as session:
+            await client.set("locks.a", 1, session=session)
+            assert [s.id for s in await client.sessions()] == [session]
+        assert await client.get("locks.a") is None  # revoked at the end of the block
+        assert await client.sessions() == []
+
+        async def fail_in_the_block() -> None:
+            async with client.keep_session(600) as failing:
+                await client.set("locks.b", 1, session=failing)
+                raise ValueError("boom")
+
+        with pytest.raises(ValueError, match="boom"):  # as it was: not wrapped in a group
+            await fail_in_the_block()
+        assert await client.keys("locks") == []
+
+
+@anyio_test
 async def test_claiming_acks_or_releases(broker: BrokerProcess) -> None:
     async with await AsyncClient.connect(broker.url, cursor="claims") as client:
         await client.set("jobs.a", 1)

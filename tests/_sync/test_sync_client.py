@@ -363,6 +363,24 @@ def test_sessions(broker: BrokerProcess) -> None:
         assert client.sessions() == []
 
 
+def test_keep_session_holds_a_session_for_its_block(broker: BrokerProcess) -> None:
+    with Client.connect(broker.url, cursor="kept") as client:
+        with client.keep_session(600, bound=True) as session:
+            client.set("locks.a", 1, session=session)
+            assert [s.id for s in client.sessions()] == [session]
+        assert client.get("locks.a") is None  # revoked at the end of the block
+        assert client.sessions() == []
+
+        def fail_in_the_block() -> None:
+            with client.keep_session(600) as failing:
+                client.set("locks.b", 1, session=failing)
+                raise ValueError("boom")
+
+        with pytest.raises(ValueError, match="boom"):  # as it was: not wrapped in a group
+            fail_in_the_block()
+        assert client.keys("locks") == []
+
+
 def test_claiming_acks_or_releases(broker: BrokerProcess) -> None:
     with Client.connect(broker.url, cursor="claims") as client:
         client.set("jobs.a", 1)
