@@ -1329,6 +1329,7 @@ def format_status(info: dict[str, Any]) -> str:
         lines.append(
             f"  {db.get('name', '?')!s:<{width}}  revision {db.get('revision', '?')}, "
             f"{db.get('keys', '?')} keys, {_size(db.get('files_bytes'))}, "
+            f"{db.get('sessions', 0)} sessions, "
             f"{db.get('watchers', 0)} watchers (history from revision {db.get('history_first', 1)})"
         )
         queues = db.get("queues") or {}

@@ -570,6 +570,8 @@ def test_session_commands(broker: BrokerProcess, cursor: str) -> None:
     ok(cli(broker, cursor, "set", "locks.b", "me", "--session", session))
     assert f"session={session}\n" in cli(broker, cursor, "get", "--meta", "locks.a").out
     ok(cli(broker, cursor, "session", "keepalive", session))
+    status = [line.split() for line in cli(broker, cursor, "status").out.splitlines()]
+    assert ["1", "sessions,"] in [words[7:9] for words in status if words[:1] == [cursor]]
     listed = cli(broker, cursor, "session", "list").out
     assert re.fullmatch(rf"{session} owner=\S+ ttl=600 deadline=\S+Z keys=2\n", listed), listed
     document = json.loads(cli(broker, cursor, "--json", "session", "list").out)
