@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         Claimed,
         ClaimInfo,
         KeyInfo,
+        SessionInfo,
         TxnResult,
         WatchEvent,
     )
@@ -81,6 +82,7 @@ __all__ = [
     "KeyInfo",
     "MISSING",
     "ProntoError",
+    "SessionInfo",
     "TxnResult",
     "Watch",
     "WatchEvent",
@@ -94,6 +96,7 @@ _LAZY: dict[str, str | tuple[str, str]] = {
     "ClaimInfo": "._types",
     "KeyInfo": "._types",
     "MISSING": "._types",
+    "SessionInfo": "._types",
     "TxnResult": "._types",
     "WatchEvent": "._types",
     "Watch": "._sync.watch",

@@ -203,3 +203,46 @@ def shielded() -> AbstractContextManager[object]:
     """A block that an anyio cancellation does not interrupt (the give-back of a failed claim).
     Under asyncio a native ``Task.cancel()`` still can: anyio cannot shield from those."""
     return anyio.CancelScope(shield=True)
+
+
+class Renewing:
+    """Awaits ``renew()`` every ``interval`` seconds, in a task of its own, while the ``async
+    with`` block runs. The first failure stops it and cancels the block, whose end then raises
+    that failure (a session kept alive is lost: the block must not go on as if it held it)."""
+
+    def __init__(self, renew: Callable[[], Coroutine[Any, Any, object]], interval: float) -> None:
+        self._renew = renew
+        self._interval = interval
+        self._group = anyio.create_task_group()
+        # The block's own scope, inside the group's: what a failed renewal cancels, so that the
+        # block's exceptions never pass through the group (which would wrap them in a group).
+        self._block = anyio.CancelScope()
+        self._failure: Exception | None = None
+
+    async def __aenter__(self) -> None:
+        await self._group.__aenter__()
+        self._group.start_soon(self._keep)
+        self._block.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        absorbed = bool(self._block.__exit__(exc_type, exc, tb))  # its own cancellation only
+        self._group.cancel_scope.cancel()  # the renewals end with the block
+        await self._group.__aexit__(None, None, None)
+        if self._failure is not None:
+            raise self._failure
+        return absorbed
+
+    async def _keep(self) -> None:
+        while True:
+            await anyio.sleep(self._interval)
+            try:
+                await self._renew()
+            except Exception as exc:
+                self._failure = exc
+                self._block.cancel()
+                return

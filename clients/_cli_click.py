@@ -243,6 +243,13 @@ def get_command(ctx: click.Context, key: str, meta: bool, as_json: bool) -> None
     metavar="SECONDS",
     help="Expire KEY this many seconds from now (fractions allowed; default: its cache's TTL).",
 )
+@click.option(
+    "--session",
+    type=str,
+    callback=_integer(minimum=0),
+    metavar="ID",
+    help="Attach KEY to session ID (see `session grant`): it is deleted when the session ends.",
+)
 @_json_option
 @click.pass_context
 def set_command(
@@ -254,6 +261,7 @@ def set_command(
     if_absent: bool,
     if_rev: int | None,
     ttl: float | None,
+    session: int | None,
     as_json: bool,
 ) -> None:
     """Set KEY to VALUE; silent on success.
@@ -281,6 +289,7 @@ def set_command(
         if_absent=if_absent,
         if_rev=if_rev,
         ttl=ttl,
+        session=session,
     )
     _finish(status)
 
@@ -839,6 +848,54 @@ def watch_command(
 def claims_command(ctx: click.Context, prefix: str, as_json: bool) -> None:
     """List the claims held at and below PREFIX: key, holder, token, lease deadline."""
     _finish(commands.claims(_globals(ctx, as_json), prefix))
+
+
+@cli.group("session")
+def session_group() -> None:
+    """Sessions: leases with an id and a TTL; keys set with --session ID are deleted when the
+    session ends (its deadline passes without a keep-alive, or it is revoked)."""
+
+
+@session_group.command("grant", cls=_Command)
+@click.option(
+    "--ttl",
+    type=str,
+    callback=_seconds(),
+    metavar="SECONDS",
+    required=True,
+    help="Seconds the session lives from now and from each keep-alive.",
+)
+@_json_option
+@click.pass_context
+def session_grant_command(ctx: click.Context, ttl: float, as_json: bool) -> None:
+    """Print the id of a new session (keep it alive with `session keepalive ID`)."""
+    _finish(commands.session_grant(_globals(ctx, as_json), ttl))
+
+
+@session_group.command("keepalive", cls=_Command)
+@click.argument("session", metavar="ID", type=str, callback=_integer(minimum=0))
+@_json_option
+@click.pass_context
+def session_keepalive_command(ctx: click.Context, session: int, as_json: bool) -> None:
+    """Keep session ID alive for its TTL from now (exit 3 if it has ended)."""
+    _finish(commands.session_keepalive(_globals(ctx, as_json), session))
+
+
+@session_group.command("revoke", cls=_Command)
+@click.argument("session", metavar="ID", type=str, callback=_integer(minimum=0))
+@_json_option
+@click.pass_context
+def session_revoke_command(ctx: click.Context, session: int, as_json: bool) -> None:
+    """End session ID now and print the keys deleted with it (exit 3 if it has ended)."""
+    _finish(commands.session_revoke(_globals(ctx, as_json), session))
+
+
+@session_group.command("list", cls=_Command)
+@_json_option
+@click.pass_context
+def session_list_command(ctx: click.Context, as_json: bool) -> None:
+    """List the live sessions: id, owner, TTL, deadline, number of keys."""
+    _finish(commands.session_list(_globals(ctx, as_json)))
 
 
 @cli.command("ping")

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from prontodb.protocol import ProntoError
 
     from ._sync.client import Client
+    from ._types import KeyInfo
 
 CLIENT_NAME = "prontodb-cli"
 STOP_TIMEOUT = 30.0  # seconds `stop` waits for the socket to go (the broker's grace is 10 s)
@@ -263,6 +264,30 @@ def _not_found(options: Globals, key: str) -> int:
 # -- the commands -------------------------------------------------------------------------------
 
 
+def _meta_fields(info: KeyInfo) -> dict[str, Any]:
+    """What ``get --meta`` shows of a key, before times are made readable."""
+    fields: dict[str, Any] = {
+        "value": info.value,
+        "create_rev": info.create_rev,
+        "mod_rev": info.mod_rev,
+        "version": info.version,
+        "writer": info.writer,
+        "time": info.time,
+        "size": info.size,
+    }
+    if info.expires is not None:  # only keys with a TTL have this line
+        fields["expires"] = info.expires
+    if info.session is not None:  # only keys attached to a session have this line
+        fields["session"] = info.session
+    if info.deliveries:  # only items handed out by claim have these
+        fields["deliveries"] = info.deliveries
+    if info.claim is not None:
+        fields["claim_holder"] = info.claim.holder
+        fields["claim_token"] = info.claim.token
+        fields["claim_lease"] = info.claim.lease
+    return fields
+
+
 def get(options: Globals, key: str, *, meta: bool = False) -> int:
     """``get KEY [--meta]``: the value and a newline; missing: nothing on stdout, exit 3."""
 
@@ -279,23 +304,7 @@ def get(options: Globals, key: str, *, meta: bool = False) -> int:
         info = client.get_info(key)
         if info is None:
             return _not_found(options, key)
-        fields: dict[str, Any] = {
-            "value": info.value,
-            "create_rev": info.create_rev,
-            "mod_rev": info.mod_rev,
-            "version": info.version,
-            "writer": info.writer,
-            "time": info.time,
-            "size": info.size,
-        }
-        if info.expires is not None:  # only keys with a TTL have this line
-            fields["expires"] = info.expires
-        if info.deliveries:  # only items handed out by claim have these
-            fields["deliveries"] = info.deliveries
-        if info.claim is not None:
-            fields["claim_holder"] = info.claim.holder
-            fields["claim_token"] = info.claim.token
-            fields["claim_lease"] = info.claim.lease
+        fields = _meta_fields(info)
         if options.json:
             write_json({"key": key, **fields})
             return 0
@@ -319,12 +328,15 @@ def set_(
     if_absent: bool = False,
     if_rev: int | None = None,
     ttl: float | None = None,
+    session: int | None = None,
 ) -> int:
     """``set KEY VALUE``: silent on success; a condition that does not hold exits 5."""
     stored = stored_value(value, as_string=as_string)
 
     def body(client: Client) -> int:
-        revision = client.set(key, stored, if_absent=if_absent, if_rev=if_rev, ttl=ttl)
+        revision = client.set(
+            key, stored, if_absent=if_absent, if_rev=if_rev, ttl=ttl, session=session
+        )
         if options.json:
             write_json({"key": key, "revision": revision})
         return 0
@@ -956,6 +968,66 @@ def claims(options: Globals, prefix: str = "") -> int:
     return run(options, body)
 
 
+def session_grant(options: Globals, ttl: float) -> int:
+    """``session grant --ttl S``: the new session's id (the CLI does not keep it alive: its
+    keys go at its deadline unless ``session keepalive`` runs within each TTL)."""
+
+    def body(client: Client) -> int:
+        session = client.session_grant(ttl)
+        if options.json:
+            write_json({"id": session, "ttl": ttl})
+        else:
+            write(f"{session}\n".encode())
+        return 0
+
+    return run(options, body)
+
+
+def session_keepalive(options: Globals, session: int) -> int:
+    """``session keepalive ID``: silent; a session that ended exits 3."""
+
+    def body(client: Client) -> int:
+        deadline = client.session_keepalive(session)
+        if options.json:
+            write_json({"id": session, "deadline": deadline})
+        return 0
+
+    return run(options, body)
+
+
+def session_revoke(options: Globals, session: int) -> int:
+    """``session revoke ID``: the keys deleted with it, one a line; a session that ended exits 3."""
+
+    def body(client: Client) -> int:
+        keys = client.session_revoke(session)
+        if options.json:
+            write_json({"id": session, "keys": keys})
+        else:
+            write("".join(f"{k}\n" for k in keys).encode())
+        return 0
+
+    return run(options, body)
+
+
+def session_list(options: Globals) -> int:
+    """``session list``: one line per live session: id, owner, TTL, deadline, keys."""
+
+    def body(client: Client) -> int:
+        live = client.sessions()
+        if options.json:
+            write_json([s._asdict() for s in live])
+        else:
+            lines = (
+                f"{s.id} owner={s.owner} ttl={s.ttl:g} "
+                f"deadline={'-' if s.deadline is None else iso_time(s.deadline)} keys={s.keys}\n"
+                for s in live
+            )
+            write("".join(lines).encode())
+        return 0
+
+    return run(options, body)
+
+
 def ping(options: Globals) -> int:
     """``ping``: ``pong`` once the broker answers (starting it if need be)."""
 
@@ -1257,6 +1329,7 @@ def format_status(info: dict[str, Any]) -> str:
         lines.append(
             f"  {db.get('name', '?')!s:<{width}}  revision {db.get('revision', '?')}, "
             f"{db.get('keys', '?')} keys, {_size(db.get('files_bytes'))}, "
+            f"{db.get('sessions', 0)} sessions, "
             f"{db.get('watchers', 0)} watchers (history from revision {db.get('history_first', 1)})"
         )
         queues = db.get("queues") or {}

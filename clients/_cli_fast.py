@@ -5,7 +5,7 @@ that calls ``prontodb`` in a loop pays it every time. So the commands scripts ru
 recognised here::
 
     [--user U] [--cursor C] [--url URL] [--json]   (global options, any order, `--opt=value` too)
-    get KEY [--meta] | set KEY VALUE [--string] [--if-absent] [--if-rev N] [--ttl S]
+    get KEY [--meta] | set KEY VALUE [--string] [--if-absent] [--if-rev N] [--ttl S] [--session ID]
     del KEY... | exists KEY | mget KEY... | mset [--string] KEY VALUE...
     incr KEY [BY] | decr KEY [BY] | keys [PREFIX] | scan [PREFIX] | cas KEY OLD NEW [--string]
     expire KEY S | persist KEY | ttl KEY | caches | claims [PREFIX] | ping | status
@@ -65,6 +65,7 @@ _OPTIONS: dict[str, Options] = {
         "--if-absent": ("if_absent", FLAG),
         "--if-rev": ("if_rev", _whole),
         "--ttl": ("ttl", _seconds),
+        "--session": ("session", _whole),
     },
     "mset": _STRING,
     "cas": _STRING,

@@ -123,3 +123,38 @@ def run_blocking(work: Callable[[], None]) -> None:
 def shielded() -> AbstractContextManager[object]:
     """Blocking calls are not cancelled from outside: nothing to shield from."""
     return nullcontext()
+
+
+class Renewing:
+    """Calls ``renew()`` every ``interval`` seconds, in a thread of its own, while the ``with``
+    block runs. The first failure stops it; a thread cannot interrupt the block, so the block runs
+    on and its end raises that failure."""
+
+    def __init__(self, renew: Callable[[], object], interval: float) -> None:
+        self._renew = renew
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._keep, name="prontodb-renewing", daemon=True)
+        self._failure: Exception | None = None
+
+    def __enter__(self) -> None:
+        self._thread.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self._failure is not None:
+            raise self._failure
+
+    def _keep(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._renew()
+            except Exception as exc:
+                self._failure = exc
+                return

@@ -33,7 +33,8 @@ class KeyInfo(NamedTuple):
     ``version`` the number of writes since creation, ``writer`` the user of the last write,
     ``time`` its time (seconds since the epoch, the broker's clock), ``size`` the bytes of the
     encoded value, ``expires`` its deadline (seconds since the epoch; None: no TTL),
-    ``deliveries`` how many times ``claim`` handed it out and ``claim`` the claim holding it.
+    ``deliveries`` how many times ``claim`` handed it out, ``claim`` the claim holding it and
+    ``session`` the session it is attached to.
     """
 
     key: str
@@ -47,6 +48,7 @@ class KeyInfo(NamedTuple):
     expires: float | None = None
     deliveries: int = 0  # times it was handed out by claim
     claim: ClaimInfo | None = None  # the claim holding it now
+    session: int | None = None  # the session it is attached to (it goes when that ends)
 
 
 class TxnResult(NamedTuple):
@@ -112,6 +114,18 @@ class WatchEvent(NamedTuple):
     create_rev: int | None = None
     mod_rev: int | None = None
     expires: float | None = None
+
+
+class SessionInfo(NamedTuple):
+    """A live session as ``sessions`` lists it: its ``id``, the user it was granted to, its
+    ``ttl`` (seconds), its ``deadline`` (seconds since the epoch; None: the broker restarted and
+    has not started its clock again yet) and how many ``keys`` are attached to it."""
+
+    id: int
+    owner: str
+    ttl: float
+    deadline: float | None
+    keys: int
 
 
 class ClaimInfo(NamedTuple):

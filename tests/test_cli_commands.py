@@ -561,6 +561,34 @@ def test_ttl_commands(broker: BrokerProcess, cursor: str) -> None:
     assert document["key"] == "sessions.active.w1"
 
 
+def test_session_commands(broker: BrokerProcess, cursor: str) -> None:
+    granted = cli(broker, cursor, "session", "grant", "--ttl", "600")
+    assert (granted.status, granted.err) == (0, "")
+    session = granted.out.strip()
+    assert session.isdigit()
+    ok(cli(broker, cursor, "set", "locks.a", "me", "--session", session))
+    ok(cli(broker, cursor, "set", "locks.b", "me", "--session", session))
+    assert f"session={session}\n" in cli(broker, cursor, "get", "--meta", "locks.a").out
+    ok(cli(broker, cursor, "session", "keepalive", session))
+    status = [line.split() for line in cli(broker, cursor, "status").out.splitlines()]
+    assert ["1", "sessions,"] in [words[7:9] for words in status if words[:1] == [cursor]]
+    listed = cli(broker, cursor, "session", "list").out
+    assert re.fullmatch(rf"{session} owner=\S+ ttl=600 deadline=\S+Z keys=2\n", listed), listed
+    document = json.loads(cli(broker, cursor, "--json", "session", "list").out)
+    assert [(s["id"], s["ttl"], s["keys"]) for s in document] == [(int(session), 600.0, 2)]
+    assert error_line(cli(broker, cursor, "set", "k", "v", "--ttl", "5", "--session", session), 1)
+    ok(cli(broker, cursor, "session", "revoke", session), "locks.a\nlocks.b\n")
+    assert error_line(cli(broker, cursor, "get", "locks.a"), 3)
+    assert error_line(cli(broker, cursor, "session", "keepalive", session), 3)
+    assert error_line(cli(broker, cursor, "session", "revoke", session), 3)
+    assert error_line(cli(broker, cursor, "set", "k", "v", "--session", session), 3)
+    ok(cli(broker, cursor, "session", "list"))
+    assert cli(broker, cursor, "session", "grant").status == 2  # --ttl is required
+    assert cli(broker, cursor, "set", "k", "v", "--session", "one").status == 2
+    document = json.loads(cli(broker, cursor, "session", "grant", "--ttl", "5", "--json").out)
+    assert document["ttl"] == 5.0
+
+
 def test_claim_commands(broker: BrokerProcess, cursor: str) -> None:
     for n in (1, 2):
         ok(cli(broker, cursor, "set", f"queue.task_{n}", "pending"))

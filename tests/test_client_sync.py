@@ -21,3 +21,20 @@ def test_package_exports_load_lazily() -> None:
     assert {"AsyncClient", "Client", "MISSING", "TxnResult"} <= set(dir(clients))
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         clients.Nope  # noqa: B018
+
+
+def test_a_failed_renewal_is_raised_at_the_end_of_the_block() -> None:
+    # The sync client's keep_session renews from a thread, which cannot stop the block: the
+    # failure comes out at its end. The block waits for the failure itself, not for time.
+    import threading
+
+    from prontodb.clients._sync_backend import Renewing
+
+    failed = threading.Event()
+
+    def renew() -> None:
+        failed.set()
+        raise RuntimeError("lost")
+
+    with pytest.raises(RuntimeError, match="lost"), Renewing(renew, 0.001):
+        assert failed.wait(10)

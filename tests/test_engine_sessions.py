@@ -246,6 +246,43 @@ def test_a_txn_attaches_its_puts_and_keeps_the_session_of_an_incr() -> None:
     assert e.session_revoke(session, writer="u", now=T0).result == ["a", "n"]
 
 
+def test_a_txn_operation_from_the_wire_carries_its_session() -> None:
+    parsed = TxnOp.from_wire({"op": "set", "key": "a", "value": 1, "session": 3})
+    assert parsed == TxnOp(OpKind.SET, "a", 1, session=3)
+    assert TxnOp.from_wire({"op": "set", "key": "a", "value": 1}).session is None
+    for raw in (
+        {"op": "set", "key": "a", "value": 1, "session": "3"},
+        {"op": "set", "key": "a", "value": 1, "session": True},
+        {"op": "del", "key": "a", "session": 3},
+        {"op": "incr", "key": "a", "session": 3},
+    ):
+        refused(ErrorCode.BAD_REQUEST, lambda raw=raw: TxnOp.from_wire(raw), match="session")
+
+
+def test_the_sessions_bound_to_a_connection_end_when_it_closes() -> None:
+    e = Engine()
+    log: list[Record] = []
+    first = logged(e.session_grant(10, owner="u", now=T0, bound=7), log)
+    second = logged(e.session_grant(10, owner="u", now=T0, bound=7), log)
+    other = logged(e.session_grant(10, owner="u", now=T0, bound=8), log)
+    free = logged(e.session_grant(10, owner="u", now=T0), log)
+    for key, session in (("a", first), ("b", second), ("c", other), ("d", free)):
+        logged(e.set(key, 1, writer="u", now=T0, session=session), log)
+    assert logged(e.end_bound_sessions(9, now=T0), log) == []
+    ended = e.end_bound_sessions(7, now=T0 + 1)
+    assert ended.result == ["a", "b"]
+    assert [(c.kind, c.key, c.by, c.revision) for c in ended.changes] == [
+        (ChangeKind.DELETE, "a", "", 5),  # a revision per session
+        (ChangeKind.DELETE, "b", "", 6),
+    ]
+    log.extend(ended.records)
+    assert [i.id for i in e.sessions()] == [other, free]
+    assert e.keys() == ["c", "d"]
+    restored = Engine.restore(log)  # the ends are logged; the binding is not
+    assert restored.keys() == ["c", "d"]
+    assert restored.end_bound_sessions(8, now=T0 + 1).result == []
+
+
 def test_a_session_holds_at_most_max_session_keys() -> None:
     e = Engine(EngineLimits(max_session_keys=2))
     session = e.session_grant(10, owner="u", now=T0).result

@@ -338,16 +338,13 @@ async def test_the_sweeper_expires_keys_when_nobody_asks(
 async def test_the_sweeper_ends_sessions_when_nobody_asks(
     clocked: tuple[Running, FakeClock], autojump_clock: trio.testing.MockClock
 ) -> None:
-    # No operation grants sessions yet: this drives the open database's engine as one would.
     server, clock = clocked
     w = await server.wire()
     await w.result("set", key="kept", value=1)
+    granted = await w.result("session_grant", ttl=10)
+    assert granted == {"id": 1, "ttl": 10.0, "deadline": clock() + 10}
+    await w.result("set", key="locks.a", value="me", session=granted["id"])
     db = server.broker.databases.opened()[0]
-    granted = db.engine.session_grant(10, owner="tester", now=clock())
-    db.submit(granted)
-    session = granted.result
-    db.submit(db.engine.set("locks.a", "me", writer="tester", now=clock(), session=session))
-    db.deadlines_changed()  # as a write op does: the sweeper wakes for the session's deadline
     await trio.sleep(9.5)  # mock time: no real waiting
     assert db.engine.keys() == ["kept", "locks.a"]
     await trio.sleep(1)

@@ -147,7 +147,10 @@ class TxnOp:
         by = doc.get("by", 1)
         if not is_integer(by):
             raise _bad("'by' must be an integer.")
-        return cls(kind, _key_of(doc), doc.get("value"), by)
+        session = doc.get("session")
+        if session is not None and (kind is not OpKind.SET or not is_integer(session)):
+            raise _bad("'session' goes with a 'set' operation, as a session's id.")
+        return cls(kind, _key_of(doc), doc.get("value"), by, session)
 
 
 @dataclass(frozen=True, slots=True)

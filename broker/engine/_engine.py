@@ -389,9 +389,12 @@ class Engine:
 
     # -- sessions ------------------------------------------------------------------------------
 
-    def session_grant(self, ttl: float, *, owner: str, now: float) -> Applied[int]:
+    def session_grant(
+        self, ttl: float, *, owner: str, now: float, bound: int | None = None
+    ) -> Applied[int]:
         """A new session for ``owner``, alive ``ttl`` seconds from ``now`` and from each
-        keep-alive; the result is its id (ids are never reused). Logged without a revision."""
+        keep-alive; the result is its id (ids are never reused). Logged without a revision.
+        ``bound``: the connection it is bound to too (:meth:`end_bound_sessions`; not logged)."""
         ttl = _seconds(ttl, "ttl")
         limit = self.limits.max_session_ttl
         if ttl > limit:
@@ -399,7 +402,7 @@ class Engine:
                 ErrorCode.BAD_REQUEST,
                 f"A session's 'ttl' is at most {limit:g} seconds; keep it alive more often instead.",
             )
-        session = self._sessions.grant(owner, ttl, now + ttl)
+        session = self._sessions.grant(owner, ttl, now + ttl, bound)
         return Applied(session, [rec.SessionGrant(session, owner, ttl, now).encode()], [])
 
     def session_keepalive(self, session: int, *, now: float) -> Applied[float]:
@@ -416,6 +419,24 @@ class Engine:
         if not is_integer(session) or session not in self._sessions.sessions:
             raise _no_session(session)
         return self._end_session(session, writer, now, expired=False)
+
+    def end_bound_sessions(self, connection: int, *, now: float) -> Applied[list[str]]:
+        """Connection ``connection`` closed: revoke the sessions bound to it (as the broker,
+        writer ""), each at a revision of its own; the result lists the keys deleted."""
+        keys: list[str] = []
+        records: list[Record] = []
+        changes: list[Change] = []
+        for session in self._sessions.bound_to(connection):
+            ended = self._end_session(session, "", now, expired=False)
+            keys += ended.result
+            records += ended.records
+            changes += ended.changes
+        return Applied(keys, records, changes)
+
+    def session_owner(self, session: Any) -> str | None:
+        """The user ``session`` was granted to, or None if it is not live."""
+        held = self._sessions.sessions.get(session) if is_integer(session) else None
+        return None if held is None else held.owner
 
     def sessions(self) -> list[SessionInfo]:
         """Every live session, by id."""

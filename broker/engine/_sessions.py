@@ -33,6 +33,9 @@ class Session:
     ttl: float
     deadline: float | None  # None: replayed, waiting for the clock to start again
     keys: set[str] = field(default_factory=set)
+    # The broker's number of the connection it is bound to (it ends when that closes). Not
+    # logged: after a restart no connection holds it, and its TTL ends it.
+    bound: int | None = None
 
 
 class SessionBook:
@@ -46,11 +49,17 @@ class SessionBook:
         self._heap: list[tuple[float, int]] = []
         self._waiting: set[int] = set()  # replayed sessions whose clocks have not started
 
-    def grant(self, owner: str, ttl: float, deadline: float) -> int:
-        """A new session, alive until ``deadline``; its id."""
+    def grant(self, owner: str, ttl: float, deadline: float, bound: int | None = None) -> int:
+        """A new session, alive until ``deadline`` (and, if ``bound``, while that connection
+        is open); its id."""
         session = self.next_id
         self.add(session, owner, ttl, deadline)
+        self.sessions[session].bound = bound
         return session
+
+    def bound_to(self, connection: int) -> list[int]:
+        """The sessions bound to ``connection``, by id."""
+        return sorted(i for i, s in self.sessions.items() if s.bound == connection)
 
     def add(self, session: int, owner: str, ttl: float, deadline: float | None) -> None:
         """Take ``session`` (replay: ``deadline`` None, started by the next :meth:`due`)."""

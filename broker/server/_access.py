@@ -65,6 +65,12 @@ class Grant:
             return False
         return not self.prefix or target == self.prefix or target.startswith(self.prefix + ".")
 
+    def meets(self, need: Need) -> bool:
+        """Whether this grant gives ``need``."""
+        if need.somewhere:
+            return self.level >= need.level and self.cursor in (None, need.cursor)
+        return self.covers(need.level, need.cursor, need.target)
+
 
 @dataclass(frozen=True, slots=True)
 class Need:
@@ -75,6 +81,7 @@ class Need:
     cursor: str | None
     target: str = ""
     why: str = ""
+    somewhere: bool = False  # ``level`` on some key of ``cursor`` is enough (any prefix)
 
 
 def new_token() -> str:
@@ -149,10 +156,11 @@ def check(grants: Iterable[Grant], user: str, needs: Iterable[Need]) -> None:
     """Raise ``denied`` naming the first permission ``user`` lacks."""
     mine = [g for g in grants if g.user == user]
     for need in needs:
-        if not any(g.covers(need.level, need.cursor, need.target) for g in mine):
+        if not any(g.meets(need) for g in mine):
             level = need.level.name.lower()
             where = "every cursor" if need.cursor is None else f"cursor {need.cursor}"
             what = f"prefix {need.target}" if need.target else "every key"
+            what = "some key" if need.somewhere else what
             flags = "" if need.cursor is None else f" --cursor {need.cursor}"
             flags += f" --prefix {need.target}" if need.target else ""
             why = f" ({need.why})" if need.why else ""
@@ -214,6 +222,16 @@ def on_cursor(level: Level) -> Rule:
 
     def rule(args: Mapping[str, Any], user: str, backups: str) -> list[Need]:
         return [Need(level, _cursor(args))]
+
+    return rule
+
+
+def somewhere_in_cursor(level: Level) -> Rule:
+    """``level`` on some key of the request's cursor, under any prefix (the operation itself
+    touches no key it names: a session's keys were attached by writes checked on their own)."""
+
+    def rule(args: Mapping[str, Any], user: str, backups: str) -> list[Need]:
+        return [Need(level, _cursor(args), somewhere=True)]
 
     return rule
 

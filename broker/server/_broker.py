@@ -368,6 +368,7 @@ def _database_status(db: OpenDatabase) -> dict[str, Any]:
         # Every prefix claimed from since the open: ready, claimed, delayed and dead items.
         "queues": db.engine.queues(),
         "claimers": len(db.waiters),  # blocked claims waiting for an item
+        "sessions": len(db.engine.sessions()),  # live sessions (docs/PROTOCOL.md, "Sessions")
         # Watches open on it now, and the oldest revision one may start from.
         "watchers": db.watchers,
         "history_first": stats["history_first"],

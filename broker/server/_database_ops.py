@@ -43,6 +43,7 @@ class Call:
     args: Mapping[str, Any]
     user: str
     now: float
+    connection: int = 0  # the broker's number of the request's connection (0: none)
 
 
 Outcome = tuple[Any, Applied[Any] | None]
@@ -138,6 +139,7 @@ def op_get(engine: Engine, call: Call) -> Outcome:
         IF_REV,
         IF_VALUE,
         Arg("ttl", Kind.SECONDS, doc="seconds > 0"),
+        Arg("session", Kind.UINT, doc="attach the key to this session (not with ttl)"),
     ),
     writes=True,
     creates=True,
@@ -154,6 +156,7 @@ def op_set(engine: Engine, call: Call) -> Outcome:
         if_rev=args.get("if_rev"),
         if_value=args.get("if_value", MISSING),
         ttl=args.get("ttl"),
+        session=args.get("session"),
     )
     return applied.result.mod_rev, applied
 

@@ -425,7 +425,8 @@ class Databases:
         self.background: trio.Nursery | None = None  # compactions: they outlive every session
 
     def return_session(self, session: int, now: float) -> None:
-        """A connection ended: its bound claims go back to their queues, in every database."""
+        """A connection ended: its bound claims go back to their queues, and the sessions bound
+        to it end (their keys deleted), in every database."""
         for db in list(self._open.values()):
             if db.failure is None:
                 try:
@@ -433,6 +434,10 @@ class Databases:
                     if returned.records:
                         db.submit(returned)
                         db.serve_waiters(now)
+                    ended = db.engine.end_bound_sessions(session, now=now)
+                    if ended.records:
+                        db.submit(ended)
+                        db.deadlines_changed()
                 except Exception:  # the other databases still get their claims back
                     logger.exception("database %s: returning session %d's claims", db.name, session)
 

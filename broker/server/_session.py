@@ -38,7 +38,7 @@ from ..storage import StorageError
 
 # The modules that declare the broker's operations (each fills the registry as it loads); the
 # connection's own are in the session's parts below.
-from . import _backups, _broker_ops, _cursors, _users  # noqa: F401
+from . import _backups, _broker_ops, _cursors, _leases, _users  # noqa: F401
 from ._access import who_is
 from ._context import Context
 from ._database_ops import Call
@@ -158,7 +158,8 @@ class Session(SessionClaims, SessionWatches):
                 pending_input.remove(self._socket_fd)
             # Items served to this connection that it never heard of (a batch cut short too).
             self.outbox.drop_unsent()
-            # Claims bound to this connection go back to their queues now.
+            # Claims bound to this connection go back to their queues now, and the sessions
+            # bound to it end.
             self.ctx.databases.return_session(self.number, self.ctx.clock())
             with trio.CancelScope(shield=True):
                 await self.stream.aclose()
@@ -320,7 +321,7 @@ class Session(SessionClaims, SessionWatches):
         ctx = self.ctx
         db = await ctx.databases.get(self._cursor(request), create=spec.creates, user=self.user)
         self._authorize(request)
-        call = Call(request.args, self.user, ctx.clock())
+        call = Call(request.args, self.user, ctx.clock(), self.number)
         run = spec.handler
         if db is None:  # nobody has written this database yet: it reads as empty
             result, applied = run(EMPTY, call)
@@ -331,7 +332,7 @@ class Session(SessionClaims, SessionWatches):
         if spec.writes and database.writer.backlog_bytes > ctx.config.max_write_backlog:
             await db.wait_durable(database.last_ticket)  # backpressure: let the disk catch up
             self._authorize(request)
-            call = Call(request.args, self.user, ctx.clock())
+            call = Call(request.args, self.user, ctx.clock(), self.number)
         # Keys past their deadline go first, as a logged change: no request sees them, whether
         # or not the sweeper has run yet.
         db.expire_due(call.now)

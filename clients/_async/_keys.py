@@ -58,6 +58,7 @@ class KeyOperations(ClientBase):
             expires=meta.get("expires"),
             deliveries=meta.get("deliveries", 0),
             claim=_claim_info(key, meta.get("claim")),
+            session=meta.get("session"),
         )
 
     async def set(
@@ -69,6 +70,7 @@ class KeyOperations(ClientBase):
         if_rev: int | None = None,
         if_value: Any = MISSING,
         ttl: float | None = None,
+        session: int | None = None,
         cursor: str | None = None,
     ) -> int:
         """Store ``value`` at ``key`` and return the key's new modify revision.
@@ -77,11 +79,15 @@ class KeyOperations(ClientBase):
         revision is that (0: absent); with ``if_value`` only if it holds that value
         (compare-and-set). A condition that does not hold raises ``compare_failed``, whose
         ``details`` give the key's current ``mod_rev``. With ``ttl`` the key expires that many
-        seconds from now; without it, after its cache's TTL if it is under a cache prefix.
+        seconds from now; without it, after its cache's TTL if it is under a cache prefix. With
+        ``session`` (an id from :meth:`session_grant`) the key is attached to that session
+        instead: it is deleted when the session ends.
         """
         args = self._args(cursor, key=key, value=value)
         if ttl is not None:
             args["ttl"] = ttl
+        if session is not None:
+            args["session"] = session
         if if_absent:
             args["if_absent"] = True
         if if_rev is not None:

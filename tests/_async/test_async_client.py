@@ -356,6 +356,54 @@ async def test_claims(broker: BrokerProcess) -> None:
 
 
 @anyio_test
+async def test_sessions(broker: BrokerProcess) -> None:
+    async with await AsyncClient.connect(broker.url, cursor="sessions", user="w1") as client:
+        session = await client.session_grant(600)
+        await client.set("locks.a", "w1", session=session)
+        info = await client.get_info("locks.a")
+        assert info is not None
+        assert (info.session, info.expires) == (session, None)
+        assert await client.session_keepalive(session) > info.time
+        listed = await client.sessions()
+        assert [(s.id, s.owner, s.ttl, s.keys) for s in listed] == [(session, "w1", 600.0, 1)]
+        await expect_error(
+            ErrorCode.BAD_REQUEST, lambda: client.set("locks.b", 1, ttl=5, session=session)
+        )
+        assert await client.session_revoke(session) == ["locks.a"]
+        assert await client.get("locks.a") is None
+        await expect_error(ErrorCode.NOT_FOUND, lambda: client.session_keepalive(session))
+        await expect_error(ErrorCode.NOT_FOUND, lambda: client.set("k", 1, session=session))
+        bound_client = await AsyncClient.connect(broker.url, cursor="sessions")
+        bound = await bound_client.session_grant(600, bound=True)
+        revision = await bound_client.set("locks.b", 1, session=bound)
+        async with client.watch("locks", from_rev=revision + 1) as watch:
+            await bound_client.aclose()  # the broker ends the session with the connection
+            async for event in watch:
+                assert (event.type, event.key) == ("delete", "locks.b")
+                break
+        assert await client.sessions() == []
+
+
+@anyio_test
+async def test_keep_session_holds_a_session_for_its_block(broker: BrokerProcess) -> None:
+    async with await AsyncClient.connect(broker.url, cursor="kept") as client:
+        async with client.keep_session(600, bound=True) as session:
+            await client.set("locks.a", 1, session=session)
+            assert [s.id for s in await client.sessions()] == [session]
+        assert await client.get("locks.a") is None  # revoked at the end of the block
+        assert await client.sessions() == []
+
+        async def fail_in_the_block() -> None:
+            async with client.keep_session(600) as failing:
+                await client.set("locks.b", 1, session=failing)
+                raise ValueError("boom")
+
+        with pytest.raises(ValueError, match="boom"):  # as it was: not wrapped in a group
+            await fail_in_the_block()
+        assert await client.keys("locks") == []
+
+
+@anyio_test
 async def test_claiming_acks_or_releases(broker: BrokerProcess) -> None:
     async with await AsyncClient.connect(broker.url, cursor="claims") as client:
         await client.set("jobs.a", 1)

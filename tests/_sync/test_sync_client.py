@@ -335,6 +335,52 @@ def test_claims(broker: BrokerProcess) -> None:
         expect_error(ErrorCode.TIMED_OUT, lambda: client.claiming("jobs").__enter__())
 
 
+def test_sessions(broker: BrokerProcess) -> None:
+    with Client.connect(broker.url, cursor="sessions", user="w1") as client:
+        session = client.session_grant(600)
+        client.set("locks.a", "w1", session=session)
+        info = client.get_info("locks.a")
+        assert info is not None
+        assert (info.session, info.expires) == (session, None)
+        assert client.session_keepalive(session) > info.time
+        listed = client.sessions()
+        assert [(s.id, s.owner, s.ttl, s.keys) for s in listed] == [(session, "w1", 600.0, 1)]
+        expect_error(
+            ErrorCode.BAD_REQUEST, lambda: client.set("locks.b", 1, ttl=5, session=session)
+        )
+        assert client.session_revoke(session) == ["locks.a"]
+        assert client.get("locks.a") is None
+        expect_error(ErrorCode.NOT_FOUND, lambda: client.session_keepalive(session))
+        expect_error(ErrorCode.NOT_FOUND, lambda: client.set("k", 1, session=session))
+        bound_client = Client.connect(broker.url, cursor="sessions")
+        bound = bound_client.session_grant(600, bound=True)
+        revision = bound_client.set("locks.b", 1, session=bound)
+        with client.watch("locks", from_rev=revision + 1) as watch:
+            bound_client.close()  # the broker ends the session with the connection
+            for event in watch:
+                assert (event.type, event.key) == ("delete", "locks.b")
+                break
+        assert client.sessions() == []
+
+
+def test_keep_session_holds_a_session_for_its_block(broker: BrokerProcess) -> None:
+    with Client.connect(broker.url, cursor="kept") as client:
+        with client.keep_session(600, bound=True) as session:
+            client.set("locks.a", 1, session=session)
+            assert [s.id for s in client.sessions()] == [session]
+        assert client.get("locks.a") is None  # revoked at the end of the block
+        assert client.sessions() == []
+
+        def fail_in_the_block() -> None:
+            with client.keep_session(600) as failing:
+                client.set("locks.b", 1, session=failing)
+                raise ValueError("boom")
+
+        with pytest.raises(ValueError, match="boom"):  # as it was: not wrapped in a group
+            fail_in_the_block()
+        assert client.keys("locks") == []
+
+
 def test_claiming_acks_or_releases(broker: BrokerProcess) -> None:
     with Client.connect(broker.url, cursor="claims") as client:
         client.set("jobs.a", 1)
