@@ -323,12 +323,8 @@ class Engine:
                 due[key] = None
         keys = list(due)
         records, changes = self._expire_keys(keys, now) if keys else ([], [])
-        for session in self._sessions.due(now):
-            ended = self._end_session(session, "", now, expired=True)
-            keys += ended.result
-            records += ended.records
-            changes += ended.changes
-        return Applied(keys, records, changes)
+        ended = self._end_sessions(self._sessions.due(now), now, expired=True)
+        return Applied(keys + ended.result, records + ended.records, changes + ended.changes)
 
     def _expire_keys(self, keys: list[str], now: float) -> tuple[list[Record], list[Change]]:
         rev = self.revision + 1
@@ -423,11 +419,18 @@ class Engine:
     def end_bound_sessions(self, connection: int, *, now: float) -> Applied[list[str]]:
         """Connection ``connection`` closed: revoke the sessions bound to it (as the broker,
         writer ""), each at a revision of its own; the result lists the keys deleted."""
+        return self._end_sessions(self._sessions.bound_to(connection), now, expired=False)
+
+    def _end_sessions(
+        self, sessions: list[int], now: float, *, expired: bool
+    ) -> Applied[list[str]]:
+        """End each of ``sessions`` in turn, by the broker (writer ""): their keys, records and
+        changes together."""
         keys: list[str] = []
         records: list[Record] = []
         changes: list[Change] = []
-        for session in self._sessions.bound_to(connection):
-            ended = self._end_session(session, "", now, expired=False)
+        for session in sessions:
+            ended = self._end_session(session, "", now, expired=expired)
             keys += ended.result
             records += ended.records
             changes += ended.changes
