@@ -926,7 +926,7 @@ def ack(options: Globals, key: str, token: int) -> int:
     return run(options, body)
 
 
-def release(options: Globals, key: str, token: int, delay: float | None) -> int:
+def release(options: Globals, key: str, token: int, delay: float | None = None) -> int:
     """``release KEY --token T [--delay S]``: silent; a claim no longer held exits 5."""
 
     def body(client: Client) -> int:

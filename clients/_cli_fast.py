@@ -244,9 +244,7 @@ _FORMS: dict[str, Form] = {
     "caches": _none(commands.caches),
     "claim": _one(commands.claim),
     "ack": _with_token(commands.ack),
-    "release": _with_token(
-        lambda o, key, token, delay=None: commands.release(o, key, token, delay)
-    ),
+    "release": _with_token(commands.release),
     "extend": _with_token(commands.extend, "lease"),
     "claims": _optional(commands.claims),
     "ping": _none(commands.ping),
