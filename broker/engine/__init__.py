@@ -3,6 +3,7 @@
 No I/O and no clock: callers pass ``now`` and make the returned records durable before they answer.
 """
 
+from . import _recipes as recipes
 from ._claims import Claim
 from ._conditions import Compare, OpKind, Target, TxnOp, TxnResult
 from ._engine import (
@@ -40,6 +41,7 @@ __all__ = [
     "ReplayError",
     "SessionInfo",
     "change_cost",
+    "recipes",
     "Target",
     "TxnOp",
     "TxnResult",

@@ -445,6 +445,11 @@ class Engine:
         """Every live session, by id."""
         return self._sessions.info()
 
+    def attached_keys(self) -> Iterator[str]:
+        """Every key attached to a live session (in no order)."""
+        for session in self._sessions.sessions.values():
+            yield from session.keys
+
     @property
     def next_session(self) -> int:
         """The id the next session will get."""
@@ -513,7 +518,7 @@ class Engine:
         lease = _seconds(lease, "lease")
         if max_deliveries is not None and (not is_integer(max_deliveries) or max_deliveries < 1):
             raise ProntoError(ErrorCode.BAD_REQUEST, "'max_deliveries' must be 1 or more.")
-        ready = self._book.queue(prefix, self._children(prefix))
+        ready = self._book.queue(prefix, self.children(prefix))
         records: list[Record] = []
         changes: list[Change] = []
         while ready:
@@ -649,12 +654,13 @@ class Engine:
     def queue_counts(self, prefix: str) -> dict[str, int]:
         """Direct children of ``prefix`` that are ready, claimed, delayed; and buried ones."""
         prefix = self._prefix(prefix)
-        counts = self._book.counts(prefix, self._children(prefix))
+        counts = self._book.counts(prefix, self.children(prefix))
         dead = f"{DEAD_PREFIX}{SEPARATOR}{prefix}" if prefix else DEAD_PREFIX
         counts["dead"] = sum(1 for k in self._iter_prefix(dead, None) if parent_of(k) == dead)
         return counts
 
-    def _children(self, prefix: str) -> Iterator[tuple[str, Entry]]:
+    def children(self, prefix: str) -> Iterator[tuple[str, Entry]]:
+        """The keys exactly one segment below ``prefix``, with their entries, in key order."""
         entries = self._entries
         for key in self._iter_prefix(prefix, None):
             if key != prefix and parent_of(key) == prefix:
