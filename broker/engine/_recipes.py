@@ -82,9 +82,9 @@ def _descriptor(entry: Entry) -> tuple[str, int] | None:
     if entry.session is None or not isinstance(value, dict):
         return None
     kind, limit = value.get("recipe"), value.get("limit")
-    if not isinstance(kind, str) or kind not in KINDS or not is_integer(limit):
+    if not isinstance(kind, str) or kind not in KINDS or not isinstance(limit, int):
         return None
-    return kind, int(limit)
+    return kind, limit
 
 
 def state(engine: Engine, name: str) -> Recipe | None:
