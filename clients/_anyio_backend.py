@@ -208,11 +208,17 @@ def shielded() -> AbstractContextManager[object]:
 class Renewing:
     """Awaits ``renew()`` every ``interval`` seconds, in a task of its own, while the ``async
     with`` block runs. The first failure stops it and cancels the block, whose end then raises
-    that failure (a session kept alive is lost: the block must not go on as if it held it)."""
+    ``lost(failure)`` (a session kept alive is lost: the block must not go on as if it held it)."""
 
-    def __init__(self, renew: Callable[[], Coroutine[Any, Any, object]], interval: float) -> None:
+    def __init__(
+        self,
+        renew: Callable[[], Coroutine[Any, Any, object]],
+        interval: float,
+        lost: Callable[[Exception], Exception],
+    ) -> None:
         self._renew = renew
         self._interval = interval
+        self._lost = lost  # turns the first failure into what the block's end raises
         self._group = anyio.create_task_group()
         # The block's own scope, inside the group's: what a failed renewal cancels, so that the
         # block's exceptions never pass through the group (which would wrap them in a group).
@@ -243,6 +249,6 @@ class Renewing:
             try:
                 await self._renew()
             except Exception as exc:
-                self._failure = exc
+                self._failure = self._lost(exc)
                 self._block.cancel()
                 return

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from . import _cli_commands as commands
+from . import _cli_recipes as recipes
 from ._locations import default_data_dir, default_socket_path, roster_dir
 
 # A character argv cannot contain, so it cannot collide with a real argument.
@@ -145,6 +146,28 @@ _json_option = click.option(
 )
 
 
+def _fence(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Callback of ``--fence NAME:TOKEN``."""
+    if value is None:
+        return None
+    text = str(value).removeprefix(_MARK)
+    fence = commands.parse_fence(text)
+    if fence is None:
+        message = f"{text!r} is not NAME:TOKEN (like deploy:42, the token from $PRONTODB_FENCE)."
+        raise click.BadParameter(message, ctx, param)
+    return fence
+
+
+_fence_option = click.option(
+    "--fence",
+    type=str,
+    callback=_fence,
+    metavar="NAME:TOKEN",
+    help="Only while lock (semaphore, election) NAME is held with TOKEN, as `lock` gave it in "
+    "$PRONTODB_FENCE (else exit 5: the holder lost it).",
+)
+
+
 def _finish(status: int) -> None:
     """End the command with ``status`` (click's way, so CliRunner and standalone mode agree)."""
     if status:
@@ -250,6 +273,7 @@ def get_command(ctx: click.Context, key: str, meta: bool, as_json: bool) -> None
     metavar="ID",
     help="Attach KEY to session ID (see `session grant`): it is deleted when the session ends.",
 )
+@_fence_option
 @_json_option
 @click.pass_context
 def set_command(
@@ -262,6 +286,7 @@ def set_command(
     if_rev: int | None,
     ttl: float | None,
     session: int | None,
+    fence: tuple[str, int] | None,
     as_json: bool,
 ) -> None:
     """Set KEY to VALUE; silent on success.
@@ -290,6 +315,7 @@ def set_command(
         if_rev=if_rev,
         ttl=ttl,
         session=session,
+        fence=fence,
     )
     _finish(status)
 
@@ -297,12 +323,19 @@ def set_command(
 @cli.command("del", cls=_Command)
 @click.argument("key", type=str, callback=_text)
 @click.argument("more", nargs=-1, type=str, callback=_text, metavar="[KEY]...")
+@_fence_option
 @_json_option
 @click.pass_context
-def del_command(ctx: click.Context, key: str, more: tuple[str, ...], as_json: bool) -> None:
+def del_command(
+    ctx: click.Context,
+    key: str,
+    more: tuple[str, ...],
+    fence: tuple[str, int] | None,
+    as_json: bool,
+) -> None:
     """Delete KEY (and more keys, all at one revision); silent, and exit 0 whether or not they
     existed (--json says which, or how many)."""
-    _finish(commands.delete(_globals(ctx, as_json), key, *more))
+    _finish(commands.delete(_globals(ctx, as_json), key, *more, fence=fence))
 
 
 @cli.command("exists", cls=_Command)
@@ -349,21 +382,27 @@ def mset_command(
 @cli.command("incr", cls=_Command)
 @click.argument("key", type=str, callback=_text)
 @click.argument("by", type=str, default="1", callback=_integer())
+@_fence_option
 @_json_option
 @click.pass_context
-def incr_command(ctx: click.Context, key: str, by: int, as_json: bool) -> None:
+def incr_command(
+    ctx: click.Context, key: str, by: int, fence: tuple[str, int] | None, as_json: bool
+) -> None:
     """Add BY (default 1) to the integer at KEY and print the result; a missing key counts as 0."""
-    _finish(commands.incr(_globals(ctx, as_json), key, by))
+    _finish(commands.incr(_globals(ctx, as_json), key, by, fence=fence))
 
 
 @cli.command("decr", cls=_Command)
 @click.argument("key", type=str, callback=_text)
 @click.argument("by", type=str, default="1", callback=_integer())
+@_fence_option
 @_json_option
 @click.pass_context
-def decr_command(ctx: click.Context, key: str, by: int, as_json: bool) -> None:
+def decr_command(
+    ctx: click.Context, key: str, by: int, fence: tuple[str, int] | None, as_json: bool
+) -> None:
     """Subtract BY (default 1) from the integer at KEY and print the result."""
-    _finish(commands.incr(_globals(ctx, as_json), key, by, decrement=True))
+    _finish(commands.incr(_globals(ctx, as_json), key, by, decrement=True, fence=fence))
 
 
 @cli.command("keys", cls=_Command)
@@ -472,9 +511,12 @@ def cas_command(
 
 @cli.command("txn", cls=_Command)
 @click.argument("file", type=click.File("r"), default="-")
+@_fence_option
 @_json_option
 @click.pass_context
-def txn_command(ctx: click.Context, file: Any, as_json: bool) -> None:
+def txn_command(
+    ctx: click.Context, file: Any, fence: tuple[str, int] | None, as_json: bool
+) -> None:
     """Apply a transaction read as JSON from FILE (default: stdin), all or nothing.
 
     \b
@@ -487,7 +529,7 @@ def txn_command(ctx: click.Context, file: Any, as_json: bool) -> None:
     "key", "value"?, "by"?}. Prints "succeeded revision=N" and one line per operation's result, or
     "failed compares=I,J" and exits 5.
     """
-    _finish(commands.txn(_globals(ctx, as_json), file.read()))
+    _finish(commands.txn(_globals(ctx, as_json), file.read(), fence))
 
 
 _token_option = click.option(
@@ -1081,3 +1123,280 @@ def serve(
 def invoke(args: Sequence[str], **extra: Any) -> Any:
     """Run the click group on ``args`` as ``prontodb``."""
     return cli.main(list(args), prog_name="prontodb", **extra)
+
+
+# -- locks, semaphores, elections, barriers (docs/RECIPES.md) -----------------------------------
+
+_COMMAND_SETTINGS: dict[str, Any] = {}  # CMD comes after `--`, which ends the options
+_recipe_command = click.argument(
+    "command", nargs=-1, type=click.UNPROCESSED, metavar="[-- CMD ARGS...]"
+)
+_wait_option = click.option(
+    "--wait",
+    type=str,
+    callback=_seconds(allow_zero=True),
+    metavar="SECONDS",
+    help="Wait at most this long for the turn (0: try once; default: as long as it takes); "
+    "exit 4 when it runs out.",
+)
+_ttl_option = click.option(
+    "--ttl",
+    type=str,
+    callback=_seconds(),
+    default="10",
+    metavar="SECONDS",
+    help="The session's TTL (default 10): a holder that stops renewing (killed, stopped) loses "
+    "it this long after its last renewal.",
+)
+_session_option = click.option(
+    "--session",
+    type=str,
+    callback=_integer(minimum=0),
+    metavar="ID",
+    help="Join with session ID (e.g. $PRONTODB_SESSION under `session run`) instead of a new "
+    "one; only without CMD.",
+)
+
+
+def _hold(
+    ctx: click.Context,
+    recipe: str,
+    name: str,
+    command: tuple[str, ...],
+    as_json: bool,
+    **options: Any,
+) -> None:
+    if command and command[0] == "--":
+        command = command[1:]
+    if command and options.get("session") is not None:
+        raise click.UsageError("--session joins without CMD; with CMD the command holds its own.")
+    _finish(recipes.hold(_globals(ctx, as_json), recipe, name, command, **options))
+
+
+@cli.command("lock", cls=_Command, context_settings=_COMMAND_SETTINGS)
+@click.argument("name", type=str, callback=_text)
+@_wait_option
+@_ttl_option
+@_session_option
+@_json_option
+@_recipe_command
+@click.pass_context
+def lock_command(
+    ctx: click.Context,
+    name: str,
+    wait: float | None,
+    ttl: float,
+    session: int | None,
+    as_json: bool,
+    command: tuple[str, ...],
+) -> None:
+    """Hold lock NAME while CMD runs (its exit status is the command's), waiters served first
+    come, first served; CMD finds the fencing token in $PRONTODB_FENCE. Without CMD, print the
+    token: the lock lasts for --ttl (or --session's life) unless `unlock NAME --token T` ends it.
+    Exit 4 if --wait runs out; 6 if the lock was lost while CMD ran (CMD was sent SIGTERM)."""
+    _hold(ctx, "lock", name, command, as_json, wait=wait, ttl=ttl, session=session)
+
+
+@cli.command("semaphore", cls=_Command, context_settings=_COMMAND_SETTINGS)
+@click.argument("name", type=str, callback=_text)
+@click.option(
+    "--limit",
+    type=str,
+    required=True,
+    callback=_integer(minimum=1),
+    metavar="N",
+    help="At most N holders; every party must name the same N (else exit 5).",
+)
+@_wait_option
+@_ttl_option
+@_session_option
+@_json_option
+@_recipe_command
+@click.pass_context
+def semaphore_command(
+    ctx: click.Context,
+    name: str,
+    limit: int,
+    wait: float | None,
+    ttl: float,
+    session: int | None,
+    as_json: bool,
+    command: tuple[str, ...],
+) -> None:
+    """Hold one of the N slots of semaphore NAME while CMD runs (as `lock` does)."""
+    _hold(
+        ctx, "semaphore", name, command, as_json, limit=limit, wait=wait, ttl=ttl, session=session
+    )
+
+
+@cli.command("elect", cls=_Command, context_settings=_COMMAND_SETTINGS)
+@click.argument("name", type=str, callback=_text)
+@click.option("--value", required=True, type=str, callback=_text, help="This candidate's value.")
+@_wait_option
+@_ttl_option
+@_session_option
+@_json_option
+@_recipe_command
+@click.pass_context
+def elect_command(
+    ctx: click.Context,
+    name: str,
+    value: str,
+    wait: float | None,
+    ttl: float,
+    session: int | None,
+    as_json: bool,
+    command: tuple[str, ...],
+) -> None:
+    """Run CMD as the leader of election NAME once elected (as `lock` does); its term, the
+    fencing token, is in $PRONTODB_FENCE. Without CMD, print the term once elected."""
+    stored = commands.stored_value(value)
+    _hold(
+        ctx, "election", name, command, as_json, value=stored, wait=wait, ttl=ttl, session=session
+    )
+
+
+@cli.command("barrier", cls=_Command)
+@click.argument("name", type=str, callback=_text)
+@click.option(
+    "--count",
+    type=str,
+    required=True,
+    callback=_integer(minimum=1),
+    metavar="N",
+    help="Return once N parties have arrived.",
+)
+@click.option(
+    "--timeout",
+    type=str,
+    callback=_seconds(allow_zero=True),
+    metavar="SECONDS",
+    help="Give up after this long (exit 4; default: wait as long as it takes).",
+)
+@_ttl_option
+@_json_option
+@click.pass_context
+def barrier_command(
+    ctx: click.Context, name: str, count: int, timeout: float | None, ttl: float, as_json: bool
+) -> None:
+    """Wait until N parties have arrived at barrier NAME, then return in every one of them
+    together (exit 4 on --timeout). A party that dies drops out instead of counting."""
+    _finish(
+        recipes.hold(
+            _globals(ctx, as_json),
+            "barrier",
+            name,
+            (),
+            limit=count,
+            wait=timeout,
+            ttl=ttl,
+            outlive=False,
+        )
+    )
+
+
+_token_required = click.option(
+    "--token",
+    type=str,
+    required=True,
+    callback=_integer(minimum=0),
+    metavar="T",
+    help="The holder's token (the term, for an election), as acquiring printed it.",
+)
+
+
+@cli.command("unlock", cls=_Command)
+@click.argument("name", type=str, callback=_text)
+@_token_required
+@_json_option
+@click.pass_context
+def unlock_command(ctx: click.Context, name: str, token: int, as_json: bool) -> None:
+    """Release NAME held with token T (lock, semaphore slot, or a place in line), never by name
+    alone; exit 3 if that token is not there."""
+    _finish(recipes.unlock(_globals(ctx, as_json), name, token))
+
+
+@cli.command("resign", cls=_Command)
+@click.argument("name", type=str, callback=_text)
+@_token_required
+@_json_option
+@click.pass_context
+def resign_command(ctx: click.Context, name: str, token: int, as_json: bool) -> None:
+    """Step down as leader of election NAME (term T); the next candidate leads."""
+    _finish(recipes.unlock(_globals(ctx, as_json), name, token))
+
+
+@cli.command("proclaim", cls=_Command)
+@click.argument("name", type=str, callback=_text)
+@click.argument("value", type=str, callback=_text)
+@_token_required
+@_json_option
+@click.pass_context
+def proclaim_command(ctx: click.Context, name: str, value: str, token: int, as_json: bool) -> None:
+    """As leader of election NAME (term T), announce VALUE; exit 5 if T does not lead."""
+    _finish(recipes.proclaim(_globals(ctx, as_json), name, token, commands.stored_value(value)))
+
+
+@cli.command("leader", cls=_Command)
+@click.argument("name", type=str, callback=_text)
+@_json_option
+@click.pass_context
+def leader_command(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Print election NAME's leader as `term=T VALUE`; exit 3 if nobody leads."""
+    _finish(recipes.leader(_globals(ctx, as_json), name))
+
+
+@cli.command("observe", cls=_Command)
+@click.argument("name", type=str, callback=_text)
+@click.option(
+    "--count", type=str, callback=_integer(minimum=1), metavar="N", help="Exit after N lines."
+)
+@_json_option
+@click.pass_context
+def observe_command(ctx: click.Context, name: str, count: int | None, as_json: bool) -> None:
+    """Print election NAME's leader now, then a line at each change (`-`: nobody leads)."""
+    _finish(recipes.observe(_globals(ctx, as_json), name, count=count))
+
+
+@cli.command("holders", cls=_Command)
+@click.argument("name", type=str, callback=_text)
+@_json_option
+@click.pass_context
+def holders_command(ctx: click.Context, name: str, as_json: bool) -> None:
+    """List NAME's members in line: token, holding or waiting, session, user, value."""
+    _finish(recipes.holders(_globals(ctx, as_json), name))
+
+
+@cli.command("locks", cls=_Command)
+@click.argument("prefix", type=str, default="", callback=_text)
+@_json_option
+@click.pass_context
+def locks_command(ctx: click.Context, prefix: str, as_json: bool) -> None:
+    """List every lock, semaphore, election and barrier at or below PREFIX, with its holders
+    and waiters."""
+    _finish(recipes.locks(_globals(ctx, as_json), prefix))
+
+
+@session_group.command("run", cls=_Command, context_settings=_COMMAND_SETTINGS)
+@click.option(
+    "--ttl",
+    type=str,
+    required=True,
+    callback=_seconds(),
+    metavar="SECONDS",
+    help="The session's TTL: kept alive while CMD runs; its keys go this long after a crash.",
+)
+@_json_option
+@_recipe_command
+@click.pass_context
+def session_run_command(
+    ctx: click.Context, ttl: float, as_json: bool, command: tuple[str, ...]
+) -> None:
+    """Run CMD with a session kept alive for it, its id in $PRONTODB_SESSION (`prontodb set KEY
+    VALUE --session $PRONTODB_SESSION` attaches a key to it); when CMD exits the session ends
+    and its keys are deleted. Exit: CMD's status; 6 if the session was lost (CMD got SIGTERM)."""
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise click.UsageError("Give the command to run: `session run --ttl 10 -- CMD ARGS...`.")
+    _finish(recipes.session_run(_globals(ctx, as_json), ttl, command))

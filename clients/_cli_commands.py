@@ -102,6 +102,13 @@ def parse_seconds(text: str, allow_zero: bool = False) -> float | None:
     return seconds
 
 
+def parse_fence(text: str) -> tuple[str, int] | None:
+    """``--fence NAME:TOKEN`` as (name, token), or None if it is not of that form."""
+    name, sep, token = text.rpartition(":")
+    number = parse_int(token)
+    return (name, number) if sep and name and number is not None and number >= 0 else None
+
+
 def canonical_int(text: str) -> int | None:
     """The integer ``text`` spells canonically (``0``, ``-12``, ``100``; not ``007``, ``+1``, ``-0``,
     ``1_000``), if it is within int64; else None. Such a value prints back exactly as given."""
@@ -329,13 +336,15 @@ def set_(
     if_rev: int | None = None,
     ttl: float | None = None,
     session: int | None = None,
+    fence: tuple[str, int] | None = None,
 ) -> int:
-    """``set KEY VALUE``: silent on success; a condition that does not hold exits 5."""
+    """``set KEY VALUE``: silent on success; a condition (or ``--fence``) that does not hold
+    exits 5."""
     stored = stored_value(value, as_string=as_string)
 
     def body(client: Client) -> int:
         revision = client.set(
-            key, stored, if_absent=if_absent, if_rev=if_rev, ttl=ttl, session=session
+            key, stored, if_absent=if_absent, if_rev=if_rev, ttl=ttl, session=session, fence=fence
         )
         if options.json:
             write_json({"key": key, "revision": revision})
@@ -344,18 +353,18 @@ def set_(
     return run(options, body)
 
 
-def delete(options: Globals, key: str, *more: str) -> int:
+def delete(options: Globals, key: str, *more: str, fence: tuple[str, int] | None = None) -> int:
     """``del KEY [KEY...]``: silent, and exit 0 whether or not the keys existed (as Redis DEL);
     several keys go at one revision (a transaction)."""
 
     def body(client: Client) -> int:
         if not more:
-            deleted = client.delete(key)
+            deleted = client.delete(key, fence=fence)
             if options.json:
                 write_json({"key": key, "deleted": deleted})
             return 0
         keys = [key, *more]
-        outcome = client.txn([], [{"op": "del", "key": k} for k in keys])
+        outcome = client.txn([], [{"op": "del", "key": k} for k in keys], fence=fence)
         if options.json:
             write_json({"keys": keys, "deleted": sum(1 for r in outcome.results if r)})
         return 0
@@ -405,11 +414,19 @@ def mset(options: Globals, pairs: Sequence[str], *, as_string: bool = False) -> 
     return run(options, body)
 
 
-def incr(options: Globals, key: str, by: int = 1, *, decrement: bool = False) -> int:
+def incr(
+    options: Globals,
+    key: str,
+    by: int = 1,
+    *,
+    decrement: bool = False,
+    fence: tuple[str, int] | None = None,
+) -> int:
     """``incr KEY [BY]`` / ``decr KEY [BY]``: print the new value (a missing key counts as 0)."""
 
     def body(client: Client) -> int:
-        value = client.decr(key, by) if decrement else client.incr(key, by)
+        count = client.decr if decrement else client.incr
+        value = count(key, by, fence=fence)
         if options.json:
             write_json({"key": key, "value": value})
         else:
@@ -550,7 +567,7 @@ def cas(options: Globals, key: str, old: str, new: str, *, as_string: bool = Fal
     return run(options, body)
 
 
-def txn(options: Globals, document: str) -> int:
+def txn(options: Globals, document: str, fence: tuple[str, int] | None = None) -> int:
     """``txn``: apply the JSON document's operations if all its compares hold; print the
     outcome; a compare that fails exits 5 and changes nothing."""
     import json
@@ -572,7 +589,7 @@ def txn(options: Globals, document: str) -> int:
         return 1
 
     def body(client: Client) -> int:
-        outcome = client.txn(compares, ops)
+        outcome = client.txn(compares, ops, fence=fence)
         if options.json:
             write_json(outcome._asdict())
         elif outcome.succeeded:

@@ -66,6 +66,7 @@ _OPTIONS: dict[str, Options] = {
         "--if-rev": ("if_rev", _whole),
         "--ttl": ("ttl", _seconds),
         "--session": ("session", _whole),
+        "--fence": ("fence", commands.parse_fence),
     },
     "mset": _STRING,
     "cas": _STRING,

@@ -128,11 +128,15 @@ def shielded() -> AbstractContextManager[object]:
 class Renewing:
     """Calls ``renew()`` every ``interval`` seconds, in a thread of its own, while the ``with``
     block runs. The first failure stops it; a thread cannot interrupt the block, so the block runs
-    on and its end raises that failure."""
+    on (``lost(failure)`` may make the client's calls refuse meanwhile) and its end raises what
+    ``lost`` returned."""
 
-    def __init__(self, renew: Callable[[], object], interval: float) -> None:
+    def __init__(
+        self, renew: Callable[[], object], interval: float, lost: Callable[[Exception], Exception]
+    ) -> None:
         self._renew = renew
         self._interval = interval
+        self._lost = lost  # turns the first failure into what the block's end raises
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._keep, name="prontodb-renewing", daemon=True)
         self._failure: Exception | None = None
@@ -156,5 +160,5 @@ class Renewing:
             try:
                 self._renew()
             except Exception as exc:
-                self._failure = exc
+                self._failure = self._lost(exc)
                 return

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 
-from prontodb.protocol import ErrorCode, NamedTuple, Unavailable
+from prontodb.protocol import ErrorCode, NamedTuple, ProntoError, Unavailable
 
 TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
 if TYPE_CHECKING:
@@ -137,3 +137,50 @@ class ClaimInfo(NamedTuple):
     token: int
     lease: float
     bound: int | None
+
+
+class SessionLost(ProntoError):
+    """A session kept alive by ``keep_session`` (or a lock, semaphore, election or barrier
+    built on one) could not be renewed: it ended, or the connection is gone, so its keys and
+    what it held may belong to someone else now. Until that ``with`` block ends, every call of
+    the client raises it (the sync client cannot interrupt the block; the async one cancels it
+    at once), and the block's end raises it too. ``session`` is its id; the code is the failed
+    renewal's."""
+
+    def __init__(self, session: int, cause: BaseException) -> None:
+        code = cause.code if isinstance(cause, ProntoError) else ErrorCode.UNAVAILABLE
+        super().__init__(
+            code,
+            f"Session {session} was lost ({cause}); what it held may be someone else's now: "
+            "stop the work it protected, and start again with a new session.",
+            {"session": session},
+        )
+        self.session = session
+
+
+class Member(NamedTuple):
+    """A party of a lock, semaphore, election or barrier: its ``key`` (``NAME.<session>``),
+    its ``token`` (the fencing token: pass it to fenced writes and to ``unlock``; an election's
+    term), its ``session``, the user who joined (``writer``), its ``value`` and whether it
+    holds now (``holding``; a barrier's members all hold once it opens)."""
+
+    key: str
+    token: int
+    session: int
+    writer: str
+    value: Any
+    holding: bool
+
+
+class Recipe(NamedTuple):
+    """A lock, semaphore, election or barrier as ``holders`` and ``locks`` list it: its name,
+    its kind (``recipe``), its ``limit`` and its members in line, holders first."""
+
+    name: str
+    recipe: str
+    limit: int
+    members: list[Member]
+
+    @property
+    def holders(self) -> list[Member]:
+        return [m for m in self.members if m.holding]

@@ -36,5 +36,8 @@ def test_a_failed_renewal_is_raised_at_the_end_of_the_block() -> None:
         failed.set()
         raise RuntimeError("lost")
 
-    with pytest.raises(RuntimeError, match="lost"), Renewing(renew, 0.001):
+    def lost(failure: Exception) -> Exception:
+        return ValueError(f"told: {failure}")
+
+    with pytest.raises(ValueError, match="told: lost"), Renewing(renew, 0.001, lost):
         assert failed.wait(10)

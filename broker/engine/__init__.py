@@ -17,7 +17,7 @@ from ._engine import (
 )
 from ._entry import Entry
 from ._history import Batch, Change, HistoryLimits, change_cost
-from ._keys import validate_key, validate_prefix
+from ._keys import parent_of, validate_key, validate_prefix
 from ._records import Record, RecordKind, ReplayError
 from ._sessions import SessionInfo
 
@@ -41,6 +41,7 @@ __all__ = [
     "ReplayError",
     "SessionInfo",
     "change_cost",
+    "parent_of",
     "recipes",
     "Target",
     "TxnOp",

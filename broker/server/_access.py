@@ -190,11 +190,12 @@ def nothing(args: Mapping[str, Any], user: str, backups: str) -> list[Need]:
     return []
 
 
-def on_key(level: Level) -> Rule:
-    """``level`` on the request's ``key`` in its cursor."""
+def on_key(level: Level, name: str = "key") -> Rule:
+    """``level`` on the request's ``key`` (or the key its argument ``name`` holds: a recipe's
+    name, whose members are below it) in its cursor."""
 
     def rule(args: Mapping[str, Any], user: str, backups: str) -> list[Need]:
-        return [Need(level, _cursor(args), _text(args.get("key")))]
+        return [Need(level, _cursor(args), _text(args.get(name)))]
 
     return rule
 

@@ -26,6 +26,7 @@ from ..engine import (
     Entry,
     OpKind,
     TxnOp,
+    recipes,
     validate_prefix,
 )
 from ._access import Level, on_cursor, on_each_key, on_key, on_prefix, on_txn_keys
@@ -86,6 +87,20 @@ IF_VALUE = Arg("if_value", Kind.VALUE)
 BY = Arg("by", Kind.INT, doc="default 1")
 TOKEN = Arg("token", Kind.UINT, required=True, missing="The request needs the claim's 'token'.")
 PAGE = (PREFIX, Arg("after", Kind.KEY), Arg("limit", Kind.UINT))
+FENCE = Arg("fence", Kind.MAP, nil=True, doc='{"name": N, "token": T}: only while N is held with T')
+
+
+def check_fence(engine: Engine, args: Mapping[str, Any]) -> None:
+    """Refuse (compare_failed) a write whose ``fence`` does not hold: its recipe is not held
+    with its token any more. Checked in the same step as the write, so nothing comes between."""
+    fence = args.get("fence")
+    if fence is None:
+        return
+    if not isinstance(fence, dict) or fence.keys() != {"name", "token"}:
+        raise bad('A fence is {"name": RECIPE, "token": T}, as a holder got it.')
+    recipes.check_fence(engine, fence["name"], fence["token"])
+
+
 READ, WRITE = Level.READ, Level.WRITE
 
 
@@ -140,6 +155,7 @@ def op_get(engine: Engine, call: Call) -> Outcome:
         IF_VALUE,
         Arg("ttl", Kind.SECONDS, doc="seconds > 0"),
         Arg("session", Kind.UINT, doc="attach the key to this session (not with ttl)"),
+        FENCE,
     ),
     writes=True,
     creates=True,
@@ -147,6 +163,7 @@ def op_get(engine: Engine, call: Call) -> Outcome:
 )
 def op_set(engine: Engine, call: Call) -> Outcome:
     args = call.args
+    check_fence(engine, args)
     applied = engine.set(
         args["key"],
         args["value"],
@@ -191,12 +208,13 @@ def op_mget(engine: Engine, call: Call) -> Outcome:
     "mset",
     Layer.DATABASE,
     access=on_each_key(WRITE, "items"),
-    args=(Arg("items", Kind.MAP, required=True, doc="{key: value, ...}"),),
+    args=(Arg("items", Kind.MAP, required=True, doc="{key: value, ...}"), FENCE),
     writes=True,
     creates=True,
     summary="Set several keys at one revision (all or none); that revision.",
 )
 def op_mset(engine: Engine, call: Call) -> Outcome:
+    check_fence(engine, call.args)
     items = call.args["items"]
     limit = engine.limits.max_txn_ops
     if len(items) > limit:
@@ -290,13 +308,14 @@ def op_caches(engine: Engine, call: Call) -> Outcome:
     "del",
     Layer.DATABASE,
     access=on_key(WRITE),
-    args=(KEY, IF_REV, IF_VALUE),
+    args=(KEY, IF_REV, IF_VALUE, FENCE),
     writes=True,
     client="delete",
     summary="Delete a key, if its conditions hold; whether it existed.",
 )
 def op_del(engine: Engine, call: Call) -> Outcome:
     args = call.args
+    check_fence(engine, args)
     applied = engine.delete(
         args["key"],
         writer=call.user,
@@ -311,12 +330,13 @@ def op_del(engine: Engine, call: Call) -> Outcome:
     "incr",
     Layer.DATABASE,
     access=on_key(WRITE),
-    args=(KEY, BY),
+    args=(KEY, BY, FENCE),
     writes=True,
     creates=True,
     summary="Add to an integer key (a missing one counts as 0); the new value.",
 )
 def op_incr(engine: Engine, call: Call) -> Outcome:
+    check_fence(engine, call.args)
     applied = engine.incr(call.args["key"], call.args.get("by", 1), writer=call.user, now=call.now)
     return applied.result, applied
 
@@ -325,12 +345,13 @@ def op_incr(engine: Engine, call: Call) -> Outcome:
     "decr",
     Layer.DATABASE,
     access=on_key(WRITE),
-    args=(KEY, BY),
+    args=(KEY, BY, FENCE),
     writes=True,
     creates=True,
     summary="Subtract from an integer key (a missing one counts as 0); the new value.",
 )
 def op_decr(engine: Engine, call: Call) -> Outcome:
+    check_fence(engine, call.args)
     applied = engine.decr(call.args["key"], call.args.get("by", 1), writer=call.user, now=call.now)
     return applied.result, applied
 
@@ -398,12 +419,13 @@ def op_count(engine: Engine, call: Call) -> Outcome:
     "txn",
     Layer.DATABASE,
     access=on_txn_keys,
-    args=(Arg("compares", Kind.LIST), Arg("ops", Kind.LIST)),
+    args=(Arg("compares", Kind.LIST), Arg("ops", Kind.LIST), FENCE),
     writes=True,
     creates=True,
     summary="Compare keys, then apply one list of operations or the other, atomically.",
 )
 def op_txn(engine: Engine, call: Call) -> Outcome:
+    check_fence(engine, call.args)
     compares = [Compare.from_wire(c) for c in call.args.get("compares", [])]
     ops = [TxnOp.from_wire(o) for o in call.args.get("ops", [])]
     applied = engine.txn(compares, ops, writer=call.user, now=call.now)

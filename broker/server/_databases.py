@@ -36,6 +36,7 @@ from ..storage import (
 from ._catalog import CATALOG_FILE, Catalog
 from ._claim_waiters import ClaimWaiters
 from ._quiet_log import QuietLog
+from ._recipe_waiters import RecipeWaiters
 
 logger = logging.getLogger("prontodb.server")
 T = TypeVar("T")
@@ -99,6 +100,7 @@ class OpenDatabase:
         self._writing: trio.Event | None = None  # set once a write in a thread returns
         self._reschedule = trio.Event()  # the sweeper's next deadline may have moved earlier
         self.waiters = ClaimWaiters()
+        self.recipe_waiters = RecipeWaiters()
         self._sweep_at: float | None = None
         self.failure: StorageError | None = None
         self.compaction_done: trio.Event | None = None  # set once the latest compaction ended
@@ -124,6 +126,7 @@ class OpenDatabase:
             self._has_pending.set()
         if applied.changes:
             self._pending_revs.append((ticket, applied.changes[-1].revision))
+            self.recipe_waiters.changed(self.engine, applied.changes, ticket)
         return ticket
 
     def expire_due(self, now: float) -> None:
@@ -325,6 +328,7 @@ class OpenDatabase:
         elif self.failure is None:
             self._fail(StorageError("the database was closed before its writes were durable"))
         self.waiters.wake_all()
+        self.recipe_waiters.wake_all()
         self._wake_watchers()
 
     def _wake_watchers(self) -> None:

@@ -38,7 +38,7 @@ from ..storage import StorageError
 
 # The modules that declare the broker's operations (each fills the registry as it loads); the
 # connection's own are in the session's parts below.
-from . import _backups, _broker_ops, _cursors, _leases, _users  # noqa: F401
+from . import _backups, _broker_ops, _cursors, _leases, _recipe_ops, _users  # noqa: F401
 from ._access import who_is
 from ._context import Context
 from ._database_ops import Call
@@ -47,6 +47,7 @@ from ._names import DEFAULT_NAME
 from ._outbox import Answer, Outbox
 from ._registry import REGISTRY, Layer, OpSpec, unknown
 from ._session_claims import SessionClaims
+from ._session_recipes import SessionRecipes
 from ._session_watches import SessionWatches
 
 logger = logging.getLogger("prontodb.server")
@@ -56,7 +57,7 @@ RECEIVE_SIZE = 64 * 1024
 UNKNOWN = "(unknown)"  # what requests for an operation the broker does not know count under
 
 
-class Session(SessionClaims, SessionWatches):
+class Session(SessionClaims, SessionWatches, SessionRecipes):
     """The broker's side of one connection: its reading and the dispatch of each request; the
     connection's own operations come from :class:`SessionClaims` and :class:`SessionWatches`."""
 
@@ -80,6 +81,7 @@ class Session(SessionClaims, SessionWatches):
         )
         self._socket_fd = _socket_fd(stream)  # the socket under TLS too, for pending_input
         self._claim_waits = {}
+        self._recipe_waits = {}
         self._answered_claims = OrderedDict()
         self._watches = {}
         self._refused = {}
@@ -124,6 +126,9 @@ class Session(SessionClaims, SessionWatches):
             for i, (waiter, db, args) in self._claim_waits.items()
             if waiter.result is None
         ]
+        running += [
+            (i, "acquire", args, where) for i, (_s, args, where) in self._recipe_waits.items()
+        ]
         return running
 
     def _end_wait(self, request_id: int, error: ProntoError) -> None:
@@ -134,6 +139,7 @@ class Session(SessionClaims, SessionWatches):
         if watch is not None:
             watch[0].cancel()
         self._stop_claim_wait(request_id)
+        self._stop_recipe_wait(request_id)
 
     async def run(self) -> None:
         pending_input = self.ctx.pending_input

@@ -42,6 +42,9 @@ class SessionBase:
     # database directory its cursor named
     _watches: dict[int, tuple[trio.CancelScope, dict[str, Any], Path]]
     _refused: dict[int, ProntoError]  # waits ended by a revoke: their answers
+    # request id -> a party waiting in a recipe's line: the scope that ends its wait, the
+    # request's args and its database's directory
+    _recipe_waits: dict[int, tuple[trio.CancelScope, dict[str, Any], Path]]
 
     def _authorize(self, request: Request) -> None:
         """Raise ``denied`` unless this connection's user may make ``request`` now. Checked
@@ -54,6 +57,15 @@ class SessionBase:
         if self.authenticate:
             ctx = self.ctx
             check(ctx.catalog.grants, self.user, needs(op, args, self.user, ctx.backups))
+
+    def _stop_recipe_wait(self, request_id: int) -> bool:
+        """End the wait of ``acquire`` request ``request_id`` (it answers nil, or the reason
+        left in ``_refused``); False if it is not waiting."""
+        running = self._recipe_waits.get(request_id)
+        if running is None:
+            return False
+        running[0].cancel()
+        return True
 
     def _cursor(self, request: Request) -> str:
         """The cursor a database operation names (checked by its declaration)."""

@@ -148,7 +148,8 @@ class SessionClaims(SessionBase):
         stops waiting (its answer: nil); an item already claimed for it is given back, its answer
         turned into nil if it has not gone yet. True if there was something to undo."""
         request_id: int = request.args["id"]
-        if self._stop_claim_wait(request_id):  # still waiting: its task answers nil
+        if self._stop_claim_wait(request_id) or self._stop_recipe_wait(request_id):
+            # still waiting: its task answers nil
             return Answer(Response(request.id, None, True))
         for out in self.outbox.unsent():  # claimed, answer not gone
             message = out.message

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 # Bytes asked of the socket per read: below malloc's mmap threshold, or each read pays for an mmap.
 _CHUNK = 64 * 1024
+# Requests that may wait at the broker: given up, they are cancelled there too (see _cancel_claim).
+_CANCELLABLE = ("claim", "acquire")
 
 _LOST = (
     "The connection to the broker was lost; the request may or may not have been applied. "
@@ -202,15 +204,15 @@ class Pipeline:
         finally:
             with self._mutex:
                 self._settle(waiter)
-            if op == "claim" and waiter.request_id and not answered:
+            if op in _CANCELLABLE and waiter.request_id and not answered:
                 await self._cancel_claim(waiter.request_id)
         assert waiter.response is not None
         return waiter.response.raise_for_error()
 
     async def _cancel_claim(self, request_id: int) -> None:
-        """The caller of claim ``request_id`` gave up before it had the answer: tell the broker,
-        so that a waiting claim stops waiting and an item claimed for it is given back rather
-        than held until its lease ends. Best effort: it never waits for a slot, and its own
+        """The caller of claim (or acquire) ``request_id`` gave up before it had the answer:
+        tell the broker, so that a waiting claim stops waiting (an acquire leaves its line) and an
+        item claimed for it is given back rather than held until its lease ends. Best effort: it never waits for a slot, and its own
         answer is dropped."""
         waiter = _Waiter()
         try:

@@ -22,7 +22,7 @@ from ._admin import AdminOperations
 from ._claims import ClaimOperations
 from ._keys import KeyOperations
 from ._pipeline import Pipeline
-from ._sessions import SessionOperations
+from ._recipes import RecipeOperations
 from .watch import Watch
 
 TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 _START_ROUNDS = 3
 
 
-class AsyncClient(KeyOperations, ClaimOperations, SessionOperations, AdminOperations):
+class AsyncClient(KeyOperations, ClaimOperations, RecipeOperations, AdminOperations):
     """A connection to a ProntoDB broker; its methods are the broker's operations.
 
     Open one with :meth:`connect` and close it with ``async with`` or :meth:`aclose`::

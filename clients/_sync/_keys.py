@@ -36,11 +36,18 @@ class KeyOperations(ClientBase):
         values: list[Any | None] = self._call("mget", self._args(cursor, keys=list(keys)))
         return values
 
-    def mset(self, items: Mapping[str, Any], *, cursor: str | None = None) -> int:
+    def mset(
+        self,
+        items: Mapping[str, Any],
+        *,
+        fence: tuple[str, int] | None = None,
+        cursor: str | None = None,
+    ) -> int:
         """Store every value of ``items`` at its key, all at one revision, or none of them if
         one is refused (a bad key or value); that revision. At most 128 keys (a transaction's
-        limit)."""
-        revision: int = self._call("mset", self._args(cursor, items=dict(items)))
+        limit). ``fence`` as for :meth:`set`."""
+        args = _fenced(self._args(cursor, items=dict(items)), fence)
+        revision: int = self._call("mset", args)
         return revision
 
     def get_info(self, key: str, *, cursor: str | None = None) -> KeyInfo | None:
@@ -73,6 +80,7 @@ class KeyOperations(ClientBase):
         if_value: Any = MISSING,
         ttl: float | None = None,
         session: int | None = None,
+        fence: tuple[str, int] | None = None,
         cursor: str | None = None,
     ) -> int:
         """Store ``value`` at ``key`` and return the key's new modify revision.
@@ -83,9 +91,11 @@ class KeyOperations(ClientBase):
         ``details`` give the key's current ``mod_rev``. With ``ttl`` the key expires that many
         seconds from now; without it, after its cache's TTL if it is under a cache prefix. With
         ``session`` (an id from :meth:`session_grant`) the key is attached to that session
-        instead: it is deleted when the session ends.
+        instead: it is deleted when the session ends. With ``fence=(name, token)`` only while
+        lock (semaphore, election) ``name`` is held with ``token``: a holder that lost it
+        cannot write (``compare_failed``).
         """
-        args = self._args(cursor, key=key, value=value)
+        args = _fenced(self._args(cursor, key=key, value=value), fence)
         if ttl is not None:
             args["ttl"] = ttl
         if session is not None:
@@ -105,10 +115,11 @@ class KeyOperations(ClientBase):
         *,
         if_rev: int | None = None,
         if_value: Any = MISSING,
+        fence: tuple[str, int] | None = None,
         cursor: str | None = None,
     ) -> bool:
         """Delete ``key``; return whether it existed. Conditions as for :meth:`set`."""
-        args = self._args(cursor, key=key)
+        args = _fenced(self._args(cursor, key=key), fence)
         if if_rev is not None:
             args["if_rev"] = if_rev
         if if_value is not MISSING:
@@ -150,14 +161,28 @@ class KeyOperations(ClientBase):
         found: dict[str, float] = self._call("caches", self._args(cursor))
         return found
 
-    def incr(self, key: str, by: int = 1, *, cursor: str | None = None) -> int:
+    def incr(
+        self,
+        key: str,
+        by: int = 1,
+        *,
+        fence: tuple[str, int] | None = None,
+        cursor: str | None = None,
+    ) -> int:
         """Add ``by`` to the integer at ``key`` (missing: 0) and return the result, atomically."""
-        total: int = self._call("incr", self._args(cursor, key=key, by=by))
+        total: int = self._call("incr", _fenced(self._args(cursor, key=key, by=by), fence))
         return total
 
-    def decr(self, key: str, by: int = 1, *, cursor: str | None = None) -> int:
+    def decr(
+        self,
+        key: str,
+        by: int = 1,
+        *,
+        fence: tuple[str, int] | None = None,
+        cursor: str | None = None,
+    ) -> int:
         """Subtract ``by`` from the integer at ``key`` (missing: 0) and return the result."""
-        total: int = self._call("decr", self._args(cursor, key=key, by=by))
+        total: int = self._call("decr", _fenced(self._args(cursor, key=key, by=by), fence))
         return total
 
     def keys(
@@ -184,6 +209,7 @@ class KeyOperations(ClientBase):
         compares: Sequence[Mapping[str, Any]],
         ops: Sequence[Mapping[str, Any]],
         *,
+        fence: tuple[str, int] | None = None,
         cursor: str | None = None,
     ) -> TxnResult:
         """If every compare holds, apply every operation at one new revision; else none.
@@ -191,11 +217,13 @@ class KeyOperations(ClientBase):
         A compare is ``{"key", "target"?, "op"?, "value"}`` (target ``value``, ``mod_rev``,
         ``create_rev``, ``version`` or ``exists``; op ``==``, ``!=``, ``<``, ``<=``, ``>``,
         ``>=``); an operation ``{"op": "get"|"set"|"del"|"incr", "key", "value"?, "by"?}``. A
-        failed compare is not an error: see :class:`TxnResult`.
+        failed compare is not an error: see :class:`TxnResult`; a ``fence`` (as for
+        :meth:`set`) that does not hold is (``compare_failed``).
         """
         args = self._args(
             cursor, compares=[dict(item) for item in compares], ops=[dict(item) for item in ops]
         )
+        _fenced(args, fence)
         result = self._call("txn", args)
         return TxnResult(
             succeeded=result["succeeded"],
@@ -224,6 +252,14 @@ class KeyOperations(ClientBase):
             last = entries[-1]
             args["after"] = last if op == "keys" else last[0]
         return found
+
+
+def _fenced(args: dict[str, Any], fence: tuple[str, int] | None) -> dict[str, Any]:
+    """``args`` with the condition "``fence``'s recipe is held with its token", if given."""
+    if fence is not None:
+        name, token = fence
+        args["fence"] = {"name": name, "token": token}
+    return args
 
 
 def _claim_info(key: str, claim: Any) -> ClaimInfo | None:

@@ -11,12 +11,13 @@ from contextlib import contextmanager
 from prontodb.protocol import ErrorCode, ProntoError
 
 from .. import _sync_backend as backend
-from .._types import SessionInfo
+from .._types import SessionInfo, SessionLost
 from ._base import ClientBase
 
 TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from typing import Any
 
 
 class SessionOperations(ClientBase):
@@ -42,19 +43,34 @@ class SessionOperations(ClientBase):
 
         A keep-alive that fails (the session ended: ``not_found``; the connection is gone:
         ``unavailable``) means the keys may be gone: the async client cancels the block at once,
-        the sync client's block runs on (a thread cannot stop it); either way the block's end
-        raises that error."""
+        the sync client's block runs on (a thread cannot stop it) but every call of the client
+        raises :class:`SessionLost` until the block ends; either way the block's end raises
+        :class:`SessionLost`."""
         session = self.session_grant(ttl, bound=bound, cursor=cursor)
+        call = self._call
 
         def renew() -> None:
             self.session_keepalive(session, cursor=cursor)
 
-        with backend.Renewing(renew, ttl / 3):
-            try:
+        def lost(failure: Exception) -> Exception:
+            # From now until the block ends, every call of this client refuses: whatever it
+            # would do relied on what the session held.
+            error = SessionLost(session, failure)
+
+            def refuse(op: str, args: dict[str, Any]) -> Any:
+                raise error
+
+            self._call = refuse
+            return error
+
+        try:
+            with backend.Renewing(renew, ttl / 3, lost):
                 yield session
-            finally:
-                with backend.shielded():
-                    self._revoke_quietly(session, cursor)
+        finally:
+            # The renewals have stopped: none can cross the revoke and report it as a loss.
+            self._call = call
+            with backend.shielded():
+                self._revoke_quietly(session, cursor)
 
     def _revoke_quietly(self, session: int, cursor: str | None) -> None:
         """Revoke ``session``, if it is still there to revoke."""
