@@ -214,7 +214,7 @@ def cli(
     Shares keys between cooperating programs (`prontodb set queue.task_1 pending`,
     `prontodb get queue.task_1`). With no --url, a broker is started in the background on first use.
     Exit status: 0 ok, 1 error, 2 usage, 3 not found, 4 timed out, 5 compare failed,
-    130 interrupted (Ctrl-C).
+    6 lock lost while its command ran, 130 interrupted (Ctrl-C).
     """
     ctx.obj = commands.Globals(user=user, cursor=cursor, url=url, json=as_json)
 

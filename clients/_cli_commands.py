@@ -1355,6 +1355,12 @@ def format_status(info: dict[str, Any]) -> str:
             f"{c.get('claimed', 0)} claimed, {c.get('delayed', 0)} delayed, {c.get('dead', 0)} dead"
             for prefix, c in queues.items()
         )
+        recipes = db.get("recipes") or {}
+        lines.extend(
+            f"    {r.get('recipe', '?')} {name}: {r.get('holding', 0)} holding, "
+            f"{r.get('waiting', 0)} waiting"
+            for name, r in recipes.items()
+        )
     return "".join(line + "\n" for line in lines)
 
 

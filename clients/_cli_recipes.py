@@ -160,7 +160,8 @@ def hold(
                 elif options.json:
                     write_json(held._asdict())
                 return 0
-            env = {"PRONTODB_FENCE": str(held.token), "PRONTODB_FENCE_NAME": name}
+            env = _exported(options)
+            env |= {"PRONTODB_FENCE": str(held.token), "PRONTODB_FENCE_NAME": name}
             if own:
                 env["PRONTODB_SESSION"] = str(kept)
             return supervise(client, kept, ttl, command, env, what)
@@ -169,6 +170,17 @@ def hold(
                 _revoke_quietly(client, kept)
 
     return run(options, body)
+
+
+def _exported(options: Globals) -> dict[str, str]:
+    """The global options for CMD's own prontodb calls: the same broker, user and database
+    (a session, and so a fence, belongs to one database)."""
+    env = {"PRONTODB_CURSOR": options.cursor}
+    if options.url is not None:
+        env["PRONTODB_URL"] = options.url
+    if options.user is not None:
+        env["PRONTODB_USER"] = options.user
+    return env
 
 
 def _revoke_quietly(client: Client, session: int) -> None:
@@ -315,7 +327,7 @@ def session_run(options: Globals, ttl: float, command: Sequence[str]) -> int:
     def body(client: Client) -> int:
         session = client.session_grant(ttl, bound=True)
         try:
-            env = {"PRONTODB_SESSION": str(session)}
+            env = _exported(options) | {"PRONTODB_SESSION": str(session)}
             return supervise(client, session, ttl, command, env, f"session {session}")
         finally:
             _revoke_quietly(client, session)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -123,3 +124,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if target and _FIGURES:
         Path(target).write_text(json.dumps(_FIGURES, indent=1) + "\n")
     shutil.rmtree(_XDG, ignore_errors=True)
+
+
+@pytest.fixture
+def cursor(request: pytest.FixtureRequest) -> str:
+    """A database of the test's own, so tests sharing a broker do not see each other's keys."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", request.node.name)[-60:]
+    return name

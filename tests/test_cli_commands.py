@@ -23,13 +23,6 @@ def broker() -> Iterator[BrokerProcess]:
         yield process
 
 
-@pytest.fixture
-def cursor(request: pytest.FixtureRequest) -> str:
-    """A database of the test's own, so tests sharing the broker do not see each other's keys."""
-    name = re.sub(r"[^A-Za-z0-9_-]", "_", request.node.name)[-60:]
-    return name
-
-
 def cli(broker: BrokerProcess, cursor: str, *args: str, **env: str | None) -> Outcome:
     return invoke(["--url", broker.url, "--cursor", cursor, *args], **env)
 

@@ -50,6 +50,8 @@ CASES: list[tuple[list[str], bool]] = [
     (["set", "k", "-"], False),
     (["set", "bad key", "v"], True),
     (["--json", "set", "k", "v"], True),
+    (["set", "k", "v", "--fence", "deploy:7"], True),
+    (["set", "k", "v", "--fence", "deploy"], False),
     (["del", "s"], True),
     (["del", "missing"], True),
     (["--json", "del", "s"], True),

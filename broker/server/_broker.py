@@ -24,7 +24,7 @@ from typing import Any
 
 import trio
 
-from ..engine import EngineLimits
+from ..engine import EngineLimits, recipes
 from ..storage import StorageOptions
 from ._catalog import Catalog
 from ._config import ServerConfig
@@ -353,6 +353,9 @@ def _server_tls(cert: Path, key: Path) -> ssl.SSLContext:
     return context
 
 
+STATUS_RECIPES = 100  # recipes a database's status lists (`locks` lists them all)
+
+
 def _database_status(db: OpenDatabase) -> dict[str, Any]:
     stats = db.engine.statistics()
     writer = db.database.writer.statistics()
@@ -369,6 +372,16 @@ def _database_status(db: OpenDatabase) -> dict[str, Any]:
         "queues": db.engine.queues(),
         "claimers": len(db.waiters),  # blocked claims waiting for an item
         "sessions": len(db.engine.sessions()),  # live sessions (docs/PROTOCOL.md, "Sessions")
+        # Locks, semaphores, elections, barriers with members (the first STATUS_RECIPES by name).
+        "recipes": {
+            r.name: {
+                "recipe": r.kind,
+                "limit": r.limit,
+                "holding": len(r.holders),
+                "waiting": len(r.members) - len(r.holders),
+            }
+            for r in recipes.listing(db.engine)[:STATUS_RECIPES]
+        },
         # Watches open on it now, and the oldest revision one may start from.
         "watchers": db.watchers,
         "history_first": stats["history_first"],
