@@ -101,7 +101,8 @@ class WatchEvent(NamedTuple):
     revision of the change (the changes of one transaction share it); ``by`` the user who made it
     ("" for an expiry or a lease that ran out); ``time`` when (seconds since the epoch). For the
     types that leave the key in place (put, claim, release) ``value``, ``version``, ``create_rev``,
-    ``mod_rev`` and ``expires`` describe the key after the change; otherwise they are None.
+    ``mod_rev``, ``expires`` and ``session`` (the session it is attached to: a lock's member, a
+    worker's registration) describe the key after the change; otherwise they are None.
     """
 
     rev: int
@@ -114,6 +115,7 @@ class WatchEvent(NamedTuple):
     create_rev: int | None = None
     mod_rev: int | None = None
     expires: float | None = None
+    session: int | None = None
 
 
 class SessionInfo(NamedTuple):

@@ -324,6 +324,11 @@ async def test_listings_show_every_recipe(
         assert info is not None
         assert info.value == {"recipe": "election", "limit": 1, "value": "me"}
         assert info.session == s
+        with trio.fail_after(30):  # a watch sees the join, with its session
+            async with client.watch("leader", from_rev=1) as changes:
+                joined = await changes.next_event()
+        assert joined is not None
+        assert (joined.type, joined.key, joined.session) == ("put", f"leader.{s}", s)
 
 
 async def test_a_lost_lock_cancels_its_block(

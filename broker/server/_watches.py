@@ -195,6 +195,8 @@ def event_map(change: Change, time: float) -> dict[str, Any]:
         event["version"] = entry.version
         if entry.expires is not None:
             event["expires"] = entry.expires
+        if entry.session is not None:
+            event["session"] = entry.session  # goes when that session ends
     return event
 
 

@@ -267,4 +267,5 @@ def _event(fields: dict[str, Any]) -> WatchEvent:
         fields.get("create_rev"),
         fields.get("mod_rev"),
         fields.get("expires"),
+        fields.get("session"),
     )
