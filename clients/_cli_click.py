@@ -532,14 +532,14 @@ def txn_command(
     _finish(commands.txn(_globals(ctx, as_json), file.read(), fence))
 
 
-_token_option = click.option(
-    "--token",
-    type=str,
-    required=True,
-    callback=_integer(minimum=0),
-    metavar="T",
-    help="The fencing token the claim was handed out with (claim --json shows it).",
-)
+def _token(help: str) -> Callable[[Any], Any]:
+    """The required ``--token T`` option, with its help."""
+    return click.option(
+        "--token", type=str, required=True, callback=_integer(minimum=0), metavar="T", help=help
+    )
+
+
+_token_option = _token("The fencing token the claim was handed out with (claim --json shows it).")
 
 
 @cli.command("claim", cls=_Command)
@@ -1295,14 +1295,7 @@ def barrier_command(
     )
 
 
-_token_required = click.option(
-    "--token",
-    type=str,
-    required=True,
-    callback=_integer(minimum=0),
-    metavar="T",
-    help="The holder's token (the term, for an election), as acquiring printed it.",
-)
+_token_required = _token("The holder's token (the term, for an election), as acquiring printed it.")
 
 
 @cli.command("unlock", cls=_Command)
