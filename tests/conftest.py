@@ -85,6 +85,7 @@ SLOW_MODULES = frozenset(
         "test_examples_python",
         "test_examples_shell",
         "test_readme",
+        "test_recipes_process",
         "test_seed",
     }
 )
