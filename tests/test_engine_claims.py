@@ -41,7 +41,14 @@ def test_claims_hand_out_direct_children_oldest_first() -> None:
     assert order == ["q.b", "q.a", "q.c"]  # by creation, not by name; q.a.sub is not a child
     assert e.claim("q", holder="w2", now=T0, lease=30).result is None
     assert e.get("q.b") is not None  # a claimed item stays readable
-    assert e.queue_counts("q") == {"ready": 0, "claimed": 3, "delayed": 0, "dead": 0}
+    assert e.queue_counts("q") == {
+        "ready": 0,
+        "claimed": 3,
+        "delayed": 0,
+        "waiting": 0,
+        "redeliveries": 0,
+        "dead": 0,
+    }
 
 
 def test_a_claim_is_a_logged_change_with_a_growing_token() -> None:
@@ -122,7 +129,14 @@ def test_an_item_delivered_max_times_goes_to_the_dead_letters() -> None:
     dead = e.get("dead.q.poison")
     assert dead is not None
     assert dead.value == "v0"
-    assert e.queue_counts("q") == {"ready": 0, "claimed": 1, "delayed": 0, "dead": 1}
+    assert e.queue_counts("q") == {
+        "ready": 0,
+        "claimed": 1,
+        "delayed": 0,
+        "waiting": 0,
+        "redeliveries": 0,
+        "dead": 1,
+    }
 
 
 def test_claims_bound_to_a_connection_return_when_it_goes() -> None:

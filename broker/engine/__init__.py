@@ -8,6 +8,7 @@ from ._claims import Claim
 from ._conditions import Compare, OpKind, Target, TxnOp, TxnResult
 from ._engine import (
     DEAD_PREFIX,
+    DEFAULT_LEASE,
     MISSING,
     Applied,
     ChangeKind,
@@ -18,11 +19,13 @@ from ._engine import (
 from ._entry import Entry
 from ._history import Batch, Change, HistoryLimits, change_cost
 from ._keys import parent_of, validate_key, validate_prefix
+from ._queues import ItemOptions, QueueConfig
 from ._records import Record, RecordKind, ReplayError
 from ._sessions import SessionInfo
 
 __all__ = [
     "DEAD_PREFIX",
+    "DEFAULT_LEASE",
     "MISSING",
     "Applied",
     "Batch",
@@ -35,6 +38,8 @@ __all__ = [
     "EngineLimits",
     "Entry",
     "HistoryLimits",
+    "ItemOptions",
+    "QueueConfig",
     "OpKind",
     "Record",
     "RecordKind",

@@ -3,15 +3,16 @@ delayed releases, and the ready queue of each prefix that has been claimed from.
 
 Pure bookkeeping: the engine decides, logs and calls these methods; nothing here makes records.
 A queue is the set of direct children of a prefix (``jobs`` holds ``jobs.j1``, not ``jobs.j1.x``),
-served oldest first by create revision. Only items that are neither claimed nor delayed are in a
-queue's ready index, so taking the next one is a pop, however many are in flight.
+served most urgent first (lowest priority number), then oldest first by create revision. Only items
+that are neither claimed, nor delayed, nor waiting for other keys to go are in a queue's ready
+index, so taking the next one is a pop, however many are in flight.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sortedcontainers import SortedList
 
@@ -34,15 +35,23 @@ def parent_of(key: str) -> str:
     return key.rpartition(SEPARATOR)[0]
 
 
+DEFAULT_PRIORITY = 100  # an item's priority unless it says otherwise (0 is the most urgent)
+
+
 class ClaimBook:
-    """Claims, delivery counts, delays and ready queues; driven by the engine only."""
+    """Claims, delivery counts, delays, priorities, dependencies and ready queues; driven by
+    the engine only."""
 
     def __init__(self) -> None:
         self.fence = 0  # the last token handed out: every claim gets a higher one
         self.claims: dict[str, Claim] = {}
         self.deliveries: dict[str, int] = {}
-        self.delayed: dict[str, float] = {}  # released with a delay: not claimable before then
-        self._queues: dict[str, SortedList] = {}  # prefix -> ready (create_rev, key)
+        # Not claimable before then: set with a delay, released with one, or backing off.
+        self.delayed: dict[str, float] = {}
+        self.priority: dict[str, int] = {}  # items whose priority is not DEFAULT_PRIORITY
+        self.after: dict[str, set[str]] = {}  # item -> the keys it still waits for
+        self.blocking: dict[str, set[str]] = {}  # key -> the items waiting for it to go
+        self._queues: dict[str, SortedList] = {}  # prefix -> ready (priority, create_rev, key)
         # Lease ends and delay ends, (time, key), pruned lazily like the TTL heap.
         self._timers: list[tuple[float, str]] = []
 
@@ -53,35 +62,114 @@ class ClaimBook:
         ready = self._queues.get(prefix)
         if ready is None:
             ready = SortedList(
-                (entry.create_rev, key) for key, entry in children if self._claimable(key)
+                self._place(key, entry) for key, entry in children if self._claimable(key)
             )
             self._queues[prefix] = ready
         return ready
 
     def _claimable(self, key: str) -> bool:
-        return key not in self.claims and key not in self.delayed
+        return key not in self.claims and key not in self.delayed and key not in self.after
+
+    def _place(self, key: str, entry: Entry) -> tuple[int, int, str]:
+        """Where ``key`` stands in its ready index: by priority, then age."""
+        return self.priority.get(key, DEFAULT_PRIORITY), entry.create_rev, key
 
     def _make_ready(self, key: str, entry: Entry) -> None:
         ready = self._queues.get(parent_of(key))
         if ready is not None and self._claimable(key):
-            ready.add((entry.create_rev, key))
+            ready.add(self._place(key, entry))
 
     def _unready(self, key: str, entry: Entry) -> None:
         ready = self._queues.get(parent_of(key))
         if ready is not None:
-            ready.discard((entry.create_rev, key))
+            ready.discard(self._place(key, entry))
+
+    # -- queue options ---------------------------------------------------------------------------
+
+    def configure(
+        self,
+        key: str,
+        entry: Entry,
+        priority: int,
+        not_before: float | None,
+        waits_for: Iterable[str],
+    ) -> None:
+        """``key`` was written as a queue item with these options (``waits_for``: the keys that
+        exist now among those it is to wait for); a write without options clears its priority
+        and dependencies (not a delay: a release's, or a backoff's)."""
+        self._unready(key, entry)
+        if priority == DEFAULT_PRIORITY:
+            self.priority.pop(key, None)
+        else:
+            self.priority[key] = priority
+        self._forget_dependencies(key)
+        deps = set(waits_for)
+        if deps:
+            self.after[key] = deps
+            for dep in deps:
+                self.blocking.setdefault(dep, set()).add(key)
+        if not_before is not None:
+            self.delayed[key] = not_before
+            heapq.heappush(self._timers, (not_before, key))
+        self._make_ready(key, entry)
+
+    def has_options(self, key: str) -> bool:
+        """Whether ``key`` has a priority or dependencies to clear on a plain write."""
+        return key in self.priority or key in self.after
+
+    def reprioritize(self, key: str, priority: int) -> None:
+        """A released item's new priority (it is not in a ready index while claimed)."""
+        if priority == DEFAULT_PRIORITY:
+            self.priority.pop(key, None)
+        else:
+            self.priority[key] = priority
+
+    def _forget_dependencies(self, key: str) -> None:
+        for dep in self.after.pop(key, ()):
+            waiting = self.blocking.get(dep)
+            if waiting is not None:
+                waiting.discard(key)
+                if not waiting:
+                    del self.blocking[dep]
+
+    def _unblock(self, key: str) -> list[str]:
+        """``key`` is gone: the items that waited for it and wait for nothing else now."""
+        freed = []
+        for item in self.blocking.pop(key, ()):
+            deps = self.after.get(item)
+            if deps is not None:
+                deps.discard(key)
+                if not deps:
+                    del self.after[item]
+                    freed.append(item)
+        return freed
+
+    def moved(self, key: str, to: str) -> None:
+        """``key`` was moved to ``to`` (a dead letter): whoever waited for it waits for ``to``."""
+        items = self.blocking.pop(key, set())
+        for item in items:
+            deps = self.after[item]
+            deps.discard(key)
+            deps.add(to)
+        if items:
+            self.blocking.setdefault(to, set()).update(items)
 
     def stored(self, key: str, entry: Entry, new: bool) -> None:
         """The engine wrote ``key`` (``new``: it did not exist before)."""
         if new:
             self._make_ready(key, entry)
 
-    def removed(self, key: str, entry: Entry) -> None:
-        """``key`` is gone (deleted, acked, expired): so are its claim, count and delay."""
+    def removed(self, key: str, entry: Entry) -> list[str]:
+        """``key`` is gone (deleted, acked, expired): so are its claim, count, delay, priority
+        and dependencies. Returns the items that waited only for it (the caller makes them
+        ready: they may be claimable now)."""
         self._unready(key, entry)
         self.claims.pop(key, None)
         self.deliveries.pop(key, None)
         self.delayed.pop(key, None)
+        self.priority.pop(key, None)
+        self._forget_dependencies(key)
+        return self._unblock(key) if key in self.blocking else []
 
     # -- claims --------------------------------------------------------------------------------
 
@@ -151,22 +239,55 @@ class ClaimBook:
         return sorted(self._queues)
 
     def counts(self, prefix: str, children: Iterable[tuple[str, Entry]]) -> dict[str, int]:
-        """How many direct children of ``prefix`` are ready, claimed and delayed."""
-        ready = claimed = delayed = 0
+        """How many direct children of ``prefix`` are ready, claimed, delayed and waiting for
+        other keys to go, and how many deliveries beyond the first its items have had."""
+        ready = claimed = delayed = waiting = redeliveries = 0
         for key, _ in children:
+            redeliveries += max(self.deliveries.get(key, 0) - 1, 0)
             if key in self.claims:
                 claimed += 1
             elif key in self.delayed:
                 delayed += 1
+            elif key in self.after:
+                waiting += 1
             else:
                 ready += 1
-        return {"ready": ready, "claimed": claimed, "delayed": delayed}
+        return {
+            "ready": ready,
+            "claimed": claimed,
+            "delayed": delayed,
+            "waiting": waiting,
+            "redeliveries": redeliveries,
+        }
+
+    def oldest_ready(self, prefix: str) -> str | None:
+        """The ready item of ``prefix`` written longest ago by create revision (None: none
+        ready, or the queue has not been indexed yet)."""
+        ready = self._queues.get(prefix)
+        if not ready:
+            return None
+        oldest: tuple[int, int, str] = min(ready, key=lambda place: place[1])
+        return oldest[2]
 
     def rebuild(self, entries: dict[str, Entry]) -> None:
         """After loading: drop state of keys that are gone, rebuild the timers, forget queues."""
-        for table in (self.claims, self.deliveries, self.delayed):
+        tables: tuple[dict[str, Any], ...] = (
+            self.claims,
+            self.deliveries,
+            self.delayed,
+            self.priority,
+            self.after,
+        )
+        for table in tables:
             for key in [k for k in table if k not in entries]:
                 del table[key]
+        self.blocking.clear()
+        for item, deps in list(self.after.items()):
+            deps.intersection_update(entries)  # a key gone while loading waits for nothing
+            if not deps:
+                del self.after[item]
+            for dep in deps:
+                self.blocking.setdefault(dep, set()).add(item)
         self._timers = [(c.lease, k) for k, c in self.claims.items()]
         self._timers += [(t, k) for k, t in self.delayed.items()]
         heapq.heapify(self._timers)

@@ -20,11 +20,12 @@ from sortedcontainers import SortedList
 from prontodb.protocol import INT64_MAX, INT64_MIN, ErrorCode, ProntoError
 
 from . import _records as rec
-from ._claims import Claim, ClaimBook, parent_of
+from ._claims import DEFAULT_PRIORITY, Claim, ClaimBook, parent_of
 from ._conditions import Compare, OpKind, Target, TxnOp, TxnResult
 from ._entry import Entry
 from ._history import Change, History, HistoryLimits
 from ._keys import SEPARATOR, descendant_range, validate_key, validate_prefix
+from ._queues import ItemOptions, QueueConfig, backoff_delay, priority_of
 from ._records import Record, ReplayError
 from ._sessions import Session, SessionBook, SessionInfo
 from ._values import is_integer, pack_value
@@ -77,6 +78,7 @@ class ChangeKind(enum.StrEnum):
 
 
 DEAD_PREFIX = "dead"
+DEFAULT_LEASE = 60.0  # seconds a claim holds its item when neither claimer nor queue says
 """Where an item that reached its claim's ``max_deliveries`` goes: ``jobs.j1`` -> ``dead.jobs.j1``."""
 
 
@@ -125,6 +127,7 @@ class Engine:
         self._deadlines: list[tuple[float, str]] = []
         self._expiring = 0  # live keys with a deadline
         self._caches: dict[str, float] = {}
+        self._queue_configs: dict[str, QueueConfig] = {}
         self._book = ClaimBook()
         self._sessions = SessionBook()
         self.history = History(self.limits.history)
@@ -188,9 +191,14 @@ class Engine:
         if_value: Any = MISSING,
         ttl: float | None = None,
         session: int | None = None,
+        item: ItemOptions | None = None,
     ) -> Applied[Entry]:
         """Write ``value`` at ``key``, optionally only if it is absent, at a modify revision, or
         holds ``if_value`` (compare-and-set). A failed condition raises compare_failed.
+
+        With ``item`` the key is a queue item with those options: its priority, the time it may
+        be claimed from, and the keys it waits for (those that exist now); they stay with the key
+        until a write with other options, whatever is written in between.
 
         The key expires ``ttl`` seconds from ``now``; without ``ttl``, after its cache's TTL if it
         is under a cache prefix, else never. A set always restarts the clock.
@@ -206,7 +214,55 @@ class Engine:
             expires = None
         prev = self._entries.get(key)
         self._require(key, prev, self._conditions(key, if_absent, if_rev, if_value))
-        return self._put(key, prev, value, packed, writer, now, expires, session)
+        if item is None:
+            return self._put(key, prev, value, packed, writer, now, expires, session)
+        if session is not None:
+            raise ProntoError(
+                ErrorCode.BAD_REQUEST,
+                "A queue item is not attached to a session: give the queue options or 'session'.",
+            )
+        return self._put_item(key, prev, value, packed, writer, now, expires, item)
+
+    def _put_item(
+        self,
+        key: str,
+        prev: Entry | None,
+        value: Any,
+        packed: bytes,
+        writer: str,
+        now: float,
+        expires: float | None,
+        item: ItemOptions,
+    ) -> Applied[Entry]:
+        rev = self.revision + 1
+        entry = _next_entry(prev, _owned(value, packed), len(packed), rev, writer, now, expires)
+        after = list(item.after)
+        record = rec.PutItem(
+            rev,
+            writer,
+            now,
+            key,
+            entry.create_rev,
+            entry.version,
+            expires,
+            item.priority,
+            item.not_before,
+            after,
+            value,
+        )
+        encoded = self._fits(record.encode(packed))
+        self.revision = rev
+        self._store(key, entry)
+        self._configure(key, entry, item.priority, item.not_before, after)
+        changes = [Change(rev, ChangeKind.PUT, key, entry, writer)]
+        self.history.add(changes, now)
+        return Applied(entry, [encoded], changes)
+
+    def _configure(
+        self, key: str, entry: Entry, priority: int, not_before: float | None, after: list[str]
+    ) -> None:
+        waits_for = [k for k in after if k in self._entries and k != key]
+        self._book.configure(key, entry, priority, not_before, waits_for)
 
     def delete(
         self,
@@ -506,15 +562,21 @@ class Engine:
         *,
         holder: str,
         now: float,
-        lease: float,
+        lease: float | None = None,
         bound: int | None = None,
         max_deliveries: int | None = None,
     ) -> Applied[Claimed | None]:
-        """Hand out the oldest claimable direct child of ``prefix`` (by create revision) for
-        ``lease`` seconds, or None if there is none. An item already handed out
-        ``max_deliveries`` times goes to ``dead.<key>`` instead, as beanstalkd buries a job.
-        ``bound`` ties the claim to a connection (see :meth:`return_bound`)."""
+        """Hand out the most urgent claimable direct child of ``prefix`` (lowest priority, then
+        oldest by create revision) for ``lease`` seconds (None: the queue's configured lease, else
+        DEFAULT_LEASE), or None if there is none. An item already handed out ``max_deliveries``
+        times (None: the queue's setting) goes to ``dead.<key>`` instead, as beanstalkd buries a
+        job. ``bound`` ties the claim to a connection (see :meth:`return_bound`)."""
         prefix = self._prefix(prefix)
+        config = self._queue_configs.get(prefix)
+        if lease is None:
+            lease = DEFAULT_LEASE if config is None or config.lease is None else config.lease
+        if max_deliveries is None and config is not None:
+            max_deliveries = config.max_deliveries
         lease = _seconds(lease, "lease")
         if max_deliveries is not None and (not is_integer(max_deliveries) or max_deliveries < 1):
             raise ProntoError(ErrorCode.BAD_REQUEST, "'max_deliveries' must be 1 or more.")
@@ -522,7 +584,7 @@ class Engine:
         records: list[Record] = []
         changes: list[Change] = []
         while ready:
-            key = ready[0][1]
+            key = ready[0][2]
             entry = self._entries[key]
             delivered = self._book.deliveries.get(key, 0)
             if max_deliveries is not None and delivered >= max_deliveries:
@@ -546,6 +608,17 @@ class Engine:
         self.history.add(changes, now)
         return Applied(None, records, changes)
 
+    def _dead_letters(self, writes: list[tuple[str, bool]]) -> None:
+        """A transaction that deletes K and writes ``dead.K`` (a bury is one) moves K: whatever
+        waited for K waits for its dead letter. (A rule of the transaction's shape, so that
+        replay, which sees only the shape, does the same.)"""
+        deleted = {key for key, gone in writes if gone}
+        for key, gone in writes:
+            if not gone and key.startswith(DEAD_PREFIX + SEPARATOR):
+                source = key[len(DEAD_PREFIX) + 1 :]
+                if source in deleted:
+                    self._book.moved(source, key)
+
     def _bury(self, key: str, entry: Entry, now: float) -> Applied[None]:
         # Not validated: the item's key is, and the prefix may take it 5 characters over the
         # length limit, which must not make the move (and the claim) fail half-way.
@@ -559,6 +632,7 @@ class Engine:
             rec.encode_txn(rev, "prontodb", now, [(key, None, None), (dead, packed, moved)])
         )
         self.revision = rev
+        self._dead_letters([(key, True), (dead, False)])
         self._remove(key)
         self._store(dead, moved)
         changes = [
@@ -579,14 +653,29 @@ class Engine:
         return Applied(None, [record], changes)
 
     def release(
-        self, key: str, token: int, *, writer: str, now: float, delay: float | None = None
+        self,
+        key: str,
+        token: int,
+        *,
+        writer: str,
+        now: float,
+        delay: float | None = None,
+        priority: int | None = None,
     ) -> Applied[None]:
-        """Give the claimed ``key`` back to its queue, at once or after ``delay`` seconds."""
+        """Give the claimed ``key`` back to its queue after ``delay`` seconds (None: after its
+        queue's backoff, if it has one, else at once), with a new ``priority`` if given."""
         key, entry = self._held(key, token)
-        not_before = None if not delay else now + _seconds(delay, "delay")
+        if priority is not None:
+            priority = priority_of(priority)
+        if delay is None:
+            not_before = self._backoff(key, now)
+        else:
+            not_before = None if not delay else now + _seconds(delay, "delay")
         rev = self.revision + 1
-        record = rec.Release(rev, writer, now, key, not_before).encode()
+        record = rec.Release(rev, writer, now, key, not_before, priority).encode()
         self.revision = rev
+        if priority is not None:
+            self._book.reprioritize(key, priority)
         self._book.give_back(key, entry, not_before)
         changes = [Change(rev, ChangeKind.RELEASE, key, entry, writer)]
         self.history.add(changes, now)
@@ -623,15 +712,49 @@ class Engine:
 
     def _return(self, keys: list[str], now: float) -> tuple[list[Record], list[Change]]:
         rev = self.revision + 1
-        record = self._fits(rec.Returned(rev, now, keys).encode())
+        later = [self._backoff(key, now) for key in keys]
+        logged = later if any(t is not None for t in later) else None
+        record = self._fits(rec.Returned(rev, now, keys, logged).encode())
         self.revision = rev
         changes = []
-        for key in keys:
+        for key, not_before in zip(keys, later, strict=True):
             entry = self._entries[key]
-            self._book.give_back(key, entry, None)
+            self._book.give_back(key, entry, not_before)
             changes.append(Change(rev, ChangeKind.RELEASE, key, entry))
         self.history.add(changes, now)
         return [record], changes
+
+    def _backoff(self, key: str, now: float) -> float | None:
+        """When ``key``, back from a claim, may be claimed again under its queue's backoff."""
+        config = self._queue_configs.get(parent_of(key))
+        delay = backoff_delay(config, key, self._book.deliveries.get(key, 0))
+        return None if delay is None else now + delay
+
+    # -- queues --------------------------------------------------------------------------------
+
+    def queue_config(self, prefix: str, config: QueueConfig | None) -> Applied[QueueConfig | None]:
+        """Set (None: clear) the settings of the queue ``prefix``; logged without a revision,
+        like a cache."""
+        prefix = self._prefix(prefix)
+        if config is None or config == QueueConfig():
+            self._queue_configs.pop(prefix, None)
+            return Applied(None, [rec.QueueConfig(prefix, None).encode()], [])
+        self._queue_configs[prefix] = config
+        return Applied(config, [rec.QueueConfig(prefix, config.as_map()).encode()], [])
+
+    def queue_configs(self) -> dict[str, QueueConfig]:
+        """Every configured queue prefix with its settings, sorted by prefix."""
+        return dict(sorted(self._queue_configs.items()))
+
+    def item_of(self, key: str) -> dict[str, Any]:
+        """``key``'s queue options as ``get --meta`` shows them: its priority, the time it may
+        be claimed from (None: now) and the keys it still waits for."""
+        book = self._book
+        return {
+            "priority": book.priority.get(key, DEFAULT_PRIORITY),
+            "ready_at": book.delayed.get(key),
+            "after": sorted(book.after.get(key, ())),
+        }
 
     def claim_of(self, key: str) -> tuple[Claim | None, int]:
         """``key``'s current claim (None: not held) and how many times it was handed out."""
@@ -647,16 +770,33 @@ class Engine:
             if k in self._book.claims
         ]
 
-    def queues(self) -> dict[str, dict[str, int]]:
-        """Every prefix claimed from since the open, with its :meth:`queue_counts`."""
-        return {prefix: self.queue_counts(prefix) for prefix in self._book.queue_prefixes()}
+    def queues(
+        self, prefix: str | None = None, now: float | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Every queue (a prefix claimed from since the open, configured, or holding an item
+        written with queue options) at or below ``prefix`` (None: all), with its
+        :meth:`queue_counts`."""
+        book = self._book
+        known = set(book.queue_prefixes()) | set(self._queue_configs)
+        known |= {parent_of(k) for k in itertools.chain(book.priority, book.after, book.delayed)}
+        if prefix:
+            known = {q for q in known if q == prefix or q.startswith(prefix + SEPARATOR)}
+        return {q: self.queue_counts(q, now) for q in sorted(known)}
 
-    def queue_counts(self, prefix: str) -> dict[str, int]:
-        """Direct children of ``prefix`` that are ready, claimed, delayed; and buried ones."""
+    def queue_counts(self, prefix: str, now: float | None = None) -> dict[str, Any]:
+        """Direct children of ``prefix`` that are ready, claimed, delayed, waiting for other
+        keys; buried ones; their redeliveries; and (given ``now``) the age in seconds of the
+        oldest ready one by its last write (None: none ready)."""
         prefix = self._prefix(prefix)
-        counts = self._book.counts(prefix, self.children(prefix))
+        counts: dict[str, Any] = self._book.counts(prefix, self.children(prefix))
         dead = f"{DEAD_PREFIX}{SEPARATOR}{prefix}" if prefix else DEAD_PREFIX
         counts["dead"] = sum(1 for k in self._iter_prefix(dead, None) if parent_of(k) == dead)
+        if now is not None:
+            self._book.queue(prefix, self.children(prefix))  # indexed, if it was not yet
+            oldest = self._book.oldest_ready(prefix)
+            counts["oldest_ready_age"] = (
+                None if oldest is None else max(now - self._entries[oldest].time, 0.0)
+            )
         return counts
 
     def children(self, prefix: str) -> Iterator[tuple[str, Entry]]:
@@ -733,6 +873,7 @@ class Engine:
         record = self._fits(rec.encode_txn(rev, writer, now, logged))
         # Nothing below can fail: the transaction is applied whole.
         self.revision = rev
+        self._dead_letters([(k, s is None) for k, s in writes])
         changes: list[Change] = []
         for key, staged_write in writes:
             if staged_write is None:
@@ -836,6 +977,7 @@ class Engine:
     def _replay_txn(self, record: rec.Txn) -> None:
         rev = self._follows(record.rev)
         writer, time = record.writer, record.time
+        self._dead_letters([(w.key, isinstance(w, rec.TxnDelete)) for w in record.writes])
         changes = []
         for write in record.writes:
             key = write.key
@@ -882,9 +1024,32 @@ class Engine:
             rev, [Change(rev, ChangeKind.CLAIM, key, self._entries[key], holder)], record.time
         )
 
+    def _replay_put_item(self, record: rec.PutItem) -> None:
+        rev = self._follows(record.rev)
+        key, writer = record.key, record.writer
+        entry = self._replay_entry(key, record, rev, writer, record.time)
+        self._configure(key, entry, record.priority, record.not_before, list(record.after))
+        self._replayed(rev, [Change(rev, ChangeKind.PUT, key, entry, writer)], record.time)
+
+    def _replay_queue_config(self, record: rec.QueueConfig) -> None:
+        if record.config is None:
+            self._queue_configs.pop(record.prefix, None)
+        else:
+            self._queue_configs[record.prefix] = QueueConfig.from_map(record.config)
+
+    def _replay_snapshot_queues(self, record: rec.SnapshotQueues) -> None:
+        for prefix, config in record.queues.items():
+            self._queue_configs[prefix] = QueueConfig.from_map(config)
+
+    def _replay_snapshot_items(self, record: rec.SnapshotItems) -> None:
+        for key, priority, after in record.items:
+            self._configure(key, self._entries[key], priority, None, after)
+
     def _replay_release(self, record: rec.Release) -> None:
         rev = self._follows(record.rev)
         key = record.key
+        if record.priority is not None:
+            self._book.reprioritize(key, record.priority)
         self._book.give_back(key, self._entries[key], record.not_before)
         change = Change(rev, ChangeKind.RELEASE, key, self._entries[key], record.writer)
         self._replayed(rev, [change], record.time)
@@ -892,8 +1057,9 @@ class Engine:
     def _replay_returned(self, record: rec.Returned) -> None:
         rev = self._follows(record.rev)
         changes = []
-        for key in record.keys:
-            self._book.give_back(key, self._entries[key], None)
+        later = record.not_before or [None] * len(record.keys)
+        for key, not_before in zip(record.keys, later, strict=True):
+            self._book.give_back(key, self._entries[key], not_before)
             changes.append(Change(rev, ChangeKind.RELEASE, key, self._entries[key]))
         self._replayed(rev, changes, record.time)
 
@@ -962,6 +1128,7 @@ class Engine:
         write: rec.Put
         | rec.PutTtl
         | rec.PutSession
+        | rec.PutItem
         | rec.TxnPut
         | rec.TxnPutTtl
         | rec.TxnPutSession,
@@ -1001,6 +1168,11 @@ class Engine:
                 self._sessions.next_id,
                 [(info.id, info.owner, info.ttl) for info in self._sessions.info()],
             )
+        items = [
+            (key, book.priority.get(key, DEFAULT_PRIORITY), sorted(book.after.get(key, ())))
+            for key in sorted(set(book.priority) | set(book.after))
+        ]
+        queues = {prefix: c.as_map() for prefix, c in self._queue_configs.items()}
         return rec.encode_snapshot(
             self.revision,
             pairs,
@@ -1009,6 +1181,8 @@ class Engine:
             claims,
             (history.first, history.batches()),
             sessions,
+            items,
+            queues,
         )
 
     def rebase(self, revision: int, next_session: int = 1) -> None:
@@ -1096,7 +1270,8 @@ class Engine:
         self.live_bytes += _footprint(key, entry)
         recreated = prev is not None and prev.create_rev != entry.create_rev
         if prev is not None and recreated:  # deleted and set again in one txn: a new item
-            self._book.removed(key, prev)
+            for item in self._book.removed(key, prev):
+                self._book.ready_again(item, self._entries[item])
         if not self._loading:
             self._book.stored(key, entry, prev is None or recreated)
         if entry.expires is not None:
@@ -1114,7 +1289,8 @@ class Engine:
             self.live_bytes -= _footprint(key, prev)
             self._expiring -= prev.expires is not None
             self._sessions.detach(key, prev.session)
-            self._book.removed(key, prev)
+            for item in self._book.removed(key, prev):  # they waited for it alone
+                self._book.ready_again(item, self._entries[item])
 
     def _rebuild_deadlines(self) -> None:
         self._deadlines = [
@@ -1147,6 +1323,10 @@ _REPLAY: dict[type[Any], Callable[[Engine, Any], None]] = {
     rec.SnapshotHistory: Engine._replay_snapshot_history,
     rec.SnapshotSessions: Engine._replay_snapshot_sessions,
     rec.SnapshotAttached: Engine._replay_snapshot_attached,
+    rec.PutItem: Engine._replay_put_item,
+    rec.QueueConfig: Engine._replay_queue_config,
+    rec.SnapshotItems: Engine._replay_snapshot_items,
+    rec.SnapshotQueues: Engine._replay_snapshot_queues,
 }
 
 

@@ -50,6 +50,10 @@ class RecordKind(enum.IntEnum):
     SNAPSHOT_HISTORY = 21  # SnapshotHistory
     SNAPSHOT_SESSIONS = 22  # SnapshotSessions
     SNAPSHOT_ATTACHED = 23  # SnapshotAttached
+    SNAPSHOT_ITEMS = 24  # SnapshotItems
+    SNAPSHOT_QUEUES = 25  # SnapshotQueues
+    PUT_ITEM = 32  # PutItem
+    QUEUE_CONFIG = 33  # QueueConfig (no revision)
 
 
 class ReplayError(Exception):
@@ -174,6 +178,33 @@ class PutSession(NamedTuple):
     def encode(self, packed_value: bytes | None = None) -> Record:
         """(kind, payload); ``packed_value`` is the value's encoding, if already made."""
         return RecordKind.PUT_SESSION, _ending_with_value(self, packed_value)
+
+
+class PutItem(NamedTuple):
+    """PUT_ITEM: a PUT of a queue item with its queue options: its ``priority`` (0 most
+    urgent), the time it is claimable from (``not_before``, epoch seconds) and the keys it
+    waits for (``after``, as given: those that exist at this revision hold it back)."""
+
+    rev: int
+    writer: str
+    time: float
+    key: str
+    create_rev: int
+    version: int
+    expires: float | None
+    priority: int
+    not_before: float | None
+    after: list[str]
+    value: Any
+
+    @property
+    def session(self) -> None:
+        """A queue item is attached to no session."""
+        return None
+
+    def encode(self, packed_value: bytes | None = None) -> Record:
+        """(kind, payload); ``packed_value`` is the value's encoding, if already made."""
+        return RecordKind.PUT_ITEM, _ending_with_value(self, packed_value)
 
 
 def encode_put(
@@ -393,29 +424,33 @@ class Ack(NamedTuple):
 
 
 class Release(NamedTuple):
-    """RELEASE: a claim given back, claimable at once or (``not_before``) later."""
+    """RELEASE: a claim given back, claimable at once or (``not_before``) later, with a new
+    ``priority`` if it is not None (older records have none)."""
 
     rev: int
     writer: str
     time: float
     key: str
     not_before: float | None
+    priority: int | None = None
 
     def encode(self) -> Record:
-        """(kind, payload)."""
-        return RecordKind.RELEASE, _pack(self)
+        """(kind, payload); without a priority, the five fields it always had."""
+        return RecordKind.RELEASE, _pack(self if self.priority is not None else self[:5])
 
 
 class Returned(NamedTuple):
-    """RETURNED: claims that ended by themselves (a lease ran out, a bound connection went)."""
+    """RETURNED: claims that ended by themselves (a lease ran out, a bound connection went);
+    ``not_before``, if given, has each key's backoff (None: claimable at once), in order."""
 
     rev: int
     time: float
     keys: list[str]
+    not_before: list[float | None] | None = None
 
     def encode(self) -> Record:
-        """(kind, payload)."""
-        return RecordKind.RETURNED, _pack(self)
+        """(kind, payload); without backoffs, the three fields it always had."""
+        return RecordKind.RETURNED, _pack(self if self.not_before is not None else self[:3])
 
 
 class SessionEnd(NamedTuple):
@@ -460,6 +495,17 @@ class Cache(NamedTuple):
     def encode(self) -> Record:
         """(kind, payload)."""
         return RecordKind.CACHE, _pack(self)
+
+
+class QueueConfig(NamedTuple):
+    """QUEUE_CONFIG: the settings of the queue ``prefix`` (a map; None: back to the defaults)."""
+
+    prefix: str
+    config: dict[str, Any] | None
+
+    def encode(self) -> Record:
+        """(kind, payload)."""
+        return RecordKind.QUEUE_CONFIG, _pack(self)
 
 
 class Extend(NamedTuple):
@@ -644,6 +690,37 @@ class SnapshotAttached(NamedTuple):
         return cls([(key, session) for key, session in fields])
 
 
+class SnapshotItems(NamedTuple):
+    """SNAPSHOT_ITEMS: the queue items with a priority other than the default or keys they
+    still wait for: ``[key, priority, after]`` each (their delays are in SNAPSHOT_CLAIMS)."""
+
+    items: list[tuple[str, int, list[str]]]
+
+    def encode(self) -> Record:
+        """(kind, payload)."""
+        return RecordKind.SNAPSHOT_ITEMS, _pack(self.items)
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> SnapshotItems:
+        """The record a decoded payload describes."""
+        return cls([(key, priority, list(after)) for key, priority, after in fields])
+
+
+class SnapshotQueues(NamedTuple):
+    """SNAPSHOT_QUEUES: every configured queue prefix with its settings, a map."""
+
+    queues: dict[str, dict[str, Any]]
+
+    def encode(self) -> Record:
+        """(kind, payload)."""
+        return RecordKind.SNAPSHOT_QUEUES, _pack(self.queues)
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, dict[str, Any]]) -> SnapshotQueues:
+        """The record a decoded payload describes."""
+        return cls(dict(fields))
+
+
 def encode_snapshot(
     revision: int,
     entries: Iterable[tuple[str, Entry]],
@@ -652,6 +729,8 @@ def encode_snapshot(
     claims: SnapshotClaims | None = None,
     history: tuple[int, list[Batch]] | None = None,
     sessions: SnapshotSessions | None = None,
+    items: list[tuple[str, int, list[str]]] | None = None,
+    queues: dict[str, dict[str, Any]] | None = None,
 ) -> Iterator[Record]:
     """The records of a snapshot: a META record, the entries in chunks, then the deadlines of
     the keys that have one and the caches (sections of their own, so that the entries, which
@@ -668,6 +747,10 @@ def encode_snapshot(
         yield SnapshotCaches(caches).encode()
     if claims is not None:
         yield claims.encode()
+    for start in range(0, len(items or ()), SNAPSHOT_CHUNK_ENTRIES):
+        yield SnapshotItems((items or [])[start : start + SNAPSHOT_CHUNK_ENTRIES]).encode()
+    if queues:
+        yield SnapshotQueues(queues).encode()
     if sessions is not None:
         for start in range(0, max(len(sessions.sessions), 1), SNAPSHOT_CHUNK_ENTRIES):
             some = sessions.sessions[start : start + SNAPSHOT_CHUNK_ENTRIES]
@@ -713,6 +796,10 @@ def _chunked(items: Iterable[bytes]) -> Iterator[list[bytes]]:
 
 LogRecord = (
     Put
+    | PutItem
+    | QueueConfig
+    | SnapshotItems
+    | SnapshotQueues
     | PutTtl
     | Delete
     | Txn
@@ -743,10 +830,10 @@ _Lenient = TypeVar("_Lenient", Delete, Expire, Ack, Release, Returned)
 
 def _leading(cls: type[_Lenient]) -> Callable[[list[Any]], _Lenient]:
     """The decoder of a record read from the first elements of its array, any after them
-    ignored (as replay has always read these kinds)."""
+    ignored (as replay has always read these kinds); fields added later have defaults, so older
+    records, which lack them, read too."""
     length = len(cls._fields)
-    make = cls._make
-    return lambda fields: make(fields[:length])
+    return lambda fields: cls(*fields[:length])
 
 
 # How each kind's decoded payload becomes its typed record: most are the array as it is.
@@ -773,6 +860,10 @@ _DECODERS: dict[int, Callable[[Any], LogRecord]] = {
     RecordKind.SNAPSHOT_HISTORY: SnapshotHistory.from_fields,
     RecordKind.SNAPSHOT_SESSIONS: SnapshotSessions.from_fields,
     RecordKind.SNAPSHOT_ATTACHED: SnapshotAttached.from_fields,
+    RecordKind.SNAPSHOT_ITEMS: SnapshotItems.from_fields,
+    RecordKind.SNAPSHOT_QUEUES: SnapshotQueues.from_fields,
+    RecordKind.PUT_ITEM: PutItem._make,
+    RecordKind.QUEUE_CONFIG: QueueConfig._make,
 }
 
 
