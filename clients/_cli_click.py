@@ -146,6 +146,29 @@ _json_option = click.option(
 )
 
 
+def _parsed(
+    parse: Callable[[str], Any], what: str
+) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """Callback of an option read by one of the shared parsers (the fast path's too)."""
+
+    def convert(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None:
+            return None
+        text = str(value).removeprefix(_MARK)
+        parsed = parse(text)
+        if parsed is None:
+            raise click.BadParameter(f"{text!r} is not {what}.", ctx, param)
+        return parsed
+
+    return convert
+
+
+_duration = _parsed(commands.parse_duration, "a duration (30, 30s, 5m, 2h, 1d)")
+_time = _parsed(commands.parse_time, "a time (2026-12-24T08:00Z, or seconds since the epoch)")
+_keys_list = _parsed(commands.parse_keys, "a comma-separated list of keys")
+_backoff = _parsed(commands.parse_backoff, "FIRST:CAP, like 1s:5m (FIRST at most CAP)")
+
+
 def _fence(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     """Callback of ``--fence NAME:TOKEN``."""
     if value is None:
@@ -274,6 +297,34 @@ def get_command(ctx: click.Context, key: str, meta: bool, as_json: bool) -> None
     help="Attach KEY to session ID (see `session grant`): it is deleted when the session ends.",
 )
 @_fence_option
+@click.option(
+    "--priority",
+    type=str,
+    callback=_integer(minimum=0),
+    metavar="N",
+    help="A queue item's priority: `claim` takes the most urgent first (0; default 100).",
+)
+@click.option(
+    "--delay",
+    type=str,
+    callback=_duration,
+    metavar="DURATION",
+    help="Claimable only this long from now (30, 30s, 5m, 2h, 1d).",
+)
+@click.option(
+    "--at",
+    type=str,
+    callback=_time,
+    metavar="TIME",
+    help="Claimable only from TIME (2026-12-24T08:00Z, or seconds since the epoch).",
+)
+@click.option(
+    "--after",
+    type=str,
+    callback=_keys_list,
+    metavar="K1,K2",
+    help="Claimable only once these keys are gone (acked or deleted).",
+)
 @_json_option
 @click.pass_context
 def set_command(
@@ -287,6 +338,10 @@ def set_command(
     ttl: float | None,
     session: int | None,
     fence: tuple[str, int] | None,
+    priority: int | None,
+    delay: float | None,
+    at: float | None,
+    after: list[str] | None,
     as_json: bool,
 ) -> None:
     """Set KEY to VALUE; silent on success.
@@ -316,6 +371,10 @@ def set_command(
         ttl=ttl,
         session=session,
         fence=fence,
+        priority=priority,
+        delay=delay,
+        at=at,
+        after=after,
     )
     _finish(status)
 
@@ -605,15 +664,27 @@ def ack_command(ctx: click.Context, key: str, token: int, as_json: bool) -> None
     type=str,
     callback=_seconds(allow_zero=True),
     metavar="SECONDS",
-    help="Claimable again only after this long.",
+    help="Claimable again only after this long (default: the queue's backoff, if any, else now).",
+)
+@click.option(
+    "--priority",
+    type=str,
+    callback=_integer(minimum=0),
+    metavar="N",
+    help="Its new priority (0 most urgent).",
 )
 @_json_option
 @click.pass_context
 def release_command(
-    ctx: click.Context, key: str, token: int, delay: float | None, as_json: bool
+    ctx: click.Context,
+    key: str,
+    token: int,
+    delay: float | None,
+    priority: int | None,
+    as_json: bool,
 ) -> None:
     """Give the claimed KEY back to its queue (exit 5 if the claim is no longer held)."""
-    _finish(commands.release(_globals(ctx, as_json), key, token, delay))
+    _finish(commands.release(_globals(ctx, as_json), key, token, delay, priority))
 
 
 @cli.command("extend", cls=_Command)
@@ -1393,3 +1464,73 @@ def session_run_command(
     if not command:
         raise click.UsageError("Give the command to run: `session run --ttl 10 -- CMD ARGS...`.")
     _finish(recipes.session_run(_globals(ctx, as_json), ttl, command))
+
+
+# -- queues -------------------------------------------------------------------------------------
+
+
+@cli.group("queue")
+def queue_group() -> None:
+    """A queue's settings: the lease its claims get, the deliveries before the dead letter,
+    the backoff between retries (kept at the broker, like a cache)."""
+
+
+@queue_group.command("config", cls=_Command)
+@click.argument("prefix", type=str, callback=_text)
+@click.option(
+    "--lease",
+    type=str,
+    callback=_duration,
+    metavar="DURATION",
+    help="What a claim holds an item for when it names no --lease (default 60 s).",
+)
+@click.option(
+    "--max-deliveries",
+    type=str,
+    callback=_integer(minimum=1),
+    metavar="N",
+    help="After N hand-outs an item goes to dead.KEY instead (default: no limit).",
+)
+@click.option(
+    "--backoff",
+    type=str,
+    callback=_backoff,
+    metavar="FIRST:CAP",
+    help="An item whose lease ran out, or released with no --delay, is claimable again after "
+    "FIRST, doubled per delivery up to CAP, jittered down by up to half (like 1s:5m).",
+)
+@_json_option
+@click.pass_context
+def queue_config_command(
+    ctx: click.Context,
+    prefix: str,
+    lease: float | None,
+    max_deliveries: int | None,
+    backoff: tuple[float, float] | None,
+    as_json: bool,
+) -> None:
+    """Set the queue PREFIX's settings and print them (none given: back to the defaults)."""
+    status = commands.queue_config(
+        _globals(ctx, as_json), prefix, lease=lease, max_deliveries=max_deliveries, backoff=backoff
+    )
+    _finish(status)
+
+
+@queue_group.command("show", cls=_Command)
+@click.argument("prefix", type=str, callback=_text)
+@_json_option
+@click.pass_context
+def queue_show_command(ctx: click.Context, prefix: str, as_json: bool) -> None:
+    """Print the queue PREFIX's settings, then its counts: ready, delayed, waiting (for other
+    keys), claimed, dead, the oldest ready item's age and the redeliveries."""
+    _finish(commands.queue_show(_globals(ctx, as_json), prefix))
+
+
+@cli.command("queues", cls=_Command)
+@click.argument("prefix", type=str, default="", callback=_text)
+@_json_option
+@click.pass_context
+def queues_command(ctx: click.Context, prefix: str, as_json: bool) -> None:
+    """One line per queue at or below PREFIX: ready, delayed, waiting, claimed, dead, oldest
+    ready age, redeliveries."""
+    _finish(commands.queues(_globals(ctx, as_json), prefix))

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from prontodb.protocol import ProntoError
 
     from ._sync.client import Client
-    from ._types import KeyInfo
+    from ._types import KeyInfo, QueueStats
 
 CLIENT_NAME = "prontodb-cli"
 STOP_TIMEOUT = 30.0  # seconds `stop` waits for the socket to go (the broker's grace is 10 s)
@@ -100,6 +100,45 @@ def parse_seconds(text: str, allow_zero: bool = False) -> float | None:
     if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
         return None
     return seconds
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str, allow_zero: bool = True) -> float | None:
+    """A duration: seconds (``30``, ``1.5``) or with a unit (``30s``, ``5m``, ``2h``, ``1d``);
+    None if it is not one."""
+    unit = _UNITS.get(text[-1:], 0.0)
+    seconds = parse_seconds(text[:-1] if unit else text, allow_zero)
+    return None if seconds is None else seconds * (unit or 1.0)
+
+
+def parse_time(text: str) -> float | None:
+    """A point in time for ``--at``: ISO 8601 with a zone (``2026-12-24T08:00Z``,
+    ``2026-12-24T09:00+01:00``) or seconds since the epoch; None if it is not one."""
+    seconds = parse_seconds(text, allow_zero=True)
+    if seconds is not None:
+        return seconds
+    from datetime import datetime  # only for --at: the fast path stays light
+
+    try:
+        moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    except ValueError:
+        return None
+    return None if moment.tzinfo is None else moment.timestamp()
+
+
+def parse_backoff(text: str) -> tuple[float, float] | None:
+    """``--backoff FIRST:CAP`` (``1s:5m``) as seconds; None if it is not of that form."""
+    first, sep, cap = text.partition(":")
+    low, high = parse_duration(first, False), parse_duration(cap, False)
+    return (low, high) if sep and low is not None and high is not None and low <= high else None
+
+
+def parse_keys(text: str) -> list[str] | None:
+    """``--after K1,K2`` as a list of keys; None if one is empty."""
+    keys = text.split(",")
+    return keys if all(keys) else None
 
 
 def parse_fence(text: str) -> tuple[str, int] | None:
@@ -292,6 +331,12 @@ def _meta_fields(info: KeyInfo) -> dict[str, Any]:
         fields["claim_holder"] = info.claim.holder
         fields["claim_token"] = info.claim.token
         fields["claim_lease"] = info.claim.lease
+    if info.priority != 100:  # only queue items with a priority of their own
+        fields["priority"] = info.priority
+    if info.ready_at is not None:  # only items not claimable yet
+        fields["ready_at"] = info.ready_at
+    if info.after:  # only items still waiting for other keys (dead.KEY: one that failed)
+        fields["after"] = ",".join(info.after)
     return fields
 
 
@@ -320,6 +365,8 @@ def get(options: Globals, key: str, *, meta: bool = False) -> int:
             fields["expires"] = iso_time(info.expires)
         if info.claim is not None:
             fields["claim_lease"] = iso_time(info.claim.lease)
+        if info.ready_at is not None:
+            fields["ready_at"] = iso_time(info.ready_at)
         write(b"".join(f"{name}=".encode() + render(v) + b"\n" for name, v in fields.items()))
         return 0
 
@@ -337,14 +384,28 @@ def set_(
     ttl: float | None = None,
     session: int | None = None,
     fence: tuple[str, int] | None = None,
+    priority: int | None = None,
+    delay: float | None = None,
+    at: float | None = None,
+    after: list[str] | None = None,
 ) -> int:
     """``set KEY VALUE``: silent on success; a condition (or ``--fence``) that does not hold
-    exits 5."""
+    exits 5. The queue options make KEY an item for ``claim``."""
     stored = stored_value(value, as_string=as_string)
 
     def body(client: Client) -> int:
         revision = client.set(
-            key, stored, if_absent=if_absent, if_rev=if_rev, ttl=ttl, session=session, fence=fence
+            key,
+            stored,
+            if_absent=if_absent,
+            if_rev=if_rev,
+            ttl=ttl,
+            session=session,
+            fence=fence,
+            priority=priority,
+            delay=delay,
+            at=at,
+            after=after,
         )
         if options.json:
             write_json({"key": key, "revision": revision})
@@ -943,11 +1004,18 @@ def ack(options: Globals, key: str, token: int) -> int:
     return run(options, body)
 
 
-def release(options: Globals, key: str, token: int, delay: float | None = None) -> int:
-    """``release KEY --token T [--delay S]``: silent; a claim no longer held exits 5."""
+def release(
+    options: Globals,
+    key: str,
+    token: int,
+    delay: float | None = None,
+    priority: int | None = None,
+) -> int:
+    """``release KEY --token T [--delay S] [--priority N]``: silent; a claim no longer held
+    exits 5."""
 
     def body(client: Client) -> int:
-        client.release(key, token, delay=delay)
+        client.release(key, token, delay=delay, priority=priority)
         if options.json:
             write_json({"key": key, "released": True})
         return 0
@@ -1397,3 +1465,75 @@ def _size(count: object) -> str:
             return f"{count} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")
+
+
+def queue_config(
+    options: Globals,
+    prefix: str,
+    *,
+    lease: float | None = None,
+    max_deliveries: int | None = None,
+    backoff: tuple[float, float] | None = None,
+) -> int:
+    """``queue config PREFIX [--lease S] [--max-deliveries N] [--backoff FIRST:CAP]``: the
+    settings now, as ``queue show`` prints them (none given: back to the defaults)."""
+
+    def body(client: Client) -> int:
+        config = client.queue_config(
+            prefix, lease=lease, max_deliveries=max_deliveries, backoff=backoff
+        )
+        if options.json:
+            write_json({"prefix": prefix, "config": config})
+        else:
+            write(_config_lines(config).encode())
+        return 0
+
+    return run(options, body)
+
+
+def _config_lines(config: dict[str, Any]) -> str:
+    if not config:
+        return "defaults (lease 60 s, no delivery limit, no backoff)\n"
+    lines = [f"lease={config['lease']:g}"] if "lease" in config else []
+    if "max_deliveries" in config:
+        lines.append(f"max_deliveries={config['max_deliveries']}")
+    if "backoff" in config:
+        first, cap = config["backoff"]
+        lines.append(f"backoff={first:g}:{cap:g}")
+    return "".join(line + "\n" for line in lines)
+
+
+def _stats_line(q: QueueStats) -> str:
+    age = "-" if q.oldest_ready_age is None else f"{q.oldest_ready_age:.1f}s"
+    return (
+        f"{q.prefix or '(top level)'} ready={q.ready} delayed={q.delayed} waiting={q.waiting} "
+        f"claimed={q.claimed} dead={q.dead} oldest_ready={age} redeliveries={q.redeliveries}\n"
+    )
+
+
+def queue_show(options: Globals, prefix: str) -> int:
+    """``queue show PREFIX``: the queue's settings, then its statistics line."""
+
+    def body(client: Client) -> int:
+        stats = client.queue_show(prefix)
+        if options.json:
+            write_json(stats._asdict())
+        else:
+            write((_config_lines(stats.config) + _stats_line(stats)).encode())
+        return 0
+
+    return run(options, body)
+
+
+def queues(options: Globals, prefix: str = "") -> int:
+    """``queues [PREFIX]``: one statistics line per queue."""
+
+    def body(client: Client) -> int:
+        found = client.queues(prefix)
+        if options.json:
+            write_json([q._asdict() for q in found])
+        else:
+            write("".join(_stats_line(q) for q in found).encode())
+        return 0
+
+    return run(options, body)

@@ -67,6 +67,10 @@ _OPTIONS: dict[str, Options] = {
         "--ttl": ("ttl", _seconds),
         "--session": ("session", _whole),
         "--fence": ("fence", commands.parse_fence),
+        "--priority": ("priority", _whole),
+        "--delay": ("delay", commands.parse_duration),
+        "--at": ("at", commands.parse_time),
+        "--after": ("after", commands.parse_keys),
     },
     "mset": _STRING,
     "cas": _STRING,
@@ -76,7 +80,11 @@ _OPTIONS: dict[str, Options] = {
         "--max-deliveries": ("max_deliveries", _deliveries),
     },
     "ack": _TOKEN,
-    "release": {**_TOKEN, "--delay": ("delay", _seconds_or_zero)},
+    "release": {
+        **_TOKEN,
+        "--delay": ("delay", _seconds_or_zero),
+        "--priority": ("priority", _whole),
+    },
     "extend": {**_TOKEN, "--lease": ("lease", _seconds)},
 }
 

@@ -33,8 +33,10 @@ class KeyInfo(NamedTuple):
     ``version`` the number of writes since creation, ``writer`` the user of the last write,
     ``time`` its time (seconds since the epoch, the broker's clock), ``size`` the bytes of the
     encoded value, ``expires`` its deadline (seconds since the epoch; None: no TTL),
-    ``deliveries`` how many times ``claim`` handed it out, ``claim`` the claim holding it and
-    ``session`` the session it is attached to.
+    ``deliveries`` how many times ``claim`` handed it out, ``claim`` the claim holding it,
+    ``session`` the session it is attached to, and its queue options: ``priority`` (0 most
+    urgent), ``ready_at`` (not claimable before then, seconds since the epoch; None: now) and
+    ``after`` (the keys it still waits for to go).
     """
 
     key: str
@@ -49,6 +51,9 @@ class KeyInfo(NamedTuple):
     deliveries: int = 0  # times it was handed out by claim
     claim: ClaimInfo | None = None  # the claim holding it now
     session: int | None = None  # the session it is attached to (it goes when that ends)
+    priority: int = 100
+    ready_at: float | None = None
+    after: list[str] = []  # noqa: RUF012 (a named tuple's default, never mutated)
 
 
 class TxnResult(NamedTuple):
@@ -186,3 +191,38 @@ class Recipe(NamedTuple):
     @property
     def holders(self) -> list[Member]:
         return [m for m in self.members if m.holding]
+
+
+class QueueStats(NamedTuple):
+    """One queue as ``queues`` and ``queue_show`` report it: how many of its items are
+    ``ready``, ``claimed``, ``delayed`` (not yet due), ``waiting`` (for other keys to go) and
+    ``dead`` (moved to ``dead.<key>``), how many deliveries beyond the first its items have had
+    (``redeliveries``), the age in seconds of its oldest ready item (None: none ready), and its
+    settings (``config``: ``lease``, ``max_deliveries``, ``backoff``; empty: the defaults)."""
+
+    prefix: str
+    ready: int
+    claimed: int
+    delayed: int
+    waiting: int
+    dead: int
+    redeliveries: int
+    oldest_ready_age: float | None
+    config: dict[str, Any] = {}  # noqa: RUF012 (a named tuple's default, never mutated)
+
+    @classmethod
+    def from_map(
+        cls, prefix: str, raw: dict[str, Any], config: dict[str, Any] | None = None
+    ) -> QueueStats:
+        """The stats of the wire's map."""
+        return cls(
+            prefix,
+            raw["ready"],
+            raw["claimed"],
+            raw["delayed"],
+            raw.get("waiting", 0),
+            raw.get("dead", 0),
+            raw.get("redeliveries", 0),
+            raw.get("oldest_ready_age"),
+            raw.get("config", config or {}),
+        )

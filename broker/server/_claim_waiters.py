@@ -40,7 +40,7 @@ class Waiter:
         self,
         prefix: str,
         holder: str,
-        lease: float,
+        lease: float | None,
         bound: int | None,
         max_deliveries: int | None,
         served: Callable[[Waiter], None] | None = None,

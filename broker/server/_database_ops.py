@@ -24,6 +24,7 @@ from ..engine import (
     Engine,
     EngineLimits,
     Entry,
+    ItemOptions,
     OpKind,
     TxnOp,
     recipes,
@@ -71,7 +72,6 @@ def claimed_map(claimed: Claimed | None) -> dict[str, Any] | None:
     }
 
 
-DEFAULT_LEASE = 60.0  # seconds a claim holds its item unless the claimer says otherwise
 MAX_KEY_LEN = EngineLimits().max_key_len
 MAX_CLAIM_WAIT = 86_400.0  # a blocked claim answers nil after a day at the most
 
@@ -88,6 +88,22 @@ BY = Arg("by", Kind.INT, doc="default 1")
 TOKEN = Arg("token", Kind.UINT, required=True, missing="The request needs the claim's 'token'.")
 PAGE = (PREFIX, Arg("after", Kind.KEY), Arg("limit", Kind.UINT))
 FENCE = Arg("fence", Kind.MAP, nil=True, doc='{"name": N, "token": T}: only while N is held with T')
+
+
+ITEM_ARGS = (
+    Arg("priority", Kind.UINT, doc="a queue item's priority: 0 most urgent, default 100"),
+    Arg("delay", Kind.SECONDS, doc="claimable only this many seconds from now"),
+    Arg("at", Kind.SECONDS, doc="claimable only from this time (epoch seconds)"),
+    Arg("after", Kind.LIST, doc="claimable only once these keys are gone"),
+)
+
+
+def item_options(engine: Engine, args: Mapping[str, Any], now: float) -> ItemOptions | None:
+    """The queue options of a ``set``, checked; None if it names none."""
+    named = {name: args.get(name) for name in ("priority", "delay", "at", "after")}
+    if all(value is None for value in named.values()):
+        return None
+    return ItemOptions.make(now=now, max_key_len=engine.limits.max_key_len, **named)
 
 
 def check_fence(engine: Engine, args: Mapping[str, Any]) -> None:
@@ -140,6 +156,7 @@ def op_get(engine: Engine, call: Call) -> Outcome:
                 "lease": claim.lease,
                 "bound": claim.bound,
             }
+        meta.update(engine.item_of(key))  # its priority, ready time and dependencies
     return meta, None
 
 
@@ -156,6 +173,7 @@ def op_get(engine: Engine, call: Call) -> Outcome:
         Arg("ttl", Kind.SECONDS, doc="seconds > 0"),
         Arg("session", Kind.UINT, doc="attach the key to this session (not with ttl)"),
         FENCE,
+        *ITEM_ARGS,
     ),
     writes=True,
     creates=True,
@@ -174,6 +192,7 @@ def op_set(engine: Engine, call: Call) -> Outcome:
         if_value=args.get("if_value", MISSING),
         ttl=args.get("ttl"),
         session=args.get("session"),
+        item=item_options(engine, args, call.now),
     )
     return applied.result.mod_rev, applied
 
@@ -459,18 +478,21 @@ def claim_wait(args: Mapping[str, Any]) -> float:
     return float(min(wait, MAX_CLAIM_WAIT))
 
 
-def claim_args(args: Mapping[str, Any]) -> tuple[str, float, bool, int | None]:
-    """A claim's prefix, lease (seconds), bind flag and max deliveries, checked."""
+def claim_args(args: Mapping[str, Any]) -> tuple[str, float | None, bool, int | None]:
+    """A claim's prefix, lease (seconds; None: the queue's, else the default), bind flag and
+    max deliveries, checked."""
     # Checked here, not only by the engine: a waiter's claim is made later, for it, while
     # another request is being served, where its bad argument must not land.
     prefix = validate_prefix(args.get("prefix", ""), MAX_KEY_LEN)
-    lease = args.get("lease", DEFAULT_LEASE)
-    if isinstance(lease, bool) or not isinstance(lease, int | float) or not 0 < lease < 1e9:
+    lease = args.get("lease")
+    if lease is not None and (
+        isinstance(lease, bool) or not isinstance(lease, int | float) or not 0 < lease < 1e9
+    ):
         raise bad("'lease' must be a number of seconds above 0.")
     max_deliveries = args.get("max_deliveries")  # a whole number or nil: checked as declared
     if max_deliveries == 0:
         raise bad("'max_deliveries' must be 1 or more.")
-    return prefix, float(lease), _is_set(args, "bind"), max_deliveries
+    return prefix, None if lease is None else float(lease), _is_set(args, "bind"), max_deliveries
 
 
 @op(
@@ -490,14 +512,24 @@ def op_ack(engine: Engine, call: Call) -> Outcome:
     "release",
     Layer.DATABASE,
     access=on_key(WRITE),
-    args=(KEY, TOKEN, Arg("delay", Kind.SECONDS, doc="seconds before it is claimable again")),
+    args=(
+        KEY,
+        TOKEN,
+        Arg("delay", Kind.SECONDS, doc="seconds before it is claimable again"),
+        Arg("priority", Kind.UINT, doc="its new priority (0 most urgent)"),
+    ),
     writes=True,
-    summary="Give a claimed item back, claimable at once or after a delay.",
+    summary="Give a claimed item back, claimable at once (or after its queue's backoff, or a delay).",
 )
 def op_release(engine: Engine, call: Call) -> Outcome:
     args = call.args
     applied = engine.release(
-        args["key"], args["token"], writer=call.user, now=call.now, delay=args.get("delay")
+        args["key"],
+        args["token"],
+        writer=call.user,
+        now=call.now,
+        delay=args.get("delay"),
+        priority=args.get("priority"),
     )
     return None, applied
 

@@ -38,7 +38,7 @@ from ..storage import StorageError
 
 # The modules that declare the broker's operations (each fills the registry as it loads); the
 # connection's own are in the session's parts below.
-from . import _backups, _broker_ops, _cursors, _leases, _recipe_ops, _users  # noqa: F401
+from . import _backups, _broker_ops, _cursors, _leases, _queue_ops, _recipe_ops, _users  # noqa: F401
 from ._access import who_is
 from ._context import Context
 from ._database_ops import Call

@@ -66,6 +66,9 @@ class KeyOperations(ClientBase):
             deliveries=meta.get("deliveries", 0),
             claim=_claim_info(key, meta.get("claim")),
             session=meta.get("session"),
+            priority=meta.get("priority", 100),
+            ready_at=meta.get("ready_at"),
+            after=meta.get("after", []),
         )
 
     async def set(
@@ -79,6 +82,10 @@ class KeyOperations(ClientBase):
         ttl: float | None = None,
         session: int | None = None,
         fence: tuple[str, int] | None = None,
+        priority: int | None = None,
+        delay: float | None = None,
+        at: float | None = None,
+        after: Sequence[str] | None = None,
         cursor: str | None = None,
     ) -> int:
         """Store ``value`` at ``key`` and return the key's new modify revision.
@@ -92,8 +99,18 @@ class KeyOperations(ClientBase):
         instead: it is deleted when the session ends. With ``fence=(name, token)`` only while
         lock (semaphore, election) ``name`` is held with ``token``: a holder that lost it
         cannot write (``compare_failed``).
+
+        Queue options make the key an item for :meth:`claim` with a ``priority`` (0 most
+        urgent, default 100), claimable only ``delay`` seconds from now or from the time ``at``
+        (seconds since the epoch), and only once the keys ``after`` names are gone (acked or
+        deleted).
         """
         args = _fenced(self._args(cursor, key=key, value=value), fence)
+        for name, option in (("priority", priority), ("delay", delay), ("at", at)):
+            if option is not None:
+                args[name] = option
+        if after is not None:
+            args["after"] = list(after)
         if ttl is not None:
             args["ttl"] = ttl
         if session is not None:

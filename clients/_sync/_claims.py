@@ -10,8 +10,12 @@ from contextlib import contextmanager
 from prontodb.protocol import ErrorCode, ProntoError
 
 from .. import _sync_backend as backend
-from .._types import Claimed, ClaimInfo
+from .._types import Claimed, ClaimInfo, QueueStats
 from ._base import ClientBase
+
+TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class ClaimOperations(ClientBase):
@@ -87,12 +91,21 @@ class ClaimOperations(ClientBase):
         self._call("ack", self._args(cursor, key=key, token=token))
 
     def release(
-        self, key: str, token: int, *, delay: float | None = None, cursor: str | None = None
+        self,
+        key: str,
+        token: int,
+        *,
+        delay: float | None = None,
+        priority: int | None = None,
+        cursor: str | None = None,
     ) -> None:
-        """Give the claimed ``key`` back, claimable at once or after ``delay`` seconds."""
+        """Give the claimed ``key`` back, claimable after ``delay`` seconds (None: after its
+        queue's backoff, if configured, else at once), with a new ``priority`` if given."""
         args = self._args(cursor, key=key, token=token)
         if delay:
             args["delay"] = delay
+        if priority is not None:
+            args["priority"] = priority
         self._call("release", args)
 
     def extend(self, key: str, token: int, lease: float, *, cursor: str | None = None) -> float:
@@ -101,6 +114,41 @@ class ClaimOperations(ClientBase):
             "extend", self._args(cursor, key=key, token=token, lease=lease)
         )
         return deadline
+
+    def queue_config(
+        self,
+        prefix: str,
+        *,
+        lease: float | None = None,
+        max_deliveries: int | None = None,
+        backoff: tuple[float, float] | None = None,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """Set the queue ``prefix``'s settings (kept at the broker, like a cache): the ``lease``
+        a claim gets when it names none, the deliveries before an item goes to ``dead.<key>``,
+        and a ``backoff`` (first delay, cap; seconds) that spaces out the retries of items whose
+        lease ran out or that were released without a delay. None of them: the defaults again.
+        Returns the settings."""
+        args = self._args(cursor, prefix=prefix)
+        if lease is not None:
+            args["lease"] = lease
+        if max_deliveries is not None:
+            args["max_deliveries"] = max_deliveries
+        if backoff is not None:
+            args["backoff"] = list(backoff)
+        config: dict[str, Any] = self._call("queue_config", args)
+        return config
+
+    def queue_show(self, prefix: str, *, cursor: str | None = None) -> QueueStats:
+        """The queue ``prefix``'s settings and statistics."""
+        raw = self._call("queue_show", self._args(cursor, prefix=prefix))
+        return QueueStats.from_map(prefix, raw)
+
+    def queues(self, prefix: str = "", *, cursor: str | None = None) -> list[QueueStats]:
+        """Every queue at or below ``prefix`` (claimed from, configured, or holding an item
+        written with queue options) with its statistics, by prefix."""
+        found = self._call("queues", self._args(cursor, prefix=prefix))
+        return [QueueStats.from_map(q, raw) for q, raw in found.items()]
 
     def claims(self, prefix: str = "", *, cursor: str | None = None) -> list[ClaimInfo]:
         """The claims held at and below ``prefix``."""
