@@ -1534,3 +1534,29 @@ def queues_command(ctx: click.Context, prefix: str, as_json: bool) -> None:
     """One line per queue at or below PREFIX: ready, delayed, waiting, claimed, dead, oldest
     ready age, redeliveries."""
     _finish(commands.queues(_globals(ctx, as_json), prefix))
+
+
+@cli.command("batch", cls=_Command)
+@click.option(
+    "--atomic",
+    is_flag=True,
+    help="Run the lines as one transaction: all or nothing (get, set, del, incr, decr only).",
+)
+@_json_option
+@click.pass_context
+def batch_command(ctx: click.Context, atomic: bool, as_json: bool) -> None:
+    """Run one command a line from stdin, pipelined on one connection, and print one answer a
+    line in order (`--json`: one JSON object a line, {"line", "result"} or {"line", "error",
+    "message"}).
+
+    \b
+    A line is the CLI's own syntax, quoted as in a shell: get, set (with its options), del,
+    exists, incr, decr, cas, expire, persist, ttl, claim, ack, release, extend, and --cursor.
+    Answers: a value or (nil), OK, 1 or 0, a number, KEY=VALUE token=T for a claim, or
+    `ERR CODE: message`. Blank lines and lines starting with # are skipped. Exit 0 if every
+    line succeeded, else the status of the first that failed; a line batch cannot run stops it
+    before anything is sent (exit 2).
+    """
+    from . import _cli_batch
+
+    _finish(_cli_batch.batch(_globals(ctx, as_json), _cli_batch.read_lines(), atomic=atomic))

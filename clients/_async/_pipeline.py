@@ -10,7 +10,7 @@ substitution.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from prontodb.protocol import (
     NEED_DATA,
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 _CHUNK = 64 * 1024
 # Requests that may wait at the broker: given up, they are cancelled there too (see _cancel_claim).
 _CANCELLABLE = ("claim", "acquire")
+# Requests call_many sends in one write before it reads their answers.
+_WINDOW = 512
 
 _LOST = (
     "The connection to the broker was lost; the request may or may not have been applied. "
@@ -208,6 +210,61 @@ class Pipeline:
                 await self._cancel_claim(waiter.request_id)
         assert waiter.response is not None
         return waiter.response.raise_for_error()
+
+    async def call_many(self, requests: Sequence[tuple[str, dict[str, Any]]]) -> list[Any]:
+        """Send every request, a window of them in one write at a time, and return each one's
+        result, or the ProntoError it failed with, in order (a failure does not stop the
+        others). The window is at most the broker's in-flight limit, so the broker reads on."""
+        results: list[Any] = []
+        window = max(1, min(self._max_in_flight, _WINDOW))
+        for start in range(0, len(requests), window):
+            chunk = requests[start : start + window]
+            waiters = [_Waiter() for _ in chunk]
+            try:
+                for waiter in waiters:
+                    await self._wait(waiter, lambda w=waiter: self._take_slot(w))  # type: ignore[misc]
+                await self._send_all(waiters, chunk)
+                for waiter in waiters:
+                    await self._wait(waiter, lambda w=waiter: w.response is not None)  # type: ignore[misc]
+                    assert waiter.response is not None
+                    try:
+                        results.append(waiter.response.raise_for_error())
+                    except ProntoError as err:
+                        results.append(err)
+            finally:
+                with self._mutex:
+                    for waiter in waiters:
+                        self._settle(waiter)
+        return results
+
+    async def _send_all(
+        self, waiters: list[_Waiter], requests: Sequence[tuple[str, dict[str, Any]]]
+    ) -> None:
+        """:meth:`_send` of several requests, framed together and written at once."""
+        frames = []
+        async with self._send_lock:
+            with self._mutex:
+                if self._error is not None:
+                    raise _copy(self._error)
+                for waiter, (op, args) in zip(waiters, requests, strict=True):
+                    request_id = self._next_id
+                    try:
+                        frames.append(self.conn.send(Request(request_id, op, args)))
+                    except LocalProtocolError as exc:
+                        raise _refused(exc) from None
+                    self._next_id += 1
+                    self._unanswered += 1
+                    waiter.request_id = request_id
+                    self._waiters[request_id] = waiter
+            try:
+                await self.stream.send_all(b"".join(frames))
+            except OSError:
+                pass  # as in _send: reading tells every waiter how the connection ended
+            except BaseException:
+                with self._mutex:
+                    self._fail(ProntoError(ErrorCode.UNAVAILABLE, _LOST))
+                await self.stream.aclose()
+                raise
 
     async def _cancel_claim(self, request_id: int) -> None:
         """The caller of claim (or acquire) ``request_id`` gave up before it had the answer:

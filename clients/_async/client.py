@@ -9,7 +9,7 @@ and blocking sockets instead of tasks and anyio) by substitution.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 
 from prontodb.protocol import Hello
@@ -223,6 +223,12 @@ class AsyncClient(KeyOperations, ClaimOperations, RecipeOperations, AdminOperati
     async def call(self, op: str, args: Mapping[str, Any]) -> Any:
         """Send the raw request ``op`` with ``args`` and return its result (no cursor added)."""
         return await self._call(op, dict(args))
+
+    async def call_many(self, requests: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Any]:
+        """Send the raw requests ``(op, args)`` pipelined (no cursor added): many in one write,
+        without waiting for each answer. Each one's result, or the ProntoError it failed with,
+        in order; a failure does not stop the others (for all or nothing, use ``txn``)."""
+        return await self._pipeline.call_many([(op, dict(args)) for op, args in requests])
 
 
 def _login_name() -> str:

@@ -11,7 +11,7 @@ and blocking sockets instead of tasks and anyio) by substitution.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 
 from prontodb.protocol import Hello
@@ -225,6 +225,12 @@ class Client(KeyOperations, ClaimOperations, RecipeOperations, AdminOperations):
     def call(self, op: str, args: Mapping[str, Any]) -> Any:
         """Send the raw request ``op`` with ``args`` and return its result (no cursor added)."""
         return self._call(op, dict(args))
+
+    def call_many(self, requests: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Any]:
+        """Send the raw requests ``(op, args)`` pipelined (no cursor added): many in one write,
+        without waiting for each answer. Each one's result, or the ProntoError it failed with,
+        in order; a failure does not stop the others (for all or nothing, use ``txn``)."""
+        return self._pipeline.call_many([(op, dict(args)) for op, args in requests])
 
 
 def _login_name() -> str:

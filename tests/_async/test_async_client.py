@@ -648,3 +648,21 @@ async def test_a_broker_stopping_as_we_greet_it_is_as_good_as_none(short_dir: Pa
         async with scripted(short_dir, hello=stopping):
             pass
     assert info.value.reason == "it is stopping"
+
+
+@anyio_test
+async def test_call_many_pipelines_in_windows_and_keeps_order(broker: BrokerProcess) -> None:
+    async with await AsyncClient.connect(broker.url, cursor="many") as client:
+        requests: list[tuple[str, dict[str, Any]]] = [
+            ("set", {"cursor": "many", "key": f"k{i}", "value": i})
+            for i in range(1500)  # three windows
+        ]
+        requests.append(("incr", {"cursor": "many", "key": "k7", "by": "x"}))  # refused in place
+        requests.append(("get", {"cursor": "many", "key": "k1499"}))
+        results = await client.call_many(requests)
+        assert len(results) == 1502
+        assert results[:3] == [1, 2, 3]  # each set's revision
+        assert isinstance(results[1500], ProntoError)
+        assert results[1500].code is ErrorCode.BAD_REQUEST
+        assert results[1501] == 1499
+        assert await client.call_many([]) == []

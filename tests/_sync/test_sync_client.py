@@ -607,3 +607,20 @@ def test_a_broker_stopping_as_we_greet_it_is_as_good_as_none(short_dir: Path) ->
     with pytest.raises(BrokerUnavailable) as info, scripted(short_dir, hello=stopping):
         pass
     assert info.value.reason == "it is stopping"
+
+
+def test_call_many_pipelines_in_windows_and_keeps_order(broker: BrokerProcess) -> None:
+    with Client.connect(broker.url, cursor="many") as client:
+        requests: list[tuple[str, dict[str, Any]]] = [
+            ("set", {"cursor": "many", "key": f"k{i}", "value": i})
+            for i in range(1500)  # three windows
+        ]
+        requests.append(("incr", {"cursor": "many", "key": "k7", "by": "x"}))  # refused in place
+        requests.append(("get", {"cursor": "many", "key": "k1499"}))
+        results = client.call_many(requests)
+        assert len(results) == 1502
+        assert results[:3] == [1, 2, 3]  # each set's revision
+        assert isinstance(results[1500], ProntoError)
+        assert results[1500].code is ErrorCode.BAD_REQUEST
+        assert results[1501] == 1499
+        assert client.call_many([]) == []
