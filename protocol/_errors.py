@@ -35,6 +35,7 @@ class ErrorCode(enum.StrEnum):
     PROTOCOL = "protocol"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
+    QUOTA_EXCEEDED = "quota_exceeded"
 
 
 class ErrorInfo(NamedTuple):
@@ -106,6 +107,11 @@ ERROR_TABLE: dict[ErrorCode, ErrorInfo] = {
     ErrorCode.INTERNAL: ErrorInfo(
         "The broker failed unexpectedly; the request may not have been applied. "
         "See the broker's log.",
+        1,
+    ),
+    ErrorCode.QUOTA_EXCEEDED: ErrorInfo(
+        "This user is at one of its quotas (the message says which); free some or ask an admin "
+        "for a larger one.",
         1,
     ),
 }
@@ -232,6 +238,11 @@ class Internal(ProntoError):
     """``internal``: the broker failed unexpectedly."""
 
 
+class QuotaExceeded(ProntoError):
+    """``quota_exceeded``: the user is at one of its quotas (details ``user``, ``limit``,
+    ``value``)."""
+
+
 _BY_CODE: dict[str, type[ProntoError]] = {
     ErrorCode.NOT_FOUND: NotFound,
     ErrorCode.EXISTS: Exists,
@@ -250,6 +261,7 @@ _BY_CODE: dict[str, type[ProntoError]] = {
     ErrorCode.PROTOCOL: ProtocolViolation,
     ErrorCode.UNAVAILABLE: Unavailable,
     ErrorCode.INTERNAL: Internal,
+    ErrorCode.QUOTA_EXCEEDED: QuotaExceeded,
 }
 
 

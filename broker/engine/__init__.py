@@ -20,6 +20,7 @@ from ._entry import Entry
 from ._history import Batch, Change, HistoryLimits, change_cost
 from ._keys import parent_of, validate_key, validate_prefix
 from ._queues import ItemOptions, QueueConfig
+from ._quotas import Quota
 from ._records import Record, RecordKind, ReplayError
 from ._sessions import SessionInfo
 
@@ -40,6 +41,7 @@ __all__ = [
     "HistoryLimits",
     "ItemOptions",
     "QueueConfig",
+    "Quota",
     "OpKind",
     "Record",
     "RecordKind",

@@ -196,6 +196,10 @@ class ClaimBook:
         self.claims[key] = claim._replace(lease=lease)
         heapq.heappush(self._timers, (lease, key))
 
+    def claims_of(self, holder: str) -> int:
+        """How many claims ``holder`` holds."""
+        return sum(1 for claim in self.claims.values() if claim.holder == holder)
+
     # -- time ----------------------------------------------------------------------------------
 
     def next_timer(self) -> float | None:

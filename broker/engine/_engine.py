@@ -19,6 +19,7 @@ from sortedcontainers import SortedList
 
 from prontodb.protocol import INT64_MAX, INT64_MIN, ErrorCode, ProntoError
 
+from . import _quotas as quotas
 from . import _records as rec
 from ._claims import DEFAULT_PRIORITY, Claim, ClaimBook, parent_of
 from ._conditions import Compare, OpKind, Target, TxnOp, TxnResult
@@ -26,6 +27,7 @@ from ._entry import Entry
 from ._history import Change, History, HistoryLimits
 from ._keys import SEPARATOR, descendant_range, validate_key, validate_prefix
 from ._queues import ItemOptions, QueueConfig, backoff_delay, priority_of
+from ._quotas import Quota, Usage
 from ._records import Record, ReplayError
 from ._sessions import Session, SessionBook, SessionInfo
 from ._values import is_integer, pack_value
@@ -128,6 +130,10 @@ class Engine:
         self._expiring = 0  # live keys with a deadline
         self._caches: dict[str, float] = {}
         self._queue_configs: dict[str, QueueConfig] = {}
+        self._quotas: dict[str, Quota] = {}
+        # What each writer owns: kept only once some user has a quota (None until then), so
+        # that a database without quotas pays nothing for them.
+        self._usage: Usage | None = None
         self._book = ClaimBook()
         self._sessions = SessionBook()
         self.history = History(self.limits.history)
@@ -234,6 +240,8 @@ class Engine:
         expires: float | None,
         item: ItemOptions,
     ) -> Applied[Entry]:
+        if writer in self._quotas:
+            self._within_quota(writer, [(prev, len(packed))])
         rev = self.revision + 1
         entry = _next_entry(prev, _owned(value, packed), len(packed), rev, writer, now, expires)
         after = list(item.after)
@@ -319,6 +327,8 @@ class Engine:
         session: int | None = None,
     ) -> Applied[Entry]:
         """Write one key at the next revision; everything that can fail is checked first."""
+        if writer in self._quotas:
+            self._within_quota(writer, [(prev, len(packed))])
         rev = self.revision + 1
         entry = _next_entry(
             prev, _owned(value, packed), len(packed), rev, writer, now, expires, session
@@ -578,6 +588,11 @@ class Engine:
         if max_deliveries is None and config is not None:
             max_deliveries = config.max_deliveries
         lease = _seconds(lease, "lease")
+        if self.claims_left(holder) == 0:
+            quota = self._quotas[holder]
+            raise quotas.exceeded(
+                holder, "max_claims", quota.max_claims or 0, "it holds that many claims"
+            )
         if max_deliveries is not None and (not is_integer(max_deliveries) or max_deliveries < 1):
             raise ProntoError(ErrorCode.BAD_REQUEST, "'max_deliveries' must be 1 or more.")
         ready = self._book.queue(prefix, self.children(prefix))
@@ -746,6 +761,61 @@ class Engine:
         """Every configured queue prefix with its settings, sorted by prefix."""
         return dict(sorted(self._queue_configs.items()))
 
+    # -- quotas --------------------------------------------------------------------------------
+
+    def set_quota(self, user: str, quota: Quota | None) -> Applied[Quota | None]:
+        """Give ``user`` ``quota`` in this database (None, or no limit at all: none); logged
+        without a revision. Use already past a new limit stays (nothing is deleted): the next
+        write that would add to it is refused."""
+        if quota is None or quota == Quota():
+            self._quotas.pop(user, None)
+            return Applied(None, [rec.QuotaRecord(user, None).encode()], [])
+        self._quotas[user] = quota
+        if self._usage is None:
+            self._count_usage()
+        return Applied(quota, [rec.QuotaRecord(user, quota.as_map()).encode()], [])
+
+    def quotas(self) -> dict[str, Quota]:
+        """Every user with a quota here, sorted by name."""
+        return dict(sorted(self._quotas.items()))
+
+    def usage(self, user: str) -> dict[str, int]:
+        """What ``user`` has now in this database: keys (last written by it), their bytes, and
+        the claims it holds."""
+        if self._usage is None:
+            self._count_usage()
+        assert self._usage is not None
+        keys, size = self._usage.of(user)
+        return {"keys": keys, "bytes": size, "claims": self._book.claims_of(user)}
+
+    def claims_left(self, holder: str) -> int | None:
+        """How many more claims ``holder`` may hold under its quota (None: no limit)."""
+        quota = self._quotas.get(holder)
+        if quota is None or quota.max_claims is None:
+            return None
+        return max(quota.max_claims - self._book.claims_of(holder), 0)
+
+    def _count_usage(self) -> None:
+        usage = self._usage = Usage()
+        for entry in self._entries.values():
+            usage.add(entry.writer, entry.size, 1)
+
+    def _within_quota(self, writer: str, writes: list[tuple[Entry | None, int | None]]) -> None:
+        """Refuse (quota_exceeded) writes by ``writer`` of keys whose entries are now ``prev``
+        with new sizes (None: deleted) that would take it past its quota."""
+        if self._usage is None:
+            self._count_usage()
+        assert self._usage is not None
+        before = keys, size = self._usage.of(writer)
+        for prev, new_size in writes:
+            if prev is not None and prev.writer == writer:
+                keys -= 1
+                size -= prev.size
+            if new_size is not None:
+                keys += 1
+                size += new_size
+        quotas.check(self._quotas[writer], writer, before, (keys, size))
+
     def item_of(self, key: str) -> dict[str, Any]:
         """``key``'s queue options as ``get --meta`` shows them: its priority, the time it may
         be claimed from (None: now) and the keys it still waits for."""
@@ -869,6 +939,11 @@ class Engine:
         if not writes:
             return Applied(TxnResult(True, self.revision, results), [], [])
 
+        if writer in self._quotas:
+            self._within_quota(
+                writer,
+                [(self._entries.get(k), None if s is None else s[1].size) for k, s in writes],
+            )
         logged = [(k, None, None) if s is None else (k, *s) for k, s in writes]
         record = self._fits(rec.encode_txn(rev, writer, now, logged))
         # Nothing below can fail: the transaction is applied whole.
@@ -940,6 +1015,8 @@ class Engine:
         engine._index = SortedList(engine._entries)
         engine._rebuild_deadlines()
         engine._book.rebuild(engine._entries)
+        if engine._quotas:
+            engine._count_usage()
         return engine
 
     def apply_record(self, kind: int, payload: bytes) -> None:
@@ -1036,6 +1113,16 @@ class Engine:
             self._queue_configs.pop(record.prefix, None)
         else:
             self._queue_configs[record.prefix] = QueueConfig.from_map(record.config)
+
+    def _replay_quota(self, record: rec.QuotaRecord) -> None:
+        if record.quota is None:
+            self._quotas.pop(record.user, None)
+        else:
+            self._quotas[record.user] = Quota.from_map(record.quota)
+
+    def _replay_snapshot_quotas(self, record: rec.SnapshotQuotas) -> None:
+        for user, quota in record.quotas.items():
+            self._quotas[user] = Quota.from_map(quota)
 
     def _replay_snapshot_queues(self, record: rec.SnapshotQueues) -> None:
         for prefix, config in record.queues.items():
@@ -1183,6 +1270,7 @@ class Engine:
             sessions,
             items,
             queues,
+            {user: q.as_map() for user, q in self._quotas.items()},
         )
 
     def rebase(self, revision: int, next_session: int = 1) -> None:
@@ -1257,6 +1345,11 @@ class Engine:
 
     def _store(self, key: str, entry: Entry) -> None:
         prev = self._entries.get(key)
+        usage = self._usage
+        if usage is not None and not self._loading:
+            if prev is not None:
+                usage.add(prev.writer, prev.size, -1)
+            usage.add(entry.writer, entry.size, 1)
         if prev is None:
             if not self._loading:
                 self._index.add(key)
@@ -1284,6 +1377,8 @@ class Engine:
     def _remove(self, key: str) -> None:
         prev = self._entries.pop(key, None)
         if prev is not None:
+            if self._usage is not None and not self._loading:
+                self._usage.add(prev.writer, prev.size, -1)
             if not self._loading:
                 self._index.remove(key)
             self.live_bytes -= _footprint(key, prev)
@@ -1327,6 +1422,8 @@ _REPLAY: dict[type[Any], Callable[[Engine, Any], None]] = {
     rec.QueueConfig: Engine._replay_queue_config,
     rec.SnapshotItems: Engine._replay_snapshot_items,
     rec.SnapshotQueues: Engine._replay_snapshot_queues,
+    rec.QuotaRecord: Engine._replay_quota,
+    rec.SnapshotQuotas: Engine._replay_snapshot_quotas,
 }
 
 

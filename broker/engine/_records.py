@@ -52,8 +52,10 @@ class RecordKind(enum.IntEnum):
     SNAPSHOT_ATTACHED = 23  # SnapshotAttached
     SNAPSHOT_ITEMS = 24  # SnapshotItems
     SNAPSHOT_QUEUES = 25  # SnapshotQueues
+    SNAPSHOT_QUOTAS = 26  # SnapshotQuotas
     PUT_ITEM = 32  # PutItem
     QUEUE_CONFIG = 33  # QueueConfig (no revision)
+    QUOTA = 34  # QuotaRecord (no revision)
 
 
 class ReplayError(Exception):
@@ -508,6 +510,17 @@ class QueueConfig(NamedTuple):
         return RecordKind.QUEUE_CONFIG, _pack(self)
 
 
+class QuotaRecord(NamedTuple):
+    """QUOTA: ``user``'s limits in this database (a map; None: no quota any more)."""
+
+    user: str
+    quota: dict[str, int] | None
+
+    def encode(self) -> Record:
+        """(kind, payload)."""
+        return RecordKind.QUOTA, _pack(self)
+
+
 class Extend(NamedTuple):
     """EXTEND: the claim on ``key`` under ``token`` renewed until ``lease``."""
 
@@ -721,6 +734,21 @@ class SnapshotQueues(NamedTuple):
         return cls(dict(fields))
 
 
+class SnapshotQuotas(NamedTuple):
+    """SNAPSHOT_QUOTAS: every user with a quota, with its limits, a map."""
+
+    quotas: dict[str, dict[str, int]]
+
+    def encode(self) -> Record:
+        """(kind, payload)."""
+        return RecordKind.SNAPSHOT_QUOTAS, _pack(self.quotas)
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, dict[str, int]]) -> SnapshotQuotas:
+        """The record a decoded payload describes."""
+        return cls(dict(fields))
+
+
 def encode_snapshot(
     revision: int,
     entries: Iterable[tuple[str, Entry]],
@@ -731,6 +759,7 @@ def encode_snapshot(
     sessions: SnapshotSessions | None = None,
     items: list[tuple[str, int, list[str]]] | None = None,
     queues: dict[str, dict[str, Any]] | None = None,
+    quotas: dict[str, dict[str, int]] | None = None,
 ) -> Iterator[Record]:
     """The records of a snapshot: a META record, the entries in chunks, then the deadlines of
     the keys that have one and the caches (sections of their own, so that the entries, which
@@ -747,10 +776,7 @@ def encode_snapshot(
         yield SnapshotCaches(caches).encode()
     if claims is not None:
         yield claims.encode()
-    for start in range(0, len(items or ()), SNAPSHOT_CHUNK_ENTRIES):
-        yield SnapshotItems((items or [])[start : start + SNAPSHOT_CHUNK_ENTRIES]).encode()
-    if queues:
-        yield SnapshotQueues(queues).encode()
+    yield from _queue_sections(items or [], queues, quotas)
     if sessions is not None:
         for start in range(0, max(len(sessions.sessions), 1), SNAPSHOT_CHUNK_ENTRIES):
             some = sessions.sessions[start : start + SNAPSHOT_CHUNK_ENTRIES]
@@ -761,6 +787,20 @@ def encode_snapshot(
         first, batches = history
         for chunk in _chunked(SnapshotHistory.pack_item(batch) for batch in batches):
             yield SnapshotHistory.join(first, chunk)
+
+
+def _queue_sections(
+    items: list[tuple[str, int, list[str]]],
+    queues: dict[str, dict[str, Any]] | None,
+    quotas: dict[str, dict[str, int]] | None,
+) -> Iterator[Record]:
+    """The queue items' options, the queues' settings and the users' quotas, as far as any."""
+    for start in range(0, len(items), SNAPSHOT_CHUNK_ENTRIES):
+        yield SnapshotItems(items[start : start + SNAPSHOT_CHUNK_ENTRIES]).encode()
+    if queues:
+        yield SnapshotQueues(queues).encode()
+    if quotas:
+        yield SnapshotQuotas(quotas).encode()
 
 
 def _entry_items(
@@ -798,6 +838,8 @@ LogRecord = (
     Put
     | PutItem
     | QueueConfig
+    | QuotaRecord
+    | SnapshotQuotas
     | SnapshotItems
     | SnapshotQueues
     | PutTtl
@@ -864,6 +906,8 @@ _DECODERS: dict[int, Callable[[Any], LogRecord]] = {
     RecordKind.SNAPSHOT_QUEUES: SnapshotQueues.from_fields,
     RecordKind.PUT_ITEM: PutItem._make,
     RecordKind.QUEUE_CONFIG: QueueConfig._make,
+    RecordKind.QUOTA: QuotaRecord._make,
+    RecordKind.SNAPSHOT_QUOTAS: SnapshotQuotas.from_fields,
 }
 
 
