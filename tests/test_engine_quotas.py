@@ -93,7 +93,7 @@ def test_quotas_and_use_survive_a_restart() -> None:
     for restored in (Engine.restore(log), Engine.restore(e.snapshot())):
         assert restored.quotas() == {"ann": Quota(max_keys=2, max_claims=3)}
         assert restored.usage("ann")["keys"] == 2
-        refused(lambda r=restored: r.set("c", 1, writer="ann", now=T0), "max_keys")  # type: ignore[misc]
+        refused(lambda r=restored: r.set("c", 1, writer="ann", now=T0), "max_keys")
 
 
 LIMITS = {"ann": Quota(max_keys=3, max_bytes=40), "bob": Quota(max_keys=2, max_bytes=25)}
