@@ -1560,3 +1560,62 @@ def batch_command(ctx: click.Context, atomic: bool, as_json: bool) -> None:
     from . import _cli_batch
 
     _finish(_cli_batch.batch(_globals(ctx, as_json), _cli_batch.read_lines(), atomic=atomic))
+
+
+# -- quotas -------------------------------------------------------------------------------------
+
+
+@cli.group("quota")
+def quota_group() -> None:
+    """Quotas: what a user may own and hold in a database (keys, bytes, claims; per --cursor)
+    and use of the broker (connections, requests per second)."""
+
+
+def _limit(name: str, help: str) -> Callable[[Any], Any]:
+    return click.option(name, type=str, callback=_integer(minimum=0), metavar="N", help=help)
+
+
+@quota_group.command("set", cls=_Command)
+@click.argument("user", type=str, callback=_text)
+@_limit("--max-keys", "Keys USER may own in the cursor's database (last written by it).")
+@_limit("--max-bytes", "Bytes its values may take there.")
+@_limit("--max-claims", "Claims it may hold there at once.")
+@_limit("--max-connections", "Connections it may have open to the broker at once.")
+@click.option(
+    "--rate",
+    type=str,
+    callback=_seconds(),
+    metavar="OPS",
+    help="Requests per second it may send, on average (bursts of one second).",
+)
+@click.option("--clear", is_flag=True, help="Remove all of USER's quotas (here and broker-wide).")
+@_json_option
+@click.pass_context
+def quota_set_command(
+    ctx: click.Context,
+    user: str,
+    max_keys: int | None,
+    max_bytes: int | None,
+    max_claims: int | None,
+    max_connections: int | None,
+    rate: float | None,
+    clear: bool,
+    as_json: bool,
+) -> None:
+    """Give USER quotas, enforced at once; print them against what it uses (as `quota show`).
+    A request past one is refused with quota_exceeded (exit 1) naming the limit."""
+    limits = {"max_keys": max_keys, "max_bytes": max_bytes, "max_claims": max_claims}
+    wide = {"max_connections": max_connections, "rate": rate}
+    if not clear and all(v is None for v in (*limits.values(), *wide.values())):
+        raise click.UsageError("Give at least one limit (--max-keys, ...), or --clear.")
+    _finish(commands.quota_set(_globals(ctx, as_json), user, limits, wide, clear=clear))
+
+
+@quota_group.command("show", cls=_Command)
+@click.argument("user", type=str, required=False, callback=_text)
+@_json_option
+@click.pass_context
+def quota_show_command(ctx: click.Context, user: str | None, as_json: bool) -> None:
+    """Print USER's quotas (default: every user with one in the cursor's database) as
+    `USER (cursor C) keys=USED/LIMIT bytes=... claims=... connections=... rate=.../s`."""
+    _finish(commands.quota_show(_globals(ctx, as_json), user))

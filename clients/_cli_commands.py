@@ -1537,3 +1537,66 @@ def queues(options: Globals, prefix: str = "") -> int:
         return 0
 
     return run(options, body)
+
+
+QUOTA_LIMITS = ("max_keys", "max_bytes", "max_claims")
+
+
+def quota_set(
+    options: Globals,
+    user: str,
+    limits: dict[str, int | None],
+    broker_limits: dict[str, float | None],
+    *,
+    clear: bool = False,
+) -> int:
+    """``quota set USER [--max-keys N] [--max-bytes B] [--max-claims K] [--max-connections C]
+    [--rate R] [--clear]``: the user's quotas now, as ``quota show`` prints them."""
+
+    def body(client: Client) -> int:
+        if clear or any(v is not None for v in limits.values()):
+            keys, size, claims = (None if clear else limits[k] for k in QUOTA_LIMITS)
+            client.quota_set(user, max_keys=keys, max_bytes=size, max_claims=claims)
+        connections, rate = broker_limits["max_connections"], broker_limits["rate"]
+        if clear or connections is not None or rate is not None:
+            limit = None if connections is None else int(connections)
+            client.user_limits(user, max_connections=limit, rate=rate, clear=clear)
+        return _show_quota(options, client, user)
+
+    return run(options, body)
+
+
+def quota_show(options: Globals, user: str | None = None) -> int:
+    """``quota show [USER]``: per user, each limit against what it uses now."""
+
+    def body(client: Client) -> int:
+        return _show_quota(options, client, user)
+
+    return run(options, body)
+
+
+def _show_quota(options: Globals, client: Client, user: str | None) -> int:
+    shown = client.quota_show(user)
+    users = [user] if user is not None else sorted(shown)
+    documents = []
+    for name in users:
+        here = shown.get(name, {"limits": {}, "use": {"keys": 0, "bytes": 0, "claims": 0}})
+        wide = client.user_limits(name)
+        documents.append({"user": name, "cursor": options.cursor, **here, "broker": wide})
+    if options.json:
+        write_json(documents if user is None else documents[0])
+        return 0
+    lines = []
+    for doc in documents:
+        limits, use, broker = doc["limits"], doc["use"], doc["broker"]
+        parts = [
+            f"{name}={use[name]}/{limits.get('max_' + name, '-')}"
+            for name in ("keys", "bytes", "claims")
+        ]
+        parts.append(
+            f"connections={broker['connections']}/{broker['limits'].get('max_connections', '-')}"
+        )
+        parts.append(f"rate={broker['limits'].get('rate', '-')}/s")
+        lines.append(f"{doc['user']} (cursor {doc['cursor']}) " + " ".join(parts) + "\n")
+    write("".join(lines).encode())
+    return 0

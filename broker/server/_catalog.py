@@ -92,6 +92,8 @@ class Catalog:
         self._users: dict[str, dict[str, CursorDef]] = {}
         self.users: dict[str, User] = {}
         self.grants: list[Grant] = []
+        # user -> {"max_connections": n, "rate": ops per second}: limits across databases
+        self.limits: dict[str, dict[str, float]] = {}
         self.bootstrapped = False  # the first user was made (once per data directory)
         self._lock = trio.Lock()  # one change (and save) at a time
         # Called after every change, before it is saved: the connections end the waits it no
@@ -111,7 +113,7 @@ class Catalog:
         try:
             if document.get("format") != FORMAT:
                 raise ValueError(f"format {document.get('format')!r} is not {FORMAT}")
-            document = {"users": [], "grants": [], **document}
+            document = {"users": [], "grants": [], "limits": {}, **document}
             _check(document)
             catalog.restore(document)
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
@@ -164,6 +166,7 @@ class Catalog:
             "cursors": [c.as_dict() for c in self.everything()],
             "users": [u.as_dict() for u in self.users.values()],
             "grants": [g.as_dict() for g in self.grants],
+            "limits": {user: dict(limits) for user, limits in self.limits.items()},
             "bootstrapped": self.bootstrapped,
         }
 
@@ -185,6 +188,7 @@ class Catalog:
             )
         self._global, self._users = again._global, again._users
         self.users, self.grants = again.users, again.grants
+        self.limits = {user: dict(limits) for user, limits in document.get("limits", {}).items()}
         self.bootstrapped = bool(document.get("bootstrapped", False))
 
     async def change(self, change: Callable[[], object]) -> None:
@@ -237,6 +241,7 @@ def _check(document: dict[str, Any]) -> None:
         texts = (fields["salt"], fields["hash"], fields["by"])
         if not all(isinstance(t, str) for t in texts) or not isinstance(fields["created"], _NUMBER):
             raise ValueError(f"the user {fields['name']!r} has values of the wrong kind")
+    _check_limits(document.get("limits", {}))
     for fields in document["grants"]:
         _entry(fields, "grant", {"user", "level", "cursor", "prefix"})
         _name(validate_user, fields["user"], fields)
@@ -246,6 +251,17 @@ def _check(document: dict[str, Any]) -> None:
             fields["prefix"], str
         ):
             raise ValueError(f"the grant {fields!r} has values of the wrong kind")
+
+
+def _check_limits(limits: Any) -> None:
+    if not isinstance(limits, dict):
+        raise ValueError("'limits' is not a map")
+    for user, fields in limits.items():
+        _name(validate_user, user, fields)
+        if not isinstance(fields, dict) or set(fields) - {"max_connections", "rate"}:
+            raise ValueError(f"the limits of {user!r} are not max_connections and rate")
+        if not all(isinstance(v, _NUMBER) and v >= 0 for v in fields.values()):
+            raise ValueError(f"the limits of {user!r} have values of the wrong kind")
 
 
 def _entry(fields: Any, what: str, keys: set[str]) -> None:

@@ -93,8 +93,12 @@ class ClaimWaiters:
         """Claim for the waiters, oldest first, while their prefixes have claimable items."""
         for prefix in list(self._queues):
             queue = self._queues[prefix]
-            while queue:
-                waiter = queue[0]
+            index = 0
+            while index < len(queue):
+                waiter = queue[index]
+                if engine.claims_left(waiter.holder) == 0:
+                    index += 1  # at its quota of claims: it waits on, the next one goes
+                    continue
                 applied = engine.claim(
                     prefix,
                     holder=waiter.holder,
@@ -106,7 +110,7 @@ class ClaimWaiters:
                 ticket = submit(applied) if applied.records else 0
                 if applied.result is None:
                     break
-                queue.popleft()
+                del queue[index]
                 waiter.result, waiter.ticket = applied.result, ticket
                 if waiter.served is not None:
                     waiter.served(waiter)

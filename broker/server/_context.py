@@ -12,6 +12,7 @@ from ._config import ServerConfig
 from ._databases import Databases
 from ._pending_input import PendingInput
 from ._quiet_log import QuietLog
+from ._rates import RateBuckets
 from ._sessions import Sessions
 
 
@@ -34,6 +35,7 @@ class Context:
     # Requests served since the start, by operation (the registry's names, and one name for
     # every unknown one: the keys stay bounded).
     requests: dict[str, int] = field(default_factory=dict)
+    rates: RateBuckets = field(default_factory=lambda: RateBuckets())  # users' request rates
 
     @property
     def catalog(self) -> Catalog:

@@ -38,7 +38,16 @@ from ..storage import StorageError
 
 # The modules that declare the broker's operations (each fills the registry as it loads); the
 # connection's own are in the session's parts below.
-from . import _backups, _broker_ops, _cursors, _leases, _queue_ops, _recipe_ops, _users  # noqa: F401
+from . import (  # noqa: F401
+    _backups,
+    _broker_ops,
+    _cursors,
+    _leases,
+    _queue_ops,
+    _quota_ops,
+    _recipe_ops,
+    _users,
+)
 from ._access import who_is
 from ._context import Context
 from ._database_ops import Call
@@ -285,9 +294,36 @@ class Session(SessionClaims, SessionWatches, SessionRecipes):
                 "login", "session %d: %.80r failed to authenticate", self.number, hello.user
             )
             return Answer(Goodbye(ErrorCode.UNAUTHENTICATED, refusal))
+        refused = self._over_connections(user)
+        if refused is not None:
+            return Answer(refused)
         self.user = user
         limits = self.conn.limits.as_dict()
         return Answer(Welcome(self.ctx.server_name, self.number, limits, user=user))
+
+    def _over_connections(self, user: str) -> Goodbye | None:
+        """A Goodbye if ``user`` has its quota of connections open already (user_limits)."""
+        limit = self.ctx.catalog.limits.get(user, {}).get("max_connections")
+        if limit is None or sum(1 for s in self.ctx.sessions.live() if s.user == user) < limit:
+            return None
+        return Goodbye(
+            ErrorCode.QUOTA_EXCEEDED,
+            f"User {user!r} is at its quota max_connections={limit:g}; close another "
+            "connection first, or ask an admin for a larger quota.",
+        )
+
+    def _over_rate(self) -> ProntoError | None:
+        """The refusal of a request over the user's rate (user_limits), if it is."""
+        limits = self.ctx.catalog.limits.get(self.user)
+        rate = None if limits is None else limits.get("rate")
+        if rate is None or self.ctx.rates.take(self.user, rate, self.ctx.clock()):
+            return None
+        return ProntoError(
+            ErrorCode.QUOTA_EXCEEDED,
+            f"User {self.user!r} is at its quota rate={rate:g} requests per second; slow down "
+            "and retry, or ask an admin for a larger quota.",
+            {"user": self.user, "limit": "rate", "value": rate},
+        )
 
     async def _execute(self, request: Request) -> Answer | None:
         """Run ``request`` as the registry declares its operation; its answer, or None when a
@@ -297,6 +333,10 @@ class Session(SessionClaims, SessionWatches, SessionRecipes):
         counted = UNKNOWN if spec is None else spec.name  # bounded: no client's own names
         counts[counted] = counts.get(counted, 0) + 1
         try:
+            if self.ctx.catalog.limits:
+                over = self._over_rate()
+                if over is not None:
+                    raise over
             self._authorize(request)  # an unknown name is an admin's: denied before unknown_op
             if spec is None:
                 raise unknown(request.op)

@@ -105,6 +105,61 @@ class AdminOperations(ClientBase):
         result: list[dict[str, Any]] = self._call("grants", {"user": user})
         return result
 
+    def quota_set(
+        self,
+        user: str,
+        *,
+        max_keys: int | None = None,
+        max_bytes: int | None = None,
+        max_claims: int | None = None,
+        cursor: str | None = None,
+    ) -> dict[str, int]:
+        """Give ``user`` a quota in the database: the keys it may own (last written by it),
+        the bytes of their values, the claims it may hold (None: no limit; all None: no quota).
+        Writes past it are refused with ``quota_exceeded``. Returns the quota."""
+        args = self._args(cursor, user=user)
+        for name, value in (
+            ("max_keys", max_keys),
+            ("max_bytes", max_bytes),
+            ("max_claims", max_claims),
+        ):
+            if value is not None:
+                args[name] = value
+        quota: dict[str, int] = self._call("quota_set", args)
+        return quota
+
+    def quota_show(
+        self, user: str | None = None, *, cursor: str | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """``{user: {"limits": {...}, "use": {"keys", "bytes", "claims"}}}`` in the database,
+        for ``user`` or for every user with a quota."""
+        args = self._args(cursor)
+        if user is not None:
+            args["user"] = user
+        shown: dict[str, dict[str, Any]] = self._call("quota_show", args)
+        return shown
+
+    def user_limits(
+        self,
+        user: str,
+        *,
+        max_connections: int | None = None,
+        rate: float | None = None,
+        clear: bool = False,
+    ) -> dict[str, Any]:
+        """Set ``user``'s limits across the broker (connections open at once, requests per
+        second), or with neither, read them; ``clear`` removes them. Returns ``{user, limits,
+        connections}`` (its connections open now)."""
+        args: dict[str, Any] = {"user": user}
+        if max_connections is not None:
+            args["max_connections"] = max_connections
+        if rate is not None:
+            args["rate"] = rate
+        if clear:
+            args["clear"] = True
+        limits: dict[str, Any] = self._call("user_limits", args)
+        return limits
+
     def ping(self) -> None:
         """Ask the broker to answer; raises if it cannot."""
         self._call("ping", self._args(None))
