@@ -79,6 +79,7 @@ SLOW_MODULES = frozenset(
         "test_admin_reliability",
         "test_broker_process",
         "test_cli_process",
+        "test_quota_process",
         "test_cookbook",
         "test_database_crash",
         "test_demo",
