@@ -227,44 +227,7 @@ class Engine:
                 ErrorCode.BAD_REQUEST,
                 "A queue item is not attached to a session: give the queue options or 'session'.",
             )
-        return self._put_item(key, prev, value, packed, writer, now, expires, item)
-
-    def _put_item(
-        self,
-        key: str,
-        prev: Entry | None,
-        value: Any,
-        packed: bytes,
-        writer: str,
-        now: float,
-        expires: float | None,
-        item: ItemOptions,
-    ) -> Applied[Entry]:
-        if writer in self._quotas:
-            self._within_quota(writer, [(prev, len(packed))])
-        rev = self.revision + 1
-        entry = _next_entry(prev, _owned(value, packed), len(packed), rev, writer, now, expires)
-        after = list(item.after)
-        record = rec.PutItem(
-            rev,
-            writer,
-            now,
-            key,
-            entry.create_rev,
-            entry.version,
-            expires,
-            item.priority,
-            item.not_before,
-            after,
-            value,
-        )
-        encoded = self._fits(record.encode(packed))
-        self.revision = rev
-        self._store(key, entry)
-        self._configure(key, entry, item.priority, item.not_before, after)
-        changes = [Change(rev, ChangeKind.PUT, key, entry, writer)]
-        self.history.add(changes, now)
-        return Applied(entry, [encoded], changes)
+        return self._put(key, prev, value, packed, writer, now, expires, item=item)
 
     def _configure(
         self, key: str, entry: Entry, priority: int, not_before: float | None, after: list[str]
@@ -325,17 +288,26 @@ class Engine:
         now: float,
         expires: float | None,
         session: int | None = None,
+        item: ItemOptions | None = None,
     ) -> Applied[Entry]:
-        """Write one key at the next revision; everything that can fail is checked first."""
+        """Write one key at the next revision (a queue item with ``item``'s options);
+        everything that can fail is checked first."""
         if writer in self._quotas:
             self._within_quota(writer, [(prev, len(packed))])
         rev = self.revision + 1
         entry = _next_entry(
             prev, _owned(value, packed), len(packed), rev, writer, now, expires, session
         )
-        record = self._fits(rec.encode_put(rev, writer, now, key, packed, entry))
+        if item is None:
+            record = self._fits(rec.encode_put(rev, writer, now, key, packed, entry))
+        else:
+            options = (item.priority, item.not_before, list(item.after))
+            fields = (rev, writer, now, key, entry.create_rev, entry.version, expires)
+            record = self._fits(rec.PutItem(*fields, *options, value).encode(packed))
         self.revision = rev
         self._store(key, entry)
+        if item is not None:
+            self._configure(key, entry, *options)
         changes = [Change(rev, ChangeKind.PUT, key, entry, writer)]
         self.history.add(changes, now)
         return Applied(entry, [record], changes)

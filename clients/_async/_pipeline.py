@@ -240,7 +240,7 @@ class Pipeline:
     async def _send_all(
         self, waiters: list[_Waiter], requests: Sequence[tuple[str, dict[str, Any]]]
     ) -> None:
-        """:meth:`_send` of several requests, framed together and written at once."""
+        """Send ``requests``, each awaited by its waiter, framed together and written at once."""
         frames = []
         async with self._send_lock:
             with self._mutex:
@@ -257,10 +257,14 @@ class Pipeline:
                     waiter.request_id = request_id
                     self._waiters[request_id] = waiter
             try:
-                await self.stream.send_all(b"".join(frames))
+                await self.stream.send_all(frames[0] if len(frames) == 1 else b"".join(frames))
             except OSError:
-                pass  # as in _send: reading tells every waiter how the connection ended
+                # The broker is gone or going. Its Goodbye may still be there to read, and
+                # reading is how each call learns of the end (as every other waiting call does).
+                pass
             except BaseException:
+                # Interrupted inside a frame (sync: KeyboardInterrupt): the stream is corrupt for
+                # every caller. Closing it ends the read of whoever is reading.
                 with self._mutex:
                     self._fail(ProntoError(ErrorCode.UNAVAILABLE, _LOST))
                 await self.stream.aclose()
@@ -285,32 +289,7 @@ class Pipeline:
                 self._settle(waiter)
 
     async def _send(self, waiter: _Waiter, op: str, args: dict[str, Any]) -> None:
-        async with self._send_lock:
-            with self._mutex:
-                if self._error is not None:
-                    raise _copy(self._error)
-                request_id = self._next_id
-                try:
-                    data = self.conn.send(Request(request_id, op, args))
-                except LocalProtocolError as exc:
-                    raise _refused(exc) from None
-                self._next_id += 1
-                self._unanswered += 1
-                waiter.request_id = request_id
-                self._waiters[request_id] = waiter
-            try:
-                await self.stream.send_all(data)
-            except OSError:
-                # The broker is gone or going. Its Goodbye may still be there to read, and
-                # reading is how this call learns of the end (as every other waiting call does).
-                pass
-            except BaseException:
-                # Interrupted inside a frame (sync: KeyboardInterrupt): the stream is corrupt for
-                # every caller. Closing it ends the read of whoever is reading.
-                with self._mutex:
-                    self._fail(ProntoError(ErrorCode.UNAVAILABLE, _LOST))
-                await self.stream.aclose()
-                raise
+        await self._send_all([waiter], ((op, args),))
 
     async def _wait(self, waiter: _Waiter, ready: Callable[[], bool]) -> None:
         """Return once ``ready()`` (checked under the mutex), reading for everyone meanwhile if
