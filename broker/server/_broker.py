@@ -316,7 +316,9 @@ class Broker:
             "connections": len(self.sessions),
             "idle_exit": self.config.idle_exit,
             "auto_started": self.config.auto_started,
-            "databases": [_database_status(db) for db in self.databases.opened()],
+            "databases": [
+                _database_status(db, self.context.clock()) for db in self.databases.opened()
+            ],
             "requests": dict(self.context.requests),
         }
 
@@ -356,7 +358,7 @@ def _server_tls(cert: Path, key: Path) -> ssl.SSLContext:
 STATUS_RECIPES = 100  # recipes a database's status lists (`locks` lists them all)
 
 
-def _database_status(db: OpenDatabase) -> dict[str, Any]:
+def _database_status(db: OpenDatabase, now: float) -> dict[str, Any]:
     stats = db.engine.statistics()
     writer = db.database.writer.statistics()
     return {
@@ -369,7 +371,7 @@ def _database_status(db: OpenDatabase) -> dict[str, Any]:
         "records_written": writer.records,
         "fsyncs": writer.fsyncs,
         # Every prefix claimed from since the open: ready, claimed, delayed and dead items.
-        "queues": db.engine.queues(),
+        "queues": db.engine.queues(now=now),
         "claimers": len(db.waiters),  # blocked claims waiting for an item
         "sessions": len(db.engine.sessions()),  # live sessions (docs/PROTOCOL.md, "Sessions")
         # Locks, semaphores, elections, barriers with members (the first STATUS_RECIPES by name).
