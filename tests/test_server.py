@@ -425,7 +425,15 @@ async def test_claims_hand_out_items_once_each_in_order(
     assert stale.error["code"] == ErrorCode.COMPARE_FAILED
     status = await w.result("status")
     assert status["databases"][0]["queues"] == {
-        "jobs": {"ready": 0, "claimed": 1, "delayed": 0, "waiting": 0, "redeliveries": 0, "dead": 0}
+        "jobs": {
+            "ready": 0,
+            "claimed": 1,
+            "delayed": 0,
+            "waiting": 0,
+            "redeliveries": 0,
+            "dead": 0,
+            "oldest_ready_age": None,
+        }
     }
 
 
