@@ -313,3 +313,14 @@ class QueueMachine(RuleBasedStateMachine):
 
 QueueMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
 TestQueueMachine = QueueMachine.TestCase
+
+
+def test_many_items_due_at_once_come_back_a_bounded_pass_at_a_time() -> None:
+    q = Logged()
+    for i in range(2500):
+        q.put(f"q.k{i:04}", delay=10)
+    passes = []
+    while (due := q.engine.next_timer()) is not None and due <= T0 + 10:
+        passes.append(len(q(q.engine.claims_due(T0 + 10))))
+    assert passes == [1000, 1000, 500]  # the broker serves others between passes
+    assert q.engine.queue_counts("q")["ready"] == 2500

@@ -36,6 +36,7 @@ def parent_of(key: str) -> str:
 
 
 DEFAULT_PRIORITY = 100  # an item's priority unless it says otherwise (0 is the most urgent)
+DUE_PER_PASS = 1000  # lease and delay ends handled in one pass (see ClaimBook.due)
 
 
 class ClaimBook:
@@ -222,7 +223,9 @@ class ClaimBook:
         leases: dict[str, None] = {}
         delays: list[str] = []
         timers = self._timers
-        while timers and timers[0][0] <= now:
+        # At most DUE_PER_PASS at a time: thousands due at one moment must not hold the broker
+        # (every connection) in one pass; the rest stay due, and the next pass takes them.
+        while timers and timers[0][0] <= now and len(leases) + len(delays) < DUE_PER_PASS:
             when, key = heapq.heappop(timers)
             claim = self.claims.get(key)
             if claim is not None and claim.lease == when:

@@ -216,28 +216,41 @@ class Pipeline:
     def call_many(self, requests: Sequence[tuple[str, dict[str, Any]]]) -> list[Any]:
         """Send every request, a window of them in one write at a time, and return each one's
         result, or the ProntoError it failed with, in order (a failure does not stop the
-        others). The window is at most the broker's in-flight limit, so the broker reads on."""
+        others). Two windows are in flight at once, so the broker works on one while this
+        reads the answers of the other; together they stay within the in-flight limit."""
         results: list[Any] = []
-        window = max(1, min(self._max_in_flight, _WINDOW))
-        for start in range(0, len(requests), window):
-            chunk = requests[start : start + window]
-            waiters = [_Waiter() for _ in chunk]
-            try:
+        window = max(1, min(self._max_in_flight // 2, _WINDOW))
+        sent: list[_Waiter] = []  # the window whose answers are still to read
+        try:
+            for start in range(0, len(requests), window):
+                chunk = requests[start : start + window]
+                waiters = [_Waiter() for _ in chunk]
                 for waiter in waiters:
                     self._wait(waiter, lambda w=waiter: self._take_slot(w))  # type: ignore[misc]
                 self._send_all(waiters, chunk)
-                for waiter in waiters:
-                    self._wait(waiter, lambda w=waiter: w.response is not None)  # type: ignore[misc]
-                    assert waiter.response is not None
-                    try:
-                        results.append(waiter.response.raise_for_error())
-                    except ProntoError as err:
-                        results.append(err)
-            finally:
-                with self._mutex:
-                    for waiter in waiters:
-                        self._settle(waiter)
+                self._collect(sent, results)
+                sent = waiters
+            self._collect(sent, results)
+        finally:
+            with self._mutex:
+                for waiter in sent:
+                    self._settle(waiter)
         return results
+
+    def _collect(self, waiters: list[_Waiter], results: list[Any]) -> None:
+        """Append the answers of ``waiters`` (sent, in order) to ``results``."""
+        try:
+            for waiter in waiters:
+                self._wait(waiter, lambda w=waiter: w.response is not None)  # type: ignore[misc]
+                assert waiter.response is not None
+                try:
+                    results.append(waiter.response.raise_for_error())
+                except ProntoError as err:
+                    results.append(err)
+        finally:
+            with self._mutex:
+                for waiter in waiters:
+                    self._settle(waiter)
 
     def _send_all(
         self, waiters: list[_Waiter], requests: Sequence[tuple[str, dict[str, Any]]]
