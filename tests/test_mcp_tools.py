@@ -24,7 +24,8 @@ WITH_CLI = {name for name, spec in REGISTRY.items() if spec.cli is not None}
 
 def generator() -> ModuleType:
     spec = importlib.util.spec_from_file_location("mcp_ops_script", ROOT / "scripts" / "mcp_ops.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -61,14 +62,16 @@ def test_each_tool_is_named_and_shaped_as_its_operation(tool: mcp_tools.Tool) ->
     assert "user" not in schema["properties"], f"{tool.name}: no tool may take a user"
     assert set(schema["required"]) <= set(schema["properties"])
     assert tool.read_only is (not spec.writes)
-    assert tool.description and tool.output_schema()["type"] == "object"
+    assert tool.description
+    assert tool.output_schema()["type"] == "object"
     if tool.read_only:
         assert not tool.destructive
 
 
 def test_read_only_offers_only_the_tools_that_change_nothing() -> None:
     offered = mcp_tools.offered(read_only=True)
-    assert offered and all(not REGISTRY[t.op].writes for t in offered)
+    assert offered
+    assert all(not REGISTRY[t.op].writes for t in offered)
     assert {t.name for t in offered} >= {"get", "keys", "scan", "ttl", "claims", "status"}
     assert len(mcp_tools.offered(read_only=False)) == len(mcp_tools.TOOLS)
 
