@@ -1058,6 +1058,33 @@ def ps_command(ctx: click.Context, as_json: bool) -> None:
     _finish(commands.ps(_globals(ctx, as_json)))
 
 
+MCP_MISSING = (
+    "error: `prontodb mcp` needs the MCP SDK, an optional extra: pip install 'prontodb[mcp]'"
+)
+
+
+@cli.command("mcp")
+@click.option(
+    "--read-only", is_flag=True, help="Offer only the tools that change nothing (get, keys, ...)."
+)
+@click.pass_context
+def mcp_command(ctx: click.Context, read_only: bool) -> None:
+    """Serve ProntoDB's tools to an AI agent host over MCP on stdio (docs/MCP.md).
+
+    Every tool acts as the user given by --user and PRONTODB_TOKEN, on --cursor's database by
+    default; none takes a user. Needs the extra: pip install 'prontodb[mcp]'.
+    """
+    try:
+        from . import _mcp_server  # the SDK is imported by this command alone
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in ("mcp", "mcp_types"):
+            raise
+        commands.say(MCP_MISSING)
+        _finish(1)
+        return
+    _finish(_mcp_server.main(_globals(ctx, False), read_only))
+
+
 @cli.command()
 @click.option(
     "--data-dir",

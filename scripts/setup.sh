@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv if missing and installs ProntoDB into it, editable, with the test extras.
+# Creates .venv if missing and installs ProntoDB into it, editable, with the test and mcp extras.
 # Sourced by demo.sh and test.sh so that both set up the same way.
 set -euo pipefail
 # -h or --help to the script that sources this: its header comment is its help; nothing is set up.
@@ -18,10 +18,10 @@ stamp=.venv/.prontodb-installed
 # pip's output (and setuptools' warnings about the editable layout) goes to a log, shown only if
 # the install fails: on success it is noise.
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    echo "== setting up .venv (pip install -e '.[test]'; the log is .venv/install.log)"
+    echo "== setting up .venv (pip install -e '.[test,mcp]'; the log is .venv/install.log)"
     log=.venv/install.log
     if ! { .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip &&
-        .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'; } \
+        .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,mcp]'; } \
         >"$log" 2>&1; then
         cat "$log" >&2
         echo "setup: pip install failed (the log above is in $log)" >&2

@@ -10,6 +10,7 @@ source scripts/setup.sh
 bin=.venv/bin
 
 "$bin/python" scripts/unasync.py --check
+"$bin/python" scripts/mcp_ops.py --check
 echo "== ruff"
 "$bin/ruff" check .
 "$bin/ruff" format --check .

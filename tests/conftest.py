@@ -85,6 +85,7 @@ SLOW_MODULES = frozenset(
         "test_demo",
         "test_examples_python",
         "test_examples_shell",
+        "test_mcp",
         "test_queue_process",
         "test_readme",
         "test_recipes_process",

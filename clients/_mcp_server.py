@@ -1,0 +1,167 @@
+"""``prontodb mcp``: ProntoDB's tools (``_mcp_tools``) served over MCP on stdio.
+
+Built on the official MCP SDK's low-level server (the optional extra ``prontodb[mcp]``); only the
+``mcp`` command imports this module, so the CLI's start-up never pays for the SDK. Every tool acts
+as the user the server was started with (``--user``, ``$PRONTODB_TOKEN``), through one
+:class:`AsyncClient` connected on first use and again after the broker went away. stdout carries
+JSON-RPC alone: logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio
+import mcp_types as types
+from mcp.server.lowlevel import Server
+from mcp.server.stdio import stdio_server
+
+from prontodb.protocol import ErrorCode, ProntoError
+
+from ._async.client import AsyncClient
+from ._cli_commands import CLIENT_NAME, Globals, target_url
+from ._mcp_tools import BY_NAME, Tool, ToolFailed, call, offered
+
+log = logging.getLogger("prontodb.mcp")
+
+INSTRUCTIONS = (
+    "ProntoDB coordinates agents: shared keys (get, set, cas, incr, txn), task queues (set an "
+    "item under a prefix; claim it, then ack or release it with its token), and locks (holders, "
+    "locks, unlock). Every tool acts as this server's ProntoDB user, with that user's grants."
+)
+
+
+class Broker:
+    """The server's one connection to the broker, made on first use (starting the default
+    broker as the CLI does) and made again after it was lost."""
+
+    def __init__(self, options: Globals) -> None:
+        self.options = options
+        self._client: AsyncClient | None = None
+        self._lock = anyio.Lock()
+
+    async def client(self) -> AsyncClient:
+        async with self._lock:
+            if self._client is None:
+                self._client = await AsyncClient.connect(
+                    self.options.url,
+                    user=self.options.user,
+                    cursor=self.options.cursor,
+                    name=CLIENT_NAME.replace("cli", "mcp"),
+                    autostart=True,
+                )
+            return self._client
+
+    async def lost(self, client: AsyncClient) -> None:
+        """Forget ``client`` (its connection failed): the next call connects again."""
+        async with self._lock:
+            if self._client is client:
+                self._client = None
+        with anyio.CancelScope(shield=True):
+            try:
+                await client.aclose()
+            except (ProntoError, OSError):
+                pass
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self.lost(self._client)
+
+
+def tool_listing(tool: Tool) -> types.Tool:
+    return types.Tool(
+        name=tool.name,
+        description=tool.description,
+        input_schema=tool.input_schema(),
+        output_schema=tool.output_schema(),
+        annotations=types.ToolAnnotations(
+            title=f"prontodb {tool.name.replace('_', ' ')}",
+            read_only_hint=tool.read_only,
+            destructive_hint=tool.destructive,
+            idempotent_hint=tool.idempotent,
+            open_world_hint=False,
+        ),
+    )
+
+
+def error_result(text: str) -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(text=text)], is_error=True)
+
+
+def build(options: Globals, read_only: bool, broker: Broker) -> Server[Any]:
+    """The MCP server for ``options``' user, with only the read tools if ``read_only``."""
+    tools = {t.name: t for t in offered(read_only)}
+
+    async def list_tools(
+        ctx: Any, params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=[tool_listing(t) for t in tools.values()])
+
+    async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        tool = tools.get(params.name)
+        if tool is None:
+            why = " (this server is read-only)" if params.name in BY_NAME else ""
+            return error_result(f"bad_request: there is no tool {params.name!r}{why}")
+        return await run(tool, params.arguments or {})
+
+    async def run(tool: Tool, arguments: dict[str, Any]) -> types.CallToolResult:
+        client: AsyncClient | None = None
+        try:
+            client = await broker.client()
+            document = await call(tool, client, arguments, options.cursor)
+        except ToolFailed as exc:
+            return error_result(str(exc))
+        except ProntoError as exc:
+            if exc.code is ErrorCode.UNAVAILABLE:
+                if client is not None:
+                    await broker.lost(client)
+                return error_result(
+                    f"unavailable: the ProntoDB broker at {target_url(options)} cannot be "
+                    f"reached ({exc.message}); nothing was done. The server connects again on "
+                    "the next call."
+                )
+            return error_result(f"{exc.code.value}: {exc.message}")
+        return types.CallToolResult(
+            content=[types.TextContent(text=_text(document))], structured_content=document
+        )
+
+    return Server(
+        "prontodb",
+        version=_version(),
+        instructions=INSTRUCTIONS,
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+    )
+
+
+def _text(document: Any) -> str:
+    from ._cli_commands import to_json
+
+    return to_json(document).decode()
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("prontodb")
+    except PackageNotFoundError:
+        return "0"
+
+
+async def serve(options: Globals, read_only: bool) -> None:
+    broker = Broker(options)
+    server = build(options, read_only, broker)
+    try:
+        async with stdio_server() as (read_stream, write_stream):
+            await server.run(read_stream, write_stream, server.create_initialization_options())
+    finally:
+        await broker.aclose()
+
+
+def main(options: Globals, read_only: bool) -> int:
+    """Serve until the host closes stdin; the exit status."""
+    logging.basicConfig(level=logging.WARNING, format="prontodb mcp: %(levelname)s %(message)s")
+    anyio.run(serve, options, read_only)
+    return 0

@@ -1,0 +1,703 @@
+"""The MCP server's tools: one per CLI command an agent may run, made from the op registry.
+
+Each tool is named as its CLI command (``queue show`` -> ``queue_show``), takes the registry's
+arguments of its operation under their wire names (which the CLI's options spell with dashes), and
+returns, as structured content, the document that command prints with ``--json`` (an array wrapped
+in an object under a name of its own, as MCP wants an object). Every tool acts as the user the
+server was started with: none takes a user. Which operations have no tool yet, and why, is
+:data:`LEFT_OUT`; tests/test_mcp_tools.py holds both to the registry.
+
+This module is plain Python (no import of the MCP SDK), so the tools can be checked without it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
+
+from prontodb.protocol import ErrorCode, ProntoError
+
+from ._async.client import AsyncClient
+from ._cli_commands import to_json
+from ._mcp_ops import OPS
+
+# The longest a claim waits through MCP, whatever `wait` asks: a tool call should come back
+# within what a host waits for one; call claim again to wait longer.
+WAIT_CAP = 30.0
+
+Run = Callable[[AsyncClient, dict[str, Any], str], Awaitable[dict[str, Any]]]
+
+
+class ToolFailed(Exception):
+    """A refusal the CLI words itself (a missing key, nothing to claim): the tool's error text."""
+
+
+class Tool(NamedTuple):
+    """One tool: its name, the operation it sends, the registry's arguments it takes (``cursor``
+    first), arguments of its own (name -> JSON schema; ``cas``'s ``old`` and ``new``), the ones a
+    call must give beyond the registry's required ones, what to tell the agent, the properties of
+    its result, whether repeating it changes nothing more, and the function that runs it."""
+
+    name: str
+    op: str
+    args: tuple[str, ...]
+    own: dict[str, dict[str, Any]]
+    required: tuple[str, ...]
+    description: str
+    result: dict[str, Any]
+    idempotent: bool
+    run: Run
+
+    @property
+    def read_only(self) -> bool:
+        return not OPS[self.op].writes
+
+    @property
+    def destructive(self) -> bool:
+        """Whether it may delete or overwrite what is there (MCP's destructiveHint)."""
+        return not self.read_only and self.name not in ADDITIVE
+
+    def input_schema(self) -> dict[str, Any]:
+        declared = {a.name: a for a in OPS[self.op].args}
+        properties: dict[str, Any] = {}
+        for name in self.args:
+            arg = declared[name]
+            schema = dict(KIND_SCHEMAS[arg.kind])
+            doc = ARG_DOCS.get(name) or arg.doc
+            if doc:
+                schema["description"] = doc
+            properties[name] = schema
+        properties.update(self.own)
+        required = [a for a in self.args if declared[a].required] + list(self.required)
+        return {"type": "object", "properties": properties, "required": required}
+
+    def output_schema(self) -> dict[str, Any]:
+        return {"type": "object", **self.result}
+
+
+# JSON schemas of the registry's argument kinds (docs/PROTOCOL.md's types).
+KIND_SCHEMAS: dict[str, dict[str, Any]] = {
+    "key": {"type": "string"},
+    "prefix": {"type": "string"},
+    "cursor": {"type": "string"},
+    "str": {"type": "string"},
+    "user": {"type": "string"},
+    "path": {"type": "string"},
+    "any": {},
+    "bool": {"type": "boolean"},
+    "uint": {"type": "integer", "minimum": 0},
+    "int": {"type": "integer"},
+    "seconds": {"type": "number", "minimum": 0},
+    "list": {"type": "array"},
+    "map": {"type": "object"},
+}
+
+# What an argument means where the registry says too little for an agent.
+ARG_DOCS = {
+    "cursor": "the database (default: the one the server was started with)",
+    "key": "the key: dot-separated segments, like tasks.t1",
+    "value": "any JSON value",
+    "prefix": 'the key prefix (segment-aware; "" for every key)',
+    "token": "the fencing token claim handed out (or a lock's token)",
+    "wait": f"seconds to wait for an item (at most {WAIT_CAP:g} here; default 0: try once)",
+    "lease": "seconds the claim holds the item (default 60)",
+    "meta": "also return the revisions, version, writer, time and size",
+    "keys": "the keys, in the order of the answer",
+    "compares": '[{"key", "target"?: value|mod_rev|create_rev|version|exists, "op"?: ==|!=|<|<=|>|>=, "value"}]',
+    "ops": '[{"op": get|set|del|incr, "key", "value"?, "by"?}]',
+    "name": "the lock's (semaphore's, election's, barrier's) name",
+}
+
+# Writes that only add: a new key, a count, a longer lease. (del, set over a value, ack: not so.)
+ADDITIVE = frozenset({"incr", "decr", "extend", "claim"})
+
+KEY = {"key": {"type": "string"}}
+ANY: dict[str, Any] = {}
+
+
+def _props(required: tuple[str, ...], **properties: Any) -> dict[str, Any]:
+    return {"properties": properties, "required": list(required)}
+
+
+def _plain(document: Any) -> Any:
+    """A document as the CLI's --json prints it (bytes as {"$bytes": base64})."""
+    return json.loads(to_json(document))
+
+
+def _not_found(key: str, cursor: str) -> ToolFailed:
+    return ToolFailed(f"not found: {key} (cursor {cursor})")
+
+
+# -- the tools' bodies ---------------------------------------------------------------------------
+
+
+async def _get(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+    key = a["key"]
+    if not a.get("meta"):
+        value = await client.get(key, cursor=cursor)
+        if value is None:
+            raise _not_found(key, cursor)
+        return {"key": key, "value": value}
+    info = await client.get_info(key, cursor=cursor)
+    if info is None:
+        raise _not_found(key, cursor)
+    from ._cli_commands import _meta_fields
+
+    return {"key": key, **_meta_fields(info)}
+
+
+async def _set(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+    names = ("if_absent", "if_rev", "ttl", "priority", "delay", "after")
+    options: dict[str, Any] = {k: a[k] for k in names if k in a}
+    revision = await client.set(a["key"], a["value"], cursor=cursor, **options)
+    return {"key": a["key"], "revision": revision}
+
+
+async def _cas(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+    revision = await client.set(a["key"], a["new"], if_value=a["old"], cursor=cursor)
+    return {"key": a["key"], "revision": revision}
+
+
+async def _del(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+    deleted = await client.delete(a["key"], if_rev=a.get("if_rev"), cursor=cursor)
+    return {"key": a["key"], "deleted": deleted}
+
+
+async def _exists(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+    return {"key": a["key"], "exists": await client.exists(a["key"], cursor=cursor)}
+
+
+async def _mget(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+    keys = list(a["keys"])
+    values = await client.mget(keys, cursor=cursor)
+    return dict(zip(keys, values, strict=True))
+
+
+async def _incr(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+    return {"key": a["key"], "value": await client.incr(a["key"], a.get("by", 1), cursor=cursor)}
+
+
+async def _decr(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+    return {"key": a["key"], "value": await client.decr(a["key"], a.get("by", 1), cursor=cursor)}
+
+
+async def _keys(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+    return {"keys": await client.keys(a.get("prefix", ""), cursor=cursor)}
+
+
+async def _scan(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+    return dict(await client.scan(a.get("prefix", ""), cursor=cursor))
+
+
+async def _ttl(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+    try:
+        remaining = await client.ttl(a["key"], cursor=cursor)
+    except ProntoError as exc:
+        if exc.code is ErrorCode.NOT_FOUND:
+            raise _not_found(a["key"], cursor) from None
+        raise
+    return {"key": a["key"], "ttl": remaining}
+
+
+async def _expire(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+    if not await client.expire(a["key"], a["seconds"], cursor=cursor):
+        raise _not_found(a["key"], cursor)
+    return {"key": a["key"], "ttl": max(a["seconds"], 0.0)}
+
+
+async def _persist(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+    return {"key": a["key"], "persisted": await client.persist(a["key"], cursor=cursor)}
+
+
+async def _txn(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+    outcome = await client.txn(a.get("compares", []), a.get("ops", []), cursor=cursor)
+    if not outcome.succeeded:
+        failed = ",".join(str(i) for i in outcome.failed)
+        raise ToolFailed(
+            f"compare_failed: the compares at {failed} did not hold; nothing was applied "
+            f"(the database is at revision {outcome.revision})"
+        )
+    return outcome._asdict()
+
+
+async def _claim(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+    prefix = a["prefix"]
+    wait = min(float(a.get("wait") or 0.0), WAIT_CAP)
+    task = await client.claim(
+        prefix,
+        wait=wait,
+        lease=a.get("lease"),
+        max_deliveries=a.get("max_deliveries"),
+        cursor=cursor,
+    )
+    if task is None:
+        waited = f" within {wait:g} s" if wait else ""
+        raise ToolFailed(
+            f"timed_out: nothing to claim under {prefix or '(top level)'}{waited} (cursor {cursor})"
+        )
+    return task._asdict()
+
+
+async def _ack(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+    await client.ack(a["key"], a["token"], cursor=cursor)
+    return {"key": a["key"], "acked": True}
+
+
+async def _release(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+    await client.release(
+        a["key"], a["token"], delay=a.get("delay"), priority=a.get("priority"), cursor=cursor
+    )
+    return {"key": a["key"], "released": True}
+
+
+async def _extend(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+    deadline = await client.extend(a["key"], a["token"], a["lease"], cursor=cursor)
+    return {"key": a["key"], "lease": deadline}
+
+
+async def _claims(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+    held = await client.claims(a.get("prefix", ""), cursor=cursor)
+    return {"claims": [c._asdict() for c in held]}
+
+
+async def _status(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+    info: dict[str, Any] = await client.status()
+    return info
+
+
+async def _queues(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+    found = await client.queues(a.get("prefix", ""), cursor=cursor)
+    return {"queues": [q._asdict() for q in found]}
+
+
+async def _queue_show(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+    return (await client.queue_show(a["prefix"], cursor=cursor))._asdict()
+
+
+async def _holders(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+    state = await client.holders(a["name"], cursor=cursor)
+    if state is None:
+        raise ToolFailed(f"not_found: nobody holds or waits for {a['name']} (cursor {cursor})")
+    return {**state._asdict(), "members": [m._asdict() for m in state.members]}
+
+
+async def _locks(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+    found = await client.locks(a.get("prefix", ""), cursor=cursor)
+    return {"locks": [{**r._asdict(), "members": [m._asdict() for m in r.members]} for r in found]}
+
+
+async def _unlock(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+    name, token = a["name"], a["token"]
+    if not await client.unlock(name, token, cursor=cursor):
+        raise ToolFailed(
+            f"not_found: {name} has no member with token {token} (released, or its session ended)"
+        )
+    return {"name": name, "token": token, "released": True}
+
+
+# -- the result schemas --------------------------------------------------------------------------
+
+_REVISION = _props(("key", "revision"), key={"type": "string"}, revision={"type": "integer"})
+_KEY_VALUE = _props(("key", "value"), key={"type": "string"}, value=ANY)
+_ANY_MAP = {"additionalProperties": True}
+_CLAIMED = _props(
+    ("key", "value", "token", "lease", "deliveries"),
+    key={"type": "string"},
+    value=ANY,
+    token={"type": "integer"},
+    lease={"type": "number", "description": "the lease's deadline, seconds since the epoch"},
+    deliveries={"type": "integer"},
+)
+_MEMBERS = {"type": "array", "items": {"type": "object"}}
+_RECIPE = _props(
+    ("name", "recipe", "limit", "members"),
+    name={"type": "string"},
+    recipe={"type": "string"},
+    limit={"type": "integer"},
+    members=_MEMBERS,
+)
+
+
+def _flag(name: str) -> dict[str, Any]:
+    return _props(("key", name), key={"type": "string"}, **{name: {"type": "boolean"}})
+
+
+def _list(name: str, items: dict[str, Any]) -> dict[str, Any]:
+    return _props((name,), **{name: {"type": "array", "items": items}})
+
+
+# -- the tools -----------------------------------------------------------------------------------
+
+_MISSING = "A missing key is an error (not found)."
+_DENIED = "denied: the server's user lacks the grant (the message names the one needed)."
+_CLAIM_GONE = (
+    "compare_failed: the claim is no longer held with that token (its lease ran out, or it was "
+    "acked or released): another worker may have the item now; stop working on it."
+)
+
+TOOLS: tuple[Tool, ...] = (
+    Tool(
+        "get",
+        "get",
+        ("cursor", "key", "meta"),
+        {},
+        (),
+        "Read a key's value (with meta: its revisions, version, writer, time, size too). "
+        f"Use it to read shared state. {_MISSING}",
+        _props(("key", "value"), key={"type": "string"}, value=ANY) | _ANY_MAP,
+        True,
+        _get,
+    ),
+    Tool(
+        "set",
+        "set",
+        ("cursor", "key", "value", "if_absent", "if_rev", "ttl", "priority", "delay", "after"),
+        {},
+        (),
+        "Store a value at a key; its new revision. Conditions: if_absent (only a new key), "
+        "if_rev (only if its modify revision is that; 0: absent). ttl makes it expire; "
+        "priority, delay and after make it a queue item for claim. Errors: compare_failed when "
+        f"a condition does not hold (nothing changed); {_DENIED}",
+        _REVISION,
+        False,
+        _set,
+    ),
+    Tool(
+        "del",
+        "del",
+        ("cursor", "key", "if_rev"),
+        {},
+        (),
+        "Delete a key; whether it existed (deleting a missing key is not an error). if_rev: only "
+        f"if its modify revision is that, else compare_failed. {_DENIED}",
+        _flag("deleted"),
+        True,
+        _del,
+    ),
+    Tool(
+        "exists",
+        "exists",
+        ("cursor", "key"),
+        {},
+        (),
+        "Whether a key exists (false is an answer, not an error).",
+        _flag("exists"),
+        True,
+        _exists,
+    ),
+    Tool(
+        "mget",
+        "mget",
+        ("cursor", "keys"),
+        {},
+        (),
+        "Read several keys at once: an object of each key's value, null for a missing one.",
+        _ANY_MAP,
+        True,
+        _mget,
+    ),
+    Tool(
+        "incr",
+        "incr",
+        ("cursor", "key", "by"),
+        {},
+        (),
+        "Add `by` (default 1) to an integer key, atomically (a missing key counts as 0); the new "
+        "value. Use it for counters and ids. Errors: wrong_type if the key holds no integer.",
+        _props(("key", "value"), key={"type": "string"}, value={"type": "integer"}),
+        False,
+        _incr,
+    ),
+    Tool(
+        "decr",
+        "decr",
+        ("cursor", "key", "by"),
+        {},
+        (),
+        "Subtract `by` (default 1) from an integer key, atomically; the new value.",
+        _props(("key", "value"), key={"type": "string"}, value={"type": "integer"}),
+        False,
+        _decr,
+    ),
+    Tool(
+        "keys",
+        "keys",
+        ("cursor", "prefix"),
+        {},
+        (),
+        "The keys at and below a prefix, sorted (segment-aware: tasks matches tasks.t1, not tasksx).",
+        _list("keys", {"type": "string"}),
+        True,
+        _keys,
+    ),
+    Tool(
+        "scan",
+        "scan",
+        ("cursor", "prefix"),
+        {},
+        (),
+        "The keys and values at and below a prefix: an object of key to value.",
+        _ANY_MAP,
+        True,
+        _scan,
+    ),
+    Tool(
+        "ttl",
+        "ttl",
+        ("cursor", "key"),
+        {},
+        (),
+        f"The seconds a key has left (null: it never expires). {_MISSING}",
+        _props(("key", "ttl"), key={"type": "string"}, ttl={"type": ["number", "null"]}),
+        True,
+        _ttl,
+    ),
+    Tool(
+        "expire",
+        "expire",
+        ("cursor", "key", "seconds"),
+        {},
+        (),
+        f"Give a key a deadline, `seconds` from now (0: now). {_MISSING}",
+        _props(("key", "ttl"), key={"type": "string"}, ttl={"type": "number"}),
+        True,
+        _expire,
+    ),
+    Tool(
+        "persist",
+        "persist",
+        ("cursor", "key"),
+        {},
+        (),
+        "Take a key's deadline away; whether it had one.",
+        _flag("persisted"),
+        True,
+        _persist,
+    ),
+    Tool(
+        "cas",
+        "set",
+        ("cursor", "key"),
+        {
+            "old": {"description": "the value the key must hold now (any JSON value)"},
+            "new": {"description": "the value to store (any JSON value)"},
+        },
+        ("old", "new"),
+        "Compare and set: store `new` only if the key holds `old`; its new revision. Use it to "
+        "change shared state without losing another agent's change. Errors: compare_failed when "
+        "the key holds something else (read it again, then retry).",
+        _REVISION,
+        False,
+        _cas,
+    ),
+    Tool(
+        "txn",
+        "txn",
+        ("cursor", "compares", "ops"),
+        {},
+        (),
+        "If every compare holds, apply every operation at one revision; else none. Its "
+        "result: succeeded, revision, one result per operation. Errors: compare_failed naming "
+        "the compares that did not hold (nothing was applied).",
+        _props(
+            ("succeeded", "revision", "results", "failed"),
+            succeeded={"type": "boolean"},
+            revision={"type": "integer"},
+            results={"type": "array"},
+            failed={"type": "array", "items": {"type": "integer"}},
+        ),
+        False,
+        _txn,
+    ),
+    Tool(
+        "claim",
+        "claim",
+        ("cursor", "prefix", "wait", "lease", "max_deliveries"),
+        {},
+        ("prefix",),
+        "Take the next ready item under a prefix (a task queue) for a lease: no other agent gets "
+        "it until you ack it (done), release it (give it back), or the lease runs out. Keep the "
+        f"token: ack, release and extend need it. wait: seconds to wait for one (at most "
+        f"{WAIT_CAP:g} here; call again to wait longer). Errors: timed_out when nothing was "
+        "ready in time (not a failure: there is no work yet).",
+        _CLAIMED,
+        False,
+        _claim,
+    ),
+    Tool(
+        "ack",
+        "ack",
+        ("cursor", "key", "token"),
+        {},
+        (),
+        f"Finish a claimed item: it is deleted. Errors: {_CLAIM_GONE}",
+        _flag("acked"),
+        False,
+        _ack,
+    ),
+    Tool(
+        "release",
+        "release",
+        ("cursor", "key", "token", "delay", "priority"),
+        {},
+        (),
+        "Give a claimed item back (claimable again at once, or after `delay`) when you cannot "
+        f"finish it. Errors: {_CLAIM_GONE}",
+        _flag("released"),
+        False,
+        _release,
+    ),
+    Tool(
+        "extend",
+        "extend",
+        ("cursor", "key", "token", "lease"),
+        {},
+        (),
+        "Keep a claimed item longer: its lease runs `lease` seconds from now; the new deadline. "
+        f"Call it before the lease runs out on long work. Errors: {_CLAIM_GONE}",
+        _props(("key", "lease"), key={"type": "string"}, lease={"type": "number"}),
+        True,
+        _extend,
+    ),
+    Tool(
+        "claims",
+        "claims",
+        ("cursor", "prefix"),
+        {},
+        (),
+        "The claims held at and below a prefix: key, holder, token, lease deadline.",
+        _list("claims", {"type": "object"}),
+        True,
+        _claims,
+    ),
+    Tool(
+        "status",
+        "status",
+        (),
+        {},
+        (),
+        "What the broker is doing: version, uptime, connections, databases, queues.",
+        _ANY_MAP,
+        True,
+        _status,
+    ),
+    Tool(
+        "queues",
+        "queues",
+        ("cursor", "prefix"),
+        {},
+        (),
+        "Every queue at or below a prefix with its counts (ready, claimed, delayed, waiting, "
+        "dead), its oldest ready item's age and redeliveries.",
+        _list("queues", {"type": "object"}),
+        True,
+        _queues,
+    ),
+    Tool(
+        "queue_show",
+        "queue_show",
+        ("cursor", "prefix"),
+        {},
+        (),
+        "One queue's settings and counts.",
+        _ANY_MAP,
+        True,
+        _queue_show,
+    ),
+    Tool(
+        "holders",
+        "holders",
+        ("cursor", "name"),
+        {},
+        (),
+        "Who holds and who waits for a lock, semaphore, election or barrier, in line. Errors: "
+        "not_found when nobody holds or waits for it.",
+        _RECIPE,
+        True,
+        _holders,
+    ),
+    Tool(
+        "locks",
+        "locks",
+        ("cursor", "prefix"),
+        {},
+        (),
+        "Every lock, semaphore, election and barrier at or below a prefix, with its members.",
+        _list("locks", {"type": "object"}),
+        True,
+        _locks,
+    ),
+    Tool(
+        "unlock",
+        "unlock",
+        ("cursor", "name", "token"),
+        {},
+        (),
+        "Leave a lock (semaphore, election, barrier) by its token. Errors: not_found when that "
+        "token is not there (released already, or its session ended).",
+        _props(
+            ("name", "token", "released"),
+            name={"type": "string"},
+            token={"type": "integer"},
+            released={"type": "boolean"},
+        ),
+        True,
+        _unlock,
+    ),
+)
+
+# The operations with a CLI command that have no tool (yet), and why.
+_ADMIN = "administration: an agent's server is not the place to change the broker's catalog"
+LATER = "later work of issue 21"
+LEFT_OUT: dict[str, str] = {
+    "backup": _ADMIN + " (files on the broker's machine)",
+    "backup_list": _ADMIN + " (files on the broker's machine)",
+    "backup_restore": _ADMIN + " (files on the broker's machine)",
+    "cursor_set": _ADMIN,
+    "cursor_delete": _ADMIN,
+    "cursor_list": _ADMIN,
+    "cursor_show": _ADMIN,
+    "user_add": _ADMIN,
+    "user_token": _ADMIN,
+    "user_remove": _ADMIN,
+    "user_list": _ADMIN,
+    "grant": _ADMIN,
+    "revoke": _ADMIN,
+    "grants": "takes a user; an own-grants tool without one is " + LATER,
+    "quota_set": _ADMIN,
+    "quota_show": "takes a user; an own-quota tool without one is " + LATER,
+    "stop": _ADMIN + " (it stops the broker for everyone)",
+    "ping": "status answers the same question with more",
+    "watch": LATER + ": a watch tool bounded by count and timeout, and resource subscriptions",
+    "acquire": LATER + ": a blocking lock needs a session the server keeps alive",
+    "session_grant": LATER + ", with acquire: a session needs keep-alives the server would run",
+    "session_keepalive": LATER + ", with acquire",
+    "session_revoke": LATER + ", with acquire",
+    "sessions": LATER + ", with acquire",
+    "proclaim": LATER + ", with acquire (elections)",
+    "mset": LATER + " (txn sets several keys at one revision meanwhile)",
+    "create_cache": LATER + " (cache prefixes are set up by an operator)",
+    "drop_cache": LATER + " (cache prefixes are set up by an operator)",
+    "caches": LATER,
+    "queue_config": LATER + " (queue settings are set up by an operator)",
+}
+
+BY_NAME = {tool.name: tool for tool in TOOLS}
+
+
+def offered(read_only: bool) -> tuple[Tool, ...]:
+    """The tools a server offers: with ``read_only``, only those that change nothing."""
+    return tuple(t for t in TOOLS if t.read_only or not read_only)
+
+
+async def call(tool: Tool, client: AsyncClient, arguments: dict[str, Any], cursor: str) -> Any:
+    """Run ``tool`` (``cursor``: the server's, unless the call names one); its result as the
+    CLI's --json prints it. Raises ToolFailed or ProntoError."""
+    unknown = set(arguments) - set(tool.input_schema()["properties"])
+    if unknown:
+        raise ToolFailed(f"bad_request: {tool.name} takes no argument {', '.join(sorted(unknown))}")
+    missing = [a for a in tool.input_schema()["required"] if a not in arguments]
+    if missing:
+        raise ToolFailed(f"bad_request: {tool.name} needs {', '.join(missing)}")
+    return _plain(await tool.run(client, arguments, arguments.get("cursor") or cursor))

@@ -1,0 +1,163 @@
+"""`prontodb mcp` as an agent host runs it: spawned on stdio by the official SDK's client, against
+a real broker that wants tokens, each server acting as the user it was started with."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("mcp")
+
+from brokers import BrokerProcess, running_broker
+from mcp import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+
+from prontodb.clients import Client
+
+
+@pytest.fixture
+def broker(tmp_path: Path, short_dir: Path) -> Iterator[BrokerProcess]:
+    with running_broker(tmp_path / "data", short_dir / "b.sock", extra=["--require-auth"]) as b:
+        yield b
+
+
+def admin(broker: BrokerProcess) -> Client:
+    token = (broker.data_dir / "admin.token").read_text().strip()
+    return Client.connect(broker.url, user="admin", token=token)
+
+
+def make_user(broker: BrokerProcess, name: str, prefix: str, level: str = "write") -> str:
+    with admin(broker) as client:
+        token = client.user_add(name)
+        client.grant(name, level, cursor="default", prefix=prefix)
+        return token
+
+
+@asynccontextmanager
+async def server(
+    broker: BrokerProcess, user: str, token: str, tmp_path: Path, *extra: str
+) -> AsyncIterator[ClientSession]:
+    """An MCP session with `prontodb mcp` run as ``user`` (the SDK's client starts the process
+    and stops it on the way out)."""
+    env = {"PRONTODB_TOKEN": token}
+    if os.environ.get("PYTHONPATH"):  # the SDK passes only a few variables on by default
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    args = ["-m", "prontodb.clients.cli", "--url", broker.url, "--user", user, "mcp", *extra]
+    params = StdioServerParameters(command=sys.executable, args=args, env=env)
+    with (tmp_path / f"mcp-{user}.log").open("w") as errlog:
+        async with (
+            stdio_client(params, errlog=errlog) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            yield session
+
+
+async def ok(session: ClientSession, tool: str, **arguments: Any) -> Any:
+    result = await session.call_tool(tool, arguments)
+    assert not result.is_error, result.content
+    return result.structured_content
+
+
+async def error(session: ClientSession, tool: str, **arguments: Any) -> str:
+    result = await session.call_tool(tool, arguments)
+    assert result.is_error
+    assert result.structured_content is None
+    text = result.content[0]
+    assert text.type == "text"
+    return text.text
+
+
+async def test_an_agent_reads_writes_counts_and_claims_as_its_user(
+    broker: BrokerProcess, tmp_path: Path
+) -> None:
+    token = make_user(broker, "agent", "")
+    async with server(broker, "agent", token, tmp_path) as session:
+        tools = (await session.list_tools()).tools
+        assert all("user" not in t.input_schema["properties"] for t in tools)
+        by_name = {t.name: t for t in tools}
+        assert by_name["get"].annotations is not None
+        assert by_name["get"].annotations.read_only_hint is True
+        assert by_name["del"].annotations is not None
+        assert by_name["del"].annotations.destructive_hint is True
+
+        assert await ok(session, "set", key="plan.step", value={"n": 1}) == {
+            "key": "plan.step",
+            "revision": 1,
+        }
+        assert await ok(session, "get", key="plan.step") == {"key": "plan.step", "value": {"n": 1}}
+        meta = await ok(session, "get", key="plan.step", meta=True)
+        assert meta["writer"] == "agent"
+        assert meta["version"] == 1
+        assert (await ok(session, "incr", key="jobs.count", by=5))["value"] == 5
+
+        await ok(session, "set", key="queue.t1", value="resize image")
+        claimed = await ok(session, "claim", prefix="queue", wait=0.5, lease=30)
+        assert (claimed["key"], claimed["value"], claimed["deliveries"]) == (
+            "queue.t1",
+            "resize image",
+            1,
+        )
+        listed = await ok(session, "claims", prefix="queue")
+        assert [(c["key"], c["holder"]) for c in listed["claims"]] == [("queue.t1", "agent")]
+        assert await ok(session, "ack", key="queue.t1", token=claimed["token"]) == {
+            "key": "queue.t1",
+            "acked": True,
+        }
+        assert (await ok(session, "keys", prefix="queue")) == {"keys": []}
+
+        # errors: a tool result with isError and the CLI's words
+        assert (
+            await error(session, "get", key="plan.nope") == "not found: plan.nope (cursor default)"
+        )
+        failed = await error(session, "cas", key="plan.step", old={"n": 2}, new={"n": 3})
+        assert failed.startswith("compare_failed:")
+        gone = await error(session, "ack", key="queue.t1", token=claimed["token"])
+        assert gone.split(":")[0] in ("compare_failed", "not_found")
+        assert (await error(session, "claim", prefix="queue")).startswith("timed_out:")
+        assert (await error(session, "set", key="")).startswith("bad_request:")
+    with Client.connect(broker.url, user="admin", token=admin_token(broker)) as client:
+        info = client.get_info("jobs.count")
+        assert info is not None
+        assert info.writer == "agent"
+
+
+def admin_token(broker: BrokerProcess) -> str:
+    return (broker.data_dir / "admin.token").read_text().strip()
+
+
+async def test_a_user_without_the_grant_is_denied(broker: BrokerProcess, tmp_path: Path) -> None:
+    token = make_user(broker, "narrow", "mine")
+    async with server(broker, "narrow", token, tmp_path) as session:
+        await ok(session, "set", key="mine.a", value=1)
+        denied = await error(session, "set", key="theirs.a", value=1)
+        assert denied.startswith("denied:")
+        assert (await error(session, "get", key="theirs.a")).startswith("denied:")
+
+
+async def test_read_only_offers_only_reads(broker: BrokerProcess, tmp_path: Path) -> None:
+    token = make_user(broker, "watcher", "")
+    async with server(broker, "watcher", token, tmp_path, "--read-only") as session:
+        tools = (await session.list_tools()).tools
+        names = {t.name for t in tools}
+        assert {"get", "keys", "claims", "status"} <= names
+        assert not names & {"set", "del", "incr", "claim", "ack", "cas", "txn"}
+        assert all(t.annotations and t.annotations.read_only_hint for t in tools)
+        assert "read-only" in await error(session, "set", key="a", value=1)
+        assert (await ok(session, "status"))["version"]
+
+
+async def test_the_broker_being_down_is_said_plainly(broker: BrokerProcess, tmp_path: Path) -> None:
+    token = make_user(broker, "agent", "")
+    async with server(broker, "agent", token, tmp_path) as session:
+        await ok(session, "set", key="a", value=1)
+        broker.terminate()
+        text = await error(session, "get", key="a")
+        assert text.startswith("unavailable:")
+        assert broker.url in text
