@@ -57,7 +57,7 @@ class _Waiter:
     __slots__ = ("blocking", "event", "has_slot", "queued", "request_id", "response")
 
     def __init__(self, blocking: bool = False) -> None:
-        self.blocking = blocking  # a claim that waits: its answer may take as long as the wait
+        self.blocking = blocking  # a claim or acquire that waits: its answer may take that long
         self.event: backend.Event | None = None
         self.has_slot = False  # counts towards max_in_flight
         self.queued = False  # in the queue for a slot
@@ -185,7 +185,7 @@ class Pipeline:
 
     async def call(self, op: str, args: dict[str, Any]) -> Any:
         """Send request ``op`` with ``args`` and return its result; ProntoError if it failed."""
-        waiter = _Waiter(blocking=op == "claim" and bool(args.get("wait")))
+        waiter = _Waiter(blocking=op in _CANCELLABLE and bool(args.get("wait")))
         answered = False
         try:
             with self._mutex:  # the common case: a free slot and nothing abandoned to read first
