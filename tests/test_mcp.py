@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 pytest.importorskip("mcp")
@@ -161,3 +162,41 @@ async def test_the_broker_being_down_is_said_plainly(broker: BrokerProcess, tmp_
         text = await error(session, "get", key="a")
         assert text.startswith("unavailable:")
         assert broker.url in text
+
+
+async def until(condition: Callable[[], bool], what: str, within: float = 10.0) -> None:
+    """Look every 10 ms, for at most ``within`` seconds, until ``condition()`` holds."""
+    for _ in range(int(within / 0.01)):
+        if condition():
+            return
+        await anyio.sleep(0.01)
+    raise AssertionError(f"not within {within:g} s: {what}")
+
+
+def claimers(client: Client) -> int:
+    """The claims waiting at the broker for an item, in the default database."""
+    databases = client.status()["databases"]
+    return sum(db["claimers"] for db in databases if db["name"] == "default")
+
+
+async def test_a_cancelled_waiting_claim_holds_nothing(
+    broker: BrokerProcess, tmp_path: Path
+) -> None:
+    token = make_user(broker, "worker", "")
+    async with server(broker, "worker", token, tmp_path) as session:
+        with admin(broker) as other:
+            async with anyio.create_task_group() as group:
+                # the host gives up on a claim that waits: the SDK's client sends
+                # notifications/cancelled for the abandoned request
+                group.start_soon(session.call_tool, "claim", {"prefix": "queue", "wait": 25})
+                await until(lambda: claimers(other) == 1, "the claim waiting at the broker")
+                group.cancel_scope.cancel()
+            await until(lambda: claimers(other) == 0, "the broker's claim cancelled")
+
+            other.set("queue.t1", "resize image")
+            taken = other.claim("queue", wait=0)
+            assert taken is not None
+            assert taken.key == "queue.t1"
+            assert [c.holder for c in other.claims("queue")] == ["admin"]
+        # the server goes on serving the session
+        assert (await ok(session, "claims", prefix="queue"))["claims"][0]["holder"] == "admin"
