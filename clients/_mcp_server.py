@@ -21,14 +21,15 @@ from prontodb.protocol import ErrorCode, ProntoError
 
 from ._async.client import AsyncClient
 from ._cli_commands import CLIENT_NAME, Globals, target_url
-from ._mcp_tools import BY_NAME, Tool, ToolFailed, call, offered
+from ._mcp_tools import BY_NAME, Progress, Tool, ToolFailed, call, offered
 
 log = logging.getLogger("prontodb.mcp")
 
 INSTRUCTIONS = (
     "ProntoDB coordinates agents: shared keys (get, set, cas, incr, txn), task queues (set an "
-    "item under a prefix; claim it, then ack or release it with its token), and locks (holders, "
-    "locks, unlock). Every tool acts as this server's ProntoDB user, with that user's grants."
+    "item under a prefix; claim it, then ack or release it with its token), watches (watch "
+    "waits for the next changes under a prefix), and locks (holders, locks, unlock). Every tool "
+    "acts as this server's ProntoDB user, with that user's grants."
 )
 
 
@@ -103,13 +104,15 @@ def build(options: Globals, read_only: bool, broker: Broker) -> Server[Any]:
         if tool is None:
             why = " (this server is read-only)" if params.name in BY_NAME else ""
             return error_result(f"bad_request: there is no tool {params.name!r}{why}")
-        return await run(tool, params.arguments or {})
+        return await run(tool, params.arguments or {}, ctx.session.report_progress)
 
-    async def run(tool: Tool, arguments: dict[str, Any]) -> types.CallToolResult:
+    async def run(
+        tool: Tool, arguments: dict[str, Any], progress: Progress
+    ) -> types.CallToolResult:
         client: AsyncClient | None = None
         try:
             client = await broker.client()
-            document = await call(tool, client, arguments, options.cursor)
+            document = await call(tool, client, arguments, options.cursor, progress)
         except ToolFailed as exc:
             return error_result(str(exc))
         except ProntoError as exc:

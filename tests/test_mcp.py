@@ -200,3 +200,68 @@ async def test_a_cancelled_waiting_claim_holds_nothing(
             assert [c.holder for c in other.claims("queue")] == ["admin"]
         # the server goes on serving the session
         assert (await ok(session, "claims", prefix="queue"))["claims"][0]["holder"] == "admin"
+
+
+async def test_watch_returns_the_next_changes_and_says_how_its_wait_goes(
+    broker: BrokerProcess, tmp_path: Path
+) -> None:
+    token = make_user(broker, "monitor", "")
+    async with server(broker, "monitor", token, tmp_path) as session:
+        first = (await ok(session, "set", key="jobs.a", value=1))["revision"]
+        await ok(session, "set", key="other.x", value=0)
+        await ok(session, "set", key="jobs.b", value=2)
+        await ok(session, "del", key="jobs.a")
+
+        # from a revision: the history, `count` at a time, going on from next_rev
+        got = await ok(session, "watch", prefix="jobs", from_rev=first, count=2)
+        assert [(e["rev"], e["type"], e["key"]) for e in got["events"]] == [
+            (first, "put", "jobs.a"),
+            (first + 2, "put", "jobs.b"),
+        ]
+        assert got["events"][0]["value"] == 1
+        assert got["events"][0]["by"] == "monitor"
+        assert got["next_rev"] == first + 3
+        rest = await ok(
+            session, "watch", prefix="jobs", from_rev=got["next_rev"], count=5, timeout=0
+        )
+        assert [(e["type"], e["key"]) for e in rest["events"]] == [("delete", "jobs.a")]
+        assert "value" not in rest["events"][0]
+        assert rest["next_rev"] == first + 4
+
+        # from now: it waits, and says so to a host that asked for progress
+        notes: list[tuple[float, float | None, str | None]] = []
+        watching = anyio.Event()
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            notes.append((progress, total, message))
+            watching.set()
+
+        result: dict[str, Any] = {}
+
+        async def wait_for_two() -> None:
+            arguments: dict[str, Any] = {"prefix": "jobs", "count": 2, "timeout": 20}
+            answer = await session.call_tool("watch", arguments, progress_callback=on_progress)
+            assert not answer.is_error, answer.content
+            result.update(answer.structured_content or {})
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as group:
+                group.start_soon(wait_for_two)
+                await watching.wait()  # the watch is in place at the broker
+                with admin(broker) as other:
+                    other.set("jobs.c", "three")
+                    other.set("elsewhere", 0)
+                    other.set("jobs.d", "four")
+        assert [(e["key"], e["value"], e["by"]) for e in result["events"]] == [
+            ("jobs.c", "three", "admin"),
+            ("jobs.d", "four", "admin"),
+        ]
+        assert len(notes) >= 3
+        assert [n[0] for n in notes] == sorted({n[0] for n in notes})  # always increasing
+        assert notes[0][1] == 20
+        assert "jobs.d" in (notes[-1][2] or "")
+
+        # nothing within the timeout: an empty answer, not an error
+        quiet = await ok(session, "watch", prefix="nothing", timeout=0.2)
+        assert quiet["events"] == []
+        assert quiet["next_rev"] == result["next_rev"]
