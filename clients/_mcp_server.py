@@ -16,11 +16,13 @@ import anyio
 import mcp_types as types
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
+from mcp.shared.exceptions import MCPError
 
 from prontodb.protocol import ErrorCode, ProntoError
 
 from ._async.client import AsyncClient
 from ._cli_commands import CLIENT_NAME, Globals, target_url
+from ._mcp_resources import TEMPLATE, Subscriptions, read
 from ._mcp_tools import BY_NAME, Progress, Tool, ToolFailed, call, offered
 
 log = logging.getLogger("prontodb.mcp")
@@ -90,8 +92,11 @@ def error_result(text: str) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(text=text)], is_error=True)
 
 
-def build(options: Globals, read_only: bool, broker: Broker) -> Server[Any]:
-    """The MCP server for ``options``' user, with only the read tools if ``read_only``."""
+def build(
+    options: Globals, read_only: bool, broker: Broker, subscriptions: Subscriptions
+) -> Server[Any]:
+    """The MCP server for ``options``' user, with only the read tools if ``read_only``; its
+    resources' subscriptions run in ``subscriptions``."""
     tools = {t.name: t for t in offered(read_only)}
 
     async def list_tools(
@@ -119,11 +124,7 @@ def build(options: Globals, read_only: bool, broker: Broker) -> Server[Any]:
             if exc.code is ErrorCode.UNAVAILABLE:
                 if client is not None:
                     await broker.lost(client)
-                return error_result(
-                    f"unavailable: the ProntoDB broker at {target_url(options)} cannot be "
-                    f"reached ({exc.message}); nothing was done. The server connects again on "
-                    "the next call."
-                )
+                return error_result(_unavailable(options, exc))
             return error_result(f"{exc.code.value}: {exc.message}")
         return types.CallToolResult(
             content=[types.TextContent(text=_text(document))], structured_content=document
@@ -135,6 +136,66 @@ def build(options: Globals, read_only: bool, broker: Broker) -> Server[Any]:
         instructions=INSTRUCTIONS,
         on_list_tools=list_tools,
         on_call_tool=call_tool,
+        **resource_handlers(options, broker, subscriptions),
+    )
+
+
+def resource_handlers(
+    options: Globals, broker: Broker, subscriptions: Subscriptions
+) -> dict[str, Any]:
+    """The Server's handlers of resources (``_mcp_resources``): keys, prefixes, subscriptions."""
+
+    async def connected() -> AsyncClient:
+        """The broker's client for a resource request; MCPError if it cannot be reached."""
+        try:
+            return await broker.client()
+        except ProntoError as exc:
+            raise MCPError(types.INTERNAL_ERROR, _unavailable(options, exc)) from None
+
+    async def list_resources(
+        ctx: Any, params: types.PaginatedRequestParams | None
+    ) -> types.ListResourcesResult:
+        return types.ListResourcesResult(resources=[])  # every key is one: see the template
+
+    async def list_templates(
+        ctx: Any, params: types.PaginatedRequestParams | None
+    ) -> types.ListResourceTemplatesResult:
+        return types.ListResourceTemplatesResult(resource_templates=[TEMPLATE])
+
+    async def read_resource(
+        ctx: Any, params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult:
+        client = await connected()
+        try:
+            return await read(client, params.uri)
+        except ProntoError as exc:
+            if exc.code is ErrorCode.UNAVAILABLE:
+                await broker.lost(client)
+                raise MCPError(types.INTERNAL_ERROR, _unavailable(options, exc)) from None
+            raise MCPError(types.INVALID_PARAMS, f"{exc.code.value}: {exc.message}") from None
+
+    async def subscribe(ctx: Any, params: types.SubscribeRequestParams) -> types.EmptyResult:
+        await subscriptions.subscribe(await connected(), ctx.session, params.uri)
+        return types.EmptyResult()
+
+    async def unsubscribe(ctx: Any, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+        subscriptions.unsubscribe(params.uri)
+        return types.EmptyResult()
+
+    return {
+        "on_list_resources": list_resources,
+        "on_list_resource_templates": list_templates,
+        "on_read_resource": read_resource,
+        "on_subscribe_resource": subscribe,
+        "on_unsubscribe_resource": unsubscribe,
+    }
+
+
+def _unavailable(options: Globals, exc: ProntoError) -> str:
+    return (
+        f"unavailable: the ProntoDB broker at {target_url(options)} cannot be "
+        f"reached ({exc.message}); nothing was done. The server connects again on "
+        "the next call."
     )
 
 
@@ -155,10 +216,13 @@ def _version() -> str:
 
 async def serve(options: Globals, read_only: bool) -> None:
     broker = Broker(options)
-    server = build(options, read_only, broker)
     try:
-        async with stdio_server() as (read_stream, write_stream):
-            await server.run(read_stream, write_stream, server.create_initialization_options())
+        async with anyio.create_task_group() as group:
+            subscriptions = Subscriptions(group)
+            server = build(options, read_only, broker, subscriptions)
+            async with stdio_server() as (read_stream, write_stream):
+                await server.run(read_stream, write_stream, server.create_initialization_options())
+            group.cancel_scope.cancel()  # the host went: end the subscriptions' watches
     finally:
         await broker.aclose()
 

@@ -3,6 +3,7 @@ a real broker that wants tokens, each server acting as the user it was started w
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -15,9 +16,12 @@ import pytest
 
 pytest.importorskip("mcp")
 
+import mcp_types as types
 from brokers import BrokerProcess, running_broker
 from mcp import ClientSession
+from mcp.client.session import IncomingMessage, MessageHandlerFnT
 from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.shared.exceptions import MCPError
 
 from prontodb.clients import Client
 
@@ -42,7 +46,12 @@ def make_user(broker: BrokerProcess, name: str, prefix: str, level: str = "write
 
 @asynccontextmanager
 async def server(
-    broker: BrokerProcess, user: str, token: str, tmp_path: Path, *extra: str
+    broker: BrokerProcess,
+    user: str,
+    token: str,
+    tmp_path: Path,
+    *extra: str,
+    message_handler: MessageHandlerFnT | None = None,
 ) -> AsyncIterator[ClientSession]:
     """An MCP session with `prontodb mcp` run as ``user`` (the SDK's client starts the process
     and stops it on the way out)."""
@@ -54,7 +63,7 @@ async def server(
     with (tmp_path / f"mcp-{user}.log").open("w") as errlog:
         async with (
             stdio_client(params, errlog=errlog) as (read, write),
-            ClientSession(read, write) as session,
+            ClientSession(read, write, message_handler=message_handler) as session,
         ):
             await session.initialize()
             yield session
@@ -265,3 +274,76 @@ async def test_watch_returns_the_next_changes_and_says_how_its_wait_goes(
         quiet = await ok(session, "watch", prefix="nothing", timeout=0.2)
         assert quiet["events"] == []
         assert quiet["next_rev"] == result["next_rev"]
+
+
+# resources/subscribe is what the 2025-11-25 protocol the stdio handshake agrees on has (the SDK's
+# client warns that the 2026-07-28 one replaces it with subscriptions/listen).
+@pytest.mark.filterwarnings("ignore:resources/(un)?subscribe is removed")
+async def test_keys_are_resources_and_a_subscription_tells_every_change_in_order(
+    broker: BrokerProcess, tmp_path: Path
+) -> None:
+    token = make_user(broker, "monitor", "")
+    updates: list[types.ResourceUpdatedNotificationParams] = []
+    arrived = anyio.Event()
+
+    async def on_message(message: IncomingMessage) -> None:
+        nonlocal arrived
+        if isinstance(message, types.ResourceUpdatedNotification):
+            updates.append(message.params)
+            arrived.set()
+
+    async def updated(n: int) -> list[tuple[str, str, int]]:
+        """Wait for ``n`` updates in all; each one's URI, change type and revision."""
+        nonlocal arrived
+        with anyio.fail_after(10):
+            while len(updates) < n:
+                await arrived.wait()
+                arrived = anyio.Event()
+        told = []
+        for params in updates:
+            assert params.meta is not None
+            event = params.meta["prontodb/event"]
+            told.append((params.uri, event["type"], event["rev"]))
+        return told
+
+    async with server(broker, "monitor", token, tmp_path, message_handler=on_message) as session:
+        templates = (await session.list_resource_templates()).resource_templates
+        assert [t.uri_template for t in templates] == ["prontodb://{cursor}/{key}"]
+
+        await ok(session, "set", key="plan.step", value={"n": 1})
+        contents = (await session.read_resource("prontodb://default/plan.step")).contents
+        assert contents[0].mime_type == "application/json"
+        assert isinstance(contents[0], types.TextResourceContents)
+        document = json.loads(contents[0].text)
+        assert (document["key"], document["value"], document["writer"]) == (
+            "plan.step",
+            {"n": 1},
+            "monitor",
+        )
+        scanned = (await session.read_resource("prontodb://default/plan/")).contents[0]
+        assert isinstance(scanned, types.TextResourceContents)
+        assert json.loads(scanned.text) == {"plan.step": {"n": 1}}
+        with pytest.raises(MCPError, match=r"not found: plan\.nope"):
+            await session.read_resource("prontodb://default/plan.nope")
+
+        # a prefix: every change below it, in order, each told with its key's URI
+        await session.subscribe_resource("prontodb://default/jobs/")
+        with admin(broker) as other:
+            first = other.set("jobs.a", "one")
+            other.set("elsewhere", 0)
+            other.set("jobs.b", "two")
+            other.delete("jobs.a")
+        assert await updated(3) == [
+            ("prontodb://default/jobs.a", "put", first),
+            ("prontodb://default/jobs.b", "put", first + 2),
+            ("prontodb://default/jobs.a", "delete", first + 3),
+        ]
+
+        # a key: its own changes alone; unsubscribing ends the prefix's watch
+        await session.subscribe_resource("prontodb://default/plan.step")
+        await session.unsubscribe_resource("prontodb://default/jobs/")
+        with admin(broker) as other:
+            other.set("jobs.c", "three")
+            other.set("plan.step.detail", "below the key")
+            last = other.set("plan.step", {"n": 2})
+        assert (await updated(4))[3:] == [("prontodb://default/plan.step", "put", last)]
