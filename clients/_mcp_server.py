@@ -22,6 +22,8 @@ from prontodb.protocol import ErrorCode, ProntoError
 
 from ._async.client import AsyncClient
 from ._cli_commands import CLIENT_NAME, Globals, target_url
+from ._mcp_prompts import BY_NAME as PROMPTS
+from ._mcp_prompts import PATTERNS
 from ._mcp_resources import TEMPLATE, Subscriptions, read
 from ._mcp_tools import BY_NAME, Progress, Tool, ToolFailed, call, offered
 
@@ -136,8 +138,45 @@ def build(
         instructions=INSTRUCTIONS,
         on_list_tools=list_tools,
         on_call_tool=call_tool,
+        on_list_prompts=list_prompts,
+        on_get_prompt=get_prompt,
         **resource_handlers(options, broker, subscriptions),
     )
+
+
+async def list_prompts(
+    ctx: Any, params: types.PaginatedRequestParams | None
+) -> types.ListPromptsResult:
+    """The coordination patterns (``_mcp_prompts``) as prompts."""
+    return types.ListPromptsResult(
+        prompts=[
+            types.Prompt(
+                name=p.name,
+                title=p.title,
+                description=p.description,
+                arguments=[
+                    types.PromptArgument(
+                        name=a.name, description=a.description, required=a.required
+                    )
+                    for a in p.arguments
+                ],
+            )
+            for p in PATTERNS
+        ]
+    )
+
+
+async def get_prompt(ctx: Any, params: types.GetPromptRequestParams) -> types.GetPromptResult:
+    pattern = PROMPTS.get(params.name)
+    if pattern is None:
+        names = ", ".join(PROMPTS)
+        raise MCPError(types.INVALID_PARAMS, f"there is no prompt {params.name!r} ({names})")
+    try:
+        text = pattern.render(dict(params.arguments or {}))
+    except ValueError as exc:
+        raise MCPError(types.INVALID_PARAMS, str(exc)) from None
+    message = types.PromptMessage(role="user", content=types.TextContent(text=text))
+    return types.GetPromptResult(description=pattern.description, messages=[message])
 
 
 def resource_handlers(

@@ -347,3 +347,36 @@ async def test_keys_are_resources_and_a_subscription_tells_every_change_in_order
             other.set("plan.step.detail", "below the key")
             last = other.set("plan.step", {"n": 2})
         assert (await updated(4))[3:] == [("prontodb://default/plan.step", "put", last)]
+
+
+async def test_the_coordination_patterns_are_prompts(broker: BrokerProcess, tmp_path: Path) -> None:
+    token = make_user(broker, "agent", "")
+    async with server(broker, "agent", token, tmp_path) as session:
+        prompts = {p.name: p for p in (await session.list_prompts()).prompts}
+        assert set(prompts) == {
+            "worker",
+            "pipeline_stage",
+            "resource_holder",
+            "monitor",
+            "shared_context",
+        }
+        worker = prompts["worker"]
+        assert worker.arguments is not None
+        assert [(a.name, a.required) for a in worker.arguments] == [
+            ("prefix", True),
+            ("lease", False),
+        ]
+
+        got = await session.get_prompt("worker", {"prefix": "jobs", "lease": "120"})
+        assert got.description == worker.description
+        text = got.messages[0].content
+        assert isinstance(text, types.TextContent)
+        steps = [text.text.index(f"`{tool}`") for tool in ("claim", "extend", "ack", "release")]
+        assert steps == sorted(steps)  # the tools in the order to call them
+        assert "prefix `jobs`" in text.text
+        assert "lease 120" in text.text
+
+        with pytest.raises(MCPError, match="needs prefix"):
+            await session.get_prompt("monitor", {})
+        with pytest.raises(MCPError, match="no prompt"):
+            await session.get_prompt("nope", {})
