@@ -16,19 +16,24 @@ import anyio
 import mcp_types as types
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
+from mcp.shared.exceptions import MCPError
 
 from prontodb.protocol import ErrorCode, ProntoError
 
 from ._async.client import AsyncClient
 from ._cli_commands import CLIENT_NAME, Globals, target_url
-from ._mcp_tools import BY_NAME, Tool, ToolFailed, call, offered
+from ._mcp_prompts import BY_NAME as PROMPTS
+from ._mcp_prompts import PATTERNS
+from ._mcp_resources import TEMPLATE, Subscriptions, read
+from ._mcp_tools import BY_NAME, Progress, Tool, ToolFailed, call, offered
 
 log = logging.getLogger("prontodb.mcp")
 
 INSTRUCTIONS = (
     "ProntoDB coordinates agents: shared keys (get, set, cas, incr, txn), task queues (set an "
-    "item under a prefix; claim it, then ack or release it with its token), and locks (holders, "
-    "locks, unlock). Every tool acts as this server's ProntoDB user, with that user's grants."
+    "item under a prefix; claim it, then ack or release it with its token), watches (watch "
+    "waits for the next changes under a prefix), and locks (holders, locks, unlock). Every tool "
+    "acts as this server's ProntoDB user, with that user's grants."
 )
 
 
@@ -89,8 +94,11 @@ def error_result(text: str) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(text=text)], is_error=True)
 
 
-def build(options: Globals, read_only: bool, broker: Broker) -> Server[Any]:
-    """The MCP server for ``options``' user, with only the read tools if ``read_only``."""
+def build(
+    options: Globals, read_only: bool, broker: Broker, subscriptions: Subscriptions
+) -> Server[Any]:
+    """The MCP server for ``options``' user, with only the read tools if ``read_only``; its
+    resources' subscriptions run in ``subscriptions``."""
     tools = {t.name: t for t in offered(read_only)}
 
     async def list_tools(
@@ -103,24 +111,22 @@ def build(options: Globals, read_only: bool, broker: Broker) -> Server[Any]:
         if tool is None:
             why = " (this server is read-only)" if params.name in BY_NAME else ""
             return error_result(f"bad_request: there is no tool {params.name!r}{why}")
-        return await run(tool, params.arguments or {})
+        return await run(tool, params.arguments or {}, ctx.session.report_progress)
 
-    async def run(tool: Tool, arguments: dict[str, Any]) -> types.CallToolResult:
+    async def run(
+        tool: Tool, arguments: dict[str, Any], progress: Progress
+    ) -> types.CallToolResult:
         client: AsyncClient | None = None
         try:
             client = await broker.client()
-            document = await call(tool, client, arguments, options.cursor)
+            document = await call(tool, client, arguments, options.cursor, progress)
         except ToolFailed as exc:
             return error_result(str(exc))
         except ProntoError as exc:
             if exc.code is ErrorCode.UNAVAILABLE:
                 if client is not None:
                     await broker.lost(client)
-                return error_result(
-                    f"unavailable: the ProntoDB broker at {target_url(options)} cannot be "
-                    f"reached ({exc.message}); nothing was done. The server connects again on "
-                    "the next call."
-                )
+                return error_result(_unavailable(options, exc))
             return error_result(f"{exc.code.value}: {exc.message}")
         return types.CallToolResult(
             content=[types.TextContent(text=_text(document))], structured_content=document
@@ -132,6 +138,103 @@ def build(options: Globals, read_only: bool, broker: Broker) -> Server[Any]:
         instructions=INSTRUCTIONS,
         on_list_tools=list_tools,
         on_call_tool=call_tool,
+        on_list_prompts=list_prompts,
+        on_get_prompt=get_prompt,
+        **resource_handlers(options, broker, subscriptions),
+    )
+
+
+async def list_prompts(
+    ctx: Any, params: types.PaginatedRequestParams | None
+) -> types.ListPromptsResult:
+    """The coordination patterns (``_mcp_prompts``) as prompts."""
+    return types.ListPromptsResult(
+        prompts=[
+            types.Prompt(
+                name=p.name,
+                title=p.title,
+                description=p.description,
+                arguments=[
+                    types.PromptArgument(
+                        name=a.name, description=a.description, required=a.required
+                    )
+                    for a in p.arguments
+                ],
+            )
+            for p in PATTERNS
+        ]
+    )
+
+
+async def get_prompt(ctx: Any, params: types.GetPromptRequestParams) -> types.GetPromptResult:
+    pattern = PROMPTS.get(params.name)
+    if pattern is None:
+        names = ", ".join(PROMPTS)
+        raise MCPError(types.INVALID_PARAMS, f"there is no prompt {params.name!r} ({names})")
+    try:
+        text = pattern.render(dict(params.arguments or {}))
+    except ValueError as exc:
+        raise MCPError(types.INVALID_PARAMS, str(exc)) from None
+    message = types.PromptMessage(role="user", content=types.TextContent(text=text))
+    return types.GetPromptResult(description=pattern.description, messages=[message])
+
+
+def resource_handlers(
+    options: Globals, broker: Broker, subscriptions: Subscriptions
+) -> dict[str, Any]:
+    """The Server's handlers of resources (``_mcp_resources``): keys, prefixes, subscriptions."""
+
+    async def connected() -> AsyncClient:
+        """The broker's client for a resource request; MCPError if it cannot be reached."""
+        try:
+            return await broker.client()
+        except ProntoError as exc:
+            raise MCPError(types.INTERNAL_ERROR, _unavailable(options, exc)) from None
+
+    async def list_resources(
+        ctx: Any, params: types.PaginatedRequestParams | None
+    ) -> types.ListResourcesResult:
+        return types.ListResourcesResult(resources=[])  # every key is one: see the template
+
+    async def list_templates(
+        ctx: Any, params: types.PaginatedRequestParams | None
+    ) -> types.ListResourceTemplatesResult:
+        return types.ListResourceTemplatesResult(resource_templates=[TEMPLATE])
+
+    async def read_resource(
+        ctx: Any, params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult:
+        client = await connected()
+        try:
+            return await read(client, params.uri)
+        except ProntoError as exc:
+            if exc.code is ErrorCode.UNAVAILABLE:
+                await broker.lost(client)
+                raise MCPError(types.INTERNAL_ERROR, _unavailable(options, exc)) from None
+            raise MCPError(types.INVALID_PARAMS, f"{exc.code.value}: {exc.message}") from None
+
+    async def subscribe(ctx: Any, params: types.SubscribeRequestParams) -> types.EmptyResult:
+        await subscriptions.subscribe(await connected(), ctx.session, params.uri)
+        return types.EmptyResult()
+
+    async def unsubscribe(ctx: Any, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+        subscriptions.unsubscribe(params.uri)
+        return types.EmptyResult()
+
+    return {
+        "on_list_resources": list_resources,
+        "on_list_resource_templates": list_templates,
+        "on_read_resource": read_resource,
+        "on_subscribe_resource": subscribe,
+        "on_unsubscribe_resource": unsubscribe,
+    }
+
+
+def _unavailable(options: Globals, exc: ProntoError) -> str:
+    return (
+        f"unavailable: the ProntoDB broker at {target_url(options)} cannot be "
+        f"reached ({exc.message}); nothing was done. The server connects again on "
+        "the next call."
     )
 
 
@@ -152,10 +255,13 @@ def _version() -> str:
 
 async def serve(options: Globals, read_only: bool) -> None:
     broker = Broker(options)
-    server = build(options, read_only, broker)
     try:
-        async with stdio_server() as (read_stream, write_stream):
-            await server.run(read_stream, write_stream, server.create_initialization_options())
+        async with anyio.create_task_group() as group:
+            subscriptions = Subscriptions(group)
+            server = build(options, read_only, broker, subscriptions)
+            async with stdio_server() as (read_stream, write_stream):
+                await server.run(read_stream, write_stream, server.create_initialization_options())
+            group.cancel_scope.cancel()  # the host went: end the subscriptions' watches
     finally:
         await broker.aclose()
 

@@ -13,20 +13,56 @@ This module is plain Python (no import of the MCP SDK), so the tools can be chec
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, NamedTuple
+
+import anyio
 
 from prontodb.protocol import ErrorCode, ProntoError
 
 from ._async.client import AsyncClient
 from ._cli_commands import to_json
 from ._mcp_ops import OPS
+from ._types import WatchEvent
 
 # The longest a claim waits through MCP, whatever `wait` asks: a tool call should come back
 # within what a host waits for one; call claim again to wait longer.
 WAIT_CAP = 30.0
+# The most changes one watch call returns, and how often a call that waits says so (progress).
+COUNT_CAP = 1000
+HEARTBEAT = 5.0
 
 Run = Callable[[AsyncClient, dict[str, Any], str], Awaitable[dict[str, Any]]]
+
+# A call's progress reporter (progress, total, message): MCP's notifications/progress when the
+# request carried a progress token; set by :func:`call` for the tools that wait.
+Progress = Callable[[float, float | None, str | None], Awaitable[None]]
+_PROGRESS: ContextVar[Progress | None] = ContextVar("prontodb_mcp_progress", default=None)
+
+
+class _Waiting:
+    """The progress of one call that waits: the seconds it has waited, out of ``total`` (MCP wants
+    each notification's progress above the last one's), with a message of what it is at."""
+
+    def __init__(self, total: float) -> None:
+        self.total = total
+        self.started = time.monotonic()
+        self.last = -1.0
+
+    async def say(self, message: str) -> None:
+        report = _PROGRESS.get()
+        if report is None:
+            return
+        self.last = max(round(time.monotonic() - self.started, 3), self.last + 0.001)
+        await report(self.last, self.total, message)
+
+    async def heartbeat(self, message: str) -> None:
+        """Say ``message`` every HEARTBEAT seconds (until cancelled)."""
+        while True:
+            await anyio.sleep(HEARTBEAT)
+            await self.say(message)
 
 
 class ToolFailed(Exception):
@@ -101,6 +137,7 @@ ARG_DOCS = {
     "prefix": 'the key prefix (segment-aware; "" for every key)',
     "token": "the fencing token claim handed out (or a lock's token)",
     "wait": f"seconds to wait for an item (at most {WAIT_CAP:g} here; default 0: try once)",
+    "from_rev": "the revision to start at: a previous watch's next_rev (absent or 0: from now)",
     "lease": "seconds the claim holds the item (default 60)",
     "meta": "also return the revisions, version, writer, time and size",
     "keys": "the keys, in the order of the answer",
@@ -224,19 +261,63 @@ async def _txn(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str,
 async def _claim(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
     prefix = a["prefix"]
     wait = min(float(a.get("wait") or 0.0), WAIT_CAP)
-    task = await client.claim(
-        prefix,
-        wait=wait,
-        lease=a.get("lease"),
-        max_deliveries=a.get("max_deliveries"),
-        cursor=cursor,
-    )
+    async with anyio.create_task_group() as group:
+        if wait:
+            waiting = _Waiting(wait)
+            group.start_soon(
+                waiting.heartbeat, f"waiting for an item under {prefix or '(top level)'}"
+            )
+        task = await client.claim(
+            prefix,
+            wait=wait,
+            lease=a.get("lease"),
+            max_deliveries=a.get("max_deliveries"),
+            cursor=cursor,
+        )
+        group.cancel_scope.cancel()
     if task is None:
         waited = f" within {wait:g} s" if wait else ""
         raise ToolFailed(
             f"timed_out: nothing to claim under {prefix or '(top level)'}{waited} (cursor {cursor})"
         )
     return task._asdict()
+
+
+async def _watch(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+    prefix = a.get("prefix", "")
+    count = max(1, min(int(a.get("count") or 1), COUNT_CAP))
+    timeout = a.get("timeout")
+    timeout = WAIT_CAP if timeout is None else max(0.0, min(float(timeout), WAIT_CAP))
+    started = time.monotonic()
+    deadline = started + timeout
+    taken: list[WatchEvent] = []
+    waiting = _Waiting(timeout)
+    async with client.watch(prefix, from_rev=a.get("from_rev") or None, cursor=cursor) as watch:
+        where = prefix or "(every key)"
+        await waiting.say(f"watching {where} from revision {watch.start_rev}")
+        while len(taken) < count:
+            remaining = deadline - time.monotonic()
+            # The history (from_rev up to the revision the database was at) is there already:
+            # it is read whatever the timeout, which is the wait for changes yet to come.
+            head = watch.head_rev
+            catching_up = head is not None and (watch.next_rev or 0) <= head
+            if catching_up:
+                remaining = max(remaining, started + WAIT_CAP - time.monotonic())
+            event = await watch.next_event(max(0.0, min(remaining, HEARTBEAT)))
+            if event is None:
+                if remaining <= 0:
+                    break
+                await waiting.say(f"watching {where}: {len(taken)} of {count} changes so far")
+                continue
+            taken.append(event)
+            await waiting.say(f"{len(taken)} of {count}: {event.rev} {event.type} {event.key}")
+        # The changes of one revision (a transaction) are not split across calls.
+        buffered = watch._events  # the events received, not yet taken
+        while taken and buffered and buffered[0].rev == taken[-1].rev:
+            taken.append(buffered.popleft())
+        next_rev = taken[-1].rev + 1 if buffered else watch.next_rev
+    events = [{k: v for k, v in e._asdict().items() if v is not None} for e in taken]
+    return {"events": events, "next_rev": next_rev}
 
 
 async def _ack(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
@@ -572,6 +653,39 @@ TOOLS: tuple[Tool, ...] = (
         _claims,
     ),
     Tool(
+        "watch",
+        "watch",
+        ("cursor", "prefix", "from_rev"),
+        {
+            "count": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": COUNT_CAP,
+                "description": "how many changes to return (default 1)",
+            },
+            "timeout": {
+                "type": "number",
+                "minimum": 0,
+                "description": f"seconds to wait for them (default and most: {WAIT_CAP:g})",
+            },
+        },
+        (),
+        "The next `count` changes under a prefix, from revision `from_rev` (or from now), or the "
+        f"ones that came within `timeout` seconds (at most {WAIT_CAP:g}): each with its "
+        "revision, type (put, delete, expire, claim, ack, release), key, value, writer (by) and "
+        "time. Use it to wait for another agent's change instead of polling get. To go on "
+        "without missing a change, call it again with from_rev set to the result's next_rev. An "
+        "empty events list means nothing changed in time (not an error). Errors: compacted "
+        "when from_rev is older than the broker's history (start again from now).",
+        _props(
+            ("events", "next_rev"),
+            events={"type": "array", "items": {"type": "object"}},
+            next_rev={"type": "integer", "description": "the from_rev of the next call"},
+        ),
+        True,
+        _watch,
+    ),
+    Tool(
         "status",
         "status",
         (),
@@ -669,7 +783,6 @@ LEFT_OUT: dict[str, str] = {
     "quota_show": "takes a user; an own-quota tool without one is " + LATER,
     "stop": _ADMIN + " (it stops the broker for everyone)",
     "ping": "status answers the same question with more",
-    "watch": LATER + ": a watch tool bounded by count and timeout, and resource subscriptions",
     "acquire": LATER + ": a blocking lock needs a session the server keeps alive",
     "session_grant": LATER + ", with acquire: a session needs keep-alives the server would run",
     "session_keepalive": LATER + ", with acquire",
@@ -691,13 +804,24 @@ def offered(read_only: bool) -> tuple[Tool, ...]:
     return tuple(t for t in TOOLS if t.read_only or not read_only)
 
 
-async def call(tool: Tool, client: AsyncClient, arguments: dict[str, Any], cursor: str) -> Any:
-    """Run ``tool`` (``cursor``: the server's, unless the call names one); its result as the
-    CLI's --json prints it. Raises ToolFailed or ProntoError."""
+async def call(
+    tool: Tool,
+    client: AsyncClient,
+    arguments: dict[str, Any],
+    cursor: str,
+    progress: Progress | None = None,
+) -> Any:
+    """Run ``tool`` (``cursor``: the server's, unless the call names one), telling ``progress``
+    how a wait goes; its result as the CLI's --json prints it. Raises ToolFailed or
+    ProntoError."""
     unknown = set(arguments) - set(tool.input_schema()["properties"])
     if unknown:
         raise ToolFailed(f"bad_request: {tool.name} takes no argument {', '.join(sorted(unknown))}")
     missing = [a for a in tool.input_schema()["required"] if a not in arguments]
     if missing:
         raise ToolFailed(f"bad_request: {tool.name} needs {', '.join(missing)}")
-    return _plain(await tool.run(client, arguments, arguments.get("cursor") or cursor))
+    reporting = _PROGRESS.set(progress)
+    try:
+        return _plain(await tool.run(client, arguments, arguments.get("cursor") or cursor))
+    finally:
+        _PROGRESS.reset(reporting)

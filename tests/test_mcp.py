@@ -3,20 +3,25 @@ a real broker that wants tokens, each server acting as the user it was started w
 
 from __future__ import annotations
 
+import json
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 pytest.importorskip("mcp")
 
+import mcp_types as types
 from brokers import BrokerProcess, running_broker
 from mcp import ClientSession
+from mcp.client.session import IncomingMessage, MessageHandlerFnT
 from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.shared.exceptions import MCPError
 
 from prontodb.clients import Client
 
@@ -41,7 +46,12 @@ def make_user(broker: BrokerProcess, name: str, prefix: str, level: str = "write
 
 @asynccontextmanager
 async def server(
-    broker: BrokerProcess, user: str, token: str, tmp_path: Path, *extra: str
+    broker: BrokerProcess,
+    user: str,
+    token: str,
+    tmp_path: Path,
+    *extra: str,
+    message_handler: MessageHandlerFnT | None = None,
 ) -> AsyncIterator[ClientSession]:
     """An MCP session with `prontodb mcp` run as ``user`` (the SDK's client starts the process
     and stops it on the way out)."""
@@ -53,7 +63,7 @@ async def server(
     with (tmp_path / f"mcp-{user}.log").open("w") as errlog:
         async with (
             stdio_client(params, errlog=errlog) as (read, write),
-            ClientSession(read, write) as session,
+            ClientSession(read, write, message_handler=message_handler) as session,
         ):
             await session.initialize()
             yield session
@@ -161,3 +171,212 @@ async def test_the_broker_being_down_is_said_plainly(broker: BrokerProcess, tmp_
         text = await error(session, "get", key="a")
         assert text.startswith("unavailable:")
         assert broker.url in text
+
+
+async def until(condition: Callable[[], bool], what: str, within: float = 10.0) -> None:
+    """Look every 10 ms, for at most ``within`` seconds, until ``condition()`` holds."""
+    for _ in range(int(within / 0.01)):
+        if condition():
+            return
+        await anyio.sleep(0.01)
+    raise AssertionError(f"not within {within:g} s: {what}")
+
+
+def claimers(client: Client) -> int:
+    """The claims waiting at the broker for an item, in the default database."""
+    databases = client.status()["databases"]
+    return sum(db["claimers"] for db in databases if db["name"] == "default")
+
+
+async def test_a_cancelled_waiting_claim_holds_nothing(
+    broker: BrokerProcess, tmp_path: Path
+) -> None:
+    token = make_user(broker, "worker", "")
+    async with server(broker, "worker", token, tmp_path) as session:
+        with admin(broker) as other:
+            async with anyio.create_task_group() as group:
+                # the host gives up on a claim that waits: the SDK's client sends
+                # notifications/cancelled for the abandoned request
+                group.start_soon(session.call_tool, "claim", {"prefix": "queue", "wait": 25})
+                await until(lambda: claimers(other) == 1, "the claim waiting at the broker")
+                group.cancel_scope.cancel()
+            await until(lambda: claimers(other) == 0, "the broker's claim cancelled")
+
+            other.set("queue.t1", "resize image")
+            taken = other.claim("queue", wait=0)
+            assert taken is not None
+            assert taken.key == "queue.t1"
+            assert [c.holder for c in other.claims("queue")] == ["admin"]
+        # the server goes on serving the session
+        assert (await ok(session, "claims", prefix="queue"))["claims"][0]["holder"] == "admin"
+
+
+async def test_watch_returns_the_next_changes_and_says_how_its_wait_goes(
+    broker: BrokerProcess, tmp_path: Path
+) -> None:
+    token = make_user(broker, "monitor", "")
+    async with server(broker, "monitor", token, tmp_path) as session:
+        first = (await ok(session, "set", key="jobs.a", value=1))["revision"]
+        await ok(session, "set", key="other.x", value=0)
+        await ok(session, "set", key="jobs.b", value=2)
+        await ok(session, "del", key="jobs.a")
+
+        # from a revision: the history, `count` at a time, going on from next_rev
+        got = await ok(session, "watch", prefix="jobs", from_rev=first, count=2)
+        assert [(e["rev"], e["type"], e["key"]) for e in got["events"]] == [
+            (first, "put", "jobs.a"),
+            (first + 2, "put", "jobs.b"),
+        ]
+        assert got["events"][0]["value"] == 1
+        assert got["events"][0]["by"] == "monitor"
+        assert got["next_rev"] == first + 3
+        rest = await ok(
+            session, "watch", prefix="jobs", from_rev=got["next_rev"], count=5, timeout=0
+        )
+        assert [(e["type"], e["key"]) for e in rest["events"]] == [("delete", "jobs.a")]
+        assert "value" not in rest["events"][0]
+        assert rest["next_rev"] == first + 4
+
+        # from now: it waits, and says so to a host that asked for progress
+        notes: list[tuple[float, float | None, str | None]] = []
+        watching = anyio.Event()
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            notes.append((progress, total, message))
+            watching.set()
+
+        result: dict[str, Any] = {}
+
+        async def wait_for_two() -> None:
+            arguments: dict[str, Any] = {"prefix": "jobs", "count": 2, "timeout": 20}
+            answer = await session.call_tool("watch", arguments, progress_callback=on_progress)
+            assert not answer.is_error, answer.content
+            result.update(answer.structured_content or {})
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as group:
+                group.start_soon(wait_for_two)
+                await watching.wait()  # the watch is in place at the broker
+                with admin(broker) as other:
+                    other.set("jobs.c", "three")
+                    other.set("elsewhere", 0)
+                    other.set("jobs.d", "four")
+        assert [(e["key"], e["value"], e["by"]) for e in result["events"]] == [
+            ("jobs.c", "three", "admin"),
+            ("jobs.d", "four", "admin"),
+        ]
+        assert len(notes) >= 3
+        assert [n[0] for n in notes] == sorted({n[0] for n in notes})  # always increasing
+        assert notes[0][1] == 20
+        assert "jobs.d" in (notes[-1][2] or "")
+
+        # nothing within the timeout: an empty answer, not an error
+        quiet = await ok(session, "watch", prefix="nothing", timeout=0.2)
+        assert quiet["events"] == []
+        assert quiet["next_rev"] == result["next_rev"]
+
+
+# resources/subscribe is what the 2025-11-25 protocol the stdio handshake agrees on has (the SDK's
+# client warns that the 2026-07-28 one replaces it with subscriptions/listen).
+@pytest.mark.filterwarnings("ignore:resources/(un)?subscribe is removed")
+async def test_keys_are_resources_and_a_subscription_tells_every_change_in_order(
+    broker: BrokerProcess, tmp_path: Path
+) -> None:
+    token = make_user(broker, "monitor", "")
+    updates: list[types.ResourceUpdatedNotificationParams] = []
+    arrived = anyio.Event()
+
+    async def on_message(message: IncomingMessage) -> None:
+        nonlocal arrived
+        if isinstance(message, types.ResourceUpdatedNotification):
+            updates.append(message.params)
+            arrived.set()
+
+    async def updated(n: int) -> list[tuple[str, str, int]]:
+        """Wait for ``n`` updates in all; each one's URI, change type and revision."""
+        nonlocal arrived
+        with anyio.fail_after(10):
+            while len(updates) < n:
+                await arrived.wait()
+                arrived = anyio.Event()
+        told = []
+        for params in updates:
+            assert params.meta is not None
+            event = params.meta["prontodb/event"]
+            told.append((params.uri, event["type"], event["rev"]))
+        return told
+
+    async with server(broker, "monitor", token, tmp_path, message_handler=on_message) as session:
+        templates = (await session.list_resource_templates()).resource_templates
+        assert [t.uri_template for t in templates] == ["prontodb://{cursor}/{key}"]
+
+        await ok(session, "set", key="plan.step", value={"n": 1})
+        contents = (await session.read_resource("prontodb://default/plan.step")).contents
+        assert contents[0].mime_type == "application/json"
+        assert isinstance(contents[0], types.TextResourceContents)
+        document = json.loads(contents[0].text)
+        assert (document["key"], document["value"], document["writer"]) == (
+            "plan.step",
+            {"n": 1},
+            "monitor",
+        )
+        scanned = (await session.read_resource("prontodb://default/plan/")).contents[0]
+        assert isinstance(scanned, types.TextResourceContents)
+        assert json.loads(scanned.text) == {"plan.step": {"n": 1}}
+        with pytest.raises(MCPError, match=r"not found: plan\.nope"):
+            await session.read_resource("prontodb://default/plan.nope")
+
+        # a prefix: every change below it, in order, each told with its key's URI
+        await session.subscribe_resource("prontodb://default/jobs/")
+        with admin(broker) as other:
+            first = other.set("jobs.a", "one")
+            other.set("elsewhere", 0)
+            other.set("jobs.b", "two")
+            other.delete("jobs.a")
+        assert await updated(3) == [
+            ("prontodb://default/jobs.a", "put", first),
+            ("prontodb://default/jobs.b", "put", first + 2),
+            ("prontodb://default/jobs.a", "delete", first + 3),
+        ]
+
+        # a key: its own changes alone; unsubscribing ends the prefix's watch
+        await session.subscribe_resource("prontodb://default/plan.step")
+        await session.unsubscribe_resource("prontodb://default/jobs/")
+        with admin(broker) as other:
+            other.set("jobs.c", "three")
+            other.set("plan.step.detail", "below the key")
+            last = other.set("plan.step", {"n": 2})
+        assert (await updated(4))[3:] == [("prontodb://default/plan.step", "put", last)]
+
+
+async def test_the_coordination_patterns_are_prompts(broker: BrokerProcess, tmp_path: Path) -> None:
+    token = make_user(broker, "agent", "")
+    async with server(broker, "agent", token, tmp_path) as session:
+        prompts = {p.name: p for p in (await session.list_prompts()).prompts}
+        assert set(prompts) == {
+            "worker",
+            "pipeline_stage",
+            "resource_holder",
+            "monitor",
+            "shared_context",
+        }
+        worker = prompts["worker"]
+        assert worker.arguments is not None
+        assert [(a.name, a.required) for a in worker.arguments] == [
+            ("prefix", True),
+            ("lease", False),
+        ]
+
+        got = await session.get_prompt("worker", {"prefix": "jobs", "lease": "120"})
+        assert got.description == worker.description
+        text = got.messages[0].content
+        assert isinstance(text, types.TextContent)
+        steps = [text.text.index(f"`{tool}`") for tool in ("claim", "extend", "ack", "release")]
+        assert steps == sorted(steps)  # the tools in the order to call them
+        assert "prefix `jobs`" in text.text
+        assert "lease 120" in text.text
+
+        with pytest.raises(MCPError, match="needs prefix"):
+            await session.get_prompt("monitor", {})
+        with pytest.raises(MCPError, match="no prompt"):
+            await session.get_prompt("nope", {})

@@ -14,8 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 from prontodb.broker.server import REGISTRY
+from prontodb.clients import _mcp_prompts as mcp_prompts
 from prontodb.clients import _mcp_tools as mcp_tools
 from prontodb.clients._cli_click import cli
+from prontodb.protocol import ErrorCode
 
 ROOT = Path(__file__).parent.parent
 DOC = (ROOT / "docs" / "MCP.md").read_text(encoding="utf-8")
@@ -93,3 +95,18 @@ def test_the_command_names_the_extra_when_the_sdk_is_missing(
     assert result.exit_code == 1
     assert "pip install 'prontodb[mcp]'" in result.output
     assert result.output.count("\n") == 1
+
+
+@pytest.mark.parametrize("pattern", mcp_prompts.PATTERNS, ids=lambda p: p.name)
+def test_each_prompt_names_only_tools_there_are(pattern: mcp_prompts.Pattern) -> None:
+    given = {a.name: "x" for a in pattern.arguments}
+    text = pattern.render(given)
+    errors = {code.value for code in ErrorCode}
+    named = set(re.findall(r"`([a-z_]+)`", text)) - {"x"} - errors
+    arguments = {name for t in mcp_tools.TOOLS for name in t.input_schema()["properties"]}
+    arguments |= {name for t in mcp_tools.TOOLS for name in t.output_schema().get("properties", {})}
+    arguments |= {"writer", "time", "by"}  # get's meta and watch's events
+    tools = set(mcp_tools.BY_NAME)
+    assert named & tools, f"{pattern.name}: names no tool"
+    assert named <= tools | arguments, f"{pattern.name}: {named - tools - arguments} are no tools"
+    assert "http" not in text
