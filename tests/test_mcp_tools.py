@@ -88,7 +88,12 @@ def test_docs_list_every_tool_with_its_kind() -> None:
 def test_the_command_names_the_extra_when_the_sdk_is_missing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import prontodb.clients
+
+    # As on an install without the extra: nothing of the server loaded (another test may have
+    # imported it, which also leaves it as an attribute of the package).
     monkeypatch.delitem(sys.modules, "prontodb.clients._mcp_server", raising=False)
+    monkeypatch.delattr(prontodb.clients, "_mcp_server", raising=False)
     for name in ("mcp", "mcp_types"):
         monkeypatch.setitem(sys.modules, name, None)
     result = CliRunner().invoke(cli, ["mcp"])

@@ -1,0 +1,86 @@
+"""The MCP server in-process, through the SDK's in-process client, against a real broker: the
+same server `prontodb mcp` runs (tests/test_mcp.py drives it over stdio in a subprocess, where
+coverage does not follow it). Tools, an error, a watch, resources and a subscription, prompts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+pytest.importorskip("mcp")
+
+from brokers import BrokerProcess, running_broker
+from mcp import Client as McpClient
+
+from prontodb.clients import Client
+from prontodb.clients._cli_commands import Globals
+from prontodb.clients._mcp_resources import Subscriptions
+from prontodb.clients._mcp_server import Broker, build
+
+pytestmark = pytest.mark.filterwarnings("ignore:resources/(un)?subscribe is removed")
+
+
+@pytest.fixture
+def broker(tmp_path: Path, short_dir: Path) -> Iterator[BrokerProcess]:
+    with running_broker(tmp_path / "data", short_dir / "b.sock") as process:
+        yield process
+
+
+async def _exercise(url: str, read_only: bool) -> dict[str, object]:
+    options = Globals(user="agent", cursor="default", url=url)
+    broker = Broker(options)
+    seen: dict[str, object] = {}
+    try:
+        async with anyio.create_task_group() as group:
+            server = build(options, read_only, broker, Subscriptions(group))
+            async with McpClient(server) as client:
+                tools = await client.list_tools()
+                seen["tools"] = sorted(t.name for t in tools.tools)
+                if not read_only:
+                    await client.call_tool("set", {"key": "jobs.a", "value": "x"})
+                    incr = await client.call_tool("incr", {"key": "n", "by": 2})
+                    seen["incr"] = incr.structured_content
+                    claim = await client.call_tool("claim", {"prefix": "jobs"})
+                    seen["claim"] = claim.structured_content
+                    watched = await client.call_tool("watch", {"prefix": "n", "from_rev": 1})
+                    seen["watch"] = watched.structured_content
+                got = await client.call_tool("get", {"key": "missing"})
+                seen["missing"] = (got.is_error, got.content[0].text)  # type: ignore[union-attr]
+                read = await client.read_resource("prontodb://default/n")
+                seen["read"] = read.contents[0].text  # type: ignore[union-attr]
+                prompts = await client.list_prompts()
+                seen["prompts"] = sorted(p.name for p in prompts.prompts)
+            group.cancel_scope.cancel()
+    finally:
+        await broker.aclose()
+    return seen
+
+
+def test_tools_resources_and_prompts_in_process(broker: BrokerProcess) -> None:
+    seen = anyio.run(_exercise, broker.url, False)
+    assert "claim" in seen["tools"]  # type: ignore[operator]
+    assert seen["incr"] == {"key": "n", "value": 2}
+    claim = seen["claim"]
+    assert isinstance(claim, dict)
+    assert claim["key"] == "jobs.a"
+    watch = seen["watch"]
+    assert isinstance(watch, dict)
+    assert [e["key"] for e in watch["events"]] == ["n"]
+    assert seen["missing"] == (True, "not found: missing (cursor default)")
+    assert '"value": 2' in str(seen["read"])
+    assert "worker" in seen["prompts"]  # type: ignore[operator]
+    with Client.connect(broker.url) as client:
+        info = client.get_info("n")
+        assert info is not None
+        assert info.writer == "agent"  # the server's user, no one else's
+
+
+def test_read_only_in_process(broker: BrokerProcess) -> None:
+    with Client.connect(broker.url) as client:
+        client.set("n", 2)
+    seen = anyio.run(_exercise, broker.url, True)
+    assert "set" not in seen["tools"]  # type: ignore[operator]
+    assert "get" in seen["tools"]  # type: ignore[operator]
