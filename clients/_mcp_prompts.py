@@ -4,6 +4,8 @@ arguments and the text it becomes once they are filled in."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import NamedTuple
 
 
@@ -145,4 +147,7 @@ without calling watch. Change nothing yourself: a monitor only reads.""",
     ),
 )
 
-BY_NAME = {p.name: p for p in PATTERNS}
+
+def named_tools(pattern: Pattern, tools: Iterable[str]) -> set[str]:
+    """The tools among ``tools`` that ``pattern``'s text tells an agent to call (`name`)."""
+    return set(re.findall(r"`([a-z_]+)`", pattern.text)) & set(tools)

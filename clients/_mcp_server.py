@@ -22,8 +22,7 @@ from prontodb.protocol import ErrorCode, ProntoError
 
 from ._async.client import AsyncClient
 from ._cli_commands import CLIENT_NAME, Globals, target_url
-from ._mcp_prompts import BY_NAME as PROMPTS
-from ._mcp_prompts import PATTERNS
+from ._mcp_prompts import PATTERNS, named_tools
 from ._mcp_resources import TEMPLATE, Subscriptions, read
 from ._mcp_tools import BY_NAME, Progress, Tool, ToolFailed, call, offered
 
@@ -138,45 +137,49 @@ def build(
         instructions=INSTRUCTIONS,
         on_list_tools=list_tools,
         on_call_tool=call_tool,
-        on_list_prompts=list_prompts,
-        on_get_prompt=get_prompt,
+        **prompt_handlers(set(tools)),
         **resource_handlers(options, broker, subscriptions),
     )
 
 
-async def list_prompts(
-    ctx: Any, params: types.PaginatedRequestParams | None
-) -> types.ListPromptsResult:
-    """The coordination patterns (``_mcp_prompts``) as prompts."""
-    return types.ListPromptsResult(
-        prompts=[
-            types.Prompt(
-                name=p.name,
-                title=p.title,
-                description=p.description,
-                arguments=[
-                    types.PromptArgument(
-                        name=a.name, description=a.description, required=a.required
-                    )
-                    for a in p.arguments
-                ],
-            )
-            for p in PATTERNS
-        ]
-    )
+def prompt_handlers(offered_tools: set[str]) -> dict[str, Any]:
+    """The coordination patterns (``_mcp_prompts``) as prompts: those whose every tool is
+    offered (a read-only server does not tell an agent to write)."""
+    patterns = {p.name: p for p in PATTERNS if named_tools(p, BY_NAME) <= offered_tools}
 
+    async def list_prompts(
+        ctx: Any, params: types.PaginatedRequestParams | None
+    ) -> types.ListPromptsResult:
+        return types.ListPromptsResult(
+            prompts=[
+                types.Prompt(
+                    name=p.name,
+                    title=p.title,
+                    description=p.description,
+                    arguments=[
+                        types.PromptArgument(
+                            name=a.name, description=a.description, required=a.required
+                        )
+                        for a in p.arguments
+                    ],
+                )
+                for p in patterns.values()
+            ]
+        )
 
-async def get_prompt(ctx: Any, params: types.GetPromptRequestParams) -> types.GetPromptResult:
-    pattern = PROMPTS.get(params.name)
-    if pattern is None:
-        names = ", ".join(PROMPTS)
-        raise MCPError(types.INVALID_PARAMS, f"there is no prompt {params.name!r} ({names})")
-    try:
-        text = pattern.render(dict(params.arguments or {}))
-    except ValueError as exc:
-        raise MCPError(types.INVALID_PARAMS, str(exc)) from None
-    message = types.PromptMessage(role="user", content=types.TextContent(text=text))
-    return types.GetPromptResult(description=pattern.description, messages=[message])
+    async def get_prompt(ctx: Any, params: types.GetPromptRequestParams) -> types.GetPromptResult:
+        pattern = patterns.get(params.name)
+        if pattern is None:
+            names = ", ".join(patterns)
+            raise MCPError(types.INVALID_PARAMS, f"there is no prompt {params.name!r} ({names})")
+        try:
+            text = pattern.render(dict(params.arguments or {}))
+        except ValueError as exc:
+            raise MCPError(types.INVALID_PARAMS, str(exc)) from None
+        message = types.PromptMessage(role="user", content=types.TextContent(text=text))
+        return types.GetPromptResult(description=pattern.description, messages=[message])
+
+    return {"on_list_prompts": list_prompts, "on_get_prompt": get_prompt}
 
 
 def resource_handlers(

@@ -84,3 +84,4 @@ def test_read_only_in_process(broker: BrokerProcess) -> None:
     seen = anyio.run(_exercise, broker.url, True)
     assert "set" not in seen["tools"]  # type: ignore[operator]
     assert "get" in seen["tools"]  # type: ignore[operator]
+    assert seen["prompts"] == ["monitor"]  # the others tell an agent to write
