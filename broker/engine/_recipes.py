@@ -158,9 +158,11 @@ def join(
         return Applied(None, [], [])
     described = {"recipe": kind, "limit": limit, "value": value}
     applied = engine.set(key, described, writer=writer, now=now, if_absent=True, session=session)
-    joined = state(engine, name)
-    assert joined is not None
-    member = next(m for m in joined.members if m.key == key)
+    # The newest member is last in line: it holds exactly when a join would hold, so the line
+    # need not be read again.
+    entry = applied.result
+    holding = _would_hold(current, kind, limit)
+    member = Member(key, entry.create_rev, session, entry.writer, value, holding)
     return Applied(member, applied.records, applied.changes)
 
 

@@ -98,9 +98,14 @@ ITEM_ARGS = (
 )
 
 
+ITEM_NAMES = tuple(arg.name for arg in ITEM_ARGS)
+
+
 def item_options(engine: Engine, args: Mapping[str, Any], now: float) -> ItemOptions | None:
     """The queue options of a ``set``, checked; None if it names none."""
-    named = {name: args.get(name) for name in ("priority", "delay", "at", "after")}
+    if args.keys().isdisjoint(ITEM_NAMES):
+        return None  # the common set: no dict built for it
+    named = {name: args.get(name) for name in ITEM_NAMES}
     if all(value is None for value in named.values()):
         return None
     return ItemOptions.make(now=now, max_key_len=engine.limits.max_key_len, **named)

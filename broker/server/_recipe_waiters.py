@@ -56,10 +56,11 @@ class RecipeWaiters:
         touched = {parent_of(change.key) for change in changes} & self._lines.keys()
         for name in touched:
             state = recipes.state(engine, name)
+            by_token = {} if state is None else {m.token: m for m in state.members}
             for waiter in self._lines[name]:
                 if waiter.event.is_set():
                     continue  # woken already: its task has yet to run
-                member = None if state is None else state.member(waiter.token)
+                member = by_token.get(waiter.token)
                 if member is None or member.holding:
                     waiter.member, waiter.ticket = member, ticket
                     waiter.event.set()
