@@ -1067,22 +1067,60 @@ MCP_MISSING = (
 @click.option(
     "--read-only", is_flag=True, help="Offer only the tools that change nothing (get, keys, ...)."
 )
+@click.option(
+    "--http",
+    metavar="HOST:PORT",
+    help="Serve Streamable HTTP at http://HOST:PORT/mcp instead of stdio (port 0 picks one).",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True),
+    help="With --http: the TLS certificate chain (PEM); needed off loopback.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, exists=True),
+    help="With --http: the TLS private key (PEM).",
+)
 @click.pass_context
-def mcp_command(ctx: click.Context, read_only: bool) -> None:
+def mcp_command(
+    ctx: click.Context,
+    read_only: bool,
+    http: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+) -> None:
     """Serve ProntoDB's tools to an AI agent host over MCP on stdio (docs/MCP.md).
 
     Every tool acts as the user given by --user and PRONTODB_TOKEN, on --cursor's database by
-    default; none takes a user. Needs the extra: pip install 'prontodb[mcp]'.
+    default; none takes a user. With --http, every request must carry that user's token as
+    `Authorization: Bearer`. Needs the extra: pip install 'prontodb[mcp]'.
     """
+    import os
+    from pathlib import Path
+
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("TLS needs both --tls-cert and --tls-key.")
+    if tls_cert is not None and http is None:
+        raise click.UsageError("--tls-cert and --tls-key go with --http.")
     try:
-        from . import _mcp_server  # the SDK is imported by this command alone
+        from . import _mcp_http, _mcp_server  # the SDK is imported by this command alone
     except ModuleNotFoundError as exc:
-        if (exc.name or "").split(".")[0] not in ("mcp", "mcp_types"):
+        if (exc.name or "").split(".")[0] not in ("mcp", "mcp_types", "uvicorn"):
             raise
         commands.say(MCP_MISSING)
         _finish(1)
         return
-    _finish(_mcp_server.main(_globals(ctx, False), read_only))
+    options = _globals(ctx, False)
+    if http is None:
+        _finish(_mcp_server.main(options, read_only))
+        return
+    tls = None if tls_cert is None or tls_key is None else (Path(tls_cert), Path(tls_key))
+    try:
+        where = _mcp_http.listen(http, os.environ.get("PRONTODB_TOKEN") or None, tls)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--http") from None
+    _finish(_mcp_http.main(options, read_only, where))
 
 
 @cli.command()

@@ -15,6 +15,7 @@ real ProntoDB watches.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -23,6 +24,7 @@ import mcp_types as types
 from anyio.abc import TaskGroup, TaskStatus
 from mcp.server.session import ServerSession
 from mcp.shared.exceptions import MCPError
+from mcp.shared.subscriptions import SUBSCRIPTION_ID_META_KEY
 
 from prontodb.protocol import ProntoError
 
@@ -86,68 +88,178 @@ def _event_meta(event: WatchEvent) -> dict[str, Any]:
     return {"prontodb/event": {"rev": event.rev, "type": event.type, "key": event.key}}
 
 
-class Subscriptions:
-    """The session's subscriptions: a watch per subscribed URI, run in ``group``."""
+# The most subscriptions one server runs at a time, over all its sessions: each is a watch on a
+# broker connection of its own.
+SUBSCRIPTION_CAP = 100
 
-    def __init__(self, group: TaskGroup) -> None:
+
+def _connection(session: ServerSession) -> Any:
+    """The MCP connection ``session`` (built per request) belongs to. The SDK 2.3's low-level
+    handlers reach it only through the session; tests/test_mcp.py's HTTP tests see that a closed
+    session's watches end, so a change in the SDK shows there."""
+    return getattr(session, "_connection", session)
+
+
+Tell = Callable[[types.ServerNotification], Awaitable[None]]
+
+
+async def watch_uri(
+    client: AsyncClient, uri: str, tell: Tell, meta: dict[str, Any], started: Callable[[], None]
+) -> None:
+    """Watch ``uri``'s key or prefix, calling ``started`` once the watch is in place at the
+    broker, and ``tell`` each change as ``notifications/resources/updated`` (with ``meta`` in
+    its ``_meta``), in order, until cancelled. ProntoError if the watch cannot start; returns
+    if it ends later (the broker stayed away, the watch fell behind its history, the session
+    went)."""
+    cursor, name, is_prefix = parse(uri)
+    in_place = False
+    try:
+        async with client.watch(name, cursor=cursor) as watch:
+            started()
+            in_place = True
+            async for event in watch:
+                if not is_prefix and event.key != name:
+                    continue  # below the key: not its change
+                told = uri if not is_prefix else key_uri(cursor, event.key)
+                params = types.ResourceUpdatedNotificationParams(
+                    uri=told, _meta={**meta, **_event_meta(event)}
+                )
+                await tell(types.ResourceUpdatedNotification(params=params))
+    except ProntoError as exc:
+        if not in_place:
+            raise  # the subscribe call says why
+        # The broker stayed away longer than the watch waits for it, or the watch fell out of
+        # the broker's history: the subscription ends (subscribe again).
+        log.warning("the subscription to %s ended: %s", uri, exc.message)
+    except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+        pass  # the session went before its end was told: nobody to tell
+
+
+class Subscriptions:
+    """The subscriptions of every session of a server: a watch per (connection, URI), run in
+    ``group``, that the end of its connection ends; and the watches of ``subscriptions/listen``
+    streams, which end with their stream. At most ``cap`` watches in all."""
+
+    def __init__(self, group: TaskGroup, cap: int = SUBSCRIPTION_CAP) -> None:
         self._group = group
-        self._running: dict[str, anyio.CancelScope] = {}
+        self._cap = cap
+        self._running: dict[Any, dict[str, anyio.CancelScope]] = {}
+        self._listening = 0
+
+    def __len__(self) -> int:
+        return self._listening + sum(len(uris) for uris in self._running.values())
+
+    def _check_room(self, more: int) -> None:
+        if len(self) + more > self._cap:
+            raise MCPError(
+                types.INVALID_PARAMS,
+                f"limit: this server runs at most {self._cap} subscriptions at a time; "
+                "unsubscribe from some first",
+            )
 
     async def subscribe(self, client: AsyncClient, session: ServerSession, uri: str) -> None:
-        """Start watching ``uri`` (again subscribing to it does nothing); return once the watch
-        is in place at the broker, so that every change made after this is told."""
-        cursor, name, is_prefix = parse(uri)
-        if uri in self._running:
+        """Start watching ``uri`` for ``session``'s connection (again subscribing to it does
+        nothing); return once the watch is in place at the broker, so that every change made
+        after this is told."""
+        parse(uri)
+        connection = _connection(session)
+        running = self._running.get(connection, {})
+        if uri in running:
             return
+        self._check_room(1)
         try:
-            scope = await self._group.start(
-                self._watch, client, session, uri, cursor, name, is_prefix
-            )
+            scope = await self._group.start(self._subscription, client, session, uri)
         except ProntoError as exc:
             raise MCPError(types.INVALID_PARAMS, f"{exc.code.value}: {exc.message}") from None
-        self._running[uri] = scope
+        if connection not in self._running:
+            self._running[connection] = running
+            stack = getattr(connection, "exit_stack", None)
+            if stack is not None:
+                stack.callback(self.end, connection)
+        running[uri] = scope
 
-    def unsubscribe(self, uri: str) -> None:
-        scope = self._running.pop(uri, None)
+    def unsubscribe(self, session: ServerSession, uri: str) -> None:
+        scope = self._running.get(_connection(session), {}).pop(uri, None)
         if scope is not None:
             scope.cancel()
 
-    def close(self) -> None:
-        for uri in list(self._running):
-            self.unsubscribe(uri)
+    def end(self, connection: Any) -> None:
+        """End ``connection``'s subscriptions (it closed)."""
+        for scope in self._running.pop(connection, {}).values():
+            scope.cancel()
 
-    async def _watch(
+    async def _subscription(
         self,
         client: AsyncClient,
         session: ServerSession,
         uri: str,
-        cursor: str,
-        name: str,
-        is_prefix: bool,
         *,
         task_status: TaskStatus[anyio.CancelScope],
     ) -> None:
-        started = False
         with anyio.CancelScope() as scope:
-            try:
-                async with client.watch(name, cursor=cursor) as watch:
-                    task_status.started(scope)
-                    started = True
-                    async for event in watch:
-                        if not is_prefix and event.key != name:
-                            continue  # below the key: not its change
-                        told = uri if not is_prefix else key_uri(cursor, event.key)
-                        params = types.ResourceUpdatedNotificationParams(
-                            uri=told, _meta=_event_meta(event)
-                        )
-                        await session.send_notification(
-                            types.ResourceUpdatedNotification(params=params)
-                        )
-            except ProntoError as exc:
-                if not started:
-                    raise  # the subscribe call says why
-                # The broker stayed away longer than the watch waits for it, or the watch fell
-                # out of the broker's history: the subscription ends (subscribe again).
-                log.warning("the subscription to %s ended: %s", uri, exc.message)
-                if self._running.get(uri) is scope:
-                    del self._running[uri]
+            await watch_uri(
+                client, uri, session.send_notification, {}, lambda: task_status.started(scope)
+            )
+            running = self._running.get(_connection(session), {})  # it ended by itself
+            if running.get(uri) is scope:
+                del running[uri]
+
+    async def listen(
+        self,
+        client: AsyncClient,
+        session: ServerSession,
+        request_id: types.RequestId,
+        wanted: types.SubscriptionFilter,
+    ) -> types.SubscriptionsListenResult:
+        """Serve one ``subscriptions/listen`` stream (the 2026-07-28 protocol): a watch per
+        resource URI of ``wanted``, in place before the acknowledgement, then their changes on
+        the stream until the client ends it. The lists of tools, prompts and resources never
+        change, so asking for their changes is honoured and nothing is sent."""
+        uris = list(dict.fromkeys(wanted.resource_subscriptions or ()))
+        for uri in uris:
+            parse(uri)
+        self._check_room(len(uris))
+        meta: dict[str, Any] = {SUBSCRIPTION_ID_META_KEY: request_id}
+        acknowledged = anyio.Event()
+
+        async def tell(notification: types.ServerNotification) -> None:
+            await acknowledged.wait()  # the acknowledgement is the stream's first frame
+            await session.send_notification(notification, related_request_id=request_id)
+
+        self._listening += len(uris)
+        try:
+            async with anyio.create_task_group() as group:
+                for uri in uris:
+                    await group.start(_listened, client, uri, tell, meta)
+                honored = types.SubscriptionFilter(
+                    tools_list_changed=wanted.tools_list_changed or None,
+                    prompts_list_changed=wanted.prompts_list_changed or None,
+                    resources_list_changed=wanted.resources_list_changed or None,
+                    resource_subscriptions=uris or None,
+                )
+                params = types.SubscriptionsAcknowledgedNotificationParams(
+                    notifications=honored, _meta=meta
+                )
+                await session.send_notification(
+                    types.SubscriptionsAcknowledgedNotification(params=params),
+                    related_request_id=request_id,
+                )
+                acknowledged.set()
+                if not uris:
+                    await anyio.sleep_forever()  # nothing to tell: the stream stays open
+        except ProntoError as exc:
+            raise MCPError(types.INVALID_PARAMS, f"{exc.code.value}: {exc.message}") from None
+        finally:
+            self._listening -= len(uris)
+        return types.SubscriptionsListenResult(_meta=meta)
+
+
+async def _listened(
+    client: AsyncClient,
+    uri: str,
+    tell: Tell,
+    meta: dict[str, Any],
+    *,
+    task_status: TaskStatus[None],
+) -> None:
+    await watch_uri(client, uri, tell, meta, task_status.started)

@@ -69,8 +69,9 @@ class Broker:
                 pass
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self.lost(self._client)
+        with anyio.CancelScope(shield=True):  # also when the server is being cancelled
+            if self._client is not None:
+                await self.lost(self._client)
 
 
 def tool_listing(tool: Tool) -> types.Tool:
@@ -220,8 +221,16 @@ def resource_handlers(
         await subscriptions.subscribe(await connected(), ctx.session, params.uri)
         return types.EmptyResult()
 
+    async def listen(
+        ctx: Any, params: types.SubscriptionsListenRequestParams
+    ) -> types.SubscriptionsListenResult:
+        if ctx.request_id is None:
+            raise MCPError(types.INVALID_REQUEST, "subscriptions/listen needs a request id")
+        client = await connected()
+        return await subscriptions.listen(client, ctx.session, ctx.request_id, params.notifications)
+
     async def unsubscribe(ctx: Any, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
-        subscriptions.unsubscribe(params.uri)
+        subscriptions.unsubscribe(ctx.session, params.uri)
         return types.EmptyResult()
 
     return {
@@ -230,6 +239,7 @@ def resource_handlers(
         "on_read_resource": read_resource,
         "on_subscribe_resource": subscribe,
         "on_unsubscribe_resource": unsubscribe,
+        "on_subscriptions_listen": listen,
     }
 
 

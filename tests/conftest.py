@@ -87,6 +87,7 @@ SLOW_MODULES = frozenset(
         "test_examples_shell",
         "test_mcp",
         "test_mcp_agents",
+        "test_mcp_http",
         "test_queue_process",
         "test_readme",
         "test_recipes_process",

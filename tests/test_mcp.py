@@ -3,27 +3,41 @@ a real broker that wants tokens, each server acting as the user it was started w
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import anyio
+import anyio.abc
 import pytest
 
 pytest.importorskip("mcp")
 
+import httpx2
 import mcp_types as types
-from brokers import BrokerProcess, running_broker
+from brokers import BrokerProcess, running_broker, start_broker
 from mcp import ClientSession
 from mcp.client.session import IncomingMessage, MessageHandlerFnT
 from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from prontodb.clients import Client
+
+# The SDK's HTTP client leaves its response streams to the garbage collector, which trio (these
+# tests' loop) reports; they are the client's, not the server under test's.
+pytestmark = [
+    pytest.mark.filterwarnings(f"ignore:Async generator '{package}\\.:ResourceWarning")
+    for package in ("httpx2", "httpcore2")
+]
+# The handshake's protocol (2025-11-25) has resources/subscribe; the SDK warns of its successor.
+pytestmark.append(pytest.mark.filterwarnings("ignore:resources/(un)?subscribe is removed"))
 
 
 @pytest.fixture
@@ -44,8 +58,32 @@ def make_user(broker: BrokerProcess, name: str, prefix: str, level: str = "write
         return token
 
 
+Serve = Callable[..., AbstractAsyncContextManager[ClientSession]]
+
+
+@pytest.fixture(params=["stdio", "http"])
+def server(request: pytest.FixtureRequest) -> Serve:
+    """Opens an MCP session with ``prontodb mcp`` run as a user, on stdio (the SDK's client
+    starts the process) or on Streamable HTTP (the test starts it; the SDK's client connects
+    with the user's token as its bearer): ``server(broker, user, token, tmp_path, *extra,
+    message_handler=None)``."""
+    return functools.partial(open_server, request.param)
+
+
+def mcp_argv(broker: BrokerProcess, user: str, *extra: str) -> list[str]:
+    return ["-m", "prontodb.clients.cli", "--url", broker.url, "--user", user, "mcp", *extra]
+
+
+def mcp_env(token: str) -> dict[str, str]:
+    env = {"PRONTODB_TOKEN": token}
+    if os.environ.get("PYTHONPATH"):  # the SDK passes only a few variables on by default
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
+
+
 @asynccontextmanager
-async def server(
+async def open_server(
+    transport: str,
     broker: BrokerProcess,
     user: str,
     token: str,
@@ -53,13 +91,19 @@ async def server(
     *extra: str,
     message_handler: MessageHandlerFnT | None = None,
 ) -> AsyncIterator[ClientSession]:
-    """An MCP session with `prontodb mcp` run as ``user`` (the SDK's client starts the process
-    and stops it on the way out)."""
-    env = {"PRONTODB_TOKEN": token}
-    if os.environ.get("PYTHONPATH"):  # the SDK passes only a few variables on by default
-        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    args = ["-m", "prontodb.clients.cli", "--url", broker.url, "--user", user, "mcp", *extra]
-    params = StdioServerParameters(command=sys.executable, args=args, env=env)
+    if transport == "http":
+        async with (
+            http_server(broker, user, token, tmp_path, *extra) as url,
+            httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http,
+            streamable_http_client(url, http_client=http) as (read, write),
+            ClientSession(read, write, message_handler=message_handler) as session,
+        ):
+            await session.initialize()
+            yield session
+        return
+    params = StdioServerParameters(
+        command=sys.executable, args=mcp_argv(broker, user, *extra), env=mcp_env(token)
+    )
     with (tmp_path / f"mcp-{user}.log").open("w") as errlog:
         async with (
             stdio_client(params, errlog=errlog) as (read, write),
@@ -67,6 +111,50 @@ async def server(
         ):
             await session.initialize()
             yield session
+
+
+@asynccontextmanager
+async def http_server(
+    broker: BrokerProcess,
+    user: str,
+    token: str,
+    tmp_path: Path,
+    *extra: str,
+    address: str = "127.0.0.1:0",
+) -> AsyncIterator[str]:
+    """``prontodb mcp --http ADDRESS`` run as ``user``, for the block; its URL. Stopped by its
+    PID on the way out, however the block ends."""
+    argv = [sys.executable, *mcp_argv(broker, user, "--http", address, *extra)]
+    process = await anyio.open_process(
+        argv, env={**os.environ, **mcp_env(token)}, stdout=None, stderr=subprocess.PIPE
+    )
+    log = (tmp_path / f"mcp-http-{user}.log").open("wb")
+    try:
+        assert process.stderr is not None
+        seen = b""
+        with anyio.fail_after(30):
+            while b"serving MCP at " not in seen or not seen.endswith(b"\n"):
+                seen += await process.stderr.receive()
+        log.write(seen)
+        url = seen.split(b"serving MCP at ")[1].split()[0].decode()
+        async with anyio.create_task_group() as group:
+            group.start_soon(drain, process.stderr, log)
+            yield url
+            group.cancel_scope.cancel()
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            with anyio.move_on_after(10, shield=True):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+        await process.aclose()
+        log.close()
+
+
+async def drain(stream: anyio.abc.ByteReceiveStream, log: IO[bytes]) -> None:
+    async for chunk in stream:
+        log.write(chunk)
 
 
 async def ok(session: ClientSession, tool: str, **arguments: Any) -> Any:
@@ -85,7 +173,7 @@ async def error(session: ClientSession, tool: str, **arguments: Any) -> str:
 
 
 async def test_an_agent_reads_writes_counts_and_claims_as_its_user(
-    broker: BrokerProcess, tmp_path: Path
+    broker: BrokerProcess, tmp_path: Path, server: Serve
 ) -> None:
     token = make_user(broker, "agent", "")
     async with server(broker, "agent", token, tmp_path) as session:
@@ -142,7 +230,9 @@ def admin_token(broker: BrokerProcess) -> str:
     return (broker.data_dir / "admin.token").read_text().strip()
 
 
-async def test_a_user_without_the_grant_is_denied(broker: BrokerProcess, tmp_path: Path) -> None:
+async def test_a_user_without_the_grant_is_denied(
+    broker: BrokerProcess, tmp_path: Path, server: Serve
+) -> None:
     token = make_user(broker, "narrow", "mine")
     async with server(broker, "narrow", token, tmp_path) as session:
         await ok(session, "set", key="mine.a", value=1)
@@ -151,7 +241,9 @@ async def test_a_user_without_the_grant_is_denied(broker: BrokerProcess, tmp_pat
         assert (await error(session, "get", key="theirs.a")).startswith("denied:")
 
 
-async def test_read_only_offers_only_reads(broker: BrokerProcess, tmp_path: Path) -> None:
+async def test_read_only_offers_only_reads(
+    broker: BrokerProcess, tmp_path: Path, server: Serve
+) -> None:
     token = make_user(broker, "watcher", "")
     async with server(broker, "watcher", token, tmp_path, "--read-only") as session:
         tools = (await session.list_tools()).tools
@@ -163,7 +255,9 @@ async def test_read_only_offers_only_reads(broker: BrokerProcess, tmp_path: Path
         assert (await ok(session, "status"))["version"]
 
 
-async def test_the_broker_being_down_is_said_plainly(broker: BrokerProcess, tmp_path: Path) -> None:
+async def test_the_broker_being_down_is_said_plainly(
+    broker: BrokerProcess, tmp_path: Path, server: Serve
+) -> None:
     token = make_user(broker, "agent", "")
     async with server(broker, "agent", token, tmp_path) as session:
         await ok(session, "set", key="a", value=1)
@@ -189,7 +283,7 @@ def claimers(client: Client) -> int:
 
 
 async def test_a_cancelled_waiting_claim_holds_nothing(
-    broker: BrokerProcess, tmp_path: Path
+    broker: BrokerProcess, tmp_path: Path, server: Serve
 ) -> None:
     token = make_user(broker, "worker", "")
     async with server(broker, "worker", token, tmp_path) as session:
@@ -212,7 +306,7 @@ async def test_a_cancelled_waiting_claim_holds_nothing(
 
 
 async def test_watch_returns_the_next_changes_and_says_how_its_wait_goes(
-    broker: BrokerProcess, tmp_path: Path
+    broker: BrokerProcess, tmp_path: Path, server: Serve
 ) -> None:
     token = make_user(broker, "monitor", "")
     async with server(broker, "monitor", token, tmp_path) as session:
@@ -278,9 +372,8 @@ async def test_watch_returns_the_next_changes_and_says_how_its_wait_goes(
 
 # resources/subscribe is what the 2025-11-25 protocol the stdio handshake agrees on has (the SDK's
 # client warns that the 2026-07-28 one replaces it with subscriptions/listen).
-@pytest.mark.filterwarnings("ignore:resources/(un)?subscribe is removed")
 async def test_keys_are_resources_and_a_subscription_tells_every_change_in_order(
-    broker: BrokerProcess, tmp_path: Path
+    broker: BrokerProcess, tmp_path: Path, server: Serve
 ) -> None:
     token = make_user(broker, "monitor", "")
     updates: list[types.ResourceUpdatedNotificationParams] = []
@@ -349,7 +442,52 @@ async def test_keys_are_resources_and_a_subscription_tells_every_change_in_order
         assert (await updated(4))[3:] == [("prontodb://default/plan.step", "put", last)]
 
 
-async def test_the_coordination_patterns_are_prompts(broker: BrokerProcess, tmp_path: Path) -> None:
+async def test_a_subscription_tells_every_change_in_order_across_a_broker_restart(
+    broker: BrokerProcess, tmp_path: Path, server: Serve
+) -> None:
+    token = make_user(broker, "monitor", "")
+    told: list[tuple[str, int]] = []
+    arrived = anyio.Event()
+
+    async def on_message(message: IncomingMessage) -> None:
+        nonlocal arrived
+        if isinstance(message, types.ResourceUpdatedNotification):
+            assert message.params.meta is not None
+            told.append((message.params.uri, message.params.meta["prontodb/event"]["rev"]))
+            arrived.set()
+
+    async def updated(n: int) -> list[tuple[str, int]]:
+        nonlocal arrived
+        with anyio.fail_after(30):
+            while len(told) < n:
+                await arrived.wait()
+                arrived = anyio.Event()
+        return told
+
+    restarted: BrokerProcess | None = None
+    try:
+        async with server(broker, "monitor", token, tmp_path, message_handler=on_message) as s:
+            await s.subscribe_resource("prontodb://default/jobs/")
+            with admin(broker) as other:
+                before = [other.set(f"jobs.{i}", i) for i in range(3)]
+            assert await updated(3) == [
+                (f"prontodb://default/jobs.{i}", before[i]) for i in range(3)
+            ]
+
+            broker.terminate()
+            restarted = start_broker(broker.data_dir, Path(broker.socket), extra=["--require-auth"])
+            with admin(restarted) as other:
+                after = [other.set(f"jobs.{i}", -i) for i in range(3, 6)]
+            assert [rev for _, rev in await updated(6)] == before + after
+            assert len(told) == 6  # nothing told twice
+    finally:
+        if restarted is not None:
+            restarted.terminate()
+
+
+async def test_the_coordination_patterns_are_prompts(
+    broker: BrokerProcess, tmp_path: Path, server: Serve
+) -> None:
     token = make_user(broker, "agent", "")
     async with server(broker, "agent", token, tmp_path) as session:
         prompts = {p.name: p for p in (await session.list_prompts()).prompts}

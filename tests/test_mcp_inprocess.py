@@ -85,3 +85,80 @@ def test_read_only_in_process(broker: BrokerProcess) -> None:
     assert "set" not in seen["tools"]  # type: ignore[operator]
     assert "get" in seen["tools"]  # type: ignore[operator]
     assert seen["prompts"] == ["monitor"]  # the others tell an agent to write
+
+
+def test_streamable_http_in_process(broker: BrokerProcess) -> None:
+    """`prontodb mcp --http`'s server, on asyncio as the command runs it, with a bearer."""
+    import httpx2
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    from prontodb.clients._mcp_http import listen, serve
+
+    options = Globals(user="agent", cursor="default", url=broker.url)
+
+    async def scenario() -> tuple[int, object]:
+        async with anyio.create_task_group() as group:
+            where = await group.start(serve, options, False, listen("127.0.0.1:0", "t0k", None))
+            bearer = {"Authorization": "Bearer t0k"}
+            async with httpx2.AsyncClient() as http:
+                refused = await http.post(where.url, json={})
+                async with (
+                    httpx2.AsyncClient(headers=bearer) as authorized,
+                    streamable_http_client(where.url, http_client=authorized) as (read, write),
+                    ClientSession(read, write) as session,
+                ):
+                    await session.initialize()
+                    await session.call_tool("set", {"key": "via", "value": "http"})
+                    got = await session.call_tool("get", {"key": "via"})
+            group.cancel_scope.cancel()
+        return refused.status_code, got.structured_content
+
+    assert anyio.run(scenario, backend="asyncio") == (401, {"key": "via", "value": "http"})
+
+
+async def test_subscriptions_are_capped(broker: BrokerProcess) -> None:
+    from mcp.shared.exceptions import MCPError
+
+    options = Globals(user="agent", cursor="default", url=broker.url)
+    server_broker = Broker(options)
+    try:
+        async with anyio.create_task_group() as group:
+            server = build(options, False, server_broker, Subscriptions(group, cap=1))
+            async with McpClient(server, mode="legacy") as client:  # subscribe is pre-2026
+                await client.subscribe_resource("prontodb://default/a")
+                await client.subscribe_resource("prontodb://default/a")  # the same one
+                with pytest.raises(MCPError, match="at most 1 subscriptions"):
+                    await client.subscribe_resource("prontodb://default/b")
+                await client.unsubscribe_resource("prontodb://default/a")
+                await client.subscribe_resource("prontodb://default/b")
+            group.cancel_scope.cancel()
+    finally:
+        await server_broker.aclose()
+
+
+async def test_subscriptions_listen_of_the_newest_protocol(broker: BrokerProcess) -> None:
+    """A host on the 2026-07-28 protocol listens (``subscriptions/listen``) instead of
+    subscribing: the stream is acknowledged once its watches are in place, then tells every
+    change under the prefix."""
+    from mcp.shared.subscriptions import ResourceUpdated
+
+    options = Globals(user="agent", cursor="default", url=broker.url)
+    server_broker = Broker(options)
+    try:
+        async with anyio.create_task_group() as group:
+            server = build(options, False, server_broker, Subscriptions(group))
+            async with (
+                McpClient(server) as client,
+                client.listen(resource_subscriptions=["prontodb://default/jobs/"]) as stream,
+            ):
+                assert stream.honored.resource_subscriptions == ["prontodb://default/jobs/"]
+                with Client.connect(broker.url, user="agent") as other:
+                    other.set("jobs.a", 1)
+                    other.set("elsewhere", 2)
+                with anyio.fail_after(10):
+                    event = await stream.__anext__()
+                assert event == ResourceUpdated(uri="prontodb://default/jobs.a")
+            group.cancel_scope.cancel()
+    finally:
+        await server_broker.aclose()
