@@ -31,7 +31,7 @@ class Pattern(NamedTuple):
         return self.text.format(**values)
 
 
-DEFAULTS = {"lease": "60", "output": "done", "owner": "me"}
+DEFAULTS = {"lease": "60", "output": "done", "wait": "30"}
 
 PATTERNS: tuple[Pattern, ...] = (
     Pattern(
@@ -87,26 +87,24 @@ Never ack a task you did not finish; never work on a task without a claim.""",
     Pattern(
         "resource_holder",
         "Resource holder",
-        "Hold something only one agent may use at a time (a file, a branch, a device) through a "
-        "ProntoDB key that names its holder and runs out if the holder goes away.",
+        "Hold something only one agent may use at a time (a file, a branch, a device) under a "
+        "ProntoDB lock, released if the holder goes away.",
         (
-            Argument("key", "the key that stands for the resource", True),
-            Argument("owner", "what to write as the holder (default me)", False),
-            Argument("lease", "seconds the hold lasts unless renewed (default 60)", False),
+            Argument("name", "the lock's name: what the resource is called", True),
+            Argument("wait", "seconds to wait in line per call (default 30)", False),
         ),
-        """To use the resource `{key}` alone:
+        """To use the resource `{name}` alone:
 
-1. Take it: call `set` with key `{key}`, value "{owner}", `if_absent` true and ttl {lease}.
-   The result's `revision` is your proof of holding it: keep it.
-   A `compare_failed` error means someone else holds it: call `get` with meta true to see who
-   (`writer`) and `ttl` to see for how long; try again later, or `watch` the key (count 1) to
-   be told when it goes.
-2. While you work, renew the hold before it runs out: call `expire` with key `{key}` and
-   seconds {lease}.
-3. Give it back as soon as you are done: call `del` with key `{key}` and `if_rev` set to your
-   revision (so that you never delete a hold that is someone else's after yours ran out).
-
-Do not use the resource once the hold has run out (`ttl` answers not found): take it again.""",
+1. Take it: call `lock` with name `{name}` and wait {wait}. The result's `token` is your proof
+   of holding it: keep it. A `timed_out` error means another agent held it all along: call
+   `holders` with name `{name}` to see who (`writer`), then call `lock` again, or do other work
+   first.
+2. While you hold it, write what the resource guards with `fence` set to
+   {{"name": "{name}", "token": <your token>}} (on `set`, `del`, `incr`, `mset` or `txn`): such
+   a write happens only while you still hold the lock. A `compare_failed` error on it means you
+   lost the lock (this server lost its broker for too long): stop, and take it again.
+3. Give it back as soon as you are done: call `unlock` with name `{name}` and your token.
+   If you stop without doing so, it is given back when your MCP server stops.""",
     ),
     Pattern(
         "monitor",

@@ -146,6 +146,11 @@ class Subscriptions:
         self._running: dict[Any, dict[str, anyio.CancelScope]] = {}
         self._listening = 0
 
+    @property
+    def group(self) -> TaskGroup:
+        """The task group the server runs its background work in."""
+        return self._group
+
     def __len__(self) -> int:
         return self._listening + sum(len(uris) for uris in self._running.values())
 

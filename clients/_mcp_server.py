@@ -24,6 +24,7 @@ from ._async.client import AsyncClient
 from ._cli_commands import CLIENT_NAME, Globals, target_url
 from ._mcp_prompts import PATTERNS, named_tools
 from ._mcp_resources import TEMPLATE, Subscriptions, read
+from ._mcp_sessions import Sessions
 from ._mcp_tools import BY_NAME, Progress, Tool, ToolFailed, call, offered
 
 log = logging.getLogger("prontodb.mcp")
@@ -31,8 +32,9 @@ log = logging.getLogger("prontodb.mcp")
 INSTRUCTIONS = (
     "ProntoDB coordinates agents: shared keys (get, set, cas, incr, txn), task queues (set an "
     "item under a prefix; claim it, then ack or release it with its token), watches (watch "
-    "waits for the next changes under a prefix), and locks (holders, locks, unlock). Every tool "
-    "acts as this server's ProntoDB user, with that user's grants."
+    "waits for the next changes under a prefix), and locks, semaphores, elections and barriers "
+    "(lock, semaphore, elect, barrier; unlock with the token). Every tool acts as this server's "
+    "ProntoDB user, with that user's grants."
 )
 
 
@@ -100,6 +102,7 @@ def build(
     """The MCP server for ``options``' user, with only the read tools if ``read_only``; its
     resources' subscriptions run in ``subscriptions``."""
     tools = {t.name: t for t in offered(read_only)}
+    sessions = Sessions(subscriptions.group)
 
     async def list_tools(
         ctx: Any, params: types.PaginatedRequestParams | None
@@ -119,7 +122,7 @@ def build(
         client: AsyncClient | None = None
         try:
             client = await broker.client()
-            document = await call(tool, client, arguments, options.cursor, progress)
+            document = await call(tool, client, arguments, options.cursor, progress, sessions)
         except ToolFailed as exc:
             return error_result(str(exc))
         except ProntoError as exc:

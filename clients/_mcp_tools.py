@@ -16,7 +16,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import anyio
 
@@ -25,6 +25,7 @@ from prontodb.protocol import ErrorCode, ProntoError
 from ._async.client import AsyncClient
 from ._cli_commands import to_json
 from ._mcp_ops import OPS
+from ._mcp_sessions import Sessions
 from ._types import WatchEvent
 
 # The longest a claim waits through MCP, whatever `wait` asks: a tool call should come back
@@ -34,12 +35,15 @@ WAIT_CAP = 30.0
 COUNT_CAP = 1000
 HEARTBEAT = 5.0
 
+T = TypeVar("T")
 Run = Callable[[AsyncClient, dict[str, Any], str], Awaitable[dict[str, Any]]]
 
 # A call's progress reporter (progress, total, message): MCP's notifications/progress when the
 # request carried a progress token; set by :func:`call` for the tools that wait.
 Progress = Callable[[float, float | None, str | None], Awaitable[None]]
 _PROGRESS: ContextVar[Progress | None] = ContextVar("prontodb_mcp_progress", default=None)
+# The server's sessions, which its agent's locks go with; set by :func:`call`.
+_SESSIONS: ContextVar[Sessions | None] = ContextVar("prontodb_mcp_sessions", default=None)
 
 
 class _Waiting:
@@ -63,6 +67,24 @@ class _Waiting:
         while True:
             await anyio.sleep(HEARTBEAT)
             await self.say(message)
+
+
+async def _saying(wait: float, message: str, work: Callable[[], Awaitable[T]]) -> T:
+    """``work()``, with progress said every HEARTBEAT seconds while it may wait (``wait``);
+    its error raised as itself, not inside a task group's."""
+    if not wait:
+        return await work()
+    failed: Exception | None = None
+    async with anyio.create_task_group() as group:
+        group.start_soon(_Waiting(wait).heartbeat, message)
+        try:
+            done = await work()
+        except Exception as exc:
+            failed = exc
+        group.cancel_scope.cancel()
+    if failed is not None:
+        raise failed
+    return done
 
 
 class ToolFailed(Exception):
@@ -144,10 +166,13 @@ ARG_DOCS = {
     "compares": '[{"key", "target"?: value|mod_rev|create_rev|version|exists, "op"?: ==|!=|<|<=|>|>=, "value"}]',
     "ops": '[{"op": get|set|del|incr, "key", "value"?, "by"?}]',
     "name": "the lock's (semaphore's, election's, barrier's) name",
+    "fence": '{"name": a lock\'s name, "token": the token lock gave}: write only while that '
+    "token still holds the lock (else compare_failed, and nothing is written)",
+    "items": "an object of key to value",
 }
 
 # Writes that only add: a new key, a count, a longer lease. (del, set over a value, ack: not so.)
-ADDITIVE = frozenset({"incr", "decr", "extend", "claim"})
+ADDITIVE = frozenset({"incr", "decr", "extend", "claim", "lock", "semaphore", "elect", "barrier"})
 
 KEY = {"key": {"type": "string"}}
 ANY: dict[str, Any] = {}
@@ -160,6 +185,16 @@ def _props(required: tuple[str, ...], **properties: Any) -> dict[str, Any]:
 def _plain(document: Any) -> Any:
     """A document as the CLI's --json prints it (bytes as {"$bytes": base64})."""
     return json.loads(to_json(document))
+
+
+def _fence(a: dict[str, Any]) -> tuple[str, int] | None:
+    """The ``fence`` argument ({"name", "token"}) as the client takes it."""
+    fence = a.get("fence")
+    if fence is None:
+        return None
+    if not isinstance(fence, dict) or set(fence) != {"name", "token"}:
+        raise ToolFailed('bad_request: fence is {"name": the lock\'s name, "token": its token}')
+    return (fence["name"], fence["token"])
 
 
 def _not_found(key: str, cursor: str) -> ToolFailed:
@@ -187,7 +222,7 @@ async def _get(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str,
 async def _set(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
     names = ("if_absent", "if_rev", "ttl", "priority", "delay", "after")
     options: dict[str, Any] = {k: a[k] for k in names if k in a}
-    revision = await client.set(a["key"], a["value"], cursor=cursor, **options)
+    revision = await client.set(a["key"], a["value"], fence=_fence(a), cursor=cursor, **options)
     return {"key": a["key"], "revision": revision}
 
 
@@ -197,7 +232,7 @@ async def _cas(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str,
 
 
 async def _del(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
-    deleted = await client.delete(a["key"], if_rev=a.get("if_rev"), cursor=cursor)
+    deleted = await client.delete(a["key"], if_rev=a.get("if_rev"), fence=_fence(a), cursor=cursor)
     return {"key": a["key"], "deleted": deleted}
 
 
@@ -212,11 +247,13 @@ async def _mget(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str
 
 
 async def _incr(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
-    return {"key": a["key"], "value": await client.incr(a["key"], a.get("by", 1), cursor=cursor)}
+    total = await client.incr(a["key"], a.get("by", 1), fence=_fence(a), cursor=cursor)
+    return {"key": a["key"], "value": total}
 
 
 async def _decr(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
-    return {"key": a["key"], "value": await client.decr(a["key"], a.get("by", 1), cursor=cursor)}
+    total = await client.decr(a["key"], a.get("by", 1), fence=_fence(a), cursor=cursor)
+    return {"key": a["key"], "value": total}
 
 
 async def _keys(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
@@ -248,7 +285,9 @@ async def _persist(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[
 
 
 async def _txn(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
-    outcome = await client.txn(a.get("compares", []), a.get("ops", []), cursor=cursor)
+    outcome = await client.txn(
+        a.get("compares", []), a.get("ops", []), fence=_fence(a), cursor=cursor
+    )
     if not outcome.succeeded:
         failed = ",".join(str(i) for i in outcome.failed)
         raise ToolFailed(
@@ -261,20 +300,17 @@ async def _txn(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str,
 async def _claim(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
     prefix = a["prefix"]
     wait = min(float(a.get("wait") or 0.0), WAIT_CAP)
-    async with anyio.create_task_group() as group:
-        if wait:
-            waiting = _Waiting(wait)
-            group.start_soon(
-                waiting.heartbeat, f"waiting for an item under {prefix or '(top level)'}"
-            )
-        task = await client.claim(
+    task = await _saying(
+        wait,
+        f"waiting for an item under {prefix or '(top level)'}",
+        lambda: client.claim(
             prefix,
             wait=wait,
             lease=a.get("lease"),
             max_deliveries=a.get("max_deliveries"),
             cursor=cursor,
-        )
-        group.cancel_scope.cancel()
+        ),
+    )
     if task is None:
         waited = f" within {wait:g} s" if wait else ""
         raise ToolFailed(
@@ -377,6 +413,62 @@ async def _unlock(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[s
     return {"name": name, "token": token, "released": True}
 
 
+def _joining(recipe: str) -> Run:
+    """The body of lock, semaphore, elect and barrier: join ``recipe`` NAME with the server's
+    session for the database (``_mcp_sessions``), waiting up to ``wait`` for the turn."""
+
+    async def join(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+        sessions = _SESSIONS.get()
+        if sessions is None:
+            raise ToolFailed("unavailable: this server keeps no sessions for locks to go with")
+        name = a["name"]
+        session = await sessions.session(client, cursor)
+        wait = min(float(a.get("wait") or 0.0), WAIT_CAP)
+        member = await _saying(
+            wait,
+            f"waiting in line for {name}",
+            lambda: client.acquire(
+                name,
+                recipe,
+                session,
+                limit=int(a.get("limit") or a.get("count") or 1),
+                value=a.get("value"),
+                wait=wait or None,
+                cursor=cursor,
+            ),
+        )
+        if member is None:
+            within = f" within {wait:g} s" if wait else ""
+            raise ToolFailed(
+                f"timed_out: it was not this agent's turn at {name}{within}, and it left the "
+                f"line (holders {name} says who is there; call again to wait longer)"
+            )
+        return {"name": name, **member._asdict()}
+
+    return join
+
+
+async def _proclaim(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+    member = await client.proclaim(a["name"], a["token"], a["value"], cursor=cursor)
+    return {"name": a["name"], **member._asdict()}
+
+
+async def _mset(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+    items = a["items"]
+    revision = await client.mset(items, fence=_fence(a), cursor=cursor)
+    return {"keys": sorted(items), "revision": revision}
+
+
+async def _grants(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+    return {"user": client.user, "grants": await client.grants(client.user)}
+
+
+async def _quota_show(client: AsyncClient, a: dict[str, Any], cursor: str) -> dict[str, Any]:
+    shown = await client.quota_show(client.user, cursor=cursor)
+    own = shown.get(client.user) or {"limits": {}, "use": {}}
+    return {"user": client.user, **own}
+
+
 # -- the result schemas --------------------------------------------------------------------------
 
 _REVISION = _props(("key", "revision"), key={"type": "string"}, revision={"type": "integer"})
@@ -391,6 +483,16 @@ _CLAIMED = _props(
     deliveries={"type": "integer"},
 )
 _MEMBERS = {"type": "array", "items": {"type": "object"}}
+_MEMBER = _props(
+    ("name", "key", "token", "session", "writer", "value", "holding"),
+    name={"type": "string"},
+    key={"type": "string"},
+    token={"type": "integer", "description": "the fencing token: unlock and fence need it"},
+    session={"type": "integer"},
+    writer={"type": "string"},
+    value=ANY,
+    holding={"type": "boolean"},
+)
 _RECIPE = _props(
     ("name", "recipe", "limit", "members"),
     name={"type": "string"},
@@ -433,7 +535,18 @@ TOOLS: tuple[Tool, ...] = (
     Tool(
         "set",
         "set",
-        ("cursor", "key", "value", "if_absent", "if_rev", "ttl", "priority", "delay", "after"),
+        (
+            "cursor",
+            "key",
+            "value",
+            "if_absent",
+            "if_rev",
+            "ttl",
+            "priority",
+            "delay",
+            "after",
+            "fence",
+        ),
         {},
         (),
         "Store a value at a key; its new revision. Conditions: if_absent (only a new key), "
@@ -447,7 +560,7 @@ TOOLS: tuple[Tool, ...] = (
     Tool(
         "del",
         "del",
-        ("cursor", "key", "if_rev"),
+        ("cursor", "key", "if_rev", "fence"),
         {},
         (),
         "Delete a key; whether it existed (deleting a missing key is not an error). if_rev: only "
@@ -481,7 +594,7 @@ TOOLS: tuple[Tool, ...] = (
     Tool(
         "incr",
         "incr",
-        ("cursor", "key", "by"),
+        ("cursor", "key", "by", "fence"),
         {},
         (),
         "Add `by` (default 1) to an integer key, atomically (a missing key counts as 0); the new "
@@ -493,7 +606,7 @@ TOOLS: tuple[Tool, ...] = (
     Tool(
         "decr",
         "decr",
-        ("cursor", "key", "by"),
+        ("cursor", "key", "by", "fence"),
         {},
         (),
         "Subtract `by` (default 1) from an integer key, atomically; the new value.",
@@ -575,7 +688,7 @@ TOOLS: tuple[Tool, ...] = (
     Tool(
         "txn",
         "txn",
-        ("cursor", "compares", "ops"),
+        ("cursor", "compares", "ops", "fence"),
         {},
         (),
         "If every compare holds, apply every operation at one revision; else none. Its "
@@ -759,11 +872,124 @@ TOOLS: tuple[Tool, ...] = (
         True,
         _unlock,
     ),
+    Tool(
+        "lock",
+        "acquire",
+        ("cursor", "name", "wait"),
+        {},
+        (),
+        "Take a lock only one agent holds at a time (a file, a branch, a deploy): you hold it "
+        "until you unlock it or this server stops. Keep the token: unlock needs it, and passing "
+        "it as fence on writes makes them happen only while you still hold the lock. wait: "
+        f"seconds to wait in line (default 0: try once; at most {WAIT_CAP:g} here). Errors: "
+        "timed_out when another agent held it all along (holders says who; call again).",
+        _MEMBER,
+        False,
+        _joining("lock"),
+    ),
+    Tool(
+        "semaphore",
+        "acquire",
+        ("cursor", "name", "limit", "wait"),
+        {},
+        ("limit",),
+        "Take one of `limit` slots (at most that many agents at a time: GPUs, API quota); "
+        "as lock otherwise: unlock with the token. Errors: timed_out when every slot stayed "
+        "taken; compare_failed when the others there use another limit.",
+        _MEMBER,
+        False,
+        _joining("semaphore"),
+    ),
+    Tool(
+        "elect",
+        "acquire",
+        ("cursor", "name", "value", "wait"),
+        {},
+        ("value",),
+        "Stand for leader of an election with `value` (what you announce: an address, a plan); "
+        "the answer comes when you lead (the token is your term). Until then another agent "
+        "leads: leader's value is in holders. Resign with unlock; change your value with "
+        "proclaim. Errors: timed_out when you did not come to lead in time.",
+        _MEMBER,
+        False,
+        _joining("election"),
+    ),
+    Tool(
+        "barrier",
+        "acquire",
+        ("cursor", "name", "wait"),
+        {
+            "count": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "how many agents the barrier waits for",
+            }
+        },
+        ("count",),
+        "Wait at a barrier until `count` agents are there, then go on together (holding is "
+        "true for all). Leave it with unlock and the token once past it. Errors: timed_out "
+        "when fewer came in time (you left the barrier; call again to wait longer).",
+        _MEMBER,
+        False,
+        _joining("barrier"),
+    ),
+    Tool(
+        "proclaim",
+        "proclaim",
+        ("cursor", "name", "token", "value"),
+        {},
+        (),
+        "As the leader of an election (your token from elect), announce a new value; your "
+        "term stays. Errors: compare_failed when that token no longer leads.",
+        _MEMBER,
+        True,
+        _proclaim,
+    ),
+    Tool(
+        "mset",
+        "mset",
+        ("cursor", "items", "fence"),
+        {},
+        (),
+        f"Store several keys at one revision: all of them or, if one is refused, none. {_DENIED}",
+        _props(
+            ("keys", "revision"),
+            keys={"type": "array", "items": {"type": "string"}},
+            revision={"type": "integer"},
+        ),
+        True,
+        _mset,
+    ),
+    Tool(
+        "grants",
+        "grants",
+        (),
+        {},
+        (),
+        "What this server's user may do: its grants (level, cursor, prefix). Use it to see why "
+        "something was denied.",
+        _props(("user", "grants"), user={"type": "string"}, grants={"type": "array"}),
+        True,
+        _grants,
+    ),
+    Tool(
+        "quota_show",
+        "quota_show",
+        ("cursor",),
+        {},
+        (),
+        "This server's user's quota in a database (limits on keys, bytes, claims, rates; empty: "
+        "none) and what it uses now. Errors: quota_exceeded on writes means a limit was reached.",
+        _props(("user", "limits", "use"), user={"type": "string"}, limits=ANY, use=ANY),
+        True,
+        _quota_show,
+    ),
 )
 
 # The operations with a CLI command that have no tool (yet), and why.
 _ADMIN = "administration: an agent's server is not the place to change the broker's catalog"
-LATER = "later work of issue 21"
+_OPERATOR = "an operator's setting, made once for every agent (prontodb CLI)"
+_KEPT = "the server keeps the sessions its agent's locks go with (an agent cannot send keep-alives)"
 LEFT_OUT: dict[str, str] = {
     "backup": _ADMIN + " (files on the broker's machine)",
     "backup_list": _ADMIN + " (files on the broker's machine)",
@@ -778,22 +1004,17 @@ LEFT_OUT: dict[str, str] = {
     "user_list": _ADMIN,
     "grant": _ADMIN,
     "revoke": _ADMIN,
-    "grants": "takes a user; an own-grants tool without one is " + LATER,
     "quota_set": _ADMIN,
-    "quota_show": "takes a user; an own-quota tool without one is " + LATER,
     "stop": _ADMIN + " (it stops the broker for everyone)",
     "ping": "status answers the same question with more",
-    "acquire": LATER + ": a blocking lock needs a session the server keeps alive",
-    "session_grant": LATER + ", with acquire: a session needs keep-alives the server would run",
-    "session_keepalive": LATER + ", with acquire",
-    "session_revoke": LATER + ", with acquire",
-    "sessions": LATER + ", with acquire",
-    "proclaim": LATER + ", with acquire (elections)",
-    "mset": LATER + " (txn sets several keys at one revision meanwhile)",
-    "create_cache": LATER + " (cache prefixes are set up by an operator)",
-    "drop_cache": LATER + " (cache prefixes are set up by an operator)",
-    "caches": LATER,
-    "queue_config": LATER + " (queue settings are set up by an operator)",
+    "session_grant": _KEPT,
+    "session_keepalive": _KEPT,
+    "session_revoke": _KEPT,
+    "sessions": _KEPT,
+    "create_cache": _OPERATOR,
+    "drop_cache": _OPERATOR,
+    "caches": _OPERATOR + "; get reads a cached key as any other",
+    "queue_config": _OPERATOR + "; queue_show reads a queue's settings",
 }
 
 BY_NAME = {tool.name: tool for tool in TOOLS}
@@ -810,9 +1031,10 @@ async def call(
     arguments: dict[str, Any],
     cursor: str,
     progress: Progress | None = None,
+    sessions: Sessions | None = None,
 ) -> Any:
     """Run ``tool`` (``cursor``: the server's, unless the call names one), telling ``progress``
-    how a wait goes; its result as the CLI's --json prints it. Raises ToolFailed or
+    how a wait goes, its locks going with ``sessions``; its result as the CLI's --json prints it. Raises ToolFailed or
     ProntoError."""
     unknown = set(arguments) - set(tool.input_schema()["properties"])
     if unknown:
@@ -821,7 +1043,9 @@ async def call(
     if missing:
         raise ToolFailed(f"bad_request: {tool.name} needs {', '.join(missing)}")
     reporting = _PROGRESS.set(progress)
+    keeping = _SESSIONS.set(sessions)
     try:
         return _plain(await tool.run(client, arguments, arguments.get("cursor") or cursor))
     finally:
+        _SESSIONS.reset(keeping)
         _PROGRESS.reset(reporting)

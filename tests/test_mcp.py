@@ -239,6 +239,9 @@ async def test_a_user_without_the_grant_is_denied(
         denied = await error(session, "set", key="theirs.a", value=1)
         assert denied.startswith("denied:")
         assert (await error(session, "get", key="theirs.a")).startswith("denied:")
+        for wait in (0, 5):  # a call that may wait is refused as plainly
+            assert (await error(session, "claim", prefix="theirs", wait=wait)).startswith("denied:")
+            assert (await error(session, "lock", name="theirs", wait=wait)).startswith("denied:")
 
 
 async def test_read_only_offers_only_reads(
@@ -440,6 +443,42 @@ async def test_keys_are_resources_and_a_subscription_tells_every_change_in_order
             other.set("plan.step.detail", "below the key")
             last = other.set("plan.step", {"n": 2})
         assert (await updated(4))[3:] == [("prontodb://default/plan.step", "put", last)]
+
+
+async def test_agents_take_turns_at_a_lock_and_a_stopped_server_frees_its_locks(
+    broker: BrokerProcess, tmp_path: Path, server: Serve
+) -> None:
+    first_token, second_token = make_user(broker, "first", ""), make_user(broker, "second", "")
+    lock = {"name": "deploy"}
+    async with server(broker, "first", first_token, tmp_path) as first:
+        held = await ok(first, "lock", **lock)
+        assert (held["name"], held["writer"], held["holding"]) == ("deploy", "first", True)
+        fence = {"name": "deploy", "token": held["token"]}
+        await ok(first, "set", key="deploy.state", value="rolling", fence=fence)
+
+        async with server(broker, "second", second_token, tmp_path) as second:
+            assert (await error(second, "lock", **lock)).startswith("timed_out:")
+            taken: dict[str, Any] = {}
+
+            async def wait_in_line() -> None:
+                taken.update(await ok(second, "lock", **lock, wait=25))
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(wait_in_line)
+                with admin(broker) as other:
+                    await until(
+                        lambda: len(other.holders("deploy").members) == 2,  # type: ignore[union-attr]
+                        "the second agent in line",
+                    )
+                await ok(first, "unlock", name="deploy", token=held["token"])
+            assert taken["writer"] == "second"
+            assert taken["token"] > held["token"]
+            # the first agent's token no longer holds the lock: its fenced writes are refused
+            refused = await error(first, "set", key="deploy.state", value="stale", fence=fence)
+            assert refused.startswith("compare_failed:")
+        # the second agent's server stopped without unlocking: the broker freed the lock
+        assert (await error(first, "holders", name="deploy")).startswith("not_found:")
+        assert (await ok(first, "lock", **lock))["holding"] is True
 
 
 async def test_a_subscription_tells_every_change_in_order_across_a_broker_restart(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -159,6 +160,42 @@ async def test_subscriptions_listen_of_the_newest_protocol(broker: BrokerProcess
                 with anyio.fail_after(10):
                     event = await stream.__anext__()
                 assert event == ResourceUpdated(uri="prontodb://default/jobs.a")
+            group.cancel_scope.cancel()
+    finally:
+        await server_broker.aclose()
+
+
+async def test_recipes_fences_and_own_grants_in_process(broker: BrokerProcess) -> None:
+    options = Globals(user="agent", cursor="default", url=broker.url)
+    server_broker = Broker(options)
+
+    async def ok(client: McpClient, tool: str, **arguments: object) -> dict[str, Any]:
+        result = await client.call_tool(tool, arguments)
+        assert not result.is_error, result.content
+        assert result.structured_content is not None
+        return result.structured_content
+
+    try:
+        async with anyio.create_task_group() as group:
+            server = build(options, False, server_broker, Subscriptions(group))
+            async with McpClient(server) as client:
+                slots = [await ok(client, "semaphore", name="gpu", limit=2) for _ in range(2)]
+                assert slots[0]["holding"] is True
+                assert slots[1] == slots[0]  # one session per server: one slot per agent
+                other = await client.call_tool("semaphore", {"name": "gpu", "limit": 3})
+                assert other.is_error  # not a second pool of another size
+                led = await ok(client, "elect", name="leader", value="host-a")
+                told = await ok(client, "proclaim", name="leader", token=led["token"], value="b")
+                assert (told["token"], told["value"]) == (led["token"], "b")
+                passed = await ok(client, "barrier", name="start", count=1)
+                assert passed["holding"] is True
+                fence = {"name": "leader", "token": led["token"]}
+                written = await ok(client, "mset", items={"a": 1, "b": 2}, fence=fence)
+                assert written["keys"] == ["a", "b"]
+                bad = await client.call_tool("set", {"key": "a", "value": 0, "fence": {"x": 1}})
+                assert bad.is_error
+                assert (await ok(client, "grants"))["user"] == "agent"
+                assert (await ok(client, "quota_show"))["user"] == "agent"
             group.cancel_scope.cancel()
     finally:
         await server_broker.aclose()
