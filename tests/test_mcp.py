@@ -239,6 +239,10 @@ async def test_a_user_without_the_grant_is_denied(
         denied = await error(session, "set", key="theirs.a", value=1)
         assert denied.startswith("denied:")
         assert (await error(session, "get", key="theirs.a")).startswith("denied:")
+        with pytest.raises(MCPError, match=r"^denied:"):
+            await session.read_resource("prontodb://default/theirs.a")
+        with pytest.raises(MCPError, match=r"^denied:"):
+            await session.subscribe_resource("prontodb://default/theirs/")
         for wait in (0, 5):  # a call that may wait is refused as plainly
             assert (await error(session, "claim", prefix="theirs", wait=wait)).startswith("denied:")
             assert (await error(session, "lock", name="theirs", wait=wait)).startswith("denied:")

@@ -199,3 +199,28 @@ async def test_recipes_fences_and_own_grants_in_process(broker: BrokerProcess) -
             group.cancel_scope.cancel()
     finally:
         await server_broker.aclose()
+
+
+async def test_a_call_that_waits_says_so_every_heartbeat(
+    broker: BrokerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prontodb.clients import _mcp_tools
+    from prontodb.clients._async.client import AsyncClient
+
+    monkeypatch.setattr(_mcp_tools, "HEARTBEAT", 0.05)  # the real one is 5 s
+    said: list[tuple[float, float | None, str | None]] = []
+
+    async def progress(done: float, total: float | None, message: str | None) -> None:
+        said.append((done, total, message))
+
+    client = await AsyncClient.connect(broker.url, user="agent")
+    try:
+        claim = _mcp_tools.BY_NAME["claim"]
+        with pytest.raises(_mcp_tools.ToolFailed, match=r"^timed_out: nothing to claim"):
+            await _mcp_tools.call(claim, client, {"prefix": "q", "wait": 0.3}, "default", progress)
+    finally:
+        await client.aclose()
+    assert len(said) >= 2
+    assert all(message == "waiting for an item under q" for _, _, message in said)
+    assert all(total == 0.3 for _, total, _ in said)
+    assert [done for done, _, _ in said] == sorted({done for done, _, _ in said})  # rising
