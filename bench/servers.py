@@ -14,10 +14,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 START_TIMEOUT = 30.0  # seconds; generous, the 2-core machine may be busy
 STOP_TIMEOUT = 30.0
@@ -33,6 +34,7 @@ class Server:
     socket: str
     directory: Path
     log: Path
+    ready: dict[str, Any] = field(default_factory=dict)  # the ready line (ProntoDB's addresses)
 
     @property
     def pid(self) -> int:
@@ -75,12 +77,20 @@ def running(server: Server) -> Iterator[Server]:
         server.stop()
 
 
-def start_prontodb(directory: Path, *, fsync: str = "always") -> Server:
-    """``prontodb serve`` on ``directory/data``; waits for its ready line rather than polling."""
+def start_prontodb(
+    directory: Path,
+    *,
+    fsync: str = "always",
+    extra: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> Server:
+    """``prontodb serve`` on ``directory/data`` (with ``extra`` options, and ``env`` added to the
+    environment: another PYTHONPATH runs other code); waits for its ready line rather than
+    polling. ``Server.ready`` is that line."""
     sock = directory / "prontodb.sock"
     argv = ["prontodb.clients.cli", "serve", "--data-dir", str(directory / "data")]
-    argv += ["--socket", str(sock), "--fsync", fsync]
-    return _start_python("prontodb", argv, directory)
+    argv += ["--socket", str(sock), "--fsync", fsync, *extra]
+    return _start_python("prontodb", argv, directory, env)
 
 
 def start_floor(directory: Path) -> Server:
@@ -90,13 +100,15 @@ def start_floor(directory: Path) -> Server:
     return _start_python("floor", argv, directory)
 
 
-def _start_python(name: str, module_argv: list[str], directory: Path) -> Server:
+def _start_python(
+    name: str, module_argv: list[str], directory: Path, extra_env: Mapping[str, str] | None = None
+) -> Server:
     """``python -m MODULE ARGS --ready-fd N``; waits for the JSON line with its socket on N."""
     log = directory / f"{name}.log"
     read_fd, write_fd = os.pipe()
     argv = [sys.executable, "-m", *module_argv, "--ready-fd", str(write_fd)]
     # Warnings only: a log line per connection or request would be part of what is measured.
-    env = {**os.environ, "PRONTODB_LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "PRONTODB_LOG_LEVEL": "WARNING", **(extra_env or {})}
     with log.open("ab") as log_file:
         process = subprocess.Popen(
             argv,
@@ -116,7 +128,8 @@ def _start_python(name: str, module_argv: list[str], directory: Path) -> Server:
     if not line:
         server.stop()
         raise RuntimeError(f"{name} did not start; its log:\n{server.log_text()}")
-    server.socket = json.loads(line)["socket"]
+    server.ready = json.loads(line)
+    server.socket = server.ready["socket"]
     return server
 
 

@@ -20,6 +20,7 @@ from .storage import (
     Storage,
     StorageError,
     StorageOptions,
+    WriteObserver,
 )
 
 T = TypeVar("T")
@@ -53,6 +54,7 @@ class Database:
         on_error: Callable[[StorageError], None] | None = None,
         threaded_writer: bool = True,
         lock: DirectoryLock | None = None,
+        observer: WriteObserver | None = None,
     ) -> Database:
         """Open (or create) the database in ``directory``, replaying its snapshot and log.
 
@@ -64,6 +66,8 @@ class Database:
         ``on_durable`` and ``on_error`` are the group-commit writer's callbacks (called from its
         thread): the highest durable ticket, and the failure that stopped the writer. With
         ``threaded_writer=False`` the caller drives the writer (``writer.write_pending()``).
+        ``observer`` hears how long each fsync took and how many records each group commit
+        wrote (the broker's metrics).
         """
         options = options or StorageOptions()
         limits = limits or EngineLimits()
@@ -78,8 +82,13 @@ class Database:
         except BaseException:
             storage.close()
             raise
+        storage.observer = observer
         writer = GroupCommitWriter(
-            storage, on_durable=on_durable, on_error=on_error, threaded=threaded_writer
+            storage,
+            on_durable=on_durable,
+            on_error=on_error,
+            threaded=threaded_writer,
+            observer=observer,
         )
         return cls(engine, storage, writer)
 

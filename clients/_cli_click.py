@@ -1137,6 +1137,11 @@ def mcp_command(
 )
 @click.option("--tcp", metavar="HOST:PORT", help="Also listen on TCP (port 0 picks a free one).")
 @click.option(
+    "--http",
+    metavar="HOST:PORT",
+    help="Serve /metrics, /healthz and /readyz over HTTP (off loopback: TLS and a user's token).",
+)
+@click.option(
     "--fsync",
     type=click.Choice(["always", "interval", "never"]),
     default="always",
@@ -1201,6 +1206,7 @@ def serve(
     data_dir: str | None,
     socket_path: str | None,
     tcp: str | None,
+    http: str | None,
     fsync: str,
     history_revisions: int,
     history_seconds: float | None,
@@ -1228,15 +1234,23 @@ def serve(
         tcp_address = parse_tcp(tcp) if tcp else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--tcp") from None
-    if insecure and (
-        tcp_address is None or tcp_address[0] not in ("127.0.0.1", "::1", "localhost")
-    ):
+    if insecure and (tcp_address is None or tcp_address[0] not in LOOPBACK):
         raise click.BadParameter(
             "only with a loopback --tcp address (127.0.0.1, ::1): elsewhere TCP needs tokens",
             param_hint="--insecure",
         )
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("TLS needs both --tls-cert and --tls-key.")
+    try:
+        http_address = parse_tcp(http) if http else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--http") from None
+    if http_address is not None and http_address[0] not in LOOPBACK and tls_cert is None:
+        raise click.BadParameter(
+            "off loopback the metrics listener needs TLS: give --tls-cert and --tls-key, or a "
+            "loopback address (127.0.0.1:PORT)",
+            param_hint="--http",
+        )
     if not idle_exit < float("inf"):  # inf and nan pass FloatRange
         raise click.BadParameter("a number of seconds (0 for never)", param_hint="--idle-exit")
     config = ServerConfig(
@@ -1248,12 +1262,16 @@ def serve(
         require_auth=require_auth,
         insecure=insecure,
         tls=None if tls_cert is None or tls_key is None else (Path(tls_cert), Path(tls_key)),
+        http=http_address,
         idle_exit=idle_exit or None,
         auto_started=auto_started,
         roster=Path(roster_dir()),
     )
     log = Path(os.path.abspath(log_file)) if log_file else None
     raise SystemExit(run(config, ready_fd=ready_fd, log_file=log, log_max_bytes=log_max_bytes))
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")  # where TCP may go without tokens, HTTP without TLS
 
 
 def invoke(args: Sequence[str], **extra: Any) -> Any:

@@ -1402,6 +1402,7 @@ def format_status(info: dict[str, Any]) -> str:
         ("data_dir", info.get("data_dir")),
         ("socket", info.get("socket") or "off"),
         ("tcp", info.get("tcp") or "off"),
+        ("http", info.get("http") or "off"),
         ("fsync", info.get("fsync")),
         ("connections", info.get("connections")),
         ("idle_exit", _idle_exit(info)),

@@ -32,6 +32,7 @@ class BrokerProcess:
     tcp: str | None
     log: Path
     env: dict[str, str] = field(default_factory=dict)
+    http: str | None = None  # serve --http's address, with the port it got
 
     @property
     def pid(self) -> int:
@@ -105,7 +106,9 @@ def start_broker(
         process.wait(STOP_TIMEOUT)
         raise RuntimeError(f"the broker did not start; its log:\n{log.read_text(errors='replace')}")
     info = json.loads(line)
-    return BrokerProcess(process, data_dir, info["socket"], info.get("tcp"), log, dict(env or {}))
+    return BrokerProcess(
+        process, data_dir, info["socket"], info.get("tcp"), log, dict(env or {}), info.get("http")
+    )
 
 
 @contextmanager

@@ -60,6 +60,7 @@ async def test_a_broker_is_listed_while_it_runs(short_dir: Path) -> None:
             "data_dir": str(short_dir / "data"),
             "socket": str(short_dir / "s.sock"),
             "tcp": running.info.tcp,
+            "http": None,
             "started": running.broker.started,
             "auto_started": False,
             "idle_exit": 60.0,

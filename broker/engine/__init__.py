@@ -14,6 +14,7 @@ from ._engine import (
     ChangeKind,
     Claimed,
     Engine,
+    EngineCounters,
     EngineLimits,
 )
 from ._entry import Entry
@@ -36,6 +37,7 @@ __all__ = [
     "Claimed",
     "Compare",
     "Engine",
+    "EngineCounters",
     "EngineLimits",
     "Entry",
     "HistoryLimits",

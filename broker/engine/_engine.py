@@ -108,6 +108,17 @@ class Applied(Generic[T]):
 _Staged = tuple[bytes, Entry] | None
 
 
+@dataclass(slots=True)
+class EngineCounters:
+    """What one engine did since it was made (not logged, not replayed): the broker's metrics
+    read them, and carry them over when it reopens the database."""
+
+    claims: int = 0  # items handed out
+    redeliveries: int = 0  # of those, items handed out before (their delivery count above 1)
+    dead_letters: int = 0  # items moved to dead.<key> after their max_deliveries
+    expired_leases: int = 0  # claims whose lease ran out, their items given back
+
+
 class Engine:
     """Keys, values, revisions; conditional writes, counters and transactions; TTLs.
 
@@ -137,6 +148,7 @@ class Engine:
         self._book = ClaimBook()
         self._sessions = SessionBook()
         self.history = History(self.limits.history)
+        self.counters = EngineCounters()
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -586,6 +598,10 @@ class Engine:
             ).encode()
             self.revision = rev
             count = self._book.take(key, entry, claim)
+            counters = self.counters
+            counters.claims += 1
+            if count > 1:
+                counters.redeliveries += 1
             records.append(record)
             changes.append(Change(rev, ChangeKind.CLAIM, key, entry, holder))
             self.history.add(changes, now)
@@ -619,6 +635,7 @@ class Engine:
             rec.encode_txn(rev, "prontodb", now, [(key, None, None), (dead, packed, moved)])
         )
         self.revision = rev
+        self.counters.dead_letters += 1
         self._dead_letters([(key, True), (dead, False)])
         self._remove(key)
         self._store(dead, moved)
@@ -683,6 +700,7 @@ class Engine:
             self._book.ready_again(key, self._entries[key])
         if not leases:
             return Applied(delays, [], [])
+        self.counters.expired_leases += len(leases)
         return Applied(delays + leases, *self._return(leases, now))
 
     def return_bound(self, now: float, session: int | None = None) -> Applied[list[str]]:
@@ -1264,6 +1282,7 @@ class Engine:
             "live_bytes": self.live_bytes,
             "history_first": self.history.first,
             "history_bytes": self.history.bytes,
+            "claims": len(self._book.claims),
         }
 
     @property

@@ -36,6 +36,8 @@ from ._quiet_log import QuietLog
 from ._roster import RosterEntry
 from ._session import Session
 from ._sessions import Sessions
+from ._snapshot import snapshot
+from ._stats import Stats
 from ._users import bootstrap
 
 logger = logging.getLogger("prontodb.server")
@@ -53,14 +55,15 @@ class CannotListen(Exception):
 
 @dataclass(frozen=True, slots=True)
 class BrokerInfo:
-    """Where a started broker listens (``tcp`` with the port it actually got)."""
+    """Where a started broker listens (``tcp`` and ``http`` with the port each actually got)."""
 
     pid: int
     socket: str | None
     tcp: str | None
+    http: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"pid": self.pid, "socket": self.socket, "tcp": self.tcp}
+        return {"pid": self.pid, "socket": self.socket, "tcp": self.tcp, "http": self.http}
 
 
 class Broker:
@@ -76,8 +79,9 @@ class Broker:
         limits = EngineLimits(history=config.history)
         # What comes from outside (a peer's fault, a refused database) is logged rate-limited.
         self.quiet = QuietLog(logger)
+        self.stats = Stats()  # what the metrics count as the broker serves
         self.databases = Databases(
-            config.data_dir, options, limits, lambda: self.clock(), self.quiet
+            config.data_dir, options, limits, lambda: self.clock(), self.quiet, self.stats
         )
         self.started = time.time()
         self.info = BrokerInfo(os.getpid(), None, None)
@@ -86,6 +90,8 @@ class Broker:
         self._stop = trio.Event()
         self._sessions_scope = trio.CancelScope()  # replaced by the sessions nursery's
         self._socket_inode: tuple[int, int] | None = None  # of our socket file, to remove it
+        self._http: list[trio.abc.Listener[Any]] = []  # serve --http's listeners, once open
+        self._serving = False  # for /readyz: set once the sessions are served
         # What the operations and the sessions are handed: the parts, not the broker.
         self.context = Context(
             config=config,
@@ -98,6 +104,8 @@ class Broker:
             # Where a cursor's admin may write and read backups of its cursor (PROTOCOL.md).
             backups=os.path.join(os.path.abspath(config.data_dir), BACKUPS_DIR),
             status=self.status,
+            stats=self.stats,
+            snapshot=self.snapshot,
             request_stop=self.request_stop,
             stopping=self._stop.is_set,
         )
@@ -127,17 +135,19 @@ class Broker:
             catalog.on_change = self.sessions.recheck_waits
             await bootstrap(catalog, config.data_dir, self.context.clock)
             listeners, tcp_name = await self._open_listeners(opened)
+            http_name = await self._open_http(opened)
             socket_name = None if config.socket_path is None else str(config.socket_path)
-            self.info = BrokerInfo(os.getpid(), socket_name, tcp_name)
+            self.info = BrokerInfo(os.getpid(), socket_name, tcp_name, http_name)
             lock.rewrite(self._lock_record(tcp_name))
             if config.roster is not None:
                 roster = RosterEntry.enter(config.roster, self._roster_record())
             logger.info(
-                "broker %d serving %s on %s%s (fsync %s)",
+                "broker %d serving %s on %s%s%s (fsync %s)",
                 self.info.pid,
                 config.data_dir,
                 socket_name or "-",
                 f" and tcp {tcp_name}" if tcp_name else "",
+                f", http {http_name}" if http_name else "",
                 config.fsync.value,
             )
             served = True
@@ -187,6 +197,57 @@ class Broker:
         listeners.extend(Listening(t, not config.insecure) for t in wrapped)
         return listeners, _host_port(bound[0], bound[1])
 
+    async def _open_http(self, opened: list[trio.SocketListener]) -> str | None:
+        """Open ``serve --http``'s listener (kept in ``_http``, and put in ``opened``); the
+        address bound (``host:port``), or None without one. Off loopback it is TLS only."""
+        if self.config.http is None:
+            return None
+        host, port = self.config.http
+        tls = self.config.tls
+        if host not in LOOPBACK and tls is None:
+            raise CannotListen(
+                f"Cannot listen for HTTP on {_host_port(host, port)}: off loopback the metrics "
+                "listener needs TLS; give --tls-cert and --tls-key, or a loopback --http address "
+                "(127.0.0.1:PORT)."
+            )
+        sockets = await _open_tcp_listeners(host, port, "--http")
+        opened.extend(sockets)
+        self._http = list(sockets)
+        if tls is not None and host not in LOOPBACK:
+            context = _server_tls(*tls)
+            self._http = [trio.SSLListener(s, context) for s in sockets]
+        bound = sockets[0].socket.getsockname()
+        return _host_port(bound[0], bound[1])
+
+    async def _serve_http(self, scope: trio.CancelScope) -> None:
+        """Serve the HTTP listener until ``scope`` is cancelled (after the sessions ended, so
+        that /readyz says the broker is stopping meanwhile)."""
+        from ._web import (
+            web_server,  # prometheus_client and h11: only for a broker that serves HTTP
+        )
+
+        assert self.config.http is not None
+        off_loopback = self.config.http[0] not in LOOPBACK
+        server = web_server(
+            server_name=self.server_name,
+            snapshot=self.snapshot,
+            not_ready=self._not_ready,
+            users=(lambda: self.databases.catalog.users) if off_loopback else None,
+        )
+        with scope:
+            await server.serve(self._http)
+
+    def _not_ready(self) -> str | None:
+        """Why the broker does not serve requests now (/readyz), or None: it does."""
+        if self._stop.is_set():
+            return "the broker is stopping"
+        if not self._serving:
+            return "the broker is starting"
+        for db in self.databases.opened():
+            if db.failure is not None:
+                return f"the database {db.name!r} cannot write ({db.failure})"
+        return None
+
     async def _run(
         self,
         listeners: list[Listening],
@@ -201,6 +262,9 @@ class Broker:
             signals = trio.CancelScope()
             if handle_signals:
                 await outer.start(self._watch_signals, signals)
+            web = trio.CancelScope()
+            if self._http:
+                outer.start_soon(self._serve_http, web)
             async with trio.open_nursery() as background:  # compactions: outlive every session
                 self.databases.background = background
                 async with trio.open_nursery() as flushers:
@@ -211,6 +275,7 @@ class Broker:
                     self.databases.flush_now()
                     flushers.cancel_scope.cancel()
             signals.cancel()
+            web.cancel()
 
     async def _serve_sessions(
         self, listeners: list[Listening], task_status: trio.TaskStatus[BrokerInfo]
@@ -221,6 +286,7 @@ class Broker:
                 service.start_soon(self._accept, listeners, sessions)
                 if self.config.idle_exit is not None:
                     service.start_soon(self._exit_when_idle, self.config.idle_exit)
+                self._serving = True
                 task_status.started(self.info)
                 await self._stop.wait()
                 logger.info("stopping: no new connections; finishing requests in flight")
@@ -322,6 +388,16 @@ class Broker:
             "requests": dict(self.context.requests),
         }
 
+    def snapshot(self) -> dict[str, Any]:
+        """The figures the ``stats`` op answers and ``/metrics`` shows (_snapshot.py)."""
+        return snapshot(
+            self.stats,
+            self.databases.opened(),
+            self.sessions.live(),
+            self.context.clock(),
+            time.time() - self.started,
+        )
+
     def _roster_record(self) -> dict[str, Any]:
         """What the broker's roster entry says of it (_roster.py)."""
         return {
@@ -395,8 +471,11 @@ def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def _open_tcp_listeners(host: str, port: int) -> list[trio.SocketListener]:
-    """Listen on ``host:port``; CannotListen names the address when that fails."""
+async def _open_tcp_listeners(
+    host: str, port: int, option: str = "--tcp"
+) -> list[trio.SocketListener]:
+    """Listen on ``host:port`` (given as ``option``); CannotListen names the address when that
+    fails."""
     try:
         return await trio.open_tcp_listeners(port, host=host)
     except OSError as exc:
@@ -404,10 +483,10 @@ async def _open_tcp_listeners(host: str, port: int) -> list[trio.SocketListener]
         if exc.errno == errno.EADDRINUSE:
             why = (
                 "the address is in use (another broker or program listens there); stop it, "
-                "or pass another --tcp port (port 0 picks a free one)"
+                f"or pass another {option} port (port 0 picks a free one)"
             )
         else:
-            why = f"{exc.strerror or exc}; check the --tcp address"
+            why = f"{exc.strerror or exc}; check the {option} address"
         raise CannotListen(f"Cannot listen on TCP {address}: {why}.") from None
 
 

@@ -1,4 +1,4 @@
-"""The operations on the broker process itself: ``ping``, ``status``, ``stop``."""
+"""The operations on the broker process itself: ``ping``, ``status``, ``stats``, ``stop``."""
 
 from __future__ import annotations
 
@@ -21,6 +21,17 @@ async def ping(ctx: Context, user: str, args: Mapping[str, Any]) -> Any:
 @op("status", Layer.BROKER, access=nothing, summary="A map describing the broker.")
 async def status(ctx: Context, user: str, args: Mapping[str, Any]) -> Any:
     return ctx.status()
+
+
+@op(
+    "stats",
+    Layer.BROKER,
+    access=nothing,
+    cli=None,  # `prontodb top` is its reader; `status` is the command for people
+    summary="The broker's metrics as plain data: counters, histograms, gauges (docs/METRICS.md).",
+)
+async def stats(ctx: Context, user: str, args: Mapping[str, Any]) -> Any:
+    return ctx.snapshot()
 
 
 @op("stop", Layer.BROKER, access=admin_everywhere, summary="Shut the broker down cleanly.")

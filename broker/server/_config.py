@@ -28,8 +28,11 @@ class ServerConfig:
     require_auth: bool = False
     # TCP connections need no token (allowed on a loopback address only).
     insecure: bool = False
-    # TLS on TCP: the certificate chain and key files.
+    # TLS on TCP (and on an HTTP listener off loopback): the certificate chain and key files.
     tls: tuple[Path, Path] | None = None
+    # The HTTP listener of /metrics, /healthz and /readyz (docs/METRICS.md); None: none. Off
+    # loopback it needs ``tls`` and every request a user's token.
+    http: tuple[str, int] | None = None
     # How much of each database's recent changes watchers may start from (docs/FORMAT.md); a
     # watcher that falls out of this window is cut off with ``overflow``.
     history: HistoryLimits = field(default_factory=HistoryLimits)

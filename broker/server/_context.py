@@ -14,6 +14,7 @@ from ._pending_input import PendingInput
 from ._quiet_log import QuietLog
 from ._rates import RateBuckets
 from ._sessions import Sessions
+from ._stats import Stats
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,8 @@ class Context:
     server_name: str  # "prontodb/<version>", what the Welcome says
     backups: str  # DATA_DIR/backups, absolute: where a cursor's admin may write its backups
     status: Callable[[], dict[str, Any]]  # what `prontodb status` shows
+    stats: Stats  # requests, fsyncs, group commits, compactions, overflows counted as they come
+    snapshot: Callable[[], dict[str, Any]]  # what the `stats` op answers and /metrics shows
     request_stop: Callable[[], None]  # begin a clean shutdown
     stopping: Callable[[], bool]  # whether a shutdown has begun
     # Requests served since the start, by operation (the registry's names, and one name for

@@ -25,18 +25,20 @@ import trio
 from prontodb.protocol import ErrorCode, ProntoError
 
 from ..database import Database
-from ..engine import Applied, Engine, EngineLimits
+from ..engine import Applied, Engine, EngineCounters, EngineLimits
 from ..storage import (
     CorruptionError,
     DirectoryLock,
     DirectoryLocked,
     StorageError,
     StorageOptions,
+    WriteObserver,
 )
 from ._catalog import CATALOG_FILE, Catalog
 from ._claim_waiters import ClaimWaiters
 from ._quiet_log import QuietLog
 from ._recipe_waiters import RecipeWaiters
+from ._stats import Stats
 
 logger = logging.getLogger("prontodb.server")
 T = TypeVar("T")
@@ -106,12 +108,19 @@ class OpenDatabase:
         self.compaction_done: trio.Event | None = None  # set once the latest compaction ended
         self.database: Database  # set by open(), before any request can see this object
 
-    def open(self, options: StorageOptions, limits: EngineLimits) -> None:
+    def open(
+        self, options: StorageOptions, limits: EngineLimits, observer: WriteObserver | None = None
+    ) -> None:
         """Open the files, which locks the directory until they are closed (blocking: run it in
-        a thread); a directory another broker holds is refused (DirectoryLocked)."""
+        a thread); a directory another broker holds is refused (DirectoryLocked). ``observer``
+        hears of each fsync and group commit (the broker's metrics)."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.database = Database.open(
-            self.directory, options=options, limits=limits, threaded_writer=False
+            self.directory,
+            options=options,
+            limits=limits,
+            threaded_writer=False,
+            observer=observer,
         )
         self.durable_rev = self.engine.revision
 
@@ -406,9 +415,15 @@ class Databases:
         limits: EngineLimits,
         clock: Callable[[], float],
         quiet: QuietLog,
+        stats: Stats | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.quiet = quiet
+        self.stats = stats or Stats()  # fsyncs, group commits and compactions count here
+        # What the engine of a database closed in this run had counted (claims, redeliveries,
+        # ...), by directory: its next object goes on from there, so the counters of the
+        # metrics never go back. One entry per database closed and not removed.
+        self._counters: dict[Path, EngineCounters] = {}
         self.catalog = Catalog(data_dir / CATALOG_FILE)  # the broker loads the real one
         self.options = options
         self.limits = limits
@@ -521,6 +536,7 @@ class Databases:
         whatever waits on it (:meth:`OpenDatabase.retire`)."""
         if self._open.get(db.directory) is db:
             del self._open[db.directory]
+            self._counters[db.directory] = db.engine.counters
         # Shielded: a close cut short would leave the files (and the directory's lock) held by
         # an object nobody serves, and the next open would find it "open in another broker".
         with trio.CancelScope(shield=True):
@@ -567,6 +583,7 @@ class Databases:
                 await self.close(old)
                 old.replaced(0)
             await trio.to_thread.run_sync(_locked, directory, lambda _: _purge(directory), 0)
+            self._counters.pop(directory, None)  # gone: a database made there starts anew
 
     @asynccontextmanager
     async def _exclusive(self, directory: Path) -> AsyncIterator[None]:
@@ -586,7 +603,7 @@ class Databases:
             assert self.flushers is not None, "the broker sets Databases.flushers first"
             db = OpenDatabase(name, directory, self.quiet)
             try:
-                await trio.to_thread.run_sync(db.open, self.options, self.limits)
+                await trio.to_thread.run_sync(db.open, self.options, self.limits, self.stats)
             except (StorageError, OSError) as exc:
                 # Damage or a failing disk, which the message names: one line, not a traceback.
                 error = ProntoError(
@@ -609,6 +626,9 @@ class Databases:
             # What was just loaded lives as long as the database: keep it out of the collector's
             # full passes, which otherwise scan every entry (15 ms pauses at 100k objects).
             gc.freeze()
+            counters = self._counters.pop(directory, None)
+            if counters is not None:
+                db.engine.counters = counters
             self.flushers.start_soon(db.flush_loop)
             self.flushers.start_soon(db.sweep_loop, self.clock)
             # Claims bound to a connection end with it, and none of those outlived the last broker.
@@ -637,13 +657,17 @@ class Databases:
         done = db.compaction_done = trio.Event()
 
         async def compact() -> None:
+            began = time.monotonic()
+            ok = False
             try:
                 await trio.to_thread.run_sync(finish)
+                ok = True
             except Exception:
                 database.compaction_failed()
             else:
                 logger.info("compacted database %s", db.name)
             finally:
+                self.stats.compacted(ok, time.monotonic() - began)
                 done.set()
 
         self.background.start_soon(compact)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from prontodb.protocol import (
 
 from ..engine import Claimed
 from ._databases import OpenDatabase
+from ._stats import Stats
 
 logger = logging.getLogger("prontodb.server")
 
@@ -49,6 +51,10 @@ class Answer:
     waiting: bool = False  # a callback waits for its ticket (registered once)
     claim: Claimed | None = None  # the claim it answers: given back if it never goes out
     data: bytes | None = None  # the message encoded while it waited (Connection.encode)
+    # The request's operation, counted in the metrics once its answer goes ("": not counted,
+    # e.g. a Welcome), and when its bytes were read (perf_counter; 0: not timed, it waited).
+    op: str = ""
+    began: float = 0.0
 
     @property
     def settled(self) -> bool:
@@ -74,8 +80,10 @@ class Outbox:
         *,
         sent: Sent,
         lost: Lost,
+        stats: Stats | None = None,
     ) -> None:
         self.conn = conn
+        self._stats = stats or Stats()  # answers counted by operation and code, and timed
         self.stream = stream
         self.number = number  # the session's, for the log
         self._sent = sent
@@ -253,6 +261,8 @@ class Outbox:
             answer.data = None
         if isinstance(message, Goodbye):
             self._said_goodbye = True
+        elif answer.op:
+            self._count(answer, message)
         data, went = self.encode(message, answer.data)
         if answer.claim is not None and answer.db is not None:
             if went and message is answer.message:
@@ -261,6 +271,14 @@ class Outbox:
             else:
                 self.lost(answer)  # the item's answer never goes
         return data
+
+    def _count(self, answer: Answer, message: Message) -> None:
+        """Count ``answer`` (going out as ``message``) by its operation and code, and time it
+        from the read of its request, unless it waited (then its time is the wait's)."""
+        error = message.error if isinstance(message, Response) else None
+        code = "ok" if error is None else str(error.get("code", ErrorCode.INTERNAL.value))
+        took = time.perf_counter() - answer.began if answer.began else None
+        self._stats.answered(answer.op, code, took)
 
     def _encode_ahead(self, message: Message) -> bytes | None:
         """``message``'s bytes before it may go (None if that fails: :meth:`encode` then

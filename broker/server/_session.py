@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -86,8 +88,15 @@ class Session(SessionClaims, SessionWatches, SessionRecipes):
         self._awaiting_input = False
         self._stopping = False
         self.outbox = Outbox(
-            self.conn, stream, number, sent=self._remember_claim, lost=self._give_back
+            self.conn,
+            stream,
+            number,
+            sent=self._remember_claim,
+            lost=self._give_back,
+            stats=ctx.stats,
         )
+        self.transport = transport_of(stream)  # "unix", "tcp" or "tls": a label of the metrics
+        self._read_at = 0.0  # perf_counter when the bytes being served were read
         self._socket_fd = _socket_fd(stream)  # the socket under TLS too, for pending_input
         self._claim_waits = {}
         self._recipe_waits = {}
@@ -235,6 +244,7 @@ class Session(SessionClaims, SessionWatches, SessionRecipes):
             data = await self._receive()
             if data is None:
                 return
+            self._read_at = time.perf_counter()  # every request in these bytes is timed from it
             conn.receive_data(data)
             # Apply every request the bytes hold, then answer them together.
             outs: list[Answer] = []
@@ -332,6 +342,14 @@ class Session(SessionClaims, SessionWatches, SessionRecipes):
         counts = self.ctx.requests
         counted = UNKNOWN if spec is None else spec.name  # bounded: no client's own names
         counts[counted] = counts.get(counted, 0) + 1
+        answer = await self._dispatch(spec, request)
+        if answer is not None:  # counted and timed by the outbox when it goes
+            answer.op = counted
+            answer.began = self._read_at
+        return answer
+
+    async def _dispatch(self, spec: OpSpec | None, request: Request) -> Answer | None:
+        """:meth:`_execute`'s work: the answer, or None when a task of its own answers."""
         try:
             if self.ctx.catalog.limits:
                 over = self._over_rate()
@@ -396,6 +414,15 @@ class Session(SessionClaims, SessionWatches, SessionRecipes):
             db.serve_waiters(call.now)  # the change may be work a blocked claimer waits for
             ctx.databases.maybe_compact(db)
         return Answer(Response(request.id, None, result), db, ticket)
+
+
+def transport_of(stream: trio.abc.Stream) -> str:
+    """How a connection came: ``tls``, ``unix`` or ``tcp`` (a label of the metrics)."""
+    if isinstance(stream, trio.SSLStream):
+        return "tls"
+    if isinstance(stream, trio.SocketStream) and stream.socket.family == socket.AF_UNIX:
+        return "unix"
+    return "tcp"
 
 
 def _socket_fd(stream: trio.abc.Stream) -> int:

@@ -46,6 +46,11 @@ class SessionBase:
     # request's args and its database's directory
     _recipe_waits: dict[int, tuple[trio.CancelScope, dict[str, Any], Path]]
 
+    @property
+    def watch_count(self) -> int:
+        """The watches running on this connection (a figure of the metrics)."""
+        return len(self._watches)
+
     def _authorize(self, request: Request) -> None:
         """Raise ``denied`` unless this connection's user may make ``request`` now. Checked
         when it is read, and again after any wait before it takes effect (opening a database

@@ -84,7 +84,9 @@ class SessionClaims(SessionBase):
 
         def served(waiter: Waiter) -> None:
             answer = Response(request_id, None, claimed_map(waiter.result))
-            self.outbox.queue.append(Answer(answer, db, waiter.ticket, claim=waiter.result))
+            self.outbox.queue.append(
+                Answer(answer, db, waiter.ticket, claim=waiter.result, op="claim")
+            )
             self.outbox.pump()
             db.when_durable(waiter.ticket, waiter.event.set)
 
@@ -123,10 +125,11 @@ class SessionClaims(SessionBase):
             if waiter.result is None:  # not served (a served waiter is answered already)
                 error = self._refused.pop(request_id, None) or error
                 if error is not None:  # ended by a revoke, or its database is gone
-                    self.outbox.queue.append(Answer(Response.fail(request_id, error)))
+                    self.outbox.queue.append(Answer(Response.fail(request_id, error), op="claim"))
                 else:  # the wait ran out, or was cancelled
                     answer = Response(request_id, None, None)
-                    self.outbox.queue.append(Answer(answer, db, db.database.last_ticket))
+                    last = db.database.last_ticket
+                    self.outbox.queue.append(Answer(answer, db, last, op="claim"))
                 self.outbox.pump()
         finally:
             db.waiters.remove(waiter)

@@ -105,7 +105,7 @@ class SessionRecipes(SessionBase):
             if waiter.member is None:
                 self._leave_line(db, name, waiter.token)
         ticket = waiter.ticket if waiter.member is not None else db.database.last_ticket
-        self.outbox.queue.append(Answer(answer, db, ticket))
+        self.outbox.queue.append(Answer(answer, db, ticket, op="acquire"))
         self.outbox.pump()
 
     def _leave_line(self, db: OpenDatabase, name: str, token: int) -> None:

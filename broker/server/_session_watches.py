@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import trio
 
-from prontodb.protocol import ProntoError, ProtocolError, Request, Response
+from prontodb.protocol import ErrorCode, ProntoError, ProtocolError, Request, Response
 
 from ._access import Level, nothing, on_prefix
 from ._args import Arg, Kind
@@ -83,8 +83,12 @@ class SessionWatches(SessionBase):
                     answer = Response.fail(request_id, refused)
             except ProntoError as err:
                 answer = Response.fail(request_id, err)
+                if err.code is ErrorCode.OVERFLOW and watching is not None:
+                    self.ctx.stats.overflowed(watching.name)
             # Over before its last answer goes: a client that has it may ask about it again.
             del self._watches[request_id]
+            code = "ok" if answer.error is None else str(answer.error.get("code"))
+            self.ctx.stats.answered("watch", code, None)  # not timed: its time is the stream's
             await self.outbox.write(self.conn.send(answer))
         except ProtocolError:
             pass  # the peer broke the protocol: the connection is ending, with no more to say

@@ -16,7 +16,7 @@ from ._errors import CorruptionError, StorageError
 from ._faults import FAULTS, FaultPoints
 from ._file_header import HEADER_SIZE, FileHeader, FileKind, check_header, encode_header, new_salt
 from ._group_commit import GroupCommitStatistics, GroupCommitWriter, RollTicket
-from ._interface import Storage
+from ._interface import Storage, WriteObserver
 from ._layout import fsync_directory, is_database_file, write_all
 from ._lock import DirectoryLock, DirectoryLocked, LockFile
 from ._options import FsyncPolicy, StorageOptions, StorageStats
@@ -44,6 +44,7 @@ __all__ = [
     "StorageError",
     "StorageOptions",
     "StorageStats",
+    "WriteObserver",
     "check_header",
     "encode_header",
     "encode_records",

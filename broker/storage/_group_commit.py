@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ._errors import StorageError
-from ._interface import Storage
+from ._interface import Storage, WriteObserver
 from ._records import encoded_size
 
 logger = logging.getLogger("prontodb.storage")
@@ -69,6 +69,8 @@ class GroupCommitWriter:
     fdatasync it would hide (see docs/BENCHMARKS.md). :meth:`wait` must then be called only from
     other threads (a compaction waiting for its roll marker).
 
+    ``observer`` (if given) hears of each append's record count: the size of each group commit.
+
     If a write or fsync fails the writer stops for good: waiters get StorageError, later submits
     raise it, and ``on_error`` (if given) is called once from the writer thread. The database
     must not keep acknowledging writes it cannot make durable.
@@ -83,8 +85,10 @@ class GroupCommitWriter:
         *,
         on_error: Callable[[StorageError], None] | None = None,
         threaded: bool = True,
+        observer: WriteObserver | None = None,
     ) -> None:
         self._storage = storage
+        self._observer = observer
         self._on_durable = on_durable
         self._on_error = on_error
         self._lock = threading.Lock()
@@ -293,6 +297,8 @@ class GroupCommitWriter:
             return
         if records:
             self._storage.append(records)
+            if self._observer is not None:
+                self._observer.committed(len(records))
         self._advance(ticket, records=len(records), size=size, appended=bool(records))
 
     def _advance(

@@ -8,6 +8,20 @@ from typing import Protocol
 from ._options import StorageStats
 
 
+class WriteObserver(Protocol):
+    """Told of each write as it happens, for metrics: called from whichever thread writes
+    (the broker's event loop, or a writer thread), so it must be thread-safe and quick."""
+
+    def fsynced(self, seconds: float) -> None:
+        """A data fsync of a segment took ``seconds``."""
+        ...
+
+    def committed(self, records: int) -> None:
+        """A group commit wrote ``records`` records as one append (one write, one fsync under
+        ``always``)."""
+        ...
+
+
 class Storage(Protocol):
     """An ordered, durable log of ``(kind, payload)`` records with snapshot compaction.
 

@@ -16,6 +16,7 @@ from ._errors import CorruptionError, StorageError, os_reason
 from ._faults import FAULTS
 from ._file_header import HEADER_SIZE, FileKind, check_header, encode_header, new_salt
 from ._file_set import FileSet, create_segment, open_file_set, remove_orphans
+from ._interface import WriteObserver
 from ._layout import (
     MANIFEST_NAME,
     TMP_SUFFIX,
@@ -76,6 +77,8 @@ class SegmentStorage:
         self._last_sync = time.monotonic()
         self._appends = 0
         self._fsyncs = 0
+        # Told how long each data fsync took (the broker's metrics); set it after opening.
+        self.observer: WriteObserver | None = None
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -331,6 +334,7 @@ class SegmentStorage:
             raise StorageError("exhaust replay() before the first append, roll or compaction")
 
     def _sync_locked(self) -> None:
+        began = time.monotonic()
         try:
             if FAULTS.fsync is not None:
                 FAULTS.fsync(self._directory / segment_name(self._active))
@@ -345,7 +349,9 @@ class SegmentStorage:
             raise self._fail("fsync", exc) from exc
         self._fsyncs += 1
         self._unsynced = 0
-        self._last_sync = time.monotonic()
+        self._last_sync = now = time.monotonic()
+        if self.observer is not None:
+            self.observer.fsynced(now - began)
 
     def _roll_locked(self) -> int:
         sealed, size = self._active, self._active_size

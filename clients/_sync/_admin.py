@@ -169,6 +169,13 @@ class AdminOperations(ClientBase):
         status: dict[str, Any] = self._call("status", self._args(None))
         return status
 
+    def stats(self) -> dict[str, Any]:
+        """The broker's metrics as plain data: request counts and latency histograms by
+        operation, fsyncs, connections by transport and user, and for each open database its
+        revisions, disk bytes, claims and queue depths (docs/METRICS.md)."""
+        stats: dict[str, Any] = self._call("stats", self._args(None))
+        return stats
+
     def stop(self) -> None:
         """Ask the broker to shut down cleanly (it answers first); this connection then ends."""
         self._call("stop", self._args(None))
