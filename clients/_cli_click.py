@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -1063,6 +1063,24 @@ MCP_MISSING = (
 )
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _tls_options(where: str) -> Callable[[F], F]:
+    """``--tls-cert`` and ``--tls-key``, told as for ``where``."""
+
+    def add(command: F) -> F:
+        files = click.Path(dir_okay=False, exists=True)
+        command = click.option("--tls-key", type=files, help=f"{where}: the private key (PEM).")(
+            command
+        )
+        return click.option(
+            "--tls-cert", type=files, help=f"{where}: the certificate chain (PEM)."
+        )(command)
+
+    return add
+
+
 @cli.command("mcp")
 @click.option(
     "--read-only", is_flag=True, help="Offer only the tools that change nothing (get, keys, ...)."
@@ -1072,16 +1090,7 @@ MCP_MISSING = (
     metavar="HOST:PORT",
     help="Serve Streamable HTTP at http://HOST:PORT/mcp instead of stdio (port 0 picks one).",
 )
-@click.option(
-    "--tls-cert",
-    type=click.Path(dir_okay=False, exists=True),
-    help="With --http: the TLS certificate chain (PEM); needed off loopback.",
-)
-@click.option(
-    "--tls-key",
-    type=click.Path(dir_okay=False, exists=True),
-    help="With --http: the TLS private key (PEM).",
-)
+@_tls_options("With --http (needed off loopback)")
 @click.pass_context
 def mcp_command(
     ctx: click.Context,
@@ -1170,16 +1179,7 @@ def mcp_command(
     is_flag=True,
     help="Let TCP connections in without a token (a loopback --tcp address only).",
 )
-@click.option(
-    "--tls-cert",
-    type=click.Path(dir_okay=False, exists=True),
-    help="TLS on TCP: the certificate chain (PEM).",
-)
-@click.option(
-    "--tls-key",
-    type=click.Path(dir_okay=False, exists=True),
-    help="TLS on TCP: the private key (PEM).",
-)
+@_tls_options("TLS on TCP and --http")
 @click.option(
     "--log-file",
     type=click.Path(dir_okay=False),
