@@ -17,9 +17,12 @@ long-lived server, many sequential calls. Beside it, in the same run, the two th
   SDK client through the same kind of pipe.
 
 Targets: an MCP call at most 0.3x a one-shot CLI call and at most 2x the echo floor (medians).
-To say where the time goes, two more rows drive the same two servers with a raw client (write a
-line, read a line: no SDK on the client side), and two time the ProntoDB client's own `get` and
-`set` (the broker's round trip, which the MCP server adds).
+To say where the time goes, more rows drive the same servers with a raw client (write a line, read
+a line: no SDK on the client side), time the ProntoDB client's own `get` and `set` (the broker's
+round trip, which the MCP server adds), drive an echo tool on the SDK's own low-level server
+over `prontodb mcp`'s stdio transport (``--sdk-echo-server``): what a server built on the SDK costs
+before its tool does anything, and drive `prontodb mcp` on the SDK's stdio transport, as it served
+before it had its own (``--sdk-stdio-mcp URL``), so that one run measures both.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from prontodb.clients import Client
 from .cli_startup import VENV_PYTHON, check_output, regular_install, start_broker, stop
 from .report import machine, update_section
 
+SDK_STDIO = "MCP on the SDK's stdio"  # prontodb mcp as it served before its own transport
 CLI_RATIO = 0.3  # an MCP call / a one-shot CLI call, at most
 ECHO_RATIO = 2.0  # an MCP call / the echo floor's call, at most
 WARMUP = 100
@@ -97,6 +101,43 @@ def serve_echo(stdin: IO[bytes], stdout: IO[bytes]) -> None:
             reply = {"jsonrpc": "2.0", "id": message["id"], "result": result}
         stdout.write(json.dumps(reply).encode() + b"\n")
         stdout.flush()
+
+
+def serve_sdk_echo() -> None:
+    """The echo tool on the MCP SDK's low-level server, served as `prontodb mcp` serves (its
+    stdio transport), until stdin closes."""
+    import anyio
+    import mcp_types as types
+    from mcp.server.lowlevel import Server
+
+    from prontodb.clients._mcp_stdio import stdio_server
+
+    async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=[types.Tool.model_validate(ECHO_TOOL)])
+
+    async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        arguments = params.arguments or {}
+        text = types.TextContent(text=json.dumps(arguments))
+        return types.CallToolResult(content=[text], structured_content=arguments)
+
+    async def serve() -> None:
+        server = Server("sdk-echo", on_list_tools=list_tools, on_call_tool=call_tool)
+        async with stdio_server() as (read, write):
+            await server.run(read, write, server.create_initialization_options())
+
+    anyio.run(serve)
+
+
+def serve_mcp_on_sdk_stdio(url: str) -> None:
+    """`prontodb mcp --url URL` on the SDK's stdio transport (``mcp.server.stdio``, through worker
+    threads), as it served before it had its own."""
+    from mcp.server import stdio
+
+    from prontodb.clients import _mcp_server
+    from prontodb.clients.cli import main as prontodb
+
+    _mcp_server.stdio_server = stdio.stdio_server  # type: ignore[assignment]
+    prontodb(["--url", url, "mcp"])
 
 
 # -- measuring ----------------------------------------------------------------------------------
@@ -157,6 +198,14 @@ def echo_argv() -> list[str]:
     return [str(VENV_PYTHON), "-m", "bench.mcp", "--echo-server"]
 
 
+def sdk_echo_argv() -> list[str]:
+    return [str(VENV_PYTHON), "-m", "bench.mcp", "--sdk-echo-server"]
+
+
+def sdk_stdio_mcp_argv(url: str) -> list[str]:
+    return [str(VENV_PYTHON), "-m", "bench.mcp", "--sdk-stdio-mcp", url]
+
+
 async def through_sdk(argv: list[str], env: dict[str, str], calls: int, label: str) -> list[Timing]:
     """``get`` and ``set`` (or the echo tool, called with the same arguments) through the SDK's
     client on one long-lived server."""
@@ -166,7 +215,7 @@ async def through_sdk(argv: list[str], env: dict[str, str], calls: int, label: s
     params = StdioServerParameters(
         command=argv[0], args=argv[1:], env=server_env(env), cwd=str(Path(__file__).parent.parent)
     )
-    echo = label == "echo"
+    echo = label.endswith("echo")
     results = []
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
         await session.initialize()
@@ -222,7 +271,7 @@ def through_pipe(argv: list[str], env: dict[str, str], calls: int, label: str) -
         stdin.flush()
         results = []
         for tool, arguments in (("get", {"key": "k"}), ("set", {"key": "k", "value": "hello"})):
-            name = "echo" if label == "echo" else tool
+            name = "echo" if label.endswith("echo") else tool
 
             def call(name: str = name, arguments: dict[str, Any] = arguments) -> None:
                 if request("tools/call", {"name": name, "arguments": arguments}).get("isError"):
@@ -268,11 +317,15 @@ def run(args: argparse.Namespace) -> tuple[list[Timing], str]:
             return [
                 *await through_sdk(mcp_argv(url), env, calls, "MCP"),
                 *await through_sdk(echo_argv(), env, calls, "echo"),
+                *await through_sdk(sdk_echo_argv(), env, calls, "SDK echo"),
+                *await through_sdk(sdk_stdio_mcp_argv(url), env, calls, SDK_STDIO),
             ]
 
         timings = anyio.run(sdk_rows)
         timings += through_pipe(mcp_argv(url), env, calls, "MCP")
         timings += through_pipe(echo_argv(), env, calls, "echo")
+        timings += through_pipe(sdk_echo_argv(), env, calls, "SDK echo")
+        timings += through_pipe(sdk_stdio_mcp_argv(url), env, calls, SDK_STDIO)
 
         with Client.connect(url) as client:
             timings.append(
@@ -332,15 +385,26 @@ def verdict(timings: list[Timing]) -> str:
 
 def breakdown(timings: list[Timing]) -> str:
     """Where an MCP `get` goes, from the medians: the broker's round trip, the server's own part
-    (the raw client's call less the echo's and the broker's), the SDK client's part."""
+    (the raw client's call less the echo's and the broker's; of it, what the SDK's server costs
+    with an echo tool), the SDK client's part."""
     by = {t.name: t.ms(0.5) for t in timings}
     mcp, raw = by["MCP get"], by["MCP get (raw client)"]
     broker, pipe = by["ProntoDB client get (no MCP)"], by["echo get (raw client)"]
+    sdk_raw, sdk = by["SDK echo get (raw client)"], by["SDK echo get"]
+    echo = by["echo get"]
+    before, before_raw = by[f"{SDK_STDIO} get"], by[f"{SDK_STDIO} get (raw client)"]
     return (
+        f"On the SDK's stdio transport (worker threads), as it served before its own, an MCP "
+        f"`get` took {before:.3f} ms ({before / echo:.2f}x the echo floor; {before_raw:.3f} ms "
+        f"with the raw client); on its own, {mcp:.3f} ms ({mcp / echo:.2f}x; {raw:.3f} ms raw).\n\n"
         f"Where an MCP `get`'s {mcp:.3f} ms goes (medians): {pipe:.3f} ms the pipe and JSON "
         f"(raw echo), {broker:.3f} ms the broker's round trip (ProntoDB client), "
-        f"{raw - pipe - broker:.3f} ms the server's own work (SDK server and the tool), "
-        f"{mcp - raw:.3f} ms the SDK's client (the host's side)."
+        f"{raw - pipe - broker:.3f} ms the server's own work, of which {sdk_raw - pipe:.3f} ms is "
+        f"the SDK's server with an echo tool (raw SDK echo less raw echo) and "
+        f"{raw - sdk_raw - broker:.3f} ms ProntoDB's tool and its call to the broker beyond a bare "
+        f"client's round trip, and "
+        f"{mcp - raw:.3f} ms the SDK's client (the host's side). The SDK's server alone, with an "
+        f"echo tool, is {sdk / echo:.2f}x the echo floor through the SDK's client ({sdk:.3f} ms)."
     )
 
 
@@ -357,7 +421,10 @@ def report(timings: list[Timing], summary: str, args: argparse.Namespace) -> str
             "on a Unix socket. `MCP` is one long-lived `prontodb mcp` driven by the official SDK's "
             "client (`mcp.ClientSession` over `mcp.client.stdio`); `echo` is a bare JSON-RPC echo "
             "server on stdio (`python -m bench.mcp --echo-server`) driven the same way, calling its "
-            "one tool with the same arguments. The raw-client rows drive the same servers by writing "
+            "one tool with the same arguments; `SDK echo` is the same tool on the SDK's low-level "
+            "server over `prontodb mcp`'s transport (`--sdk-echo-server`); `MCP on the SDK's stdio` "
+            "is `prontodb mcp` on the SDK's own stdio transport, as it served before it had its own "
+            "(`--sdk-stdio-mcp`). The raw-client rows drive the same servers by writing "
             "one JSON line and reading one (no SDK on the client side); the one-shot rows spawn a "
             f"whole `prontodb` process per call ({args.runs} runs).",
             "",
@@ -369,11 +436,17 @@ def report(timings: list[Timing], summary: str, args: argparse.Namespace) -> str
             "",
             breakdown(timings),
             "",
-            "A profile of the server (cProfile, 3,000 raw `get`s) puts most of its own part in the "
-            "SDK's stdio transport and dispatch, not in ProntoDB's tool: `mcp.server.stdio` reads "
-            "stdin and writes stdout through anyio worker threads (about 12 thread hand-offs per "
-            "call), and each request passes about 19 event-loop turns, pydantic validation and the "
-            "SDK's OpenTelemetry wrapper before `call_tool`.",
+            "`prontodb mcp` serves through a stdio transport of its own (clients/_mcp_stdio.py), "
+            "which reads stdin and writes stdout from the event loop. Profiled before it (py-spy, "
+            "cProfile and each thread's CPU time, 5,000 raw `get`s), the SDK's `mcp.server.stdio` "
+            "made three thread round trips a call (a readline, a write and a flush through anyio "
+            "worker threads, each waking the loop through its self-pipe) and about 20 event-loop "
+            "passes: 0.9 ms of the loop thread's CPU a call, 0.1-0.2 ms more on the workers. With "
+            "its own transport the server makes about 8 passes on one thread, and what is left of "
+            "its own part is the SDK's request path (the `SDK echo` rows: pydantic "
+            "validation of the request and the result, the SDK's OpenTelemetry wrapper, a task per "
+            "request, the relay of the first request), which no transport removes, and the tool "
+            "around its broker round trip (the breakdown above).",
         ]
     )
 
@@ -384,9 +457,17 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=100, help="timed runs per one-shot CLI case")
     parser.add_argument("--no-report", action="store_true", help="do not touch docs/BENCHMARKS.md")
     parser.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--sdk-echo-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--sdk-stdio-mcp", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo_server:
         serve_echo(sys.stdin.buffer, sys.stdout.buffer)
+        return
+    if args.sdk_echo_server:
+        serve_sdk_echo()
+        return
+    if args.sdk_stdio_mcp:
+        serve_mcp_on_sdk_stdio(args.sdk_stdio_mcp)
         return
     timings, summary = run(args)
     text = report(timings, summary, args)

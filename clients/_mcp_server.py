@@ -15,7 +15,6 @@ from typing import Any
 import anyio
 import mcp_types as types
 from mcp.server.lowlevel import Server
-from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 
 from prontodb.protocol import ErrorCode, ProntoError
@@ -25,6 +24,7 @@ from ._cli_commands import CLIENT_NAME, Globals, target_url
 from ._mcp_prompts import PATTERNS, named_tools
 from ._mcp_resources import TEMPLATE, Subscriptions, read
 from ._mcp_sessions import Sessions
+from ._mcp_stdio import stdio_server
 from ._mcp_tools import BY_NAME, Progress, Tool, ToolFailed, call, offered
 
 log = logging.getLogger("prontodb.mcp")
