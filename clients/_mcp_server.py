@@ -45,7 +45,7 @@ class Broker:
     def __init__(self, options: Globals) -> None:
         self.options = options
         self._client: AsyncClient | None = None
-        self._lock = anyio.Lock()
+        self._lock = anyio.Lock(fast_acquire=True)  # no loop pass when it is free, as it is
 
     async def client(self) -> AsyncClient:
         async with self._lock:

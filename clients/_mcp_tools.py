@@ -1036,10 +1036,11 @@ async def call(
     """Run ``tool`` (``cursor``: the server's, unless the call names one), telling ``progress``
     how a wait goes, its locks going with ``sessions``; its result as the CLI's --json prints it. Raises ToolFailed or
     ProntoError."""
-    unknown = set(arguments) - set(tool.input_schema()["properties"])
+    schema = tool.input_schema()
+    unknown = set(arguments) - set(schema["properties"])
     if unknown:
         raise ToolFailed(f"bad_request: {tool.name} takes no argument {', '.join(sorted(unknown))}")
-    missing = [a for a in tool.input_schema()["required"] if a not in arguments]
+    missing = [a for a in schema["required"] if a not in arguments]
     if missing:
         raise ToolFailed(f"bad_request: {tool.name} needs {', '.join(missing)}")
     reporting = _PROGRESS.set(progress)
