@@ -1088,7 +1088,8 @@ def _tls_options(where: str) -> Callable[[F], F]:
 @click.option(
     "--http",
     metavar="HOST:PORT",
-    help="Serve Streamable HTTP at http://HOST:PORT/mcp instead of stdio (port 0 picks one).",
+    help="Serve Streamable HTTP at http://HOST:PORT/mcp instead of stdio (a PORT alone is on "
+    "127.0.0.1; port 0 picks one).",
 )
 @_tls_options("With --http (needed off loopback)")
 @click.pass_context

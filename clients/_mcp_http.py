@@ -64,6 +64,8 @@ class Listen:
 def listen(address: str, token: str | None, tls: tuple[Path, Path] | None) -> Listen:
     """Check ``--http``'s address against what it needs off loopback; ValueError says what is
     missing."""
+    if address.isdigit():  # a port alone: loopback, the default
+        address = f"127.0.0.1:{address}"
     pair = split_host_port(address)
     if pair is None:
         raise ValueError(f"{address!r} is not HOST:PORT (port 0 picks a free one)")

@@ -20,6 +20,8 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from test_mcp import admin, broker, http_server, make_user, mcp_argv, ok, until
 
+from prontodb.clients._mcp_http import listen
+
 __all__ = ["broker"]  # the fixture, shared with tests/test_mcp.py
 
 pytestmark = [
@@ -68,6 +70,7 @@ def test_off_loopback_it_needs_a_token_and_tls(broker: BrokerProcess) -> None:
     env["PRONTODB_TOKEN"] = make_user(broker, "agent", "")
     assert "give --tls-cert and --tls-key" in refusal(broker, "0.0.0.0:0", env)
     assert "not HOST:PORT" in refusal(broker, "nowhere", env)
+    assert listen("7411", None, None).host == "127.0.0.1"  # a port alone: loopback
 
 
 async def test_tls_and_a_token_off_loopback(broker: BrokerProcess, tmp_path: Path) -> None:
