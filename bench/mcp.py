@@ -136,7 +136,7 @@ def serve_mcp_on_sdk_stdio(url: str) -> None:
     from prontodb.clients import _mcp_server
     from prontodb.clients.cli import main as prontodb
 
-    _mcp_server.stdio_server = stdio.stdio_server  # type: ignore[assignment]
+    _mcp_server.stdio_server = stdio.stdio_server  # type: ignore[attr-defined,assignment]
     prontodb(["--url", url, "mcp"])
 
 

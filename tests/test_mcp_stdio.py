@@ -301,13 +301,14 @@ def test_files_are_read_and_written_directly(backend: str, tmp_path: Path) -> No
             async with fd_transport(source.fileno(), sink.fileno()) as (reader, writer):
                 async with reader, writer:
                     got = [item async for item in reader]
-                    assert all(isinstance(item, SessionMessage) for item in got)
-                    for item in got:
+                    messages = [item for item in got if isinstance(item, SessionMessage)]
+                    assert messages == got
+                    for item in messages:
                         await writer.send(item)
                 with pytest.raises(anyio.ClosedResourceError):
                     await reader.receive()
                 with pytest.raises(anyio.ClosedResourceError):
-                    await writer.send(got[0])
+                    await writer.send(messages[0])
 
     run_on(backend, body)
     assert [json.loads(line)["id"] for line in answers.read_bytes().splitlines()] == [1, 2]

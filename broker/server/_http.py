@@ -12,7 +12,7 @@ and to take an answer.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -102,10 +102,10 @@ class HttpServer:
         self.send_timeout = send_timeout
         self.connections = 0  # open now
 
-    async def serve(self, listeners: list[trio.abc.Listener[Any]]) -> None:
+    async def serve(self, listeners: Sequence[trio.abc.Listener[Any]]) -> None:
         """Accept and serve until cancelled; the connections end with it. (trio's
         serve_listeners also rides out a failed accept, e.g. out of file descriptors.)"""
-        await trio.serve_listeners(self.handle, listeners)
+        await trio.serve_listeners(self.handle, list(listeners))
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one connection: its requests one after the other (kept alive) until it closes,
