@@ -1,9 +1,11 @@
 """``prontodb top``'s numbers (clients/_top_model.py): rates and percentiles from the difference of
-two ``stats`` snapshots, the tables' order, and how figures print. Snapshots are built here in the
-broker's shape, and one pair is taken from a real broker to hold the model to that shape."""
+two ``stats`` snapshots, the tables' order, how figures print, and how a frame is drawn and cut to
+the terminal (clients/_cli_top.py). Snapshots are built here in the broker's shape, and one pair
+is taken from a real broker to hold the model to that shape."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -341,3 +343,53 @@ def test_rows_are_shared_out_a_row_at_a_time() -> None:
     assert model.budget(2, [3, 50, 2]) == [1, 1, 0]
     assert model.budget(0, [3]) == [0]
     assert sum(model.budget(10, [0, 0])) == 0
+
+
+# -- the frame drawn (clients/_cli_top.py) ------------------------------------------------------
+
+
+def drawn(
+    view: model.Frame, width: int, height: int | None, lost: tuple[str, float] | None = None
+) -> list[str]:
+    """The lines ``top`` draws for ``view`` on a terminal of that size."""
+    from rich.console import Console
+
+    from prontodb.clients import _cli_top
+
+    screen = io.StringIO()
+    console = Console(file=screen, width=width, color_system=None)
+    console.print(_cli_top.draw(view, "unix:///s.sock", 1.0, lost, width, height))
+    return screen.getvalue().splitlines()
+
+
+def test_a_frame_is_cut_to_the_terminal_each_table_keeping_its_first_rows() -> None:
+    queues = {f"q{n:02d}": queue(100 - n) for n in range(30)}
+    current = snapshot(1010.0, databases={"a": database(queues=queues)})
+    lines = drawn(model.frame(current, snapshot(1009.0)), 80, 24)
+    assert len(lines) <= 24
+    assert all(len(line) <= 80 for line in lines)
+    assert any(line.split()[:2] == ["a", "q00"] for line in lines)  # the deepest first
+    (more,) = [line for line in lines if "more" in line]
+    shown = sum(1 for line in lines if line.startswith("a ") and " q" in line)
+    assert more.split() == ["…", str(30 - shown), "more"]
+    assert "(none)" in "\n".join(lines)  # the empty tables keep their line
+    everything = drawn(model.frame(current, snapshot(1009.0)), 160, None)
+    assert sum(1 for line in everything if " q" in line and line.startswith("a ")) == 30
+
+
+def test_a_wide_terminal_shows_each_database_s_claim_rates() -> None:
+    current = snapshot(1010.0, databases={"a": database()})
+    assert "CLAIMS/S" not in "\n".join(drawn(model.frame(current), 100, None))
+    assert "CLAIMS/S" in "\n".join(drawn(model.frame(current), 160, None))
+
+
+def test_a_lost_broker_is_said_with_the_age_of_the_figures() -> None:
+    view = model.frame(snapshot(1010.0))
+    lines = drawn(
+        view, 160, 50, lost=("No broker answers at unix:///s.sock (no socket there).", 12.0)
+    )
+    assert (
+        "No broker answers at unix:///s.sock (no socket there). Asking again every 1 s; the figures below are 12s old."
+        in lines
+    )
+    assert "Rates since the broker started; next, over each 1 s." in lines
