@@ -12,6 +12,7 @@ import select
 import shutil
 import subprocess
 import sys
+import termios
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 from brokers import BrokerProcess, running_broker, start_broker
-from cli_support import stop_by_pid
+from cli_support import invoke, stop_by_pid
 
 from prontodb.clients import Client
 
@@ -196,6 +197,30 @@ def test_the_live_view_says_the_broker_went_away_and_reconnects(
                     broker.kill()
 
 
+def test_keys_come_unechoed_one_at_a_time_and_the_terminal_is_put_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from prontodb.clients._cli_top import Keys, keyboard
+
+    master, slave = os.openpty()  # a real terminal pair: the test types on the master side
+    try:
+        with os.fdopen(os.dup(slave), "r") as stdin:
+            monkeypatch.setattr(sys, "stdin", stdin)
+            before = termios.tcgetattr(slave)
+            with keyboard() as keys:
+                mode = termios.tcgetattr(slave)[3]
+                assert not mode & (termios.ICANON | termios.ECHO)
+                assert mode & termios.ISIG  # Ctrl-C still interrupts
+                os.write(master, b"x")
+                os.write(master, b"q")
+                assert keys.wait(TIMEOUT)
+            assert termios.tcgetattr(slave) == before
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert not Keys(None).wait(0)
+
+
 # -- --once and --json, through pipes ------------------------------------------------------------
 
 
@@ -280,6 +305,23 @@ def test_to_a_pipe_a_frame_is_printed_every_interval(tmp_path: Path, short_dir: 
     frames = text.split("\n\nprontodb top")  # a blank line between two frames
     assert len(frames) == 3
     assert all("OP" in frame for frame in frames[:2])
+
+
+def test_once_in_process_as_text_and_as_json(tmp_path: Path, short_dir: Path) -> None:
+    # The same paths as the subprocesses above, run in the test's process (they count in the
+    # coverage report, which does not follow child processes).
+    with running_broker(tmp_path / "data", short_dir / "b.sock") as broker:
+        with Client.connect(broker.url, user="loader") as client:
+            client.set("jobs.a", 1, priority=5)  # a queue item
+        base = ["--url", broker.url, "--user", "watcher", "top", "--once", "--interval", "0.1"]
+        text = invoke(base)
+        document = invoke([*base, "--json"])
+    assert text.status == 0, text.err
+    assert cells(text.out, "default", "jobs")[2] == "1"  # type: ignore[index]
+    assert document.status == 0, document.err
+    frame = json.loads(document.out)
+    assert frame["queues"][0]["queue"] == "jobs"
+    assert frame["pid"] == broker.pid
 
 
 def test_once_without_a_broker_says_so(tmp_path: Path, short_dir: Path) -> None:
