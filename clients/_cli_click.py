@@ -1058,6 +1058,34 @@ def ps_command(ctx: click.Context, as_json: bool) -> None:
     _finish(commands.ps(_globals(ctx, as_json)))
 
 
+@cli.command("top", cls=_Command)
+@click.option(
+    "--interval",
+    type=str,
+    callback=_seconds(),
+    default="1",
+    metavar="SECONDS",
+    help="Seconds between two frames; the rates and p99s are over it [default: 1].",
+)
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Print one frame, over one interval (two snapshots that far apart), and exit.",
+)
+@_json_option
+@click.pass_context
+def top_command(ctx: click.Context, interval: float, once: bool, as_json: bool) -> None:
+    """Watch the broker live: ops/s and p99 by operation, fsyncs, connections by user, the
+    deepest queues, watchers and their lag, databases, memory and disk (docs/CLI.md).
+
+    Redrawn every interval until `q` or Ctrl-C. With --json, one object per interval instead
+    (a line each, for scripts). A broker that goes away is said so, and asked again each interval.
+    """
+    from . import _cli_top  # rich is imported by this command alone
+
+    _finish(_cli_top.top(_globals(ctx, as_json), interval, once=once))
+
+
 MCP_MISSING = (
     "error: `prontodb mcp` needs the MCP SDK, an optional extra: pip install 'prontodb[mcp]'"
 )

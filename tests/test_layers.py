@@ -32,6 +32,13 @@ def test_cli_imports_neither_trio_nor_anyio() -> None:
     assert imported_by("prontodb.clients.cli") & {"trio", "anyio"} == set()
 
 
+@pytest.mark.parametrize("module", ["prontodb.clients.cli", "prontodb.clients._cli_click"])
+def test_only_top_imports_rich(module: str) -> None:
+    # Every other command would pay for it at start-up (docs/CLI.md, "Start-up time").
+    assert "rich" not in imported_by(module)
+    assert "rich" in imported_by("prontodb.clients._cli_top")
+
+
 @pytest.mark.parametrize("module", ["prontodb.clients", "prontodb.clients._sync.client"])
 def test_sync_client_imports_neither_trio_nor_anyio(module: str) -> None:
     assert imported_by(module) & {"trio", "anyio", "asyncio"} == set()

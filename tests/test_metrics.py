@@ -106,6 +106,9 @@ async def test_metrics_page_health_and_readiness(short_dir: Path) -> None:
             assert one(found, "prontodb_connections", transport="unix", user="ops") == 1
             assert one(found, "prontodb_fsync_duration_seconds_count") >= 2
             assert one(found, "prontodb_disk_bytes", cursor="default", kind="segments") > 0
+            assert one(found, "prontodb_watch_lag_revisions", cursor="default") == 0
+            assert one(found, "prontodb_process_resident_memory_bytes") > 1024 * 1024
+            assert one(found, "prontodb_process_cpu_seconds_total") > 0
             await client.set("jobs.c", 3)
             _, _, later = await http_get(address, "/metrics")
             assert one(samples(later.decode()), "prontodb_requests_total", op="set", code="ok") == 3

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from inprocess import FakeClock, Running, running_broker
+from inprocess import FakeClock, Running, running_broker, until
 
 from prontodb.broker.engine import HistoryLimits
 from prontodb.broker.server import ServerConfig
@@ -76,6 +76,10 @@ async def test_stats_count_requests_claims_redeliveries_and_dead_letters(
         {"transport": "unix", "user": "ops", "connections": 1, "watchers": 0}
     ]
     assert stats["caps"]["queues"] == 100
+    process = stats["process"]
+    assert process["rss_bytes"] > 1024 * 1024  # this test's own process: it holds the broker
+    assert process["cpu_seconds"] > 0
+    assert (db["watchers"], db["watch_lag"], db["watches"]) == (0, 0, [])
 
 
 async def test_queue_depth_is_capped_to_the_deepest_queues(
@@ -119,6 +123,35 @@ async def test_a_watch_overflow_is_counted(short_dir: Path) -> None:
             stats = await client.stats()
     assert stats["databases"]["default"]["watch_overflows"] == 1
     assert stats["requests"]["watch"] == {ErrorCode.OVERFLOW.value: 1}
+
+
+async def test_a_watcher_that_does_not_read_is_seen_falling_behind(short_dir: Path) -> None:
+    async with running_broker(config(short_dir, fsync=FsyncPolicy.NEVER)) as running:
+        slow = await running.wire(user="slow")
+        await slow.send(slow.request("watch", prefix="k"))
+        assert isinstance(await slow.next(), Push)  # in place; it reads nothing more
+        async with (
+            await AsyncClient.connect(running.url, user="writer") as client,
+            client.watch("k") as keeping_up,
+        ):
+            value = "x" * 8000  # the slow watcher's socket fills after a few of these
+            for n in range(100):
+                await client.set(f"k.{n % 10}", value)
+            async for event in keeping_up:
+                if event.rev == 100:  # the last set's: this watcher has had them all
+                    break
+            # Its position moves once the broker's side of its push is written.
+            (db,) = running.broker.databases.opened()
+            await until(lambda: any(w.next_rev == 101 for w in db.watching))
+            stats = await client.stats()
+    figures = stats["databases"]["default"]
+    assert figures["watchers"] == 2
+    lagging, current = figures["watches"]
+    assert (lagging["user"], lagging["prefix"]) == ("slow", "k")
+    assert lagging["lag"] > 0
+    assert lagging["lag"] == figures["revision"] + 1 - lagging["next_rev"]
+    assert figures["watch_lag"] == lagging["lag"]
+    assert (current["user"], current["lag"], current["next_rev"]) == ("writer", 0, 101)
 
 
 async def test_fsyncs_and_group_commits_are_measured(short_dir: Path) -> None:

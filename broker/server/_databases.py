@@ -63,6 +63,20 @@ class FanOutCache:
         self.entries: dict[tuple[str, int], tuple[list[tuple[bytes, int]], int]] = {}
 
 
+class WatchPosition:
+    """How far one running watch has been sent: what the metrics' watcher lag reads.
+
+    ``next_rev`` is the first revision the watcher has not been sent yet; it moves as each push
+    is handed to the socket, so a reader that does not keep up stays behind the durable head."""
+
+    __slots__ = ("next_rev", "prefix", "user")
+
+    def __init__(self, user: str, prefix: str, next_rev: int) -> None:
+        self.user = user
+        self.prefix = prefix
+        self.next_rev = next_rev
+
+
 class OpenDatabase:
     """One open database, driven from the trio thread, with the requests waiting on its disk.
 
@@ -82,7 +96,7 @@ class OpenDatabase:
         self._on_durable: list[tuple[int, int, Callable[[], None]]] = []
         # Watchers see a change once it is durable: the revision each pending ticket makes so.
         self.durable_rev = 0
-        self.watchers = 0  # watches streaming from this database now
+        self.watching: set[WatchPosition] = set()  # watches streaming from this database now
         self.writes_unchecked = 0  # writes since the broker last asked about compaction
         self.fanout = FanOutCache()
         self.replaced_at: int | None = None  # restored from a backup: the new revision
@@ -127,6 +141,11 @@ class OpenDatabase:
     @property
     def engine(self) -> Engine:
         return self.database.engine
+
+    @property
+    def watchers(self) -> int:
+        """The watches streaming from this database now."""
+        return len(self.watching)
 
     def submit(self, applied: Applied[Any]) -> int:
         """Queue ``applied``'s records for the next flush; the ticket to wait for."""

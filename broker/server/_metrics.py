@@ -31,6 +31,11 @@ _DATABASE_GAUGES = (
     ("claims_in_flight", "prontodb_claims_in_flight", "Items claimed and not yet acked or back."),
     ("claimers_waiting", "prontodb_claimers_waiting", "Blocked claims waiting for an item."),
     ("watchers", "prontodb_database_watchers", "Watches streaming from the database."),
+    (
+        "watch_lag",
+        "prontodb_watch_lag_revisions",
+        "The most revisions a watcher of the database is behind (durable, not yet sent to it).",
+    ),
     ("sessions", "prontodb_sessions", "Live sessions (leases with keys attached)."),
     (
         "recipe_holders",
@@ -73,6 +78,7 @@ def _broker_families(figures: dict[str, Any]) -> Iterator[Metric]:
     uptime = GaugeMetricFamily("prontodb_uptime_seconds", "Seconds since the broker started.")
     uptime.add_metric([], figures["uptime"])
     yield uptime
+    yield from _process_families(figures["process"])
     requests = CounterMetricFamily(
         "prontodb_requests",
         "Requests answered, by operation and result code.",
@@ -117,6 +123,21 @@ def _broker_families(figures: dict[str, Any]) -> Iterator[Metric]:
     )
     untracked.add_metric([], figures["databases_untracked"])
     yield untracked
+
+
+def _process_families(process: dict[str, Any]) -> Iterator[Metric]:
+    # Named as prometheus_client's ProcessCollector would name them under our prefix.
+    cpu = CounterMetricFamily(
+        "prontodb_process_cpu_seconds", "CPU time (user and system) the broker has used."
+    )
+    cpu.add_metric([], process["cpu_seconds"])
+    yield cpu
+    if process["rss_bytes"] is not None:
+        rss = GaugeMetricFamily(
+            "prontodb_process_resident_memory_bytes", "The broker's resident memory."
+        )
+        rss.add_metric([], process["rss_bytes"])
+        yield rss
 
 
 def _connection_families(rows: list[dict[str, Any]]) -> Iterator[Metric]:

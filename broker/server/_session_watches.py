@@ -9,7 +9,7 @@ from prontodb.protocol import ErrorCode, ProntoError, ProtocolError, Request, Re
 
 from ._access import Level, nothing, on_prefix
 from ._args import Arg, Kind
-from ._databases import OpenDatabase
+from ._databases import OpenDatabase, WatchPosition
 from ._outbox import Answer
 from ._registry import Layer, op
 from ._session_base import SessionBase
@@ -65,6 +65,7 @@ class SessionWatches(SessionBase):
             resume = next_rev
 
         watching: OpenDatabase | None = None
+        position = WatchPosition(self.user, prefix, start)
         try:
             try:
                 with scope:
@@ -75,8 +76,16 @@ class SessionWatches(SessionBase):
                         if db.engine.history.first > start:  # it came by a restore
                             raise replaced(db.engine.revision)
                     watching = db
-                    db.watchers += 1
-                    await stream(db, prefix, start, send, self.conn.pack_event, announced=announced)
+                    db.watching.add(position)
+                    await stream(
+                        db,
+                        prefix,
+                        start,
+                        send,
+                        self.conn.pack_event,
+                        announced=announced,
+                        position=position,
+                    )
                 answer = Response(request_id, None, {"next_rev": resume})  # unwatched
                 refused = self._refused.pop(request_id, None)
                 if refused is not None:
@@ -94,7 +103,7 @@ class SessionWatches(SessionBase):
             pass  # the peer broke the protocol: the connection is ending, with no more to say
         finally:
             if watching is not None:
-                watching.watchers -= 1
+                watching.watching.discard(position)
             self._watches.pop(request_id, None)
 
     @op(

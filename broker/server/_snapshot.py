@@ -9,6 +9,8 @@ cap is counted, not named.
 
 from __future__ import annotations
 
+import heapq
+import os
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -20,6 +22,7 @@ from ._stats import Stats
 QUEUES_TRACKED = 100  # queues listed per database, the deepest first
 DATABASES_TRACKED = 100  # open databases listed, by name
 USERS_TRACKED = 100  # users named in the connection rows, those with most connections first
+WATCHES_TRACKED = 10  # watches listed per database, those furthest behind first
 OTHER = "(other)"  # the user of the rows past USERS_TRACKED
 NOBODY = "(none)"  # the user of a connection that has not said Hello yet
 
@@ -46,6 +49,7 @@ def snapshot(
     return {
         "time": now,
         "uptime": uptime,
+        "process": process(),
         **stats.as_map(),
         "connections": _connections(connections),
         "databases": listed,
@@ -54,8 +58,24 @@ def snapshot(
             "queues": QUEUES_TRACKED,
             "databases": DATABASES_TRACKED,
             "users": USERS_TRACKED,
+            "watches": WATCHES_TRACKED,
         },
     }
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def process() -> dict[str, Any]:
+    """``{pid, rss_bytes, cpu_seconds}`` of the broker's process: its resident memory now (None
+    where /proc cannot be read) and the CPU time (user + system) it has used since it started."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:  # Linux: sizes in pages; one small read
+            rss: int | None = int(statm.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        rss = None
+    times = os.times()
+    return {"pid": os.getpid(), "rss_bytes": rss, "cpu_seconds": times.user + times.system}
 
 
 def _connections(connections: Iterable[Connected]) -> list[dict[str, Any]]:
@@ -125,6 +145,7 @@ def _database(db: OpenDatabase, stats: Stats, now: float) -> dict[str, Any]:
         "expired_leases": counters.expired_leases,
         "claimers_waiting": len(db.waiters),
         "watchers": db.watchers,
+        **_watches(db),
         "watch_overflows": stats.watch_overflows.get(db.name, 0),
         "sessions": figures["sessions"],
         "recipe_holders": held,
@@ -133,6 +154,26 @@ def _database(db: OpenDatabase, stats: Stats, now: float) -> dict[str, Any]:
         "queues": {q: _queue(queues[q]) for q in sorted(deepest)},
         "queues_untracked": len(queues) - len(deepest),
     }
+
+
+def _watches(db: OpenDatabase) -> dict[str, Any]:
+    """``watch_lag``, the most revisions any watcher is behind (durable, not yet sent to it), and
+    ``watches``, the WATCHES_TRACKED furthest behind: ``[{user, prefix, next_rev, lag}]``. One
+    pass over the watchers; only the listed ones are built."""
+    head = db.durable_rev
+    behind = heapq.nsmallest(
+        WATCHES_TRACKED, db.watching, key=lambda w: (w.next_rev, w.user, w.prefix)
+    )
+    listed = [
+        {"user": w.user, "prefix": w.prefix, "next_rev": w.next_rev, "lag": _lag(head, w.next_rev)}
+        for w in behind
+    ]
+    return {"watch_lag": listed[0]["lag"] if listed else 0, "watches": listed}
+
+
+def _lag(head: int, next_rev: int) -> int:
+    # A watch told to start past the head waits for it: it is not behind.
+    return max(0, head + 1 - next_rev)
 
 
 def _depth(counts: dict[str, Any]) -> int:

@@ -19,7 +19,7 @@ from prontodb.protocol import ErrorCode, ProntoError
 from ..engine import Batch, Change, change_cost, validate_prefix
 from ._args import Arg, Kind
 from ._database_ops import MAX_KEY_LEN
-from ._databases import OpenDatabase
+from ._databases import OpenDatabase, WatchPosition
 
 # A push closes at this many bytes of events (about) or events, whichever comes first: well inside
 # the frame limit even with a 1 MiB value in it, and small enough to interleave with answers.
@@ -82,6 +82,7 @@ async def stream(
     send: Send,
     pack: Pack,
     *,
+    position: WatchPosition,
     announced: bool = False,
 ) -> None:
     """Send ``db``'s changes under ``prefix`` from ``next_rev`` on, as they become durable, until
@@ -90,7 +91,8 @@ async def stream(
     The first push, with no events, says the watch is in place and where it starts (unless the
     caller ``announced`` it already: a watch waiting for its database to exist). Watchers at
     the same revision with the same prefix share one reading and encoding of their pushes
-    (:func:`encoded`): a fan-out to many watchers does that work once."""
+    (:func:`encoded`): a fan-out to many watchers does that work once. ``position`` follows
+    what has been sent (the metrics' watcher lag)."""
     if not announced:
         await send(pack(in_place(next_rev, db.durable_rev)), next_rev)
     told = next_rev  # the resume point the watcher last heard of
@@ -121,7 +123,8 @@ async def stream(
         messages, next_rev = encoded(db, prefix, next_rev, durable, pack)
         for packed, resume in messages:
             await send(packed, resume)
-            told = resume
+            told = position.next_rev = resume
+        position.next_rev = next_rev  # the rest of the range held nothing under the prefix
         await trio.lowlevel.checkpoint()  # a long replay must not hold up the other tasks
 
 
