@@ -8,7 +8,6 @@ In-process brokers in the test's trio run; the HTTP requests go over real TCP so
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from inprocess import running_broker
 from prometheus_client.parser import text_string_to_metric_families
 
 from prontodb.broker.server import ServerConfig
-from prontodb.broker.server._http import HttpRequest, HttpResponse, HttpServer
+from prontodb.broker.server._http import HttpRequest, HttpResponse, HttpServer, Write
 from prontodb.broker.storage import FsyncPolicy
 from prontodb.clients import AsyncClient
 
@@ -182,9 +181,10 @@ async def test_keep_alive_serves_several_requests_on_one_connection(short_dir: P
 
 
 async def serving(server: HttpServer, nursery: trio.Nursery) -> str:
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    sockets = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    listeners: list[trio.abc.Listener[Any]] = list(sockets)
     nursery.start_soon(server.serve, listeners)
-    host, port = listeners[0].socket.getsockname()[:2]
+    host, port = sockets[0].socket.getsockname()[:2]
     return f"{host}:{port}"
 
 
@@ -193,14 +193,14 @@ async def test_a_streamed_answer_goes_chunk_by_chunk_until_the_client_goes() -> 
     send_event, next_event = trio.open_memory_channel[int](0)
 
     async def events(request: HttpRequest) -> HttpResponse:
-        async def chunks() -> AsyncIterator[bytes]:
+        async def produce(write: Write) -> None:
             try:
                 async for n in next_event:  # as a watch's changes come
-                    yield f"data: {n}\n\n".encode()
+                    await write(f"data: {n}\n\n".encode())
             finally:
                 ended.set()
 
-        return HttpResponse(200, content_type="text/event-stream", stream=chunks)
+        return HttpResponse(200, content_type="text/event-stream", stream=produce)
 
     async with trio.open_nursery() as nursery:
         address = await serving(HttpServer({"/events": events}, server_name="t"), nursery)
