@@ -18,6 +18,7 @@ from typing import Any
 import h11
 import pytest
 import trio
+import trio.testing
 import trustme
 from inprocess import running_broker
 
@@ -391,3 +392,22 @@ async def test_off_loopback_a_token_decides_what_the_page_shows(
                 end = await http.event()
                 assert end["event"] == "end"
                 assert end["data"]["code"] == "denied"
+
+
+async def test_a_failing_depth_sample_is_skipped_and_the_sampler_goes_on(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    history = DepthHistory(every=5, size=10)
+    calls = 0
+
+    def snapshot() -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if calls in (2, 3):
+            raise RuntimeError("a bug")
+        return {"time": float(calls), "databases": {"db": {"queues": {}}}}
+
+    with trio.move_on_after(5 * 5 - 1):  # five samples: the 2nd and 3rd fail
+        await history.run(snapshot)
+    assert [time for time, _ in history.samples] == [1.0, 4.0, 5.0]
+    assert [r.getMessage() for r in caplog.records] == ["dashboard: a depth sample failed"]

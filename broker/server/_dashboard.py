@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from prontodb.protocol import ProntoError
 from ..engine import DEAD_PREFIX
 from ._access import Grant, Level, Need, check, token_matches
 from ._databases import OpenDatabase
+
+logger = logging.getLogger("prontodb.server")
 
 SAMPLE_EVERY = 5.0  # seconds between two depth samples
 SAMPLES = 120  # samples kept: 10 minutes of depths
@@ -88,10 +91,19 @@ class DepthHistory:
         return [{"cursor": c, "queue": q, "points": p} for (c, q), p in sorted(points.items())]
 
     async def run(self, snapshot: Callable[[], dict[str, Any]]) -> None:
-        """Sample every ``every`` seconds until cancelled (each sample costs one scrape)."""
+        """Sample every ``every`` seconds until cancelled (each sample costs one scrape). A
+        sample that fails is logged (the first of a run of failures) and skipped: the broker
+        serves on."""
+        failing = False
         while True:
-            figures = snapshot()
-            self.record(figures["time"], figures["databases"])
+            try:
+                figures = snapshot()
+                self.record(figures["time"], figures["databases"])
+                failing = False
+            except Exception:
+                if not failing:
+                    logger.exception("dashboard: a depth sample failed")
+                failing = True
             await trio.sleep(self.every)
 
 
