@@ -8,6 +8,9 @@ In-process brokers in the test's trio run; the HTTP requests go over real TCP so
 
 from __future__ import annotations
 
+import logging
+import socket
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -244,3 +247,34 @@ async def test_connections_past_the_cap_are_answered_503() -> None:
                 break
         assert got[0] == 200
         nursery.cancel_scope.cancel()
+
+
+async def test_a_streamed_answer_whose_client_resets_ends_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ended = trio.Event()
+
+    async def flood(request: HttpRequest) -> HttpResponse:
+        async def produce(write: Write) -> None:
+            try:
+                while True:  # more than the socket buffers take: a write is under way
+                    await write(b"data: " + b"x" * 65536 + b"\n\n")
+            finally:
+                ended.set()
+
+        return HttpResponse(200, content_type="text/event-stream", stream=produce)
+
+    async with trio.open_nursery() as nursery:
+        address = await serving(HttpServer({"/flood": flood}, server_name="t"), nursery)
+        host, _, port = address.rpartition(":")
+        stream = await trio.open_tcp_stream(host, int(port))
+        await stream.send_all(b"GET /flood HTTP/1.1\r\nhost: x\r\n\r\n")
+        with trio.fail_after(10):
+            assert b"200 OK" in await stream.receive_some(65536)
+        # Closed with unread data and no linger: the server's side is reset, not closed.
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await stream.aclose()
+        with trio.fail_after(10):
+            await ended.wait()
+        nursery.cancel_scope.cancel()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

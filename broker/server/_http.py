@@ -249,15 +249,22 @@ class HttpServer:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_until_client_goes, stream, nursery.cancel_scope)
 
-            async def write(chunk: bytes) -> None:
+            async def send(event: h11.Data | h11.EndOfMessage) -> None:
+                gone = False
                 with trio.move_on_after(self.send_timeout) as sending:
-                    await stream.send_all(conn.send(h11.Data(data=chunk)))
-                if sending.cancelled_caught:  # the client does not read: drop it
+                    try:
+                        await stream.send_all(conn.send(event))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        gone = True  # reset before the reader below saw it close
+                if gone or sending.cancelled_caught:  # gone, or it does not read: drop it
                     nursery.cancel_scope.cancel()
                     await trio.lowlevel.checkpoint()  # raises Cancelled: the producer ends
 
+            async def write(chunk: bytes) -> None:
+                await send(h11.Data(data=chunk))
+
             await produce(write)
-            await stream.send_all(conn.send(h11.EndOfMessage()))
+            await send(h11.EndOfMessage())
             nursery.cancel_scope.cancel()
 
     async def _send_error(
