@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from brokers import running_broker
+import trustme
+from brokers import BrokerProcess, running_broker
 
 from bench.browser import chromium, chromium_path
 from prontodb.broker.database import Database
@@ -38,6 +39,10 @@ def _browser_or_skip() -> Any:
             pytest.fail(missing)
         pytest.skip(missing)
     return sync_playwright
+
+
+def admin_token(broker: BrokerProcess) -> str:
+    return (broker.data_dir / "admin.token").read_text().strip()
 
 
 def cell(page: Any, queue: str, field: str) -> str:
@@ -149,3 +154,59 @@ def test_the_page_shows_the_fleet_and_follows_its_changes(tmp_path: Path, short_
             page.screenshot(path=str(tmp_path / "dashboard-after-restart.png"), full_page=True)
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000
     print(f"browser test: {time.monotonic() - started:.1f} s; screenshots in {tmp_path}")
+
+
+def test_off_loopback_the_page_takes_its_token_from_the_fragment(
+    tmp_path: Path, short_dir: Path
+) -> None:
+    sync_playwright = _browser_or_skip()
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.2")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    # 127.0.0.2: a loopback address the broker does not count as one, so the rules off loopback
+    # apply (TLS, tokens) and no packet leaves the machine.
+    tls = ["--tls-cert", str(cert_file), "--tls-key", str(key_file)]
+    extra = ["--http", "127.0.0.2:0", *tls]
+    with (
+        running_broker(tmp_path / "data", short_dir / "b.sock", extra=extra) as broker,
+        chromium(tmp_path / "profile") as browser,
+        sync_playwright() as pw,
+    ):
+        assert broker.http is not None
+        with Client.connect(broker.url, user="admin", token=admin_token(broker)) as admin:
+            viewer = admin.user_add("viewer")
+            admin.grant("viewer", "read", cursor="default", prefix="jobs")
+            admin.set("jobs.a", 1)
+            admin.set("secret.b", 2)
+        context = pw.chromium.connect_over_cdp(browser.endpoint).new_context(
+            ignore_https_errors=True  # the test's own CA: the browser does not know it
+        )
+        page = context.new_page()
+        base = f"https://{broker.http}/"
+        page.goto(f"{base}?cursor=default&prefix=jobs#token={viewer}")
+        page.wait_for_selector("#status[data-state=live]", timeout=WAIT)
+        assert page.url == f"{base}?cursor=default&prefix=jobs"  # the token left the address
+        assert "viewing as viewer" in page.text_content("#broker")
+        page.wait_for_selector("#stream-state[data-state=live]", timeout=WAIT)
+        with Client.connect(broker.url, user="admin", token=admin_token(broker)) as admin:
+            admin.set("jobs.b", 2)
+        page.wait_for_selector('#events tr[data-key="jobs.b"]', timeout=WAIT)
+        # A prefix the user may not read: refused, and the page says why.
+        page.fill("#stream-prefix", "secret")
+        page.click("#stream-form button")
+        page.wait_for_selector("#stream-state[data-state=refused]", timeout=WAIT)
+        assert "viewer needs read on cursor default, prefix secret" in page.text_content(
+            "#stream-state"
+        )
+        # Without the token (a new tab of another session), nothing but the refusal shows.
+        stranger = (
+            pw.chromium.connect_over_cdp(browser.endpoint)
+            .new_context(ignore_https_errors=True)
+            .new_page()
+        )
+        stranger.goto(base)
+        stranger.wait_for_selector("#status[data-state=error]", timeout=WAIT)
+        assert "wants a token" in stranger.text_content("#status")
+        page.screenshot(path=str(tmp_path / "dashboard-off-loopback.png"), full_page=True)
