@@ -33,6 +33,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -46,6 +47,10 @@ ROOT = Path(__file__).resolve().parent.parent
 TARGET = 0.03  # the most the scraped broker may lose against the one not scraped
 SCRAPE_EVERY = 1.0
 PACKAGES = ("protocol", "broker", "clients", "testing")
+
+
+def _cpu_sample(server: Server) -> Sample:
+    return Sample(server.cpu_seconds())
 
 
 @dataclass
@@ -141,7 +146,7 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, Runs], Scraper]:
                     "set",
                     args.clients,
                     args,
-                    lambda s=server: Sample(s.cpu_seconds()),
+                    partial(_cpu_sample, server),
                 )
                 cpu = result.cpu_us_per_op(result.server_cpu)
                 rates[name].rates.append(result.rate)

@@ -245,3 +245,25 @@ def test_a_claim_that_no_longer_holds_says_what_became_of_it() -> None:
     assert gone.value.code is ErrorCode.COMPARE_FAILED
     with pytest.raises(ProntoError, match=r"There is no item 'q\.never'"):
         engine.release("q.never", 1, writer="w2", now=20.0)
+
+
+def test_soonest_claims_lists_the_nearest_deadlines_first_within_a_limit() -> None:
+    e = filled("q.a", "q.b", "q.c")
+    a = e.claim("q", holder="w1", now=T0, lease=30).result
+    b = e.claim("q", holder="w2", now=T0, lease=10).result
+    e.claim("q", holder="w3", now=T0, lease=20)
+    assert a is not None
+    assert b is not None
+    e.release(b.key, b.token, writer="w2", now=T0)
+    again = e.claim("q", holder="w2", now=T0 + 1, lease=5).result
+    assert again is not None
+    listed = e.soonest_claims(2)
+    assert [(key, claim.holder, claim.lease, n) for key, claim, n in listed] == [
+        ("q.b", "w2", T0 + 6, 2),
+        ("q.c", "w3", T0 + 20, 1),
+    ]
+    assert len(e.soonest_claims(100)) == 3
+    assert [key for key, _, _ in e.soonest_claims(100, keep=lambda key: key != "q.b")] == [
+        "q.c",
+        "q.a",
+    ]

@@ -173,7 +173,8 @@ async def test_recipes_fences_and_own_grants_in_process(broker: BrokerProcess) -
         result = await client.call_tool(tool, arguments)
         assert not result.is_error, result.content
         assert result.structured_content is not None
-        return result.structured_content
+        content: dict[str, Any] = result.structured_content
+        return content
 
     try:
         async with anyio.create_task_group() as group:

@@ -8,7 +8,9 @@ In-process brokers in the test's trio run; the HTTP requests go over real TCP so
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+import socket
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from inprocess import running_broker
 from prometheus_client.parser import text_string_to_metric_families
 
 from prontodb.broker.server import ServerConfig
-from prontodb.broker.server._http import HttpRequest, HttpResponse, HttpServer
+from prontodb.broker.server._http import HttpRequest, HttpResponse, HttpServer, Write
 from prontodb.broker.storage import FsyncPolicy
 from prontodb.clients import AsyncClient
 
@@ -185,9 +187,10 @@ async def test_keep_alive_serves_several_requests_on_one_connection(short_dir: P
 
 
 async def serving(server: HttpServer, nursery: trio.Nursery) -> str:
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    sockets = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    listeners: list[trio.abc.Listener[Any]] = list(sockets)
     nursery.start_soon(server.serve, listeners)
-    host, port = listeners[0].socket.getsockname()[:2]
+    host, port = sockets[0].socket.getsockname()[:2]
     return f"{host}:{port}"
 
 
@@ -196,14 +199,14 @@ async def test_a_streamed_answer_goes_chunk_by_chunk_until_the_client_goes() -> 
     send_event, next_event = trio.open_memory_channel[int](0)
 
     async def events(request: HttpRequest) -> HttpResponse:
-        async def chunks() -> AsyncIterator[bytes]:
+        async def produce(write: Write) -> None:
             try:
                 async for n in next_event:  # as a watch's changes come
-                    yield f"data: {n}\n\n".encode()
+                    await write(f"data: {n}\n\n".encode())
             finally:
                 ended.set()
 
-        return HttpResponse(200, content_type="text/event-stream", stream=chunks)
+        return HttpResponse(200, content_type="text/event-stream", stream=produce)
 
     async with trio.open_nursery() as nursery:
         address = await serving(HttpServer({"/events": events}, server_name="t"), nursery)
@@ -247,3 +250,34 @@ async def test_connections_past_the_cap_are_answered_503() -> None:
                 break
         assert got[0] == 200
         nursery.cancel_scope.cancel()
+
+
+async def test_a_streamed_answer_whose_client_resets_ends_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ended = trio.Event()
+
+    async def flood(request: HttpRequest) -> HttpResponse:
+        async def produce(write: Write) -> None:
+            try:
+                while True:  # more than the socket buffers take: a write is under way
+                    await write(b"data: " + b"x" * 65536 + b"\n\n")
+            finally:
+                ended.set()
+
+        return HttpResponse(200, content_type="text/event-stream", stream=produce)
+
+    async with trio.open_nursery() as nursery:
+        address = await serving(HttpServer({"/flood": flood}, server_name="t"), nursery)
+        host, _, port = address.rpartition(":")
+        stream = await trio.open_tcp_stream(host, int(port))
+        await stream.send_all(b"GET /flood HTTP/1.1\r\nhost: x\r\n\r\n")
+        with trio.fail_after(10):
+            assert b"200 OK" in await stream.receive_some(65536)
+        # Closed with unread data and no linger: the server's side is reset, not closed.
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await stream.aclose()
+        with trio.fail_after(10):
+            await ended.wait()
+        nursery.cancel_scope.cancel()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

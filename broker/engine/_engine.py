@@ -830,6 +830,19 @@ class Engine:
             if k in self._book.claims
         ]
 
+    def soonest_claims(
+        self, limit: int, keep: Callable[[str], bool] | None = None
+    ) -> list[tuple[str, Claim, int]]:
+        """At most ``limit`` held claims (of the keys ``keep`` keeps, if given), the soonest lease
+        deadline first, each with how many times its item was handed out: one pass over the
+        claims, not over the keys."""
+        book = self._book
+        items: Iterable[tuple[str, Claim]] = book.claims.items()
+        if keep is not None:
+            items = (kc for kc in items if keep(kc[0]))
+        held = heapq.nsmallest(limit, items, key=lambda kc: (kc[1].lease, kc[0]))
+        return [(key, claim, book.deliveries.get(key, 0)) for key, claim in held]
+
     def queues(
         self, prefix: str | None = None, now: float | None = None
     ) -> dict[str, dict[str, Any]]:

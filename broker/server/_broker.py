@@ -233,6 +233,8 @@ class Broker:
             snapshot=self.snapshot,
             not_ready=self._not_ready,
             users=(lambda: self.databases.catalog.users) if off_loopback else None,
+            databases=self.databases,
+            stats=self.stats,
         )
         with scope:
             await server.serve(self._http)

@@ -53,14 +53,15 @@ EMPTY = Engine()
 
 
 class FanOutCache:
-    """Watch pushes already encoded, by (prefix, start revision), valid while the durable
-    revision is ``durable``: the watchers of one fan-out share them (see _watches.encoded)."""
+    """Watch pushes already encoded, by (flavour, prefix, start revision), valid while the
+    durable revision is ``durable``: the watchers of one fan-out share them (see
+    _watches.encoded; the flavour is the encoding: msgpack, or the dashboard's events)."""
 
     __slots__ = ("durable", "entries")
 
     def __init__(self) -> None:
         self.durable = -1
-        self.entries: dict[tuple[str, int], tuple[list[tuple[bytes, int]], int]] = {}
+        self.entries: dict[tuple[str, str, int], tuple[list[tuple[bytes, int]], int]] = {}
 
 
 class WatchPosition:

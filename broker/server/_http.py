@@ -2,9 +2,10 @@
 
 h11 (by trio's authors) is the protocol alone: it parses and frames, and this module does the I/O,
 so the server runs in the broker's own trio loop and nursery, with no second event loop or thread
-(hypercorn's trio worker would bring a whole ASGI stack for three routes). Routes are exact paths
-mapped to handlers; a handler answers with a body, or with a stream of chunks it sends until it
-ends or the client goes (what Server-Sent Events need). Everything a client can make it hold is
+(hypercorn's trio worker would bring a whole ASGI stack for a few routes). Routes are exact paths
+mapped to handlers; a handler answers with a body, or with a producer that writes chunks until it
+returns or the client goes (what Server-Sent Events need): each write waits for the socket, so
+the client's reading sets the producer's pace and nothing queues in between. Everything a client can make it hold is
 bounded: the request head's size, the body's, the connections at once, the time to send a request
 and to take an answer.
 """
@@ -12,7 +13,7 @@ and to take an answer.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -49,16 +50,21 @@ class HttpRequest:
         return token.strip() or None if scheme.lower() == "bearer" else None
 
 
+# Sends one chunk of a streamed answer; returns once the socket took it (a client that takes
+# none for ``send_timeout`` is dropped: the producer is cancelled).
+Write = Callable[[bytes], Awaitable[None]]
+
+
 @dataclass(slots=True)
 class HttpResponse:
-    """An answer: ``body``, or the chunks ``stream()`` yields (sent as they come, chunked,
-    until it ends or the client goes; the connection closes after it)."""
+    """An answer: ``body``, or the chunks ``stream(write)`` writes (sent as they come, chunked,
+    until it returns or the client goes, which cancels it; the connection closes after it)."""
 
     status: int
     body: bytes = b""
     content_type: str = "text/plain; charset=utf-8"
     headers: list[tuple[str, str]] = field(default_factory=list)
-    stream: Callable[[], AsyncIterator[bytes]] | None = None
+    stream: Callable[[Write], Awaitable[None]] | None = None
 
 
 Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
@@ -235,19 +241,30 @@ class HttpServer:
         self,
         stream: trio.abc.Stream,
         conn: h11.Connection,
-        chunks: Callable[[], AsyncIterator[bytes]],
+        produce: Callable[[Write], Awaitable[None]],
     ) -> None:
-        """Send each chunk as it comes, until the stream ends or the client goes (closes, or
-        sends anything: it gets no more requests served on this connection)."""
+        """Send each chunk ``produce`` writes, until it returns or the client goes (closes, or
+        sends anything: it gets no more requests served on this connection); either way
+        ``produce`` is over when this returns."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_until_client_goes, stream, nursery.cancel_scope)
-            async for chunk in chunks():
+
+            async def send(event: h11.Data | h11.EndOfMessage) -> None:
+                gone = False
                 with trio.move_on_after(self.send_timeout) as sending:
-                    await stream.send_all(conn.send(h11.Data(data=chunk)))
-                if sending.cancelled_caught:
-                    break  # the client does not read: drop it
-            else:
-                await stream.send_all(conn.send(h11.EndOfMessage()))
+                    try:
+                        await stream.send_all(conn.send(event))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        gone = True  # reset before the reader below saw it close
+                if gone or sending.cancelled_caught:  # gone, or it does not read: drop it
+                    nursery.cancel_scope.cancel()
+                    await trio.lowlevel.checkpoint()  # raises Cancelled: the producer ends
+
+            async def write(chunk: bytes) -> None:
+                await send(h11.Data(data=chunk))
+
+            await produce(write)
+            await send(h11.EndOfMessage())
             nursery.cancel_scope.cancel()
 
     async def _send_error(

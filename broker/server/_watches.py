@@ -84,6 +84,7 @@ async def stream(
     *,
     position: WatchPosition,
     announced: bool = False,
+    flavour: str = "msgpack",
 ) -> None:
     """Send ``db``'s changes under ``prefix`` from ``next_rev`` on, as they become durable, until
     cancelled (returns nothing then) or cut off (raises ``overflow`` or ``unavailable``).
@@ -92,7 +93,9 @@ async def stream(
     caller ``announced`` it already: a watch waiting for its database to exist). Watchers at
     the same revision with the same prefix share one reading and encoding of their pushes
     (:func:`encoded`): a fan-out to many watchers does that work once. ``position`` follows
-    what has been sent (the metrics' watcher lag)."""
+    what has been sent (the metrics' watcher lag). ``flavour`` names what ``pack`` makes (the
+    protocol's msgpack, the dashboard's server-sent events): only watchers of one flavour share
+    encodings."""
     if not announced:
         await send(pack(in_place(next_rev, db.durable_rev)), next_rev)
     told = next_rev  # the resume point the watcher last heard of
@@ -120,7 +123,7 @@ async def stream(
                 "state (scan), watch from there, and read faster or watch a narrower prefix.",
                 {"next_rev": next_rev, "oldest_rev": history.first},
             )
-        messages, next_rev = encoded(db, prefix, next_rev, durable, pack)
+        messages, next_rev = encoded(db, prefix, next_rev, durable, pack, flavour)
         for packed, resume in messages:
             await send(packed, resume)
             told = position.next_rev = resume
@@ -139,14 +142,16 @@ def replaced(revision: int) -> ProntoError:
     )
 
 
-def encoded(db: OpenDatabase, prefix: str, start: int, durable: int, pack: Pack) -> Encoded:
+def encoded(
+    db: OpenDatabase, prefix: str, start: int, durable: int, pack: Pack, flavour: str = "msgpack"
+) -> Encoded:
     """The pushes for the changes under ``prefix`` from ``start`` up to ``durable``, read and
-    encoded once per durable revision for all the watchers that ask the same."""
+    encoded once per durable revision for all the watchers that ask the same of ``flavour``."""
     cache = db.fanout
     if cache.durable != durable:
         cache.durable = durable
         cache.entries.clear()
-    key = (prefix, start)
+    key = (flavour, prefix, start)
     found = cache.entries.get(key)
     if found is None:
         batches, next_rev = db.engine.history.read(
