@@ -226,9 +226,9 @@ def report(
         total = loss("scraped", "before")
         lines.append(
             f"- Counting on the hot path (requests by op and code, their latency, fsyncs, group "
-            f"commits): {100 * counting:+.1f}% of the throughput against the code before, "
+            f"commits): {100 * counting:+.1f}% of the throughput lost against the code before, "
             f"{cpu['counting'] - cpu['before']:+.1f} µs of server CPU per set; counting and "
-            f"scraping together: {100 * total:+.1f}%."
+            f"scraping together: {100 * total:+.1f}% lost."
         )
     added = hot_path_ns()
     lines.append(
