@@ -38,7 +38,7 @@ def test_the_verdict_is_the_median_of_each_rounds_loss() -> None:
     assert "| before the metrics (`abc123`) | 1,500 | 1,000, 2,000 | 100.0 |" in text
     assert "Scraping every second: +2.5% of the set throughput lost" in text
     assert "**met**" in text
-    assert "+1.0% of the throughput against the code before" in text
+    assert "+1.0% of the throughput lost against the code before" in text
     runs["scraped"] = Runs([900.0, 1800.0], [110.0, 110.0])
     assert "**not met**" in report(runs, Scraper("http://x"), args(), INFO)
 
