@@ -48,8 +48,7 @@ import os
 import stat
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import anyio
 import anyio.lowlevel
@@ -86,7 +85,20 @@ async def fd_transport(
         yield LineReader(read_fd, writer, max_line), writer
 
 
-class LineReader:
+class _ClosedOnExit:
+    """``async with`` a stream closes it on the way out, as anyio's streams do."""
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class LineReader(_ClosedOnExit):
     """The read stream: a message for each line (or the ``ValidationError`` of a line that is
     not one, after it was answered); ends at end of input."""
 
@@ -196,19 +208,8 @@ class LineReader:
         except anyio.EndOfStream:
             raise StopAsyncIteration from None
 
-    async def __aenter__(self) -> LineReader:
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-
-class LineWriter:
+class LineWriter(_ClosedOnExit):
     """The write stream: each message as one line, written whole before the next one starts."""
 
     def __init__(self, fd: int) -> None:
@@ -253,17 +254,6 @@ class LineWriter:
         """Refuse further messages (the descriptor stays open: the transport owns it)."""
         self._closed = True
         await anyio.lowlevel.checkpoint()
-
-    async def __aenter__(self) -> LineWriter:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 def _error(request_id: types.RequestId | None, code: int, message: str) -> SessionMessage:
