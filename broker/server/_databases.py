@@ -301,8 +301,10 @@ class OpenDatabase:
             and not self.retired
             and self.failure is None
             and not self._in_thread
-            and trio.lowlevel.current_statistics().tasks_runnable <= 1
+            # The one-syscall question first: with many clients input is mostly waiting, and
+            # trio's statistics walk every registered socket (~4 µs a set at 50 clients).
             and not input_waiting()
+            and trio.lowlevel.current_statistics().tasks_runnable <= 1
         ):
             self.flush_now()
 
