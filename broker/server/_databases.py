@@ -454,6 +454,7 @@ class Databases:
         # Every request names its database's directory: building and hashing a fresh Path for
         # it each time cost more than the rest of a small request's lookup.
         self._paths: dict[str, Path] = {}
+        self._by_name: dict[str, Path] = {}  # an undefined cursor's name -> its directory
         self._opening: dict[Path, trio.Event] = {}
         # Databases refused as damaged, with what their directory looked like then: the same
         # refusal is given again, without re-reading the log, until a file there changes.
@@ -484,7 +485,12 @@ class Databases:
 
     def directory(self, name: str) -> Path:
         """Where the database of an undefined cursor ``name`` lives."""
-        return self._path(f"{self.data_dir}/{name}.db")
+        path = self._by_name.get(name)  # no string to build per request
+        if path is None:
+            if len(self._by_name) >= _PATHS_KEPT:
+                self._by_name.clear()
+            path = self._by_name[name] = self._path(f"{self.data_dir}/{name}.db")
+        return path
 
     def locate(self, name: str, user: str) -> Path:
         """The directory cursor ``name`` means for ``user``: its definition's, else the default."""
