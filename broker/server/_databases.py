@@ -512,6 +512,12 @@ class Databases:
         """The database open at ``directory``, if one is."""
         return self._open.get(directory)
 
+    def open_now(self, name: str, user: str) -> OpenDatabase | None:
+        """:meth:`get`'s answer when it needs no wait: the database cursor ``name`` means for
+        ``user``, if it is open and its writer has not failed; else None (then ``get``)."""
+        db = self._open.get(self.locate(name, user))
+        return db if db is not None and db.failure is None else None
+
     async def get(self, name: str, *, create: bool, user: str = "") -> OpenDatabase | None:
         """The database cursor ``name`` means for ``user``, opening it if needed; None if it
         does not exist and ``create`` is false. Two cursors bound to one directory share it."""
