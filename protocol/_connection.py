@@ -6,7 +6,7 @@ import enum
 
 import msgpack
 
-from ._codec import WireError, pack, unpack
+from ._codec import WireError, pack, packer, unpack
 from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from ._framing import FrameReader, frame
 from ._limits import UINT64_MAX, Limits
@@ -23,6 +23,7 @@ from ._messages import (
     Welcome,
     decode,
 )
+from ._messages import _check_uint as check_uint
 from ._named_tuple import NamedTuple
 
 TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
@@ -150,6 +151,7 @@ class Connection:
         self._in_flight: set[int] = set()
         self._sent = 0
         self._received = 0
+        self._packb = packer()
 
     @property
     def buffered_bytes(self) -> int:
@@ -277,8 +279,13 @@ class Connection:
             )
         try:
             wire = message.to_wire()
-            decode(wire)  # the shape checks the peer will make; ids are now known to be ints
-            return frame(pack(wire, self.limits), self.limits.max_frame_size)
+            if type(message) is Response and message.error is None:
+                # The one check a successful Response's shape needs (its result is any value,
+                # which pack checks): most of what a broker sends, so no full decode for it.
+                check_uint(message.id, "Response id")
+            else:
+                decode(wire)  # the shape checks the peer will make; ids are now known to be ints
+            return frame(pack(wire, self.limits, self._packb), self.limits.max_frame_size)
         except WireError as exc:
             raise LocalProtocolError(exc.code, exc.message) from None
 

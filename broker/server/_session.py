@@ -383,8 +383,12 @@ class Session(SessionClaims, SessionWatches, SessionRecipes):
 
     async def _run_database_op(self, spec: OpSpec, request: Request) -> Answer:
         ctx = self.ctx
-        db = await ctx.databases.get(self._cursor(request), create=spec.creates, user=self.user)
-        self._authorize(request)
+        # Most requests find their database open: no await, so nothing could have changed the
+        # grants since _dispatch checked them.
+        db = ctx.databases.open_now(self._cursor(request), self.user)
+        if db is None:
+            db = await ctx.databases.get(self._cursor(request), create=spec.creates, user=self.user)
+            self._authorize(request)  # opening can take seconds: a revoke meanwhile counts
         call = Call(request.args, self.user, ctx.clock(), self.number)
         run = spec.handler
         if db is None:  # nobody has written this database yet: it reads as empty
