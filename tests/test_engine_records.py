@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from prontodb.broker.engine import Applied, Engine, OpKind, Record, RecordKind, ReplayError, TxnOp
+from prontodb.broker.engine._history import encode_batch
+from prontodb.broker.engine._records import SnapshotHistory, pack
 
 W: dict[str, Any] = {"writer": "w", "now": 100.0}
 
@@ -90,7 +92,7 @@ STEPS: list[tuple[str, Callable[[Engine], Applied[Any]], list[tuple[int, str]]]]
 ]
 
 SNAPSHOT_HEAD = [
-    (RecordKind.SNAPSHOT_META, "93010f02"),
+    (RecordKind.SNAPSHOT_META, "93020f02"),
     (
         RecordKind.SNAPSHOT_ENTRIES,
         "9297a3712e6a010e0e01a177cb405bc0000000000097a17a010d0d01a177cb405bc00000000000",
@@ -146,6 +148,36 @@ def test_a_snapshot_has_the_bytes_format_md_gives_and_replays_to_the_same_state(
     assert hexed(snapshot[: len(SNAPSHOT_HEAD)]) == SNAPSHOT_HEAD
     assert [kind for kind, _ in snapshot[len(SNAPSHOT_HEAD) :]] == [RecordKind.SNAPSHOT_HISTORY]
     assert state(Engine.restore(snapshot)) == state(engine)
+
+
+def test_the_history_refers_to_live_entries_and_shares_them_when_restored() -> None:
+    engine, _ = lived()
+    engine.set("q.j", 7, **W)
+    engine.set("q.j", 8, **W)  # the history's first entry of q.j is written out, the second not
+    history = [p for kind, p in engine.snapshot() if kind == RecordKind.SNAPSHOT_HISTORY]
+    assert "94a3707574a3712e6aa177c3" in history[0].hex()  # [put, q.j, w, true]
+    restored = Engine.restore(engine.snapshot())
+    assert state(restored) == state(engine)
+    last = restored.history.batches()[-1].changes[0]
+    assert last.entry is restored.get("q.j")
+
+
+def test_a_format_1_snapshot_with_every_history_entry_written_out_still_opens() -> None:
+    engine, _ = lived()
+    engine.set("q.j", 7, **W)
+    old = [(k, p) for k, p in engine.snapshot() if k != RecordKind.SNAPSHOT_HISTORY]
+    assert old[0] == (RecordKind.SNAPSHOT_META, bytes.fromhex("93021002"))
+    old[0] = (RecordKind.SNAPSHOT_META, bytes.fromhex("93011002"))
+    batches = engine.history.batches()
+    old.append(SnapshotHistory.join(engine.history.first, [pack(encode_batch(b)) for b in batches]))
+    assert "c3" not in old[-1][1].hex()[-40:]
+    assert state(Engine.restore(old)) == state(engine)
+
+
+def test_a_reference_to_a_live_entry_the_snapshot_lacks_is_refused() -> None:
+    chunk = SnapshotHistory.join(1, [pack([1, 100.0, [["put", "gone", "w", True]]])])
+    with pytest.raises(ReplayError, match="gone"):
+        Engine.restore([(RecordKind.SNAPSHOT_META, bytes.fromhex("93020100")), chunk])
 
 
 def test_the_log_replays_to_the_same_state() -> None:
@@ -220,7 +252,7 @@ SESSION_STEPS: list[tuple[str, Callable[[Engine], Applied[Any]], list[tuple[int,
 ]
 
 SESSION_SNAPSHOT = [
-    (RecordKind.SNAPSHOT_META, "93010502"),
+    (RecordKind.SNAPSHOT_META, "93020502"),
     (
         RecordKind.SNAPSHOT_ENTRIES,
         "9297a16301040401a177cb405900000000000097a16402050501a177cb405a000000000000",
@@ -266,6 +298,9 @@ def test_a_snapshot_with_sessions_has_the_bytes_format_md_gives_and_replays() ->
 def test_the_history_keeps_eight_fields_for_a_key_without_a_session() -> None:
     engine, _ = lived_sessions()
     engine.set("plain", 1, **W)
+    # Written again, so that the history's entries are not the live ones (those go by reference).
+    engine.set("d", 3, session=4, **W)
+    engine.set("plain", 2, **W)
     history = [
         payload for kind, payload in engine.snapshot() if kind == RecordKind.SNAPSHOT_HISTORY
     ]

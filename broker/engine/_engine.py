@@ -135,6 +135,7 @@ class Engine:
         self._entries: dict[str, Entry] = {}
         self._index: SortedList = SortedList()
         self._loading = False
+        self._names: dict[str, str] = {}  # users met by replay, one string object each
         # TTL: a heap of (deadline, key), pruned lazily (an entry whose key no longer has that
         # deadline is skipped when it surfaces), and the default TTL of each cache prefix.
         self._deadlines: list[tuple[float, str]] = []
@@ -1014,6 +1015,7 @@ class Engine:
                 throw(exc)
             raise
         engine._loading = False
+        engine._names = {}
         # One sort instead of a million inserts (and snapshots come in key order, so it is cheap).
         engine._index = SortedList(engine._entries)
         engine._rebuild_deadlines()
@@ -1044,7 +1046,7 @@ class Engine:
 
     def _replay_put(self, record: rec.Put | rec.PutTtl | rec.PutSession) -> None:
         rev = self._follows(record.rev)
-        key, writer = record.key, record.writer
+        key, writer = record.key, self._names.setdefault(record.writer, record.writer)
         entry = self._replay_entry(key, record, rev, writer, record.time)
         self._replayed(rev, [Change(rev, ChangeKind.PUT, key, entry, writer)], record.time)
 
@@ -1106,7 +1108,7 @@ class Engine:
 
     def _replay_put_item(self, record: rec.PutItem) -> None:
         rev = self._follows(record.rev)
-        key, writer = record.key, record.writer
+        key, writer = record.key, self._names.setdefault(record.writer, record.writer)
         entry = self._replay_entry(key, record, rev, writer, record.time)
         self._configure(key, entry, record.priority, record.not_before, list(record.after))
         self._replayed(rev, [Change(rev, ChangeKind.PUT, key, entry, writer)], record.time)
@@ -1172,7 +1174,7 @@ class Engine:
                 self._caches[prefix] = seconds
 
     def _replay_snapshot_meta(self, record: rec.SnapshotMeta) -> None:
-        if record.format != rec.SNAPSHOT_FORMAT:
+        if record.format not in rec.SNAPSHOT_FORMATS:
             raise ReplayError(f"snapshot format {record.format} is not one this version reads")
         if self._entries or self.revision:
             raise ReplayError("a snapshot must come first in the log")
@@ -1201,7 +1203,7 @@ class Engine:
         book.delayed.update(record.delayed)
 
     def _replay_snapshot_history(self, record: rec.SnapshotHistory) -> None:
-        self.history.load(record.first, record.batches)
+        self.history.load(record.first, record.decoded(self._entries, self._names))
 
     def _replay_snapshot_sessions(self, record: rec.SnapshotSessions) -> None:
         self._sessions.load(record.next_id, record.sessions)
@@ -1274,6 +1276,7 @@ class Engine:
             items,
             queues,
             {user: q.as_map() for user, q in self._quotas.items()},
+            entries,
         )
 
     def rebase(self, revision: int, next_session: int = 1) -> None:

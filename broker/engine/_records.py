@@ -12,7 +12,7 @@ replay never needs the state before it, and a snapshot is just more records.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import msgpack
@@ -67,7 +67,9 @@ TXN_PUT = 1
 TXN_DELETE = 2
 TXN_PUT_TTL = 3
 TXN_PUT_SESSION = 4
-SNAPSHOT_FORMAT = 1
+# 2: a history entry may be ``true``, the key's live entry (format 1 wrote every one out).
+SNAPSHOT_FORMAT = 2
+SNAPSHOT_FORMATS = (1, 2)  # what this version reads
 # A snapshot chunk closes at this many entries or bytes, whichever comes first: big enough that
 # replay is one unpackb call per thousand keys, small enough to stay far below the record limit.
 SNAPSHOT_CHUNK_ENTRIES = 1000
@@ -573,9 +575,22 @@ class SnapshotEntries(NamedTuple):
     def from_fields(cls, fields: list[Any]) -> SnapshotEntries:
         """The record a decoded payload describes. The hot loop of opening a big database: the
         entries are built here, once, with the size of each value's encoding."""
+        names: dict[str, str] = {}  # one string per user, not one per key
         return cls(
             [
-                (key, Entry(value, create_rev, mod_rev, version, writer, time, len(_pack(value))))
+                (
+                    key,
+                    Entry(
+                        value,
+                        create_rev,
+                        # A key written once: one int object for both revisions.
+                        create_rev if mod_rev == create_rev else mod_rev,
+                        version,
+                        names.setdefault(writer, writer),
+                        time,
+                        len(_pack(value)),
+                    ),
+                )
                 for key, value, create_rev, mod_rev, version, writer, time in fields
             ]
         )
@@ -642,15 +657,18 @@ class SnapshotClaims(NamedTuple):
 
 class SnapshotHistory(NamedTuple):
     """SNAPSHOT_HISTORY: a chunk of the watch history, oldest first; ``first`` is the oldest
-    revision the history holds whole. A batch's layout is :func:`encode_batch`'s."""
+    revision the history holds whole. A batch's layout is :func:`encode_batch`'s. Decoded, the
+    batches stay as their arrays: an entry may refer to the live entries, which only the engine
+    has (:meth:`decoded`)."""
 
     first: int
-    batches: list[Batch]
+    batches: list[Any]
 
     @staticmethod
-    def pack_item(batch: Batch) -> bytes:
-        """One batch's element of the chunk."""
-        return _pack(encode_batch(batch))
+    def pack_item(batch: Batch, live: Mapping[str, Entry] | None = None) -> bytes:
+        """One batch's element of the chunk (entries that are the key's in ``live`` by
+        reference)."""
+        return _pack(encode_batch(batch, live))
 
     @staticmethod
     def join(first: int, items: list[bytes]) -> Record:
@@ -659,14 +677,20 @@ class SnapshotHistory(NamedTuple):
         return RecordKind.SNAPSHOT_HISTORY, b"".join((*head, *items))
 
     def encode(self) -> Record:
-        """(kind, payload)."""
+        """(kind, payload), of batches given as :class:`Batch`."""
         return self.join(self.first, [self.pack_item(batch) for batch in self.batches])
+
+    def decoded(self, live: Mapping[str, Entry], names: dict[str, str]) -> list[Batch]:
+        """The batches, an entry given by reference being the key's in ``live``."""
+        return [decode_batch(batch, live, names) for batch in self.batches]
 
     @classmethod
     def from_fields(cls, fields: list[Any]) -> SnapshotHistory:
         """The record a decoded payload describes."""
         first, batches = fields
-        return cls(first, [decode_batch(batch) for batch in batches])
+        if not isinstance(batches, list):
+            raise TypeError("a history chunk's batches are a list")
+        return cls(first, batches)
 
 
 class SnapshotSessions(NamedTuple):
@@ -760,11 +784,12 @@ def encode_snapshot(
     items: list[tuple[str, int, list[str]]] | None = None,
     queues: dict[str, dict[str, Any]] | None = None,
     quotas: dict[str, dict[str, int]] | None = None,
+    live: Mapping[str, Entry] | None = None,
 ) -> Iterator[Record]:
     """The records of a snapshot: a META record, the entries in chunks, then the deadlines of
     the keys that have one and the caches (sections of their own, so that the entries, which
     every open reads, keep their compact shape), the claims, the sessions with their keys, and
-    the history."""
+    the history (its entries that are the key's in ``live`` by reference)."""
     yield SnapshotMeta(SNAPSHOT_FORMAT, revision, count).encode()
     expiring: list[tuple[str, float]] = []
     attached: list[tuple[str, int]] = []
@@ -785,7 +810,7 @@ def encode_snapshot(
             yield SnapshotAttached(attached[start : start + SNAPSHOT_CHUNK_ENTRIES]).encode()
     if history is not None and history[1]:
         first, batches = history
-        for chunk in _chunked(SnapshotHistory.pack_item(batch) for batch in batches):
+        for chunk in _chunked(SnapshotHistory.pack_item(batch, live) for batch in batches):
             yield SnapshotHistory.join(first, chunk)
 
 
