@@ -1191,6 +1191,16 @@ class Engine:
             live += _footprint(key, entry)
         self.live_bytes += live
 
+    def _replay_snapshot_columns(self, record: rec.SnapshotColumns) -> None:
+        # As _replay_snapshot_entries, in bulk: the footprints are summed column by column.
+        keys, chunk = record.keys, record.entries
+        self._entries.update(zip(keys, chunk, strict=True))
+        self.live_bytes += (
+            sum(map(len, keys))
+            + sum(len(e.writer) + e.size for e in chunk)
+            + _ENTRY_OVERHEAD * len(keys)
+        )
+
     def _replay_snapshot_expiring(self, record: rec.SnapshotExpiring) -> None:
         for key, expires in record.deadlines:
             self._store(key, self._entries[key]._replace(expires=expires))
@@ -1419,6 +1429,7 @@ _REPLAY: dict[type[Any], Callable[[Engine, Any], None]] = {
     rec.Cache: Engine._replay_cache,
     rec.SnapshotMeta: Engine._replay_snapshot_meta,
     rec.SnapshotEntries: Engine._replay_snapshot_entries,
+    rec.SnapshotColumns: Engine._replay_snapshot_columns,
     rec.SnapshotExpiring: Engine._replay_snapshot_expiring,
     rec.SnapshotCaches: Engine._replay_snapshot_caches,
     rec.SnapshotClaims: Engine._replay_snapshot_claims,

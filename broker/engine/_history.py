@@ -79,14 +79,25 @@ class History:
 
     def add(self, changes: Sequence[Change], time: float) -> None:
         """Keep ``changes`` (one operation's, in revision order) made at ``time``."""
-        if not changes:
+        if len(changes) == 1:  # most operations (and every replayed PUT): one change, one batch
+            change = changes[0]
+            self._batches.append(Batch(change.revision, time, (change,)))
+            self.bytes += change_cost(change)
+        elif changes:
+            start = 0
+            for i in range(1, len(changes) + 1):
+                if i == len(changes) or changes[i].revision != changes[start].revision:
+                    self._append(Batch(changes[start].revision, time, tuple(changes[start:i])))
+                    start = i
+        else:
             return
-        start = 0
-        for i in range(1, len(changes) + 1):
-            if i == len(changes) or changes[i].revision != changes[start].revision:
-                self._append(Batch(changes[start].revision, time, tuple(changes[start:i])))
-                start = i
-        self._prune(time)
+        limits = self.limits
+        if (
+            len(self._batches) - self._start > limits.revisions
+            or self.bytes > limits.bytes
+            or limits.seconds is not None
+        ):
+            self._prune(time)
 
     def load(self, first: int, batches: Iterable[Batch]) -> None:
         """Take batches a snapshot kept (oldest first), ahead of anything added later."""
@@ -216,7 +227,7 @@ def decode_batch(fields: list[Any], live: Mapping[str, Entry], names: dict[str, 
                 revision,
                 _KINDS.get(kind, kind),
                 key,
-                _decode_entry(key, entry, live, names),
+                live[key] if entry is True else _decode_entry(key, entry, live, names),
                 names.setdefault(by, by),
             )
             for kind, key, by, entry in changes
