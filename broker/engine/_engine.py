@@ -7,6 +7,7 @@ changes to publish. The engine is driven by one task at a time, which is where a
 
 from __future__ import annotations
 
+import collections
 import enum
 import heapq
 import itertools
@@ -136,6 +137,9 @@ class Engine:
         self._index: SortedList = SortedList()
         self._loading = False
         self._names: dict[str, str] = {}  # users met by replay, one string object each
+        # Replay's changes, newest last, and the revision of the newest it had to drop.
+        self._replayed_changes: collections.deque[tuple[list[Change], float]] = collections.deque()
+        self._dropped: int | None = None
         # TTL: a heap of (deadline, key), pruned lazily (an entry whose key no longer has that
         # deadline is skipped when it surfaces), and the default TTL of each cache prefix.
         self._deadlines: list[tuple[float, str]] = []
@@ -1004,6 +1008,7 @@ class Engine:
         """Rebuild an engine from its records in log order (a snapshot's first, if any)."""
         engine = cls(limits)
         engine._loading = True
+        engine._replayed_changes = collections.deque(maxlen=engine.limits.history.revisions)
         try:
             for kind, payload in records:
                 engine.apply_record(kind, payload)
@@ -1016,6 +1021,11 @@ class Engine:
             raise
         engine._loading = False
         engine._names = {}
+        if engine._dropped is not None:  # so were the snapshot's batches, which came before
+            engine.history.reset(engine._dropped + 1)
+        for changes, time in engine._replayed_changes:
+            engine.history.add(changes, time)
+        engine._replayed_changes.clear()
         # One sort instead of a million inserts (and snapshots come in key order, so it is cheap).
         engine._index = SortedList(engine._entries)
         engine._rebuild_deadlines()
@@ -1042,7 +1052,15 @@ class Engine:
 
     def _replayed(self, rev: int, changes: list[Change], time: float) -> None:
         self.revision = rev
-        self.history.add(changes, time)
+        if not self._loading:
+            self.history.add(changes, time)
+        elif changes:
+            # Kept aside, only the newest (the window cannot hold more): the history takes them
+            # when replay ends, so a long log does not build and prune a batch per record.
+            replayed = self._replayed_changes
+            if len(replayed) == replayed.maxlen:
+                self._dropped = replayed[0][0][0].revision
+            replayed.append((changes, time))
 
     def _replay_put(self, record: rec.Put | rec.PutTtl | rec.PutSession) -> None:
         rev = self._follows(record.rev)
