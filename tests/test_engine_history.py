@@ -341,13 +341,15 @@ def test_a_snapshot_restored_under_a_smaller_bytes_limit_claims_no_revision_it_l
     for i in range(3):
         d.do(d.engine.set(f"k.{i}", i, writer="u", now=T0 + i))
     d.do(d.engine.set("big", "x" * ((1 << 20) - 8), writer="u", now=T0 + 3))
+    # Overwritten, so that the history holds the big value itself (not the live entry's reference).
+    d.do(d.engine.set("big", 0, writer="u", now=T0 + 3.5))
     for i in range(3):
         d.do(d.engine.set(f"k.{i}", i, writer="u", now=T0 + 4 + i))
     snapshot = list(d.engine.snapshot())
     assert [k for k, _ in snapshot].count(RecordKind.SNAPSHOT_HISTORY) == 2
     smaller = EngineLimits(history=HistoryLimits(bytes=10_000))
     restored = Engine.restore(snapshot, smaller)
-    assert [b.revision for b in restored.history.batches()] == [5, 6, 7]
+    assert [b.revision for b in restored.history.batches()] == [5, 6, 7, 8]
     same_history(restored, Engine.restore(d.records, smaller))  # as replay of the log has it
     assert restored.history.first == 5  # not 1: revisions 1 to 4 are gone
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from typing import Any, TypedDict
 
 import pytest
@@ -429,7 +430,11 @@ def test_listing_arguments_are_checked(after: Any, limit: Any) -> None:
         (RecordKind.PUT, b"\xc1"),
         (RecordKind.TXN, b"\x94\x01\xa1w\x00\x91\x91\x07"),
         (99, b"\x94\x01\xa1w\x00\x90"),
-        (RecordKind.SNAPSHOT_META, b"\x93\x02\x00\x00"),
+        (RecordKind.SNAPSHOT_COLUMNS, b"not zlib"),
+        # one key, the other six columns empty
+        (RecordKind.SNAPSHOT_COLUMNS, zlib.compress(b"\x97\x91\xa1k" + b"\x90" * 6)),
+        (RecordKind.SNAPSHOT_COLUMNS, zlib.compress(b"\x97\x91\xa1k")[:-3]),  # cut short
+        (RecordKind.SNAPSHOT_META, b"\x93\x04\x00\x00"),  # a format from the future
     ],
 )
 def test_records_that_cannot_apply_raise_replay_error(record: tuple[int, bytes]) -> None:

@@ -3,12 +3,15 @@ them, so that no change to how records are built can change a database file unno
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from prontodb.broker.engine import Applied, Engine, OpKind, Record, RecordKind, ReplayError, TxnOp
+from prontodb.broker.engine._history import encode_batch
+from prontodb.broker.engine._records import SnapshotEntries, SnapshotHistory, pack
 
 W: dict[str, Any] = {"writer": "w", "now": 100.0}
 
@@ -90,10 +93,10 @@ STEPS: list[tuple[str, Callable[[Engine], Applied[Any]], list[tuple[int, str]]]]
 ]
 
 SNAPSHOT_HEAD = [
-    (RecordKind.SNAPSHOT_META, "93010f02"),
+    (RecordKind.SNAPSHOT_META, "93030f02"),
     (
-        RecordKind.SNAPSHOT_ENTRIES,
-        "9297a3712e6a010e0e01a177cb405bc0000000000097a17a010d0d01a177cb405bc00000000000",
+        RecordKind.SNAPSHOT_COLUMNS,
+        "9792a3712e6aa17a920101920e0d920e0d92010192a177a17792cb405bc00000000000cb405bc00000000000",
     ),
     (
         RecordKind.SNAPSHOT_EXPIRING,
@@ -108,7 +111,12 @@ SNAPSHOT_HEAD = [
 
 
 def hexed(records: list[Record]) -> list[tuple[int, str]]:
-    return [(kind, payload.hex()) for kind, payload in records]
+    """Each record's payload in hex; SNAPSHOT_COLUMNS' once inflated (what zlib's bytes are may
+    vary with its version; the msgpack inside may not)."""
+    return [
+        (kind, (zlib.decompress(payload) if kind == RecordKind.SNAPSHOT_COLUMNS else payload).hex())
+        for kind, payload in records
+    ]
 
 
 def lived() -> tuple[Engine, list[Record]]:
@@ -146,6 +154,47 @@ def test_a_snapshot_has_the_bytes_format_md_gives_and_replays_to_the_same_state(
     assert hexed(snapshot[: len(SNAPSHOT_HEAD)]) == SNAPSHOT_HEAD
     assert [kind for kind, _ in snapshot[len(SNAPSHOT_HEAD) :]] == [RecordKind.SNAPSHOT_HISTORY]
     assert state(Engine.restore(snapshot)) == state(engine)
+
+
+def test_the_history_refers_to_live_entries_and_shares_them_when_restored() -> None:
+    engine, _ = lived()
+    engine.set("q.j", 7, **W)
+    engine.set("q.j", 8, **W)  # the history's first entry of q.j is written out, the second not
+    history = [p for kind, p in engine.snapshot() if kind == RecordKind.SNAPSHOT_HISTORY]
+    assert "94a3707574a3712e6aa177c3" in history[0].hex()  # [put, q.j, w, true]
+    restored = Engine.restore(engine.snapshot())
+    assert state(restored) == state(engine)
+    last = restored.history.batches()[-1].changes[0]
+    assert last.entry is restored.get("q.j")
+
+
+def test_format_1_and_2_snapshots_still_open() -> None:
+    # Format 1: entries as SNAPSHOT_ENTRIES, every history entry written out; format 2: the
+    # same entries, history entries that are live ones by reference; 3: entries as columns.
+    engine, _ = lived()
+    engine.set("q.j", 7, **W)
+    new = list(engine.snapshot())
+    assert new[0] == (RecordKind.SNAPSHOT_META, bytes.fromhex("93031002"))
+    assert [k for k, _ in new].count(RecordKind.SNAPSHOT_ENTRIES) == 0
+    entries = SnapshotEntries(engine.scan()).encode()
+    sections = [(k, p) for k, p in new[1:] if k not in (21, RecordKind.SNAPSHOT_COLUMNS)]
+    batches = engine.history.batches()
+    first = engine.history.first
+    spelt_out = SnapshotHistory.join(first, [pack(encode_batch(b)) for b in batches])
+    by_reference = SnapshotHistory.join(
+        first, [pack(encode_batch(b, dict(engine.scan()))) for b in batches]
+    )
+    assert by_reference != spelt_out
+    for format_, history in ((1, spelt_out), (2, by_reference)):
+        meta = (RecordKind.SNAPSHOT_META, pack([format_, engine.revision, engine.count()]))
+        old = [meta, entries, *sections, history]
+        assert state(Engine.restore(old)) == state(engine), format_
+
+
+def test_a_reference_to_a_live_entry_the_snapshot_lacks_is_refused() -> None:
+    chunk = SnapshotHistory.join(1, [pack([1, 100.0, [["put", "gone", "w", True]]])])
+    with pytest.raises(ReplayError, match="gone"):
+        Engine.restore([(RecordKind.SNAPSHOT_META, bytes.fromhex("93020100")), chunk])
 
 
 def test_the_log_replays_to_the_same_state() -> None:
@@ -220,10 +269,10 @@ SESSION_STEPS: list[tuple[str, Callable[[Engine], Applied[Any]], list[tuple[int,
 ]
 
 SESSION_SNAPSHOT = [
-    (RecordKind.SNAPSHOT_META, "93010502"),
+    (RecordKind.SNAPSHOT_META, "93030502"),
     (
-        RecordKind.SNAPSHOT_ENTRIES,
-        "9297a16301040401a177cb405900000000000097a16402050501a177cb405a000000000000",
+        RecordKind.SNAPSHOT_COLUMNS,
+        "9792a163a16492010292040592040592010192a177a17792cb4059000000000000cb405a000000000000",
     ),
     (RecordKind.SNAPSHOT_SESSIONS, "9205929303a16fcb40140000000000009304a170cb401c000000000000"),
     (RecordKind.SNAPSHOT_ATTACHED, "9292a1630392a16404"),
@@ -266,6 +315,9 @@ def test_a_snapshot_with_sessions_has_the_bytes_format_md_gives_and_replays() ->
 def test_the_history_keeps_eight_fields_for_a_key_without_a_session() -> None:
     engine, _ = lived_sessions()
     engine.set("plain", 1, **W)
+    # Written again, so that the history's entries are not the live ones (those go by reference).
+    engine.set("d", 3, session=4, **W)
+    engine.set("plain", 2, **W)
     history = [
         payload for kind, payload in engine.snapshot() if kind == RecordKind.SNAPSHOT_HISTORY
     ]

@@ -7,6 +7,7 @@ changes to publish. The engine is driven by one task at a time, which is where a
 
 from __future__ import annotations
 
+import collections
 import enum
 import heapq
 import itertools
@@ -135,6 +136,10 @@ class Engine:
         self._entries: dict[str, Entry] = {}
         self._index: SortedList = SortedList()
         self._loading = False
+        self._names: dict[str, str] = {}  # users met by replay, one string object each
+        # Replay's changes, newest last, and the revision of the newest it had to drop.
+        self._replayed_changes: collections.deque[tuple[list[Change], float]] = collections.deque()
+        self._dropped: int | None = None
         # TTL: a heap of (deadline, key), pruned lazily (an entry whose key no longer has that
         # deadline is skipped when it surfaces), and the default TTL of each cache prefix.
         self._deadlines: list[tuple[float, str]] = []
@@ -1003,6 +1008,7 @@ class Engine:
         """Rebuild an engine from its records in log order (a snapshot's first, if any)."""
         engine = cls(limits)
         engine._loading = True
+        engine._replayed_changes = collections.deque(maxlen=engine.limits.history.revisions)
         try:
             for kind, payload in records:
                 engine.apply_record(kind, payload)
@@ -1014,6 +1020,12 @@ class Engine:
                 throw(exc)
             raise
         engine._loading = False
+        engine._names = {}
+        if engine._dropped is not None:  # so were the snapshot's batches, which came before
+            engine.history.reset(engine._dropped + 1)
+        for changes, time in engine._replayed_changes:
+            engine.history.add(changes, time)
+        engine._replayed_changes.clear()
         # One sort instead of a million inserts (and snapshots come in key order, so it is cheap).
         engine._index = SortedList(engine._entries)
         engine._rebuild_deadlines()
@@ -1040,11 +1052,19 @@ class Engine:
 
     def _replayed(self, rev: int, changes: list[Change], time: float) -> None:
         self.revision = rev
-        self.history.add(changes, time)
+        if not self._loading:
+            self.history.add(changes, time)
+        elif changes:
+            # Kept aside, only the newest (the window cannot hold more): the history takes them
+            # when replay ends, so a long log does not build and prune a batch per record.
+            replayed = self._replayed_changes
+            if len(replayed) == replayed.maxlen:
+                self._dropped = replayed[0][0][0].revision
+            replayed.append((changes, time))
 
     def _replay_put(self, record: rec.Put | rec.PutTtl | rec.PutSession) -> None:
         rev = self._follows(record.rev)
-        key, writer = record.key, record.writer
+        key, writer = record.key, self._names.setdefault(record.writer, record.writer)
         entry = self._replay_entry(key, record, rev, writer, record.time)
         self._replayed(rev, [Change(rev, ChangeKind.PUT, key, entry, writer)], record.time)
 
@@ -1106,7 +1126,7 @@ class Engine:
 
     def _replay_put_item(self, record: rec.PutItem) -> None:
         rev = self._follows(record.rev)
-        key, writer = record.key, record.writer
+        key, writer = record.key, self._names.setdefault(record.writer, record.writer)
         entry = self._replay_entry(key, record, rev, writer, record.time)
         self._configure(key, entry, record.priority, record.not_before, list(record.after))
         self._replayed(rev, [Change(rev, ChangeKind.PUT, key, entry, writer)], record.time)
@@ -1172,7 +1192,7 @@ class Engine:
                 self._caches[prefix] = seconds
 
     def _replay_snapshot_meta(self, record: rec.SnapshotMeta) -> None:
-        if record.format != rec.SNAPSHOT_FORMAT:
+        if record.format not in rec.SNAPSHOT_FORMATS:
             raise ReplayError(f"snapshot format {record.format} is not one this version reads")
         if self._entries or self.revision:
             raise ReplayError("a snapshot must come first in the log")
@@ -1189,6 +1209,16 @@ class Engine:
             live += _footprint(key, entry)
         self.live_bytes += live
 
+    def _replay_snapshot_columns(self, record: rec.SnapshotColumns) -> None:
+        # As _replay_snapshot_entries, in bulk: the footprints are summed column by column.
+        keys, chunk = record.keys, record.entries
+        self._entries.update(zip(keys, chunk, strict=True))
+        self.live_bytes += (
+            sum(map(len, keys))
+            + sum(len(e.writer) + e.size for e in chunk)
+            + _ENTRY_OVERHEAD * len(keys)
+        )
+
     def _replay_snapshot_expiring(self, record: rec.SnapshotExpiring) -> None:
         for key, expires in record.deadlines:
             self._store(key, self._entries[key]._replace(expires=expires))
@@ -1201,7 +1231,7 @@ class Engine:
         book.delayed.update(record.delayed)
 
     def _replay_snapshot_history(self, record: rec.SnapshotHistory) -> None:
-        self.history.load(record.first, record.batches)
+        self.history.load(record.first, record.decoded(self._entries, self._names))
 
     def _replay_snapshot_sessions(self, record: rec.SnapshotSessions) -> None:
         self._sessions.load(record.next_id, record.sessions)
@@ -1274,6 +1304,7 @@ class Engine:
             items,
             queues,
             {user: q.as_map() for user, q in self._quotas.items()},
+            entries,
         )
 
     def rebase(self, revision: int, next_session: int = 1) -> None:
@@ -1416,6 +1447,7 @@ _REPLAY: dict[type[Any], Callable[[Engine, Any], None]] = {
     rec.Cache: Engine._replay_cache,
     rec.SnapshotMeta: Engine._replay_snapshot_meta,
     rec.SnapshotEntries: Engine._replay_snapshot_entries,
+    rec.SnapshotColumns: Engine._replay_snapshot_columns,
     rec.SnapshotExpiring: Engine._replay_snapshot_expiring,
     rec.SnapshotCaches: Engine._replay_snapshot_caches,
     rec.SnapshotClaims: Engine._replay_snapshot_claims,

@@ -8,7 +8,7 @@ compaction does not shorten it (docs/FORMAT.md, "History").
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -79,14 +79,25 @@ class History:
 
     def add(self, changes: Sequence[Change], time: float) -> None:
         """Keep ``changes`` (one operation's, in revision order) made at ``time``."""
-        if not changes:
+        if len(changes) == 1:  # most operations (and every replayed PUT): one change, one batch
+            change = changes[0]
+            self._batches.append(Batch(change.revision, time, (change,)))
+            self.bytes += change_cost(change)
+        elif changes:
+            start = 0
+            for i in range(1, len(changes) + 1):
+                if i == len(changes) or changes[i].revision != changes[start].revision:
+                    self._append(Batch(changes[start].revision, time, tuple(changes[start:i])))
+                    start = i
+        else:
             return
-        start = 0
-        for i in range(1, len(changes) + 1):
-            if i == len(changes) or changes[i].revision != changes[start].revision:
-                self._append(Batch(changes[start].revision, time, tuple(changes[start:i])))
-                start = i
-        self._prune(time)
+        limits = self.limits
+        if (
+            len(self._batches) - self._start > limits.revisions
+            or self.bytes > limits.bytes
+            or limits.seconds is not None
+        ):
+            self._prune(time)
 
     def load(self, first: int, batches: Iterable[Batch]) -> None:
         """Take batches a snapshot kept (oldest first), ahead of anything added later."""
@@ -176,32 +187,65 @@ def change_cost(change: Change) -> int:
     return len(change.key) + _CHANGE_OVERHEAD + (0 if entry is None else entry.size)
 
 
-def encode_batch(batch: Batch) -> list[Any]:
+def encode_batch(batch: Batch, live: Mapping[str, Entry] | None = None) -> list[Any]:
     """A batch as a snapshot keeps it: ``[rev, time, [[kind, key, by, entry or nil], ...]]``,
-    entry = ``[value, create_rev, mod_rev, version, writer, time, size, expires(, session)]``."""
+    entry = ``[value, create_rev, mod_rev, version, writer, time, size, expires(, session)]``,
+    or ``true`` when it is the key's live entry in ``live`` (snapshot format 2): most recent
+    changes are the keys' current state, which the snapshot's entries hold already."""
     return [
         batch.revision,
         batch.time,
-        [[c.kind, c.key, c.by, _encode_entry(c.entry)] for c in batch.changes],
+        [[c.kind, c.key, c.by, _encode_entry(c.key, c.entry, live)] for c in batch.changes],
     ]
 
 
-def _encode_entry(entry: Entry | None) -> list[Any] | None:
+def _encode_entry(
+    key: str, entry: Entry | None, live: Mapping[str, Entry] | None
+) -> list[Any] | bool | None:
     """An entry's fields; the session only when there is one, so that every other entry keeps
     the eight fields older versions wrote (and read)."""
     if entry is None:
         return None
+    if live is not None and live.get(key) is entry:
+        return True
     return list(entry) if entry.session is not None else list(entry[:-1])
 
 
-def decode_batch(fields: list[Any]) -> Batch:
-    """The inverse of :func:`encode_batch`."""
+# Change kinds and users repeat over and over: one string object each, not one per change.
+_KINDS = {kind: kind for kind in ("put", "delete", "expire", "claim", "ack", "release")}
+
+
+def decode_batch(fields: list[Any], live: Mapping[str, Entry], names: dict[str, str]) -> Batch:
+    """The inverse of :func:`encode_batch`: ``true`` is the key's entry in ``live`` (the same
+    object, so the history costs no second copy); ``names`` interns the users."""
     revision, time, changes = fields
     return Batch(
         revision,
         time,
         tuple(
-            Change(revision, kind, key, None if entry is None else Entry(*entry), by)
+            Change(
+                revision,
+                _KINDS.get(kind, kind),
+                key,
+                live[key] if entry is True else _decode_entry(key, entry, live, names),
+                names.setdefault(by, by),
+            )
             for kind, key, by, entry in changes
         ),
     )
+
+
+def _decode_entry(
+    key: str, fields: list[Any] | bool | None, live: Mapping[str, Entry], names: dict[str, str]
+) -> Entry | None:
+    if fields is None:
+        return None
+    if fields is True:
+        entry = live.get(key)
+        if entry is None:
+            raise ValueError(f"the history refers to the live entry of {key!r}, which has none")
+        return entry
+    if not isinstance(fields, list):
+        raise TypeError(f"a history entry is a list, not {type(fields).__name__}")
+    value, create_rev, mod_rev, version, writer, *rest = fields
+    return Entry(value, create_rev, mod_rev, version, names.setdefault(writer, writer), *rest)

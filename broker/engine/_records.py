@@ -12,7 +12,10 @@ replay never needs the state before it, and a snapshot is just more records.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from functools import partial
+from itertools import repeat
 from typing import Any, NamedTuple, TypeVar
 
 import msgpack
@@ -53,6 +56,7 @@ class RecordKind(enum.IntEnum):
     SNAPSHOT_ITEMS = 24  # SnapshotItems
     SNAPSHOT_QUEUES = 25  # SnapshotQueues
     SNAPSHOT_QUOTAS = 26  # SnapshotQuotas
+    SNAPSHOT_COLUMNS = 27  # SnapshotColumns (format 3's entries; 17 before)
     PUT_ITEM = 32  # PutItem
     QUEUE_CONFIG = 33  # QueueConfig (no revision)
     QUOTA = 34  # QuotaRecord (no revision)
@@ -67,7 +71,10 @@ TXN_PUT = 1
 TXN_DELETE = 2
 TXN_PUT_TTL = 3
 TXN_PUT_SESSION = 4
-SNAPSHOT_FORMAT = 1
+# 2: a history entry may be ``true``, the key's live entry (format 1 wrote every one out).
+# 3: the entries as zlib-compressed columns (SNAPSHOT_COLUMNS, not SNAPSHOT_ENTRIES).
+SNAPSHOT_FORMAT = 3
+SNAPSHOT_FORMATS = (1, 2, 3)  # what this version reads
 # A snapshot chunk closes at this many entries or bytes, whichever comes first: big enough that
 # replay is one unpackb call per thousand keys, small enough to stay far below the record limit.
 SNAPSHOT_CHUNK_ENTRIES = 1000
@@ -573,12 +580,88 @@ class SnapshotEntries(NamedTuple):
     def from_fields(cls, fields: list[Any]) -> SnapshotEntries:
         """The record a decoded payload describes. The hot loop of opening a big database: the
         entries are built here, once, with the size of each value's encoding."""
+        names: dict[str, str] = {}  # one string per user, not one per key
         return cls(
             [
-                (key, Entry(value, create_rev, mod_rev, version, writer, time, len(_pack(value))))
+                (
+                    key,
+                    Entry(
+                        value,
+                        create_rev,
+                        # A key written once: one int object for both revisions.
+                        create_rev if mod_rev == create_rev else mod_rev,
+                        version,
+                        names.setdefault(writer, writer),
+                        time,
+                        len(_pack(value)),
+                    ),
+                )
                 for key, value, create_rev, mod_rev, version, writer, time in fields
             ]
         )
+
+
+# A decompressed SNAPSHOT_COLUMNS payload may take at most this much: a damaged or hostile file
+# cannot make the open inflate without bound (a chunk is at most about 1 MiB of entries).
+_MAX_COLUMNS_BYTES = 64 << 20
+_new_entry = partial(tuple.__new__, Entry)  # Entry(*fields) without the Python-level __new__
+
+
+class SnapshotColumns(NamedTuple):
+    """SNAPSHOT_COLUMNS: a chunk of live keys as columns, ``[keys, values, create_revs,
+    mod_revs, versions, writers, times]``, msgpack then zlib (deadlines and sessions come in
+    their own sections, as with SNAPSHOT_ENTRIES). Columns load in bulk: the entries are built
+    by C loops (map, zip) rather than one Python call per key, and sorted keys, repeated
+    writers, revisions and times compress well."""
+
+    keys: list[str]
+    entries: list[Entry]
+
+    @staticmethod
+    def join(keys: list[str], entries: list[Entry]) -> Record:
+        """The record of a chunk of keys and their entries."""
+        columns = [keys, *([e[i] for e in entries] for i in range(6))]
+        return RecordKind.SNAPSHOT_COLUMNS, zlib.compress(_pack(columns), 1)
+
+    def encode(self) -> Record:
+        """(kind, payload)."""
+        return self.join(self.keys, self.entries)
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> SnapshotColumns:
+        """The record a payload describes (decompressed here, so not through :func:`decode`)."""
+        inflate = zlib.decompressobj()
+        try:
+            packed = inflate.decompress(payload, _MAX_COLUMNS_BYTES)
+        except zlib.error as exc:
+            raise ValueError(f"the columns do not decompress ({exc})") from None
+        if inflate.unconsumed_tail or not inflate.eof:
+            raise ValueError("the columns are cut short or inflate past the bound")
+        keys, values, creates, mods, versions, writers, times = decode(packed)
+        count = len(keys)
+        if any(
+            len(column) != count for column in (values, creates, mods, versions, writers, times)
+        ):
+            raise ValueError("the columns differ in length")
+        shared: dict[Any, Any] = {}  # one object per repeated revision, user and time
+        share = shared.setdefault
+        entries = list(
+            map(
+                _new_entry,
+                zip(
+                    values,
+                    map(share, creates, creates),
+                    map(share, mods, mods),
+                    versions,
+                    map(share, writers, writers),
+                    map(share, times, times),
+                    map(len, map(_packer.pack, values)),
+                    repeat(None),
+                    repeat(None),
+                ),
+            )
+        )
+        return cls(keys, entries)
 
 
 class SnapshotExpiring(NamedTuple):
@@ -642,15 +725,18 @@ class SnapshotClaims(NamedTuple):
 
 class SnapshotHistory(NamedTuple):
     """SNAPSHOT_HISTORY: a chunk of the watch history, oldest first; ``first`` is the oldest
-    revision the history holds whole. A batch's layout is :func:`encode_batch`'s."""
+    revision the history holds whole. A batch's layout is :func:`encode_batch`'s. Decoded, the
+    batches stay as their arrays: an entry may refer to the live entries, which only the engine
+    has (:meth:`decoded`)."""
 
     first: int
-    batches: list[Batch]
+    batches: list[Any]
 
     @staticmethod
-    def pack_item(batch: Batch) -> bytes:
-        """One batch's element of the chunk."""
-        return _pack(encode_batch(batch))
+    def pack_item(batch: Batch, live: Mapping[str, Entry] | None = None) -> bytes:
+        """One batch's element of the chunk (entries that are the key's in ``live`` by
+        reference)."""
+        return _pack(encode_batch(batch, live))
 
     @staticmethod
     def join(first: int, items: list[bytes]) -> Record:
@@ -659,14 +745,20 @@ class SnapshotHistory(NamedTuple):
         return RecordKind.SNAPSHOT_HISTORY, b"".join((*head, *items))
 
     def encode(self) -> Record:
-        """(kind, payload)."""
+        """(kind, payload), of batches given as :class:`Batch`."""
         return self.join(self.first, [self.pack_item(batch) for batch in self.batches])
+
+    def decoded(self, live: Mapping[str, Entry], names: dict[str, str]) -> list[Batch]:
+        """The batches, an entry given by reference being the key's in ``live``."""
+        return [decode_batch(batch, live, names) for batch in self.batches]
 
     @classmethod
     def from_fields(cls, fields: list[Any]) -> SnapshotHistory:
         """The record a decoded payload describes."""
         first, batches = fields
-        return cls(first, [decode_batch(batch) for batch in batches])
+        if not isinstance(batches, list):
+            raise TypeError("a history chunk's batches are a list")
+        return cls(first, batches)
 
 
 class SnapshotSessions(NamedTuple):
@@ -760,16 +852,17 @@ def encode_snapshot(
     items: list[tuple[str, int, list[str]]] | None = None,
     queues: dict[str, dict[str, Any]] | None = None,
     quotas: dict[str, dict[str, int]] | None = None,
+    live: Mapping[str, Entry] | None = None,
 ) -> Iterator[Record]:
     """The records of a snapshot: a META record, the entries in chunks, then the deadlines of
     the keys that have one and the caches (sections of their own, so that the entries, which
     every open reads, keep their compact shape), the claims, the sessions with their keys, and
-    the history."""
+    the history (its entries that are the key's in ``live`` by reference)."""
     yield SnapshotMeta(SNAPSHOT_FORMAT, revision, count).encode()
     expiring: list[tuple[str, float]] = []
     attached: list[tuple[str, int]] = []
-    for chunk in _chunked(_entry_items(entries, expiring, attached)):
-        yield SnapshotEntries.join(chunk)
+    for keys, part in _column_chunks(entries, expiring, attached):
+        yield SnapshotColumns.join(keys, part)
     for start in range(0, len(expiring), SNAPSHOT_CHUNK_ENTRIES):
         yield SnapshotExpiring(expiring[start : start + SNAPSHOT_CHUNK_ENTRIES]).encode()
     if caches:
@@ -785,7 +878,7 @@ def encode_snapshot(
             yield SnapshotAttached(attached[start : start + SNAPSHOT_CHUNK_ENTRIES]).encode()
     if history is not None and history[1]:
         first, batches = history
-        for chunk in _chunked(SnapshotHistory.pack_item(batch) for batch in batches):
+        for chunk in _chunked(SnapshotHistory.pack_item(batch, live) for batch in batches):
             yield SnapshotHistory.join(first, chunk)
 
 
@@ -803,20 +896,30 @@ def _queue_sections(
         yield SnapshotQuotas(quotas).encode()
 
 
-def _entry_items(
+def _column_chunks(
     entries: Iterable[tuple[str, Entry]],
     expiring: list[tuple[str, float]],
     attached: list[tuple[str, int]],
-) -> Iterator[bytes]:
-    """Each entry's element, noting in ``expiring`` the deadlines and in ``attached`` the
-    sessions met on the way (one pass: the entries may be an iterator)."""
-    pack_item = SnapshotEntries.pack_item
+) -> Iterator[tuple[list[str], list[Entry]]]:
+    """The entries in chunks of at most SNAPSHOT_CHUNK_ENTRIES, closed once about
+    SNAPSHOT_CHUNK_BYTES of keys and values is reached, noting in ``expiring`` the deadlines and
+    in ``attached`` the sessions met on the way (one pass: the entries may be an iterator)."""
+    keys: list[str] = []
+    chunk: list[Entry] = []
+    size = 0
     for key, entry in entries:
-        yield pack_item(key, entry)
+        keys.append(key)
+        chunk.append(entry)
+        size += len(key) + entry.size
         if entry.expires is not None:
             expiring.append((key, entry.expires))
         if entry.session is not None:
             attached.append((key, entry.session))
+        if len(chunk) >= SNAPSHOT_CHUNK_ENTRIES or size >= SNAPSHOT_CHUNK_BYTES:
+            yield keys, chunk
+            keys, chunk, size = [], [], 0
+    if chunk:
+        yield keys, chunk
 
 
 def _chunked(items: Iterable[bytes]) -> Iterator[list[bytes]]:
@@ -857,6 +960,7 @@ LogRecord = (
     | PutSession
     | SnapshotMeta
     | SnapshotEntries
+    | SnapshotColumns
     | SnapshotExpiring
     | SnapshotCaches
     | SnapshotClaims
@@ -915,6 +1019,8 @@ def decode_record(kind: int, payload: bytes) -> LogRecord:
     """The typed record of a logged (kind, payload). Raises ReplayError for a kind this version
     does not know, and ValueError, TypeError, KeyError or IndexError for a payload of the wrong
     shape."""
+    if kind == RecordKind.SNAPSHOT_COLUMNS:
+        return SnapshotColumns.from_payload(payload)
     fields = decode(payload)
     build = _DECODERS.get(kind)
     if build is None:
