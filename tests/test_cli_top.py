@@ -86,7 +86,13 @@ def terminal(command: list[str], status_file: Path) -> Iterator[Terminal]:
     -a``) are written to ``status_file``. The tmux server is killed however the test ends."""
     assert TMUX is not None
     term = Terminal(f"pdb-top-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    shell = f"{subprocess.list2cmdline(command)}; echo status=$? >{status_file}; stty -a >>{status_file}"
+    # Written aside and renamed into place, so that a reader never sees the status without the
+    # terminal's mode after it.
+    partial = f"{status_file}.partial"
+    shell = (
+        f"{subprocess.list2cmdline(command)}; code=$?; stty -a >{partial}; "
+        f"echo status=$code >>{partial}; mv {partial} {status_file}"
+    )
     try:
         subprocess.run(
             [TMUX, "-L", term.name, "new-session", "-d", "-x", "160", "-y", "50", shell],
