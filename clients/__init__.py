@@ -11,7 +11,7 @@ Names load lazily, so ``import prontodb.clients`` (and the CLI) imports neither 
 
 from __future__ import annotations
 
-from importlib import import_module
+import sys
 
 from prontodb.protocol import (
     BadKey,
@@ -119,7 +119,9 @@ def __getattr__(name: str) -> Any:
     if where is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     module, attribute = where if isinstance(where, tuple) else (where, name)
-    value = getattr(import_module(module, __name__), attribute)
+    # __import__, not importlib.import_module: importlib (with warnings) costs the CLI's start.
+    __import__(__name__ + module)
+    value = getattr(sys.modules[__name__ + module], attribute)
     globals()[name] = value  # later lookups skip this function
     return value
 

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Sequence
 
 from . import _cli_commands as commands
 
-TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
+TYPE_CHECKING = False  # no typing (nor collections) import at run time: every start imports this
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
     from typing import Any
 
 

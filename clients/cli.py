@@ -13,10 +13,11 @@ Imports neither trio nor anyio: ``serve`` loads the broker only when it runs.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 
-TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
+# No typing (nor collections, which collections.abc imports) at run time: every start imports this.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import Any
 
     import click
