@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 
 from ._cli_commands import Globals, render, run, say, write, write_json
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import subprocess
     from collections.abc import Callable, Sequence
     from typing import Any
 
@@ -61,6 +61,9 @@ def supervise(
 ) -> int:
     """Run ``command`` with ``env`` added, renewing ``session`` every ``ttl``/3 seconds; CMD's
     exit status, or EXIT_LOST (CMD sent SIGTERM) once a renewal fails."""
+    # Here, not at the top: `unlock`, on the fast path, comes from this module too.
+    import subprocess
+
     from prontodb.protocol import ProntoError
 
     child_env = {**os.environ, **env}

@@ -57,6 +57,8 @@ def test_the_fast_path_runs_without_click_or_event_loops(
     prontodb_client.set("jobs.b", "y")
     held = prontodb_client.claim("jobs", lease=60)
     assert held is not None
+    lock = prontodb_client.acquire("deploy", "lock", prontodb_client.session_grant(60))
+    assert lock is not None
     given = ["--url", prontodb_url, "--cursor", prontodb_cursor]
     forms = [
         ["set", "k", "1"],
@@ -72,6 +74,7 @@ def test_the_fast_path_runs_without_click_or_event_loops(
         ["claim", "jobs"],
         ["extend", held.key, "--token", str(held.token), "--lease", "30"],
         ["ack", held.key, "--token", str(held.token)],
+        ["unlock", "deploy", "--token", str(lock.token)],
         ["del", "k"],
     ]
     out = subprocess.run(
