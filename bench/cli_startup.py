@@ -215,23 +215,32 @@ PROFILED = (
 )
 
 
-def import_times(script: Path, env: dict[str, str], rounds: int = 15) -> dict[str, float]:
-    """Median cumulative import time (ms) of each PROFILED module during ``script get k``."""
-    samples: dict[str, list[float]] = {name: [] for name in PROFILED}
+def import_times(
+    scripts: dict[str, Path], env: dict[str, str], rounds: int = 15
+) -> dict[str, dict[str, float]]:
+    """Median cumulative import time (ms) of each PROFILED module during ``SCRIPT get k``, by
+    install; the installs take turns, as the timed commands do."""
+    samples: dict[str, dict[str, list[float]]] = {
+        label: {name: [] for name in PROFILED} for label in scripts
+    }
     for _ in range(rounds):
-        out = subprocess.run(
-            [str(script.with_name("python")), "-X", "importtime", str(script), "get", "k"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        for line in out.stderr.splitlines():
-            fields = line.removeprefix("import time:").split("|")
-            name = fields[-1].strip() if len(fields) == 3 else ""
-            if name in samples and fields[1].strip().isdigit():
-                samples[name].append(int(fields[1]) / 1000)
-    return {name: statistics.median(v) for name, v in samples.items() if v}
+        for label, script in scripts.items():
+            out = subprocess.run(
+                [str(script.with_name("python")), "-X", "importtime", str(script), "get", "k"],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            for line in out.stderr.splitlines():
+                fields = line.removeprefix("import time:").split("|")
+                name = fields[-1].strip() if len(fields) == 3 else ""
+                if name in samples[label] and fields[1].strip().isdigit():
+                    samples[label][name].append(int(fields[1]) / 1000)
+    return {
+        label: {name: statistics.median(v) for name, v in found.items() if v}
+        for label, found in samples.items()
+    }
 
 
 def check_output(argv: list[str], env: dict[str, str], expected: str) -> str:
@@ -315,7 +324,7 @@ def main() -> None:
             for name, argv in cli_commands(script, env, queue).items():
                 commands[f"{name} ({label})"] = argv
         timings = interleaved(commands, env, args.runs)
-        imports = {label: import_times(script, env) for label, script in installs.items()}
+        imports = import_times(installs, env)
     finally:
         for process in reversed(processes):
             stop(process)
