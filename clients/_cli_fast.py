@@ -283,6 +283,7 @@ def run(argv: Sequence[str]) -> int | None:
     if split is None:
         return None
     options = commands.Globals(json=as_json or split.json, **{**values, **split.globals})
+    options.wire = True
     try:
         return form(options, split.positionals, split.options)
     except BrokenPipeError:

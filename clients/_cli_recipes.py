@@ -217,7 +217,7 @@ def unlock(options: Globals, name: str, token: int) -> int:
             return ERROR_TABLE[ErrorCode.NOT_FOUND].exit_status
         return 0
 
-    return run(options, body)
+    return run(options, body, wire=True)
 
 
 def proclaim(options: Globals, name: str, token: int, value: Any) -> int:
