@@ -588,13 +588,14 @@ def persist(options: Globals, key: str) -> int:
 
 def ttl(options: Globals, key: str) -> int:
     """``ttl KEY``: the seconds left, or -1 for a key with no TTL; a missing key exits 3."""
-    from prontodb.protocol import ErrorCode, ProntoError
 
     def body(client: Client) -> int:
         try:
             remaining = client.ttl(key)
-        except ProntoError as exc:
-            if exc.code is ErrorCode.NOT_FOUND:
+        except Exception as exc:
+            from prontodb.protocol import ErrorCode, ProntoError  # here: the fast path's cost
+
+            if isinstance(exc, ProntoError) and exc.code is ErrorCode.NOT_FOUND:
                 return _not_found(options, key)
             raise
         if options.json:
@@ -707,11 +708,12 @@ def claim(
     max_deliveries: int | None = None,
 ) -> int:
     """``claim PREFIX``: ``key=value`` of the item taken; nothing to take (in time): exit 4."""
-    from prontodb.protocol import ERROR_TABLE, ErrorCode
 
     def body(client: Client) -> int:
         task = client.claim(prefix, wait=wait, lease=lease, max_deliveries=max_deliveries)
         if task is None:
+            from prontodb.protocol import ERROR_TABLE, ErrorCode  # here: the fast path's cost
+
             say(f"nothing to claim under {prefix or '(top level)'} (cursor {options.cursor})")
             return ERROR_TABLE[ErrorCode.TIMED_OUT].exit_status
         if options.json:
@@ -720,7 +722,7 @@ def claim(
             write(task.key.encode() + b"=" + render(task.value) + b"\n")
         return 0
 
-    return run(options, body)
+    return run(options, body, wire=not wait)  # a wait's cancel is the sync client's
 
 
 def watch(

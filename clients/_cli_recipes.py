@@ -204,13 +204,14 @@ def _print_member(options: Globals, member: Member) -> None:
 
 def unlock(options: Globals, name: str, token: int) -> int:
     """``unlock NAME --token T`` (and ``resign``): silent; a token not there exits 3."""
-    from prontodb.protocol import ERROR_TABLE, ErrorCode
 
     def body(client: Client) -> int:
         left = client.unlock(name, token)
         if options.json:
             write_json({"name": name, "token": token, "released": left})
         if not left:
+            from prontodb.protocol import ERROR_TABLE, ErrorCode  # here: the fast path's cost
+
             say(
                 f"not held: {name} has no member with token {token} (released, or its session ended)"
             )

@@ -360,6 +360,26 @@ class WireClient:
         found: dict[str, float] = self._call("caches", self._args())
         return found
 
+    def claim(
+        self,
+        prefix: str,
+        *,
+        wait: float | None = None,
+        lease: float | None = None,
+        max_deliveries: int | None = None,
+    ) -> Claimed | None:
+        """As the sync client's, without ``wait`` (a claim that waits is the sync client's: it
+        tells the broker when it gives up)."""
+        if wait:
+            raise Declined  # nothing sent yet: never the case, run() keeps it off this client
+        args = self._args(prefix=prefix)
+        if lease is not None:
+            args["lease"] = lease
+        if max_deliveries is not None:
+            args["max_deliveries"] = max_deliveries
+        got = self._call("claim", args)
+        return None if got is None else Claimed(got)
+
     def ack(self, key: str, token: int) -> None:
         self._call("ack", self._args(key=key, token=token))
 
@@ -380,6 +400,24 @@ class WireClient:
     def unlock(self, name: str, token: int) -> bool:
         left: bool = self._call("unlock", self._args(name=name, token=token))
         return left
+
+
+class Claimed:
+    """An item claimed, with what the claim command reads of the sync client's ``Claimed``."""
+
+    __slots__ = ("deliveries", "key", "lease", "token", "value")
+
+    def __init__(self, got: dict[str, Any]) -> None:
+        self.key: str = got["key"]
+        self.value: Any = got["value"]
+        self.token: int = got["token"]
+        self.lease: float = got["lease"]
+        self.deliveries: int = got["deliveries"]
+
+    def _asdict(self) -> dict[str, Any]:
+        return {
+            name: getattr(self, name) for name in ("key", "value", "token", "lease", "deliveries")
+        }
 
 
 def _login_name() -> str:

@@ -35,9 +35,13 @@ def test_cli_imports_neither_trio_nor_anyio() -> None:
 
 
 # What a fast-path command must not load (docs/CLI.md, "Start-up time"): click (the other front
-# end), the event loops, and what the fast path imports only when it needs it: threading (a
-# contended client), importlib (clients/__init__), zlib (the default socket's name).
-NOT_ON_THE_FAST_PATH = {"click", "trio", "anyio", "asyncio", "threading", "importlib", "zlib"}
+# end), the event loops, the sync client's stack (the protocol, msgpack, enum, threading: its own
+# client speaks the wire itself), and what it imports only when it needs it: importlib
+# (clients/__init__), zlib (the default socket's name), getpass (the login name).
+NOT_ON_THE_FAST_PATH = {
+    *("click", "trio", "anyio", "asyncio", "threading", "importlib", "zlib", "getpass"),
+    *("msgpack", "enum", "typing", "collections"),
+}
 
 _RUN_FORMS = """
 import json, sys
@@ -87,8 +91,8 @@ def test_the_fast_path_runs_without_click_or_event_loops(
     # importlib) is not the fast path's doing.
     modules = set(out.stdout.splitlines()[-1].split()) - imported_modules("sys")
     assert {name.split(".")[0] for name in modules} & NOT_ON_THE_FAST_PATH == set()
-    assert "prontodb.clients._cli_commands" in modules
-    assert "prontodb.clients._cli_click" not in modules
+    assert "prontodb.clients._cli_wire" in modules
+    assert {"prontodb.clients._cli_click", "prontodb.protocol"} & modules == set()
 
 
 @pytest.mark.parametrize("module", ["prontodb.clients.cli", "prontodb.clients._cli_click"])
