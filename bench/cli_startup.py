@@ -207,6 +207,8 @@ PROFILED = (
     "prontodb.protocol._errors",
     "prontodb.protocol._connection",
     "prontodb.clients._cli_fast",
+    "prontodb.clients._cli_wire",
+    "_socket",
     "prontodb.clients._types",
     "prontodb.clients._sync.client",
     "prontodb.clients._sync_backend",
