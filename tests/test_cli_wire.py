@@ -62,6 +62,12 @@ def test_an_ext_type_is_refused() -> None:
         _cli_wire.unpack(msgpack.packb(msgpack.ExtType(1, b"x")))
 
 
+def test_the_cli_s_exit_statuses_are_the_error_table_s() -> None:
+    table = protocol.ERROR_TABLE
+    assert table[protocol.ErrorCode.NOT_FOUND].exit_status == _cli_commands.EXIT_NOT_FOUND
+    assert table[protocol.ErrorCode.TIMED_OUT].exit_status == _cli_commands.EXIT_TIMED_OUT
+
+
 def test_the_cli_s_integer_bounds_are_the_protocol_s() -> None:
     assert (_cli_commands.INT64_MIN, _cli_commands.INT64_MAX) == (
         protocol.INT64_MIN,
