@@ -1,9 +1,9 @@
 """The fast path's client: the CLI's common commands over one Unix socket, in one round trip.
 
 Hand-written, because the sync client cannot start fast enough: importing it (the protocol with
-msgpack, enum and named tuples, the pipeline, its threads' locks) costs a ``prontodb get`` about
-18 ms on top of the interpreter's 10 (docs/BENCHMARKS.md, "CLI start-up"), while these 200 lines
-and ``_socket`` cost under 1. It speaks the protocol of docs/PROTOCOL.md for one purpose: Hello and
+msgpack, enum and named tuples, the pipeline, its threads' locks) cost a ``prontodb get`` about
+18 ms of CPU on top of the interpreter's 10 (docs/BENCHMARKS.md, "CLI start-up"), while this
+module and ``_socket`` cost under 1. It speaks the protocol of docs/PROTOCOL.md for one purpose: Hello and
 the first Request go in one write (the protocol allows Requests before the Welcome), the Welcome
 and the Response come back in one read, in msgpack written by hand for the value types the
 protocol allows. Each method sends the request its namesake of the sync client sends, and
