@@ -36,7 +36,7 @@ from prontodb.clients import Client
 from prontodb.clients._cli_batch import parse_line  # what batch runs on each line
 
 from .claims import Counters, counters
-from .cli_startup import regular_install
+from .cli_startup import REPO, regular_install
 from .loadgen import CURSOR, PRONTODB, REDIS
 from .report import run_and_report
 from .servers import Server, running, start_prontodb, start_redis
@@ -207,7 +207,7 @@ def run_all(args: argparse.Namespace) -> Findings:
         (tmp / "batch.txt").write_bytes(batch_input(args.lines, args.value_size))
         (tmp / "pipe.resp").write_bytes(resp_input(args.lines, args.value_size))
         (tmp / "empty.txt").write_bytes(b"")
-        regular = regular_install(tmp / "install")
+        regular = regular_install(REPO, tmp / "install")
         env = {k: v for k, v in os.environ.items() if not k.startswith("PRONTODB_")}
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")  # bytecode kept, as installed

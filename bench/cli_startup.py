@@ -1,27 +1,31 @@
-"""How long one ``prontodb get KEY`` takes, start to exit, against ``redis-cli get KEY``.
+"""How long one ``prontodb`` call takes, start to exit, against the bare interpreter's start.
 
-    python -m bench.cli_startup [--runs 200] [--no-report]
+    python -m bench.cli_startup [--runs 100] [--baseline SRC] [--no-report]
 
-The seed runs the CLI hundreds of times in shell loops, so its wall time per call is what a script
-feels. hyperfine times four commands on one machine in one run: ``redis-cli -s SOCK get k`` (a
-redis-server on a private Unix socket), ``prontodb get k`` from this checkout's venv (an editable
-install), ``prontodb get k`` from a regular install of the same sources, and bare interpreters as
-the floor. The target (issue "Trunk, part 2") is at most 2.5x redis-cli's median.
+Scripts run the CLI hundreds of times in shell loops, so the time of one call is what a script
+feels. The target (issue 23) is at most 1.5x the same venv's ``python -I -c pass`` for every common
+command. Timed here: ``get``, ``set``, ``incr``, ``keys``, ``claim`` and ``extend`` (a claim's
+follow-up, the shape of ``ack`` and ``release``, and repeatable with one token), each against a
+broker on a private Unix socket, from a regular install of the sources of the checkout this file is
+in (``--baseline SRC`` adds a second install built from another checkout's sources, say the commit
+before a change, timed in the same rounds), with ``redis-cli get`` as a yardstick.
 
-Two costs are set apart because users do not pay them: setuptools' editable finder, which every
-interpreter of an editable venv imports at start-up (the "regular install" rows leave it out), and
-compiling sources when ``PYTHONDONTWRITEBYTECODE`` is set (every run here keeps bytecode in a
-private ``PYTHONPYCACHEPREFIX``, as an installed package keeps its ``.pyc`` files).
+The commands run in turn, one of each per round (A B C ... A B C ...), so a machine whose speed
+drifts moves them all alike; the figures are medians of wall time and of CPU time (user + sys, the
+kernel's own accounting of the child), whose ratios to the bare interpreter are the ones to read on
+a shared machine. Every run keeps bytecode in a private ``PYTHONPYCACHEPREFIX``, as an installed
+package keeps its ``.pyc`` files, and the regular install leaves out setuptools' editable finder,
+which every interpreter of an editable venv imports at start-up (a development-only cost).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import select
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import sysconfig
@@ -33,9 +37,9 @@ from .report import machine, update_section
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_PYTHON = Path(sys.executable)
-PRONTODB = VENV_PYTHON.with_name("prontodb")
 START_TIMEOUT = 30.0
-TARGET_RATIO = 2.5
+TARGET_RATIO = 1.5
+WARMUP_ROUNDS = 5
 
 
 def wait_for_line(stream: int, needle: bytes, timeout: float) -> bytes:
@@ -70,14 +74,17 @@ def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], Path]:
     return process, sock
 
 
-def start_broker(tmp: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path]:
-    """``prontodb serve`` on a private data directory; returns once it listens."""
+def start_broker(
+    python: Path, tmp: Path, env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """``prontodb serve`` (run by ``python``) on a private data directory; returns once it
+    listens."""
     sock = tmp / "pronto.sock"
     read_fd, write_fd = os.pipe()
     log = (tmp / "broker.log").open("ab")
     process = subprocess.Popen(
         [
-            *(str(VENV_PYTHON), "-m", "prontodb.clients.cli", "serve"),
+            *(str(python), "-m", "prontodb.clients.cli", "serve"),
             *("--data-dir", str(tmp / "data"), "--socket", str(sock), "--ready-fd", str(write_fd)),
         ],
         stdin=subprocess.DEVNULL,
@@ -108,8 +115,9 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.stdout.close()
 
 
-def regular_install(tmp: Path) -> Path:
-    """A venv holding the sources laid out as a wheel installs them (no editable finder).
+def regular_install(src: Path, tmp: Path) -> Path:
+    """A venv in ``tmp`` holding the sources of the checkout ``src`` laid out as a wheel installs
+    them (no editable finder).
 
     Returns its ``prontodb`` console script. The dependencies come from this venv's
     site-packages through a ``.pth`` line (which adds a path and imports nothing).
@@ -117,7 +125,7 @@ def regular_install(tmp: Path) -> Path:
     site = tmp / "site" / "prontodb"
     site.mkdir(parents=True)
     for part in ("protocol", "broker", "clients"):
-        (site / part).symlink_to(REPO / part)
+        (site / part).symlink_to(src.resolve() / part)
     venv = tmp / "venv"
     base_python = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base_python, "-m", "venv", "--without-pip", str(venv)], check=True)
@@ -134,7 +142,7 @@ def regular_install(tmp: Path) -> Path:
     deps = sysconfig.get_paths()["purelib"]
     Path(purelib, "prontodb-bench.pth").write_text(f"{tmp / 'site'}\n{deps}\n")
     script = venv / "bin" / "prontodb"
-    # The same text pip writes for the console script.
+    # The same text pip writes for the console script (it imports nothing but sys itself).
     script.write_text(
         f"#!{venv / 'bin' / 'python'}\n"
         "import sys\n"
@@ -147,158 +155,239 @@ def regular_install(tmp: Path) -> Path:
     return script
 
 
-def hyperfine(
-    commands: dict[str, list[str]], env: dict[str, str], runs: int, out: Path
-) -> dict[str, float]:
-    """Median seconds of each command, by name."""
-    args = ["hyperfine", "-N", "--warmup", "20", "--runs", str(runs), "--export-json", str(out)]
-    for name, argv in commands.items():
-        args += ["--command-name", name, subprocess.list2cmdline(argv)]
-    subprocess.run(args, check=True, env=env)
-    results = json.loads(out.read_text())["results"]
-    return {result["command"]: float(result["median"]) for result in results}
+class Timings:
+    """Each command's runs: wall and CPU (user + sys) seconds."""
+
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def median_ms(self) -> tuple[float, float]:
+        return statistics.median(self.wall) * 1000, statistics.median(self.cpu) * 1000
+
+
+def run_once(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """One run of ``argv``, output thrown away: wall seconds and the child's user + sys seconds."""
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    assert process.stderr is not None
+    errors = process.stderr.read()
+    process.stderr.close()
+    if status != 0:
+        raise RuntimeError(f"{argv} exited with status {status}: {errors.decode()}")
+    return wall, usage.ru_utime + usage.ru_stime
+
+
+def interleaved(
+    commands: dict[str, list[str]], env: dict[str, str], runs: int
+) -> dict[str, Timings]:
+    """Run every command once per round, in turn, ``runs`` rounds after a few warm-up ones."""
+    timings = {name: Timings() for name in commands}
+    for round_number in range(WARMUP_ROUNDS + runs):
+        for name, argv in commands.items():
+            wall, cpu = run_once(argv, env)
+            if round_number >= WARMUP_ROUNDS:
+                timings[name].wall.append(wall)
+                timings[name].cpu.append(cpu)
+    return timings
 
 
 # Modules whose import time the report lists: what `prontodb get` pays for, in import order.
 PROFILED = (
     "prontodb.clients.cli",
-    "typing",
-    "dataclasses",
-    "msgpack",
     "prontodb.protocol",
+    "msgpack",
+    "datetime",
+    "collections",
+    "enum",
+    "prontodb.protocol._errors",
+    "prontodb.protocol._connection",
     "prontodb.clients._cli_fast",
+    "prontodb.clients._cli_wire",
+    "_socket",
+    "prontodb.clients._types",
     "prontodb.clients._sync.client",
-    "socket",
-    "hashlib",
+    "prontodb.clients._sync_backend",
+    "threading",
     "getpass",
 )
 
 
-def import_times(script: Path, env: dict[str, str], rounds: int = 9) -> dict[str, float]:
-    """Median cumulative import time (ms) of each PROFILED module during ``script get k``."""
-    samples: dict[str, list[float]] = {name: [] for name in PROFILED}
+def import_times(
+    scripts: dict[str, Path], env: dict[str, str], rounds: int = 15
+) -> dict[str, dict[str, float]]:
+    """Median cumulative import time (ms) of each PROFILED module during ``SCRIPT get k``, by
+    install; the installs take turns, as the timed commands do."""
+    samples: dict[str, dict[str, list[float]]] = {
+        label: {name: [] for name in PROFILED} for label in scripts
+    }
     for _ in range(rounds):
-        out = subprocess.run(
-            [str(script.with_name("python")), "-X", "importtime", str(script), "get", "k"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        for line in out.stderr.splitlines():
-            fields = line.removeprefix("import time:").split("|")
-            name = fields[-1].strip() if len(fields) == 3 else ""
-            if name in samples and fields[1].strip().isdigit():
-                samples[name].append(int(fields[1]) / 1000)
-    return {name: sorted(v)[len(v) // 2] for name, v in samples.items() if v}
+        for label, script in scripts.items():
+            out = subprocess.run(
+                [str(script.with_name("python")), "-X", "importtime", str(script), "get", "k"],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            for line in out.stderr.splitlines():
+                fields = line.removeprefix("import time:").split("|")
+                name = fields[-1].strip() if len(fields) == 3 else ""
+                if name in samples[label] and fields[1].strip().isdigit():
+                    samples[label][name].append(int(fields[1]) / 1000)
+    return {
+        label: {name: statistics.median(v) for name, v in found.items() if v}
+        for label, found in samples.items()
+    }
 
 
-def check_output(argv: list[str], env: dict[str, str], expected: str) -> None:
+def check_output(argv: list[str], env: dict[str, str], expected: str | None) -> str:
+    """Run ``argv``; what it printed, which must be ``expected`` (None: anything)."""
     out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
-    if out.returncode != 0 or out.stdout != expected:
+    if out.returncode != 0 or expected not in (None, out.stdout):
         raise RuntimeError(f"{argv} printed {out.stdout!r} (status {out.returncode}): {out.stderr}")
+    return out.stdout
+
+
+def cli_commands(script: Path, env: dict[str, str], queue: str) -> dict[str, list[str]]:
+    """The timed calls of one install: its own queue item for ``extend`` (claimed once, here)."""
+    claimed = check_output([str(script), "--json", "claim", queue, "--lease", "3600"], env, None)
+    token = claimed.split('"token": ')[1].split(",")[0]
+    key = claimed.split('"key": "')[1].split('"')[0]
+    p = str(script)
+    return {
+        "get": [p, "get", "k"],
+        "set": [p, "set", "counter.name", "hello"],
+        "incr": [p, "incr", "counter.n"],
+        "keys": [p, "keys", "counter"],
+        "claim": [p, "claim", queue],
+        "extend": [p, "extend", key, "--token", token, "--lease", "3600"],
+    }
+
+
+def fill_queue(script: Path, env: dict[str, str], queue: str, count: int) -> None:
+    """``count`` items under ``queue``, in one ``mset`` per hundred."""
+    for first in range(0, count, 100):
+        pairs = [f"{queue}.{i:06d}=x" for i in range(first, min(first + 100, count))]
+        argv = [str(script), "mset"]
+        for pair in pairs:
+            argv += pair.split("=")
+        check_output(argv, env, "")
+
+
+def ratio(ms: float, floor: float) -> str:
+    verdict = "met" if ms <= TARGET_RATIO * floor else "not met"
+    return f"{ms / floor:.2f}x ({verdict})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=200, help="timed runs per command")
+    parser.add_argument("--runs", type=int, default=100, help="timed rounds")
+    parser.add_argument(
+        "--baseline", type=Path, help="also time a regular install of this checkout's sources"
+    )
     parser.add_argument("--no-report", action="store_true", help="do not touch docs/BENCHMARKS.md")
     args = parser.parse_args()
-    for tool in ("hyperfine", "redis-server", "redis-cli"):
+    for tool in ("redis-server", "redis-cli"):
         if shutil.which(tool) is None:
             sys.exit(f"bench.cli_startup needs {tool} on PATH (Debian: apt-get install {tool})")
 
     tmp = Path(tempfile.mkdtemp(prefix="pdbb", dir="/tmp"))  # short: Unix socket paths
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PRONTODB_")}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PRONTODB_", "PYTHON"))}
     env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
     processes: list[subprocess.Popen[bytes]] = []
+    installs = {"this checkout": regular_install(REPO, tmp / "this")}
+    if args.baseline is not None:
+        installs["baseline"] = regular_install(args.baseline, tmp / "baseline")
+    items = (WARMUP_ROUNDS + args.runs) + 10
     try:
         redis, redis_sock = start_redis(tmp)
         processes.append(redis)
-        broker, broker_sock = start_broker(tmp, env)
+        this_python = installs["this checkout"].with_name("python")
+        broker, broker_sock = start_broker(this_python, tmp, env)
         processes.append(broker)
         # The default route of the CLI: no --url, data directory and socket from the environment.
         env["PRONTODB_DATA_DIR"] = str(tmp / "data")
         env["PRONTODB_SOCKET"] = str(broker_sock)
-        regular = regular_install(tmp)
-        regular_python = regular.with_name("python")
-
         redis_get = ["redis-cli", "-s", str(redis_sock), "get", "k"]
         check_output(["redis-cli", "-s", str(redis_sock), "set", "k", "hello"], env, "OK\n")
-        check_output(redis_get, env, "hello\n")
-        check_output([str(PRONTODB), "set", "k", "hello"], env, "")
-        for script in (PRONTODB, regular):
-            check_output([str(script), "get", "k"], env, "hello\n")
-
-        commands = {
+        check_output([str(installs["this checkout"]), "set", "k", "hello"], env, "")
+        commands: dict[str, list[str]] = {
+            "python -I -c pass": [str(this_python), "-I", "-c", "pass"],
             "redis-cli get": redis_get,
-            "prontodb get (editable install)": [str(PRONTODB), "get", "k"],
-            "prontodb get (regular install)": [str(regular), "get", "k"],
-            "python -I -c pass (editable venv)": [str(VENV_PYTHON), "-I", "-c", "pass"],
-            "python -I -c pass (regular venv)": [str(regular_python), "-I", "-c", "pass"],
-            "python -I -S -c pass (bare interpreter)": [
-                str(regular_python),
-                "-I",
-                "-S",
-                "-c",
-                "pass",
-            ],
         }
-        medians = hyperfine(commands, env, args.runs, tmp / "hyperfine.json")
-        imports = import_times(regular, env)
+        for label, script in installs.items():
+            check_output([str(script), "get", "k"], env, "hello\n")
+            queue = f"jobs.{label.replace(' ', '_')}"
+            fill_queue(script, env, queue, items)
+            for name, argv in cli_commands(script, env, queue).items():
+                commands[f"{name} ({label})"] = argv
+        timings = interleaved(commands, env, args.runs)
+        imports = import_times(installs, env)
     finally:
         for process in reversed(processes):
             stop(process)
         shutil.rmtree(tmp, ignore_errors=True)
+    report(args, timings, imports)
 
-    redis_ms = medians["redis-cli get"] * 1000
+
+def report(
+    args: argparse.Namespace, timings: dict[str, Timings], imports: dict[str, dict[str, float]]
+) -> None:
+    floor_wall, floor_cpu = timings["python -I -c pass"].median_ms()
+    labels = list(imports)
     rows = []
-    for name, seconds in medians.items():
-        ms = seconds * 1000
-        rows.append(f"| {name} | {ms:.1f} | {ms / redis_ms:.1f}x |")
-    editable = medians["prontodb get (editable install)"] * 1000
-    installed = medians["prontodb get (regular install)"] * 1000
-    floor = medians["python -I -c pass (regular venv)"] * 1000
-    summary = (
-        f"prontodb get / redis-cli get: {installed / redis_ms:.1f}x installed, "
-        f"{editable / redis_ms:.1f}x editable (target {TARGET_RATIO}x). "
-        f"Of the installed {installed:.1f} ms, {floor:.1f} ms is the interpreter starting."
-    )
-    import_rows = [f"| `{name}` | {ms:.1f} |" for name, ms in imports.items()]
-    print()
-    print("\n".join(import_rows))
-    print(summary)
+    for command in ("get", "set", "incr", "keys", "claim", "extend"):
+        cells = []
+        for label in reversed(labels):  # the baseline first: before, then after
+            wall, cpu = timings[f"{command} ({label})"].median_ms()
+            cells.append(
+                f"{wall:.1f} / {cpu:.1f} | {ratio(wall, floor_wall)} / {ratio(cpu, floor_cpu)}"
+            )
+        rows.append(f"| `prontodb {command}` | " + " | ".join(cells) + " |")
+    for name in ("python -I -c pass", "redis-cli get"):
+        wall, cpu = timings[name].median_ms()
+        filler = " | " * (2 * len(labels) - 2)
+        rows.append(f"| `{name}` | {wall:.1f} / {cpu:.1f} | {wall / floor_wall:.2f}x{filler} |")
+    heads = " | ".join(f"{label}: ms (wall / cpu) | {label}: ratio" for label in reversed(labels))
+    import_names = [name for name in PROFILED if any(name in found for found in imports.values())]
+    import_rows = [
+        f"| `{name}` | "
+        + " | ".join(
+            f"{imports[label][name]:.1f}" if name in imports[label] else "not imported"
+            for label in reversed(labels)
+        )
+        + " |"
+        for name in import_names
+    ]
     body = "\n".join(
         [
-            f"## CLI start-up: `prontodb get` vs `redis-cli get` ({machine()})",
+            f"## CLI start-up: one `prontodb` call vs the bare interpreter ({machine()})",
             "",
-            f"Median wall time of one call, hyperfine, {args.runs} runs each, key `k` = `hello`, "
-            "both over a Unix socket.",
+            f"Medians of {args.runs} rounds, every command once per round in turn; wall time and "
+            "CPU time (user + sys) in ms, and each one's ratio to the same venv's "
+            f"`python -I -c pass` (target: at most {TARGET_RATIO}x, every common command). A "
+            "regular install (no editable finder), a broker on a private Unix socket, key `k` = "
+            "`hello`; `claim` takes an item of a queue filled beforehand, `extend` renews one "
+            "claimed item's lease (the shape of `ack` and `release`).",
             "",
-            "| command | ms | vs redis-cli |",
-            "| --- | --- | --- |",
+            "| command | " + heads + " |",
+            "| --- | " + " | ".join("---" for _ in range(2 * len(labels))) + " |",
             *rows,
             "",
-            summary,
+            "Cumulative import time of `prontodb get` (`python -X importtime`, median of 15; "
+            "the rows nest: a module is charged for everything it imports first):",
             "",
-            "The regular install has the sources laid out as a wheel installs them; the editable one "
-            "also imports setuptools' editable finder at every start (a development-only cost). "
-            "Both keep bytecode, as installed packages do.",
-            "",
-            "Where the rest goes: cumulative import time of `prontodb get` (regular install, "
-            "`python -X importtime`, median of 9). A module is charged for everything it imports "
-            "first, so the rows nest, in import order: `prontodb.clients.cli` includes "
-            "`prontodb.clients`, which imports `prontodb.protocol`, which imports `typing` "
-            "(for its named tuples; `typing` brings `re`) and `msgpack`; the sync client brings "
-            "`socket`. The CLI's own modules are `_cli_fast` (with `_cli_commands`). A module "
-            "that is not listed is not imported at all.",
-            "",
-            "| module | ms |",
-            "| --- | --- |",
+            "| module | " + " | ".join(f"{label}: ms" for label in reversed(labels)) + " |",
+            "| --- | " + " | ".join("---" for _ in labels) + " |",
             *import_rows,
         ]
     )
+    print(body)
     if not args.no_report:
         update_section("cli_startup", body)
         print("recorded in docs/BENCHMARKS.md")

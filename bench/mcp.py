@@ -42,7 +42,7 @@ from typing import IO, Any
 
 from prontodb.clients import Client
 
-from .cli_startup import VENV_PYTHON, check_output, regular_install, start_broker, stop
+from .cli_startup import REPO, VENV_PYTHON, check_output, regular_install, start_broker, stop
 from .report import machine, update_section
 
 SDK_STDIO = "MCP on the SDK's stdio"  # prontodb mcp as it served before its own transport
@@ -306,9 +306,9 @@ def run(args: argparse.Namespace) -> tuple[list[Timing], str]:
     env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
     broker = None
     try:
-        broker, sock = start_broker(tmp, env)
+        broker, sock = start_broker(VENV_PYTHON, tmp, env)
         url = f"unix://{sock}"
-        regular = regular_install(tmp)
+        regular = regular_install(REPO, tmp)
         check_output([str(regular), "--url", url, "set", "k", "hello"], env, "")
         check_output([str(regular), "--url", url, "get", "k"], env, "hello\n")
         calls = args.calls

@@ -11,34 +11,34 @@ Names load lazily, so ``import prontodb.clients`` (and the CLI) imports neither 
 
 from __future__ import annotations
 
-from importlib import import_module
-
-from prontodb.protocol import (
-    BadKey,
-    BadRequest,
-    Compacted,
-    CompareFailed,
-    Denied,
-    ErrorCode,
-    Exists,
-    Internal,
-    NotFound,
-    OutOfRange,
-    Overflow,
-    ProntoError,
-    ProtocolViolation,
-    QuotaExceeded,
-    TimedOut,
-    TooLarge,
-    Unauthenticated,
-    Unavailable,
-    UnknownOp,
-    WrongType,
-)
+import sys
 
 TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
 if TYPE_CHECKING:
     from typing import Any
+
+    from prontodb.protocol import (
+        BadKey,
+        BadRequest,
+        Compacted,
+        CompareFailed,
+        Denied,
+        ErrorCode,
+        Exists,
+        Internal,
+        NotFound,
+        OutOfRange,
+        Overflow,
+        ProntoError,
+        ProtocolViolation,
+        QuotaExceeded,
+        TimedOut,
+        TooLarge,
+        Unauthenticated,
+        Unavailable,
+        UnknownOp,
+        WrongType,
+    )
 
     from ._async.client import AsyncClient
     from ._async.watch import Watch as AsyncWatch
@@ -94,7 +94,29 @@ __all__ = [
     "WatchEvent",
 ]
 
+# The protocol's names too: the CLI's fast path imports this package, and the protocol (with
+# msgpack and enum) would cost it about 10 ms.
 _LAZY: dict[str, str | tuple[str, str]] = {
+    "BadKey": "prontodb.protocol",
+    "BadRequest": "prontodb.protocol",
+    "Compacted": "prontodb.protocol",
+    "CompareFailed": "prontodb.protocol",
+    "Denied": "prontodb.protocol",
+    "ErrorCode": "prontodb.protocol",
+    "Exists": "prontodb.protocol",
+    "Internal": "prontodb.protocol",
+    "NotFound": "prontodb.protocol",
+    "OutOfRange": "prontodb.protocol",
+    "Overflow": "prontodb.protocol",
+    "ProntoError": "prontodb.protocol",
+    "ProtocolViolation": "prontodb.protocol",
+    "QuotaExceeded": "prontodb.protocol",
+    "TimedOut": "prontodb.protocol",
+    "TooLarge": "prontodb.protocol",
+    "Unauthenticated": "prontodb.protocol",
+    "Unavailable": "prontodb.protocol",
+    "UnknownOp": "prontodb.protocol",
+    "WrongType": "prontodb.protocol",
     "AsyncClient": "._async.client",
     "Client": "._sync.client",
     "BrokerUnavailable": "._types",
@@ -119,7 +141,11 @@ def __getattr__(name: str) -> Any:
     if where is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     module, attribute = where if isinstance(where, tuple) else (where, name)
-    value = getattr(import_module(module, __name__), attribute)
+    if module.startswith("."):
+        module = __name__ + module
+    # __import__, not importlib.import_module: importlib (with warnings) costs the CLI's start.
+    __import__(module)
+    value = getattr(sys.modules[module], attribute)
     globals()[name] = value  # later lookups skip this function
     return value
 

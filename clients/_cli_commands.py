@@ -18,8 +18,6 @@ import math
 import os
 import sys
 
-from prontodb.protocol import INT64_MAX, INT64_MIN
-
 TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -37,6 +35,17 @@ STOP_POLL = 0.01
 EXIT_INTERRUPTED = 130
 INTERRUPTED = "Aborted!"
 
+# The bounds of a stored integer (msgpack's int64), as prontodb.protocol's INT64_MIN and INT64_MAX
+# (a test checks): importing the protocol would cost the fast path about 10 ms.
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+# The exit statuses of a miss and of nothing to claim, as the error table has them for not_found and
+# timed_out (a test checks): a script's loop meets them often, and the table's import (the
+# protocol) would cost each such call about 10 ms.
+EXIT_NOT_FOUND = 3
+EXIT_TIMED_OUT = 4
+
 # The global options that take a value, by the name of what they set (both front ends read them).
 GLOBAL_VALUE_OPTIONS = {"--user": "user", "--cursor": "cursor", "--url": "url"}
 
@@ -48,7 +57,7 @@ class Globals:
     which is the only address the CLI starts a broker for.
     """
 
-    __slots__ = ("cursor", "json", "url", "user")
+    __slots__ = ("cursor", "json", "url", "user", "wire")
 
     def __init__(
         self,
@@ -63,6 +72,7 @@ class Globals:
         self.cursor = cursor or os.environ.get("PRONTODB_CURSOR") or "default"
         self.url = url or os.environ.get("PRONTODB_URL") or None
         self.json = json
+        self.wire = False  # the fast path sets it: its commands may use _cli_wire's client
 
     def with_json(self, json: bool) -> Globals:
         """These options, with ``--json`` also given after the command."""
@@ -278,11 +288,19 @@ def run(
     *,
     start: bool = True,
     unavailable: Callable[[str], int] | None = None,
+    wire: bool = False,
 ) -> int:
     """Connect, run ``body`` and close; a ProntoError becomes its message and exit status.
 
     ``unavailable(url)``, if given, handles "no broker answers" instead (status and stop).
+    ``wire``: ``body`` calls only methods that ``_cli_wire.WireClient`` has too, so on the fast
+    path (``options.wire``) it runs over that client when it can (it starts several times
+    faster than the sync client), else over the sync client.
     """
+    if wire and options.wire:
+        status = _run_wire(options, body)
+        if status is not None:
+            return status
     from prontodb.protocol import ProntoError
 
     from ._types import BrokerUnavailable
@@ -300,11 +318,28 @@ def run(
         return fail(exc)
 
 
-def _not_found(options: Globals, key: str) -> int:
-    from prontodb.protocol import ERROR_TABLE, ErrorCode
+def _run_wire(options: Globals, body: Callable[[Client], int]) -> int | None:
+    """``body`` over the fast path's client; None when the sync client should run it (nothing
+    was done at the broker)."""
+    from ._cli_wire import Declined, WireClient
 
+    try:
+        with WireClient.connect(options, CLIENT_NAME) as client:
+            duck: Any = client  # the bodies run=wire gets call only WireClient's methods
+            return body(duck)
+    except Declined:
+        return None
+    except Exception as exc:
+        from prontodb.protocol import ProntoError  # an error's path only: it costs a few ms
+
+        if isinstance(exc, ProntoError):
+            return fail(exc)
+        raise
+
+
+def _not_found(options: Globals, key: str) -> int:
     say(f"not found: {key} (cursor {options.cursor})")
-    return ERROR_TABLE[ErrorCode.NOT_FOUND].exit_status
+    return EXIT_NOT_FOUND
 
 
 # -- the commands -------------------------------------------------------------------------------
@@ -370,7 +405,7 @@ def get(options: Globals, key: str, *, meta: bool = False) -> int:
         write(b"".join(f"{name}=".encode() + render(v) + b"\n" for name, v in fields.items()))
         return 0
 
-    return run(options, body)
+    return run(options, body, wire=not meta)
 
 
 def set_(
@@ -411,7 +446,7 @@ def set_(
             write_json({"key": key, "revision": revision})
         return 0
 
-    return run(options, body)
+    return run(options, body, wire=True)
 
 
 def delete(options: Globals, key: str, *more: str, fence: tuple[str, int] | None = None) -> int:
@@ -430,7 +465,7 @@ def delete(options: Globals, key: str, *more: str, fence: tuple[str, int] | None
             write_json({"keys": keys, "deleted": sum(1 for r in outcome.results if r)})
         return 0
 
-    return run(options, body)
+    return run(options, body, wire=not more)
 
 
 def exists(options: Globals, key: str) -> int:
@@ -442,7 +477,7 @@ def exists(options: Globals, key: str) -> int:
             write_json({"key": key, "exists": found})
         return 0 if found else _not_found(options, key)
 
-    return run(options, body)
+    return run(options, body, wire=True)
 
 
 def mget(options: Globals, keys: Sequence[str]) -> int:
@@ -457,7 +492,7 @@ def mget(options: Globals, keys: Sequence[str]) -> int:
             write(b"".join((b"" if v is None else render(v)) + b"\n" for v in values))
         return 0
 
-    return run(options, body)
+    return run(options, body, wire=True)
 
 
 def mset(options: Globals, pairs: Sequence[str], *, as_string: bool = False) -> int:
@@ -472,7 +507,7 @@ def mset(options: Globals, pairs: Sequence[str], *, as_string: bool = False) -> 
             write_json({"keys": list(items), "revision": revision})
         return 0
 
-    return run(options, body)
+    return run(options, body, wire=True)
 
 
 def incr(
@@ -494,7 +529,7 @@ def incr(
             write(b"%d\n" % value)
         return 0
 
-    return run(options, body)
+    return run(options, body, wire=True)
 
 
 def keys(options: Globals, prefix: str = "") -> int:
@@ -508,7 +543,7 @@ def keys(options: Globals, prefix: str = "") -> int:
             write("".join(f"{key}\n" for key in found).encode())
         return 0
 
-    return run(options, body)
+    return run(options, body, wire=True)
 
 
 def scan(options: Globals, prefix: str = "") -> int:
@@ -522,7 +557,7 @@ def scan(options: Globals, prefix: str = "") -> int:
             write(b"".join(key.encode() + b"=" + render(value) + b"\n" for key, value in items))
         return 0
 
-    return run(options, body)
+    return run(options, body, wire=True)
 
 
 def seconds_text(seconds: float) -> str:
@@ -540,7 +575,7 @@ def expire(options: Globals, key: str, seconds: float) -> int:
             write_json({"key": key, "ttl": max(seconds, 0.0)})
         return 0
 
-    return run(options, body)
+    return run(options, body, wire=True)
 
 
 def persist(options: Globals, key: str) -> int:
@@ -552,18 +587,19 @@ def persist(options: Globals, key: str) -> int:
             write_json({"key": key, "persisted": had})
         return 0
 
-    return run(options, body)
+    return run(options, body, wire=True)
 
 
 def ttl(options: Globals, key: str) -> int:
     """``ttl KEY``: the seconds left, or -1 for a key with no TTL; a missing key exits 3."""
-    from prontodb.protocol import ErrorCode, ProntoError
 
     def body(client: Client) -> int:
         try:
             remaining = client.ttl(key)
-        except ProntoError as exc:
-            if exc.code is ErrorCode.NOT_FOUND:
+        except Exception as exc:
+            from prontodb.protocol import ErrorCode, ProntoError  # here: the fast path's cost
+
+            if isinstance(exc, ProntoError) and exc.code is ErrorCode.NOT_FOUND:
                 return _not_found(options, key)
             raise
         if options.json:
@@ -572,7 +608,7 @@ def ttl(options: Globals, key: str) -> int:
             write(b"-1\n" if remaining is None else seconds_text(remaining).encode() + b"\n")
         return 0
 
-    return run(options, body)
+    return run(options, body, wire=True)
 
 
 def create_cache(options: Globals, prefix: str, seconds: float) -> int:
@@ -610,7 +646,7 @@ def caches(options: Globals) -> int:
             write("".join(f"{p}={seconds_text(t)}\n" for p, t in found.items()).encode())
         return 0
 
-    return run(options, body)
+    return run(options, body, wire=True)
 
 
 def cas(options: Globals, key: str, old: str, new: str, *, as_string: bool = False) -> int:
@@ -625,7 +661,7 @@ def cas(options: Globals, key: str, old: str, new: str, *, as_string: bool = Fal
             write_json({"key": key, "revision": revision})
         return 0
 
-    return run(options, body)
+    return run(options, body, wire=True)
 
 
 def txn(options: Globals, document: str, fence: tuple[str, int] | None = None) -> int:
@@ -676,20 +712,19 @@ def claim(
     max_deliveries: int | None = None,
 ) -> int:
     """``claim PREFIX``: ``key=value`` of the item taken; nothing to take (in time): exit 4."""
-    from prontodb.protocol import ERROR_TABLE, ErrorCode
 
     def body(client: Client) -> int:
         task = client.claim(prefix, wait=wait, lease=lease, max_deliveries=max_deliveries)
         if task is None:
             say(f"nothing to claim under {prefix or '(top level)'} (cursor {options.cursor})")
-            return ERROR_TABLE[ErrorCode.TIMED_OUT].exit_status
+            return EXIT_TIMED_OUT
         if options.json:
             write_json(task._asdict())
         else:
             write(task.key.encode() + b"=" + render(task.value) + b"\n")
         return 0
 
-    return run(options, body)
+    return run(options, body, wire=not wait)  # a wait's cancel is the sync client's
 
 
 def watch(
@@ -1001,7 +1036,7 @@ def ack(options: Globals, key: str, token: int) -> int:
             write_json({"key": key, "acked": True})
         return 0
 
-    return run(options, body)
+    return run(options, body, wire=True)
 
 
 def release(
@@ -1020,7 +1055,7 @@ def release(
             write_json({"key": key, "released": True})
         return 0
 
-    return run(options, body)
+    return run(options, body, wire=True)
 
 
 def extend(options: Globals, key: str, token: int, lease: float) -> int:
@@ -1032,7 +1067,7 @@ def extend(options: Globals, key: str, token: int, lease: float) -> int:
             write_json({"key": key, "lease": deadline})
         return 0
 
-    return run(options, body)
+    return run(options, body, wire=True)
 
 
 def claims(options: Globals, prefix: str = "") -> int:

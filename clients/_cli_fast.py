@@ -10,7 +10,7 @@ recognised here::
     incr KEY [BY] | decr KEY [BY] | keys [PREFIX] | scan [PREFIX] | cas KEY OLD NEW [--string]
     expire KEY S | persist KEY | ttl KEY | caches | claims [PREFIX] | ping | status
     claim PREFIX [--wait S] [--lease S] [--max-deliveries N] | ack KEY --token T
-    release KEY --token T [--delay S] | extend KEY --token T --lease S
+    release KEY --token T [--delay S] | extend KEY --token T --lease S | unlock NAME --token T
 
 (a command's options anywhere among its arguments, `--opt=value` too, --json and the global
 value options after it as well), and each calls the same ``_cli_commands`` function as its click
@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Sequence
 
 from . import _cli_commands as commands
 
-TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
+TYPE_CHECKING = False  # no typing (nor collections) import at run time: every start imports this
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
     from typing import Any
 
 
@@ -86,6 +86,7 @@ _OPTIONS: dict[str, Options] = {
         "--priority": ("priority", _whole),
     },
     "extend": {**_TOKEN, "--lease": ("lease", _seconds)},
+    "unlock": _TOKEN,
 }
 
 
@@ -235,6 +236,12 @@ def _with_token(call: Callable[..., int], *required: str) -> Form:
     return form
 
 
+def _unlock(o: commands.Globals, name: str, token: int) -> int:
+    from . import _cli_recipes  # only for unlock: the other recipes' commands are click's
+
+    return _cli_recipes.unlock(o, name, token)
+
+
 _FORMS: dict[str, Form] = {
     "get": _one(commands.get),
     "set": _set,
@@ -255,6 +262,7 @@ _FORMS: dict[str, Form] = {
     "ack": _with_token(commands.ack),
     "release": _with_token(commands.release),
     "extend": _with_token(commands.extend, "lease"),
+    "unlock": _with_token(_unlock),
     "claims": _optional(commands.claims),
     "ping": _none(commands.ping),
     "status": _none(commands.status),
@@ -275,6 +283,7 @@ def run(argv: Sequence[str]) -> int | None:
     if split is None:
         return None
     options = commands.Globals(json=as_json or split.json, **{**values, **split.globals})
+    options.wire = True
     try:
         return form(options, split.positionals, split.options)
     except BrokenPipeError:

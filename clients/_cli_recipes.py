@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 
 from ._cli_commands import Globals, render, run, say, write, write_json
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import subprocess
     from collections.abc import Callable, Sequence
     from typing import Any
 
@@ -61,6 +61,9 @@ def supervise(
 ) -> int:
     """Run ``command`` with ``env`` added, renewing ``session`` every ``ttl``/3 seconds; CMD's
     exit status, or EXIT_LOST (CMD sent SIGTERM) once a renewal fails."""
+    # Here, not at the top: `unlock`, on the fast path, comes from this module too.
+    import subprocess
+
     from prontodb.protocol import ProntoError
 
     child_env = {**os.environ, **env}
@@ -201,20 +204,21 @@ def _print_member(options: Globals, member: Member) -> None:
 
 def unlock(options: Globals, name: str, token: int) -> int:
     """``unlock NAME --token T`` (and ``resign``): silent; a token not there exits 3."""
-    from prontodb.protocol import ERROR_TABLE, ErrorCode
 
     def body(client: Client) -> int:
         left = client.unlock(name, token)
         if options.json:
             write_json({"name": name, "token": token, "released": left})
         if not left:
+            from prontodb.protocol import ERROR_TABLE, ErrorCode  # here: the fast path's cost
+
             say(
                 f"not held: {name} has no member with token {token} (released, or its session ended)"
             )
             return ERROR_TABLE[ErrorCode.NOT_FOUND].exit_status
         return 0
 
-    return run(options, body)
+    return run(options, body, wire=True)
 
 
 def proclaim(options: Globals, name: str, token: int, value: Any) -> int:

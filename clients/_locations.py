@@ -14,7 +14,6 @@ Every broker ``prontodb serve`` runs lists itself in the user's roster, a direct
 from __future__ import annotations
 
 import os
-import zlib
 
 # sun_path holds 108 bytes on Linux (104 on the BSDs), the terminating NUL included.
 MAX_SOCKET_PATH = 103
@@ -39,7 +38,10 @@ def default_socket_path(data_dir: str) -> str:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
         # crc32, not a cryptographic hash: it only tells one user's data directories apart, and
-        # hashlib would cost the CLI 2 ms of start-up.
+        # hashlib would cost the CLI 2 ms of start-up. Imported here: a command given its socket
+        # ($PRONTODB_SOCKET, --url) does not load the extension.
+        import zlib
+
         digest = zlib.crc32(os.fsencode(os.path.abspath(data_dir)))
         return os.path.join(os.path.abspath(runtime), "prontodb", f"broker-{digest:08x}.sock")
     return os.path.join(data_dir, "broker.sock")

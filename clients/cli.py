@@ -1,11 +1,10 @@
 """The ``prontodb`` command line.
 
-The console script calls :data:`main`. The forms that scripts run in loops (``get``, ``set``,
-``del``, ``incr``, ``decr``, ``keys``, ``scan`` with the global options) are parsed by hand in
-``_cli_fast`` without importing click, which alone takes longer than the rest of a ``get``;
-everything else goes to the click group in ``_cli_click`` (every option, help, usage errors,
-``serve``, ``stop``, ``status``, ``ping``). Both front ends call the same functions in
-``_cli_commands``. The reference is docs/CLI.md.
+The console script calls :data:`main`. The forms that scripts run in loops (docs/CLI.md,
+"Start-up time", lists them) are parsed by hand in ``_cli_fast`` without importing click, which
+alone takes longer than the rest of a ``get``; everything else goes to the click group in
+``_cli_click`` (every option, help, usage errors, ``serve``, ``stop``, ``lock``). Both front ends
+call the same functions in ``_cli_commands``. The reference is docs/CLI.md.
 
 Imports neither trio nor anyio: ``serve`` loads the broker only when it runs.
 """
@@ -13,10 +12,11 @@ Imports neither trio nor anyio: ``serve`` loads the broker only when it runs.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 
-TYPE_CHECKING = False  # no typing import at run time: the CLI imports this on every start
+# No typing (nor collections, which collections.abc imports) at run time: every start imports this.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import Any
 
     import click

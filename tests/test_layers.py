@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
 from click.testing import CliRunner
 
+from prontodb.clients import Client
 from prontodb.clients.cli import main
 
 IO_MODULES = {"trio", "anyio", "socket", "selectors", "asyncio", "threading", "subprocess"}
@@ -30,6 +32,67 @@ def test_sans_io_layers_import_no_io(module: str) -> None:
 
 def test_cli_imports_neither_trio_nor_anyio() -> None:
     assert imported_by("prontodb.clients.cli") & {"trio", "anyio"} == set()
+
+
+# What a fast-path command must not load (docs/CLI.md, "Start-up time"): click (the other front
+# end), the event loops, the sync client's stack (the protocol, msgpack, enum, threading: its own
+# client speaks the wire itself), and what it imports only when it needs it: importlib
+# (clients/__init__), zlib (the default socket's name), getpass (the login name).
+NOT_ON_THE_FAST_PATH = {
+    *("click", "trio", "anyio", "asyncio", "threading", "importlib", "zlib", "getpass"),
+    *("msgpack", "enum", "typing", "collections"),
+}
+
+_RUN_FORMS = """
+import json, sys
+from prontodb.clients import cli
+for argv in json.loads(sys.argv[1]):
+    if cli.main(argv) != 0:
+        sys.exit(f"{argv} failed")
+print(" ".join(sorted(sys.modules)))
+"""
+
+
+def test_the_fast_path_runs_without_click_or_event_loops(
+    prontodb_url: str, prontodb_cursor: str, prontodb_client: Client
+) -> None:
+    # The commands run for real against the broker, in one fresh interpreter each run's forms.
+    prontodb_client.set("jobs.a", "x")
+    prontodb_client.set("jobs.b", "y")
+    held = prontodb_client.claim("jobs", lease=60)
+    assert held is not None
+    lock = prontodb_client.acquire("deploy", "lock", prontodb_client.session_grant(60))
+    assert lock is not None
+    given = ["--url", prontodb_url, "--cursor", prontodb_cursor]
+    forms = [
+        ["set", "k", "1"],
+        ["get", "k"],
+        ["incr", "k"],
+        ["decr", "k", "2"],
+        ["exists", "k"],
+        ["keys", "jobs"],
+        ["scan", "jobs"],
+        ["expire", "k", "60"],
+        ["ttl", "k"],
+        ["cas", "k", "0", "5"],
+        ["claim", "jobs"],
+        ["extend", held.key, "--token", str(held.token), "--lease", "30"],
+        ["ack", held.key, "--token", str(held.token)],
+        ["unlock", "deploy", "--token", str(lock.token)],
+        ["del", "k"],
+    ]
+    out = subprocess.run(
+        [sys.executable, "-c", _RUN_FORMS, json.dumps([[*given, *form] for form in forms])],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    # What the interpreter loads before any of it (an editable install's finder imports
+    # importlib) is not the fast path's doing.
+    modules = set(out.stdout.splitlines()[-1].split()) - imported_modules("sys")
+    assert {name.split(".")[0] for name in modules} & NOT_ON_THE_FAST_PATH == set()
+    assert "prontodb.clients._cli_wire" in modules
+    assert {"prontodb.clients._cli_click", "prontodb.protocol"} & modules == set()
 
 
 @pytest.mark.parametrize("module", ["prontodb.clients.cli", "prontodb.clients._cli_click"])
