@@ -324,7 +324,8 @@ def _run_wire(options: Globals, body: Callable[[Client], int]) -> int | None:
     from ._cli_wire import Declined, WireClient
 
     try:
-        with WireClient.connect(options, CLIENT_NAME) as client:
+        connecting = WireClient.connect(options.url, options.user, options.cursor, CLIENT_NAME)
+        with connecting as client:
             duck: Any = client  # the bodies run=wire gets call only WireClient's methods
             return body(duck)
     except Declined:

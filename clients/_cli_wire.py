@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from typing import Any
 
-    from ._cli_commands import Globals
 
 PROTOCOL_VERSION = 1
 _HELLO, _WELCOME, _REQUEST, _RESPONSE, _GOODBYE = 0, 1, 2, 3, 5
@@ -182,15 +181,16 @@ class WireClient:
         self.cursor = cursor
 
     @classmethod
-    def connect(cls, options: Globals, name: str) -> WireClient:
-        """A connected client for ``options`` (not greeted yet: the first request greets);
+    def connect(cls, url: str | None, user: str | None, cursor: str, name: str) -> WireClient:
+        """A client connected to ``url`` as ``user`` on ``cursor`` (not greeted yet: the first
+        request greets);
         Declined when the sync client should connect instead."""
         from ._locations import default_url
 
-        url = options.url or default_url()
+        url = url or default_url()
         if not url.startswith("unix:///"):
             raise Declined
-        user = options.user or os.environ.get("PRONTODB_USER")
+        user = user or os.environ.get("PRONTODB_USER")
         token = os.environ.get("PRONTODB_TOKEN") or None
         fields: dict[str, Any] = {"version": PROTOCOL_VERSION, "client": name, "user": user}
         if user is None:  # as the sync client: the login name, a guess a token overrides
@@ -206,7 +206,7 @@ class WireClient:
         except OSError:
             sock.close()
             raise Declined from None  # the sync client says why, or starts a broker
-        return cls(sock, _frame([_HELLO, fields]), options.cursor)
+        return cls(sock, _frame([_HELLO, fields]), cursor)
 
     def __enter__(self) -> WireClient:
         return self
