@@ -183,8 +183,7 @@ class WireClient:
     @classmethod
     def connect(cls, url: str | None, user: str | None, cursor: str, name: str) -> WireClient:
         """A client connected to ``url`` as ``user`` on ``cursor`` (not greeted yet: the first
-        request greets);
-        Declined when the sync client should connect instead."""
+        request greets); Declined when the sync client should connect instead."""
         from ._locations import default_url
 
         url = url or default_url()
