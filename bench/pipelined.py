@@ -2,7 +2,7 @@
 
     python -m bench.pipelined [--seconds 3] [--rounds 3] [--depth 16] [--no-report]
 
-Needs redis-py, a bench-only dependency: ``.venv/bin/pip install redis``.
+Needs redis-py, which the ``test`` extra installs (``./scripts/setup.sh`` does).
 
 A Python client on both sides, one connection each, ``--depth`` requests in flight at once:
 ProntoDB's are ``depth`` trio tasks sharing one ``AsyncClient`` (it pipelines concurrent calls on
@@ -80,7 +80,7 @@ async def _pronto(path: str, op: str, depth: int, seconds: float, keys: list[str
 
 
 async def _redis(path: str, op: str, depth: int, seconds: float, keys: list[str]) -> int:
-    import redis.asyncio  # bench-only dependency: pip install redis
+    import redis.asyncio  # the test extra's (pip install -e '.[test]')
 
     value = make_value(random.Random(0), 16).encode()
     rng = random.Random(1)
