@@ -31,7 +31,7 @@ from ._databases import Databases, OpenDatabase, WatchPosition
 from ._http import HttpRequest, HttpResponse, Write, text
 from ._names import DEFAULT_NAME, validate_name
 from ._stats import Stats
-from ._watches import in_place, replaced, start_revision, stream
+from ._watches import in_place, once_it_exists, start_revision, stream
 
 MAX_STREAMS = 16  # open at once (each holds an HTTP connection); past it: 503
 VALUE_PREVIEW = 200  # characters of a value an event shows (the page is a glance, not an export)
@@ -118,11 +118,8 @@ class DashboardStreams:
         try:
             db = await self.databases.get(cursor, create=False, user=user)
             start = (from_rev or 1) if db is None else start_revision(db, from_rev)
-            if db is None:  # in place at once; its changes come once it exists
-                await send(pack(in_place(start, 0)), start)
-                db = await self.databases.wait_for(cursor, user)
-                if db.engine.history.first > start:  # it came by a restore
-                    raise replaced(db.engine.revision)
+            if db is None:
+                db = await once_it_exists(self.databases, cursor, user, start, send, pack)
             else:
                 await send(pack(in_place(start, db.durable_rev)), start)
             watching = db

@@ -13,7 +13,7 @@ from ._databases import OpenDatabase, WatchPosition
 from ._outbox import Answer
 from ._registry import Layer, op
 from ._session_base import SessionBase
-from ._watches import WATCH_ARGS, in_place, replaced, start_revision, stream, watch_args
+from ._watches import WATCH_ARGS, once_it_exists, start_revision, stream, watch_args
 
 
 class SessionWatches(SessionBase):
@@ -70,11 +70,10 @@ class SessionWatches(SessionBase):
             try:
                 with scope:
                     announced = db is None
-                    if db is None:  # in place at once; its changes come once it exists
-                        await send(self.conn.pack_event(in_place(start, 0)), start)
-                        db = await self.ctx.databases.wait_for(name, self.user)
-                        if db.engine.history.first > start:  # it came by a restore
-                            raise replaced(db.engine.revision)
+                    if db is None:
+                        db = await once_it_exists(
+                            self.ctx.databases, name, self.user, start, send, self.conn.pack_event
+                        )
                     watching = db
                     db.watching.add(position)
                     await stream(

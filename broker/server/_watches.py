@@ -19,7 +19,7 @@ from prontodb.protocol import ErrorCode, ProntoError
 from ..engine import Batch, Change, change_cost, validate_prefix
 from ._args import Arg, Kind
 from ._database_ops import MAX_KEY_LEN
-from ._databases import OpenDatabase, WatchPosition
+from ._databases import Databases, OpenDatabase, WatchPosition
 
 # A push closes at this many bytes of events (about) or events, whichever comes first: well inside
 # the frame limit even with a 1 MiB value in it, and small enough to interleave with answers.
@@ -140,6 +140,19 @@ def replaced(revision: int) -> ProntoError:
         f"{revision}; re-read it (scan) and watch from revision {revision + 1}.",
         {"oldest_rev": revision + 1, "restored": True},
     )
+
+
+async def once_it_exists(
+    databases: Databases, name: str, user: str, start: int, send: Send, pack: Pack
+) -> OpenDatabase:
+    """For a watch of a database that does not exist yet: its in-place event at once, then the
+    database once it is created (``replaced`` if it came by a restore, whose history is not the
+    one the watch starts in)."""
+    await send(pack(in_place(start, 0)), start)
+    db = await databases.wait_for(name, user)
+    if db.engine.history.first > start:
+        raise replaced(db.engine.revision)
+    return db
 
 
 def encoded(
