@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,30 +19,20 @@ import pytest
 
 pytest.importorskip("mcp")
 
-from brokers import BrokerProcess, running_broker
+from brokers import BrokerProcess
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
-
-from prontodb.clients import Client
+from test_mcp import admin, broker, mcp_env
 
 TASKS = 200
 WORKERS = ("worker1", "worker2", "worker3")
+__all__ = ["broker"]  # the fixture, shared with tests/test_mcp.py
+
 VICTIM = "worker3"  # its server is killed while it holds a task ...
 VICTIM_AFTER = 10  # ... the one it claims after finishing this many
 SHORT_LEASE = 2.0  # the held task's lease: another worker gets it after this
 LEASE = 60.0  # every other claim's: far longer than the run, so no other task is redelivered
 DEADLINE = 50.0  # the whole run, producer to the last ack
-
-
-@pytest.fixture
-def broker(tmp_path: Path, short_dir: Path) -> Iterator[BrokerProcess]:
-    with running_broker(tmp_path / "data", short_dir / "b.sock", extra=["--require-auth"]) as b:
-        yield b
-
-
-def admin(broker: BrokerProcess) -> Client:
-    token = (broker.data_dir / "admin.token").read_text().strip()
-    return Client.connect(broker.url, user="admin", token=token)
 
 
 def make_user(broker: BrokerProcess, name: str, *prefixes: str) -> str:
@@ -82,9 +72,7 @@ async def agent(
     """`prontodb mcp` run as ``user`` by the SDK's stdio client (which starts the process and
     stops it on the way out). The server starts through `sh -c 'echo $$ > PIDFILE; exec ...'`, so
     its pid (the shell's, kept across exec) is known, to kill it by."""
-    env = {"PRONTODB_TOKEN": token}
-    if os.environ.get("PYTHONPATH"):  # the SDK passes only a few variables on by default
-        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    env = mcp_env(token)
     pidfile = tmp_path / f"mcp-{user}.pid"
     argv = [sys.executable, "-m", "prontodb.clients.cli", "--url", broker.url, "--user", user]
     script = 'echo $$ > "$0"; exec "$@"'
