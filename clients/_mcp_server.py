@@ -122,7 +122,7 @@ def build(
         client: AsyncClient | None = None
         try:
             client = await broker.client()
-            document = await call(tool, client, arguments, options.cursor, progress, sessions)
+            document, text = await call(tool, client, arguments, options.cursor, progress, sessions)
         except ToolFailed as exc:
             return error_result(str(exc))
         except ProntoError as exc:
@@ -132,7 +132,7 @@ def build(
                 return error_result(_unavailable(options, exc))
             return error_result(f"{exc.code.value}: {exc.message}")
         return types.CallToolResult(
-            content=[types.TextContent(text=_text(document))], structured_content=document
+            content=[types.TextContent(text=text)], structured_content=document
         )
 
     return Server(
@@ -252,12 +252,6 @@ def _unavailable(options: Globals, exc: ProntoError) -> str:
         f"reached ({exc.message}); nothing was done. The server connects again on "
         "the next call."
     )
-
-
-def _text(document: Any) -> str:
-    from ._cli_commands import to_json
-
-    return to_json(document).decode()
 
 
 def _version() -> str:

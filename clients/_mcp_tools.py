@@ -182,9 +182,10 @@ def _props(required: tuple[str, ...], **properties: Any) -> dict[str, Any]:
     return {"properties": properties, "required": list(required)}
 
 
-def _plain(document: Any) -> Any:
-    """A document as the CLI's --json prints it (bytes as {"$bytes": base64})."""
-    return json.loads(to_json(document))
+def _printed(document: Any) -> tuple[Any, str]:
+    """A document as the CLI's --json prints it (bytes as {"$bytes": base64}), and that text."""
+    text = to_json(document)
+    return json.loads(text), text.decode()
 
 
 def _fence(a: dict[str, Any]) -> tuple[str, int] | None:
@@ -1032,10 +1033,10 @@ async def call(
     cursor: str,
     progress: Progress | None = None,
     sessions: Sessions | None = None,
-) -> Any:
+) -> tuple[Any, str]:
     """Run ``tool`` (``cursor``: the server's, unless the call names one), telling ``progress``
-    how a wait goes, its locks going with ``sessions``; its result as the CLI's --json prints it. Raises ToolFailed or
-    ProntoError."""
+    how a wait goes, its locks going with ``sessions``; its result as the CLI's --json prints
+    it, and that JSON text. Raises ToolFailed or ProntoError."""
     schema = tool.input_schema()
     unknown = set(arguments) - set(schema["properties"])
     if unknown:
@@ -1046,7 +1047,7 @@ async def call(
     reporting = _PROGRESS.set(progress)
     keeping = _SESSIONS.set(sessions)
     try:
-        return _plain(await tool.run(client, arguments, arguments.get("cursor") or cursor))
+        return _printed(await tool.run(client, arguments, arguments.get("cursor") or cursor))
     finally:
         _SESSIONS.reset(keeping)
         _PROGRESS.reset(reporting)
