@@ -1256,6 +1256,7 @@ def serve(
     from prontodb.broker.engine import HistoryLimits
     from prontodb.broker.server import ServerConfig, parse_tcp, run
     from prontodb.broker.storage import FsyncPolicy
+    from prontodb.protocol import LOOPBACK
 
     data = os.path.abspath(data_dir) if data_dir else default_data_dir()
     sock = os.path.abspath(socket_path) if socket_path else default_socket_path(data)
@@ -1298,9 +1299,6 @@ def serve(
     )
     log = Path(os.path.abspath(log_file)) if log_file else None
     raise SystemExit(run(config, ready_fd=ready_fd, log_file=log, log_max_bytes=log_max_bytes))
-
-
-LOOPBACK = ("127.0.0.1", "::1", "localhost")  # where TCP may go without tokens, HTTP without TLS
 
 
 def invoke(args: Sequence[str], **extra: Any) -> Any:

@@ -27,13 +27,12 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from prontodb.protocol import split_host_port
+from prontodb.protocol import LOOPBACK, split_host_port
 
 from ._cli_commands import Globals
 from ._mcp_resources import Subscriptions
 from ._mcp_server import Broker, build
 
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
 PATH = "/mcp"
 # How long a stopping server waits for open requests and event streams before closing them.
 GRACE = 3

@@ -11,7 +11,7 @@ writes, sleeps or looks at a clock, so the server (trio) and the clients (anyio)
 The byte format is specified in docs/PROTOCOL.md.
 """
 
-from ._addresses import split_host_port
+from ._addresses import LOOPBACK, split_host_port
 from ._codec import VALUE_TYPES, check_value
 from ._connection import NEED_DATA, Connection, ConnectionStatistics, Role
 from ._errors import (
@@ -80,6 +80,7 @@ ERROR_CLASSES = (
 
 __all__ = [
     "ERROR_CLASSES",
+    "LOOPBACK",
     "BadKey",
     "BadRequest",
     "Compacted",

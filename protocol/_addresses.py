@@ -6,6 +6,9 @@ with an address it cannot use.
 
 from __future__ import annotations
 
+# The hosts that are this machine alone: where TCP may go without tokens, HTTP without TLS.
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
 
 def split_host_port(text: str) -> tuple[str, int] | None:
     """``HOST:PORT`` (``[::1]:PORT`` for IPv6: the brackets are taken off) as ``(host, port)``

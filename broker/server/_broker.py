@@ -24,6 +24,8 @@ from typing import Any
 
 import trio
 
+from prontodb.protocol import LOOPBACK
+
 from ..engine import EngineLimits, recipes
 from ..storage import StorageOptions
 from ._catalog import Catalog
@@ -414,9 +416,6 @@ class Broker:
     def _lock_record(self, tcp: str | None) -> dict[str, Any]:
         socket = None if self.config.socket_path is None else str(self.config.socket_path)
         return {"pid": os.getpid(), "socket": socket, "tcp": tcp, "started": self.started}
-
-
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 @dataclass(frozen=True, slots=True)
